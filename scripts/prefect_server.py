@@ -1,0 +1,168 @@
+"""Start and stop a local Prefect server on 127.0.0.1, for tests and for users who want the UI.
+
+    python scripts/prefect_server.py start [--port N] [--home DIR]   # prints the PREFECT_API_URL to export
+    python scripts/prefect_server.py stop  [--home DIR]
+
+``start`` picks a free port unless one is given, runs ``prefect server start`` in its own process group with
+``PREFECT_HOME=DIR/prefect`` (default ``$SAM_ENGINE_HOME`` or ``./.engine``), waits until ``/api/health`` answers
+(5-15 s), and records the pid and URL in ``DIR/prefect-server.json`` so that ``stop`` ends exactly that server.
+Analytics are off: the machine may have no internet access.
+
+Tests import :func:`start_server` / :func:`stop_server` (they return and take a :class:`LocalPrefectServer`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+STATE_FILE = "prefect-server.json"
+
+
+@dataclass
+class LocalPrefectServer:
+    """A running server: its pid (also its process group id), API URL and home directory."""
+
+    pid: int
+    api_url: str
+    home: str
+    log_path: str
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_env(home: Path, api_url: str | None = None) -> dict[str, str]:
+    """The environment a server (or a client of it) needs: its home, analytics off, optionally its URL."""
+    env = dict(os.environ)
+    env["PREFECT_HOME"] = str(home / "prefect")
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    env["PREFECT_SERVER_UI_ENABLED"] = env.get("PREFECT_SERVER_UI_ENABLED", "true")
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    else:
+        env.pop("PREFECT_API_URL", None)
+    return env
+
+
+def wait_healthy(api_url: str, timeout: float = 90.0, proc: subprocess.Popen | None = None) -> None:
+    """Poll ``{api_url}/health`` until it answers 200; raise TimeoutError (or RuntimeError if proc died)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"prefect server exited with code {proc.returncode} before it became healthy")
+        try:
+            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"prefect server at {api_url} did not answer /health within {timeout:.0f} s")
+
+
+def start_server(home: Path, port: int | None = None, timeout: float = 90.0) -> LocalPrefectServer:
+    """Start ``prefect server start`` on 127.0.0.1 and wait until it is healthy."""
+    home = Path(home).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    log_path = home / "prefect-server.log"
+    prefect = Path(sys.executable).with_name("prefect")
+    command = [str(prefect) if prefect.exists() else "prefect", "server", "start"]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            command,
+            env=server_env(home),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group, so stop_server ends the server and its children
+        )
+    server = LocalPrefectServer(pid=proc.pid, api_url=api_url, home=str(home), log_path=str(log_path))
+    try:
+        wait_healthy(api_url, timeout=timeout, proc=proc)
+    except Exception:
+        stop_server(server)
+        raise
+    (home / STATE_FILE).write_text(json.dumps(asdict(server)))
+    return server
+
+
+def stop_server(server: LocalPrefectServer, timeout: float = 20.0) -> None:
+    """End the server's process group: SIGTERM, then SIGKILL after ``timeout`` seconds."""
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(server.pid, 0)
+        except ProcessLookupError:
+            break
+        _reap(server.pid)
+        time.sleep(0.2)
+    else:
+        try:
+            os.killpg(server.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _reap(server.pid)
+    state = Path(server.home) / STATE_FILE
+    if state.exists() and json.loads(state.read_text()).get("pid") == server.pid:
+        state.unlink()
+
+
+def _reap(pid: int) -> None:
+    # The server is our child when started from this process: collect it so it does not linger as a zombie.
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("action", choices=["start", "stop"])
+    parser.add_argument("--port", type=int, default=None, help="port to listen on (default: a free one)")
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=Path(os.environ.get("SAM_ENGINE_HOME", ".engine")),
+        help="engine state dir (default: $SAM_ENGINE_HOME or ./.engine)",
+    )
+    args = parser.parse_args(argv)
+    home = args.home.resolve()
+    if args.action == "start":
+        server = start_server(home, port=args.port)
+        print(f"prefect server pid {server.pid}; logs in {server.log_path}")
+        print(f"export PREFECT_API_URL={server.api_url}")
+        return 0
+    state = home / STATE_FILE
+    if not state.exists():
+        print(f"no server recorded in {state}", file=sys.stderr)
+        return 1
+    stop_server(LocalPrefectServer(**json.loads(state.read_text())))
+    print("prefect server stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
