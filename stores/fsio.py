@@ -1,0 +1,126 @@
+"""Filesystem plumbing: resolve a store URL, keep paths inside the root, write files atomically.
+
+Atomic publish, per backend:
+- local disk: the bytes go to `_tmp-<uuid>-<name>` in the final directory, are fsynced, then `os.replace`d onto
+  the final name. rename(2) within one directory is atomic: a reader sees the old file or the new one.
+- s3: `mv` is a server-side copy + delete. A PUT/COPY of one object is atomic (readers get the whole old object or
+  the whole new one, never a mix), so the final key only ever holds complete files; a crash can leave a `_tmp-`
+  object behind, which dataset discovery skips.
+- memory: a dict in one process; copy + delete under the GIL, there is no other process to see the middle.
+Temp names start with `_` because pyarrow's dataset discovery (and so pandas.read_parquet) skips such files.
+"""
+
+import io
+import os
+import posixpath
+import re
+import uuid
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+from .errors import CorruptFileError, PathEscapeError
+from .schemas import check_file_schema
+
+# Keys become directory and file names: keep them to a portable alphabet so no key can climb out of the root.
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
+TEMP_PREFIX = "_tmp-"
+
+
+def check_key(name: str, value) -> str:
+    """Return `value` as str if it is a safe path component (letters, digits, . _ + -), else PathEscapeError."""
+    text = str(value)
+    if not _KEY.match(text) or ".." in text:
+        raise PathEscapeError(f"{name}={value!r} is not a valid key: use letters, digits and . _ + - only")
+    return text
+
+
+def open_filesystem(url: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, root path without protocol) for a URL or plain path; the root is created if missing."""
+    if "://" not in url:
+        url = "file://" + os.path.abspath(url)
+    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    root = root.rstrip("/")
+    if isinstance(fs, LocalFileSystem):
+        root = os.path.abspath(root)
+    elif fs.protocol in ("memory",) or "memory" in fs.protocol:
+        root = "/" + root.lstrip("/")  # the memory filesystem needs /-rooted paths
+    fs.makedirs(root, exist_ok=True)
+    return fs, root
+
+
+def join_inside(root: str, *parts: str) -> str:
+    """root/parts... normalised; PathEscapeError if the result is not inside root."""
+    joined = posixpath.normpath(posixpath.join(root, *parts))
+    if joined != root and not joined.startswith(root.rstrip("/") + "/"):
+        raise PathEscapeError(f"path {'/'.join(parts)!r} escapes the store root {root!r}")
+    return joined
+
+
+def is_local(fs) -> bool:
+    return isinstance(fs, LocalFileSystem)
+
+
+def table_bytes(table: pa.Table, **options) -> bytes:
+    """Serialise one Arrow table to Parquet bytes (zstd, statistics on)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd", **options)
+    return sink.getvalue().to_pybytes()
+
+
+def atomic_write(fs, path: str, data: bytes) -> str:
+    """Publish `data` at `path` so that readers see either the previous file or all of `data`."""
+    directory, name = posixpath.split(path)
+    tmp = posixpath.join(directory, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{name}")
+    if is_local(fs):
+        os.makedirs(directory, exist_ok=True)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())  # the rename must not reach disk before the bytes do
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return path
+    fs.makedirs(directory, exist_ok=True)
+    fs.pipe_file(tmp, data)
+    try:
+        fs.mv(tmp, path)  # s3: server-side copy (atomic per object) then delete of the temp key
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+    fs.invalidate_cache(directory)
+    return path
+
+
+def read_parquet_file(fs, path: str, table: str, columns: list[str] | None = None) -> pa.Table:
+    """Read one file of `table`, checking its schema; CorruptFileError/SchemaMismatchError name the file."""
+    try:
+        with fs.open(path, "rb") as f:
+            data = f.read()
+        pf = pq.ParquetFile(io.BytesIO(data))
+        check_file_schema(pf.schema_arrow, table, path)
+        return pf.read(columns=columns)
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise CorruptFileError(f"{path}: cannot read Parquet file of table {table!r}: {e}") from e
+
+
+def list_data_files(fs, directory: str) -> list[str]:
+    """All Parquet files below `directory`, skipping temp/hidden names like pyarrow's discovery does."""
+    fs.invalidate_cache(directory)  # another process may have written since this fs listed (s3fs caches)
+    if not fs.exists(directory):
+        return []
+    out = []
+    for path in sorted(fs.find(directory)):
+        rel = path[len(directory.rstrip("/")) + 1 :] if path.startswith(directory) else path
+        if any(part.startswith(("_", ".")) for part in rel.split("/")):
+            continue
+        if path.endswith(".parquet"):
+            out.append(path)
+    return out

@@ -1,0 +1,354 @@
+"""Store: every artifact of the engine as Parquet tables under one fsspec root URL.
+
+Layout (each directory is a Parquet dataset `pandas.read_parquet(root + "/<table>")` reads as it is):
+    images/batch-<hash of ids>.parquet
+    embeddings/model_version=<v>/<image_id>.parquet       one row: fetch one embedding without the others
+    masks/round=<r>/stage=<s>/shard-<shard>.parquet       one file per written shard
+    models/<model_version>.parquet
+    rounds/round-<r>-<stage>.parquet
+    state/<table>/<hash of key>.parquet                   small keyed tables (e.g. the Label Studio cursor)
+File names come from what a file holds, so a rerun overwrites its own output instead of adding rows.
+"""
+
+import hashlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .errors import BadRecordError, CorruptFileError
+from .fsio import (
+    atomic_write,
+    check_key,
+    join_inside,
+    list_data_files,
+    open_filesystem,
+    read_parquet_file,
+    table_bytes,
+)
+from .masks import prepare_masks
+from .schemas import EMBEDDINGS, IMAGES, MASKS, MASKS_PARTITION, MODELS, ROUNDS, STATE, with_metadata
+
+_EMBED_DTYPES = ("float32", "float16")
+_FLOAT16_MAX = 65504.0
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _partition_values(path: str, base: str) -> dict[str, str]:
+    rel = path[len(base) + 1 :].split("/")[:-1]
+    return dict(part.split("=", 1) for part in rel if "=" in part)
+
+
+class Store:
+    """Parquet tables under `url` (file:///abs, a plain path, memory://name, s3://bucket/prefix)."""
+
+    def __init__(self, url: str, storage_options: dict | None = None):
+        self.url = url
+        self.storage_options = dict(storage_options or {})
+        self.fs, self.root = open_filesystem(url, self.storage_options)
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    def path(self, *parts: str) -> str:
+        """Filesystem path of `parts` under the root; PathEscapeError if it would leave the root."""
+        return join_inside(self.root, *parts)
+
+    def table_url(self, table: str) -> str:
+        """URL of a table's dataset, for pandas.read_parquet(url, storage_options=store.storage_options)."""
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        return f"{protocol}://{self.path(check_key('table', table))}".replace(":////", ":///")
+
+    # ---- generic file access -------------------------------------------------------------------------------------
+    def _write(self, table_name: str, rel: list[str], table: pa.Table, **options) -> str:
+        table = table.replace_schema_metadata(with_metadata(table.schema, table_name).metadata)
+        return atomic_write(self.fs, self.path(*rel), table_bytes(table, **options))
+
+    def _read_all(
+        self, table_name: str, directory: str, files: list[str] | None = None, columns=None
+    ) -> pa.Table:
+        base = self.path(directory)
+        files = list_data_files(self.fs, base) if files is None else files
+        if not files:
+            return None
+
+        def read(path: str) -> pa.Table:
+            table = read_parquet_file(self.fs, path, table_name, columns)
+            for key, value in _partition_values(path, base).items():
+                type_ = MASKS_PARTITION.field(key).type if key in MASKS_PARTITION.names else pa.string()
+                table = table.append_column(key, pa.array([value] * len(table)).cast(type_))
+            return table
+
+        with ThreadPoolExecutor(max_workers=min(8, len(files))) as pool:
+            tables = list(pool.map(read, files))
+        return pa.concat_tables(tables, promote_options="permissive")
+
+    # ---- images --------------------------------------------------------------------------------------------------
+    def write_images(self, df: pd.DataFrame) -> int:
+        """Add images (columns image_id, uri, width, height[, sha256, split, external_id]); return how many were new.
+
+        Idempotent by image_id: ids already stored are skipped, so rerunning an ingest adds nothing.
+        """
+        missing = [c for c in ("image_id", "uri", "width", "height") if c not in df]
+        if missing:
+            raise BadRecordError(f"images: missing required columns {missing}")
+        df = df.drop_duplicates("image_id", keep="first").reset_index(drop=True)
+        for i, image_id in enumerate(df["image_id"]):
+            check_key(f"images row {i} image_id", image_id)
+        bad = (df["width"].to_numpy() <= 0) | (df["height"].to_numpy() <= 0)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise BadRecordError(
+                f"images row {i} image_id={df['image_id'].iat[i]}: width/height must be positive"
+            )
+        existing = self.images()
+        df = df[~df["image_id"].isin(existing["image_id"])]
+        if df.empty:
+            return 0
+        now = _now()
+        cols = {}
+        for f in IMAGES:
+            if f.name in df:
+                values = pd.to_datetime(df[f.name], utc=True) if pa.types.is_timestamp(f.type) else df[f.name]
+                cols[f.name] = pa.array(values, type=f.type, from_pandas=True)
+            else:
+                cols[f.name] = pa.array([now if f.name == "added_at" else None] * len(df), type=f.type)
+        key = hashlib.sha1("\n".join(sorted(df["image_id"])).encode()).hexdigest()[:20]
+        self._write("images", ["images", f"batch-{key}.parquet"], pa.table(cols, schema=IMAGES))
+        return len(df)
+
+    def images(self) -> pd.DataFrame:
+        """All images, one row per image_id (the first write wins)."""
+        table = self._read_all("images", "images")
+        if table is None:
+            return IMAGES.empty_table().to_pandas()
+        df = table.to_pandas().sort_values("added_at", kind="stable")
+        return df.drop_duplicates("image_id", keep="first").reset_index(drop=True)
+
+    # ---- embeddings ----------------------------------------------------------------------------------------------
+    def _embedding_path(self, image_id: str, model_version: str) -> str:
+        mv = check_key("model_version", model_version)
+        return self.path("embeddings", f"model_version={mv}", f"{check_key('image_id', image_id)}.parquet")
+
+    def put_embedding(self, image_id: str, model_version: str, array, dtype: str = "float32") -> str:
+        """Store one image embedding (C x H x W, e.g. 256 x 64 x 64) as float32 or float16.
+
+        float16 halves the bytes; its rounding error is at most 2**-11 (4.9e-4) of each value's magnitude for
+        |x| >= 6.1e-5 and at most 3e-8 absolute below that (measured in tests/stores/test_embeddings.py).
+        Values beyond float16's range (|x| > 65504) are refused rather than turned into inf.
+        """
+        if dtype not in _EMBED_DTYPES:
+            raise ValueError(f"dtype={dtype!r} not in {_EMBED_DTYPES}")
+        array = np.asarray(array, dtype=np.float32)
+        if array.ndim == 4 and array.shape[0] == 1:
+            array = array[0]
+        if array.ndim != 3:
+            raise ValueError(f"embedding of image_id={image_id}: expected C x H x W, got shape {array.shape}")
+        if not np.isfinite(array).all():
+            raise ValueError(f"embedding of image_id={image_id}: contains NaN or inf")
+        if dtype == "float16" and np.abs(array).max(initial=0) > _FLOAT16_MAX:
+            raise ValueError(
+                f"embedding of image_id={image_id}: values exceed float16 range, store as float32"
+            )
+        path = self._embedding_path(image_id, model_version)
+        data = np.ascontiguousarray(array.astype("<f2" if dtype == "float16" else "<f4")).tobytes()
+        table = pa.table(
+            {
+                "image_id": [image_id],
+                "shape": pa.array([list(array.shape)], type=pa.list_(pa.int32())),
+                "dtype": [dtype],
+                "data": pa.array([data], type=pa.binary()),
+                "created_at": pa.array([_now()], type=EMBEDDINGS.field("created_at").type),
+            },
+            schema=EMBEDDINGS,
+        )
+        rel = path[len(self.root) + 1 :].split("/")
+        return self._write("embeddings", rel, table, compression_level=1)
+
+    def get_embedding(self, image_id: str, model_version: str) -> np.ndarray:
+        """The stored embedding as float32 C x H x W; KeyError if absent."""
+        path = self._embedding_path(image_id, model_version)
+        try:
+            table = read_parquet_file(self.fs, path, "embeddings")
+        except FileNotFoundError:
+            raise KeyError(f"no embedding for image_id={image_id} model_version={model_version}") from None
+        row = table.to_pylist()[0]
+        np_dtype = "<f2" if row["dtype"] == "float16" else "<f4"
+        try:
+            return np.frombuffer(row["data"], dtype=np_dtype).reshape(row["shape"]).astype(np.float32)
+        except ValueError as e:
+            raise CorruptFileError(f"{path}: embedding bytes do not match shape {row['shape']}") from e
+
+    def has_embedding(self, image_id: str, model_version: str) -> bool:
+        return self.fs.exists(self._embedding_path(image_id, model_version))
+
+    def embedded_image_ids(self, model_version: str) -> set[str]:
+        """image_ids that have an embedding for `model_version` (a listing; no file is read)."""
+        base = self.path("embeddings", f"model_version={check_key('model_version', model_version)}")
+        return {p.rsplit("/", 1)[1][: -len(".parquet")] for p in list_data_files(self.fs, base)}
+
+    # ---- masks ---------------------------------------------------------------------------------------------------
+    def _mask_rel(self, round: int, stage: str, shard) -> list[str]:
+        if isinstance(round, bool) or not isinstance(round, int | np.integer) or round < 0:
+            raise ValueError(f"round={round!r} must be a non-negative int")
+        return [
+            "masks",
+            f"round={int(round)}",
+            f"stage={check_key('stage', stage)}",
+            f"shard-{check_key('shard', shard)}.parquet",
+        ]
+
+    def write_masks(self, df: pd.DataFrame, round: int, stage: str, shard) -> str:
+        """Write one shard of masks atomically and return its path.
+
+        Rerunning with the same (round, stage, shard) replaces that shard's rows; different shards may be written
+        by different processes at once. Rows are checked first (see stores.masks.prepare_masks) and, for images
+        already in the images table, height/width must match the image.
+        """
+        rel = self._mask_rel(round, stage, shard)
+        table = prepare_masks(df, int(round), stage, what=f"masks shard {shard!r}")
+        known = self.images()
+        if len(known) and len(table):
+            sizes = known.set_index("image_id")[["height", "width"]]
+            got = table.select(["image_id", "height", "width"]).to_pandas()
+            joined = got.join(sizes, on="image_id", rsuffix="_image")
+            wrong = joined["height_image"].notna() & (
+                (joined["height"] != joined["height_image"]) | (joined["width"] != joined["width_image"])
+            )
+            if wrong.any():
+                i = int(np.flatnonzero(wrong.to_numpy())[0])
+                r = joined.iloc[i]
+                raise BadRecordError(
+                    f"masks shard {shard!r} row {i} image_id={r['image_id']}: mask is {r['height']} x {r['width']} "
+                    f"but the image is {int(r['height_image'])} x {int(r['width_image'])}"
+                )
+        return self._write(
+            "masks", rel, table, use_dictionary=["image_id", "source", "model_version", "annotator"]
+        )
+
+    def _mask_files(self, round=None, stage=None) -> list[str]:
+        base = self.path("masks")
+        files = list_data_files(self.fs, base)
+        keep = []
+        for path in files:
+            part = _partition_values(path, base)
+            if round is not None and part.get("round") != str(int(round)):
+                continue
+            if stage is not None and part.get("stage") != stage:
+                continue
+            keep.append(path)
+        return keep
+
+    def masks(
+        self, round=None, stage=None, image_id=None, source=None, current_only: bool = True
+    ) -> pd.DataFrame:
+        """Masks as a DataFrame (masks schema + round, stage), filtered by any of round/stage/image_id/source.
+
+        image_id and source take one value or a list. current_only drops rows that a newer row supersedes (by its
+        `supersedes` column, following chains across all rounds) and tombstones (deleted=True).
+        """
+        table = self._read_all("masks", "masks", self._mask_files(round, stage))
+        if table is None:
+            empty = MASKS.empty_table()
+            for f in MASKS_PARTITION:
+                empty = empty.append_column(f.name, pa.array([], type=f.type))
+            return empty.to_pandas()
+        for name, value in (("image_id", image_id), ("source", source)):
+            if value is not None:
+                values = [value] if isinstance(value, str) else list(value)
+                table = table.filter(pc.is_in(table[name], value_set=pa.array(values, type=pa.string())))
+        if current_only:
+            everything = self._read_all("masks", "masks", columns=["supersedes"])
+            superseded = pc.unique(everything["supersedes"].drop_null()) if everything is not None else None
+            keep = pc.invert(table["deleted"].fill_null(False))
+            if superseded is not None and len(superseded):
+                keep = pc.and_(keep, pc.invert(pc.is_in(table["mask_id"], value_set=superseded)))
+            table = table.filter(keep)
+        return table.to_pandas()
+
+    # ---- models, rounds, state -----------------------------------------------------------------------------------
+    def _row_table(self, schema: pa.Schema, row: dict, json_columns: tuple[str, ...], what: str) -> pa.Table:
+        unknown = sorted(set(row) - set(schema.names))
+        if unknown:
+            raise BadRecordError(f"{what}: unknown fields {unknown}")
+        values = dict(row)
+        for name in json_columns:
+            if values.get(name) is not None and not isinstance(values[name], str):
+                values[name] = json.dumps(values[name], sort_keys=True, default=str)
+        if "created_at" in schema.names and values.get("created_at") is None:
+            values["created_at"] = _now()
+        try:
+            return pa.Table.from_pylist([{f.name: values.get(f.name) for f in schema}], schema=schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as e:
+            raise BadRecordError(f"{what}: {e}") from e
+
+    def _read_rows(
+        self, table_name: str, directory: str, json_columns: tuple[str, ...], schema
+    ) -> pd.DataFrame:
+        table = self._read_all(table_name, directory)
+        df = (table if table is not None else schema.empty_table()).to_pandas()
+        for name in json_columns:
+            df[name] = [json.loads(v) if isinstance(v, str) else v for v in df[name]]
+        return df
+
+    def write_model(self, row: dict) -> str:
+        """Register a model (model_version, parent_version, config dict, checkpoint_uri, trained_on_round, metrics)."""
+        mv = check_key("model_version", row.get("model_version"))
+        table = self._row_table(MODELS, row, ("config", "metrics"), f"model {mv}")
+        return self._write("models", ["models", f"{mv}.parquet"], table)
+
+    def models(self) -> pd.DataFrame:
+        return self._read_rows("models", "models", ("config", "metrics"), MODELS)
+
+    def write_round(self, row: dict) -> str:
+        """Record a round/stage summary; rewriting the same (round, stage) replaces it."""
+        if not isinstance(row.get("round"), int | np.integer):
+            raise BadRecordError(f"round row: round={row.get('round')!r} must be an int")
+        stage = check_key("stage", row["stage"]) if row.get("stage") is not None else "all"
+        table = self._row_table(ROUNDS, row, ("metrics",), f"round {row['round']}")
+        return self._write("rounds", ["rounds", f"round-{int(row['round'])}-{stage}.parquet"], table)
+
+    def rounds(self) -> pd.DataFrame:
+        df = self._read_rows("rounds", "rounds", ("metrics",), ROUNDS)
+        return df.sort_values(["round", "stage"], kind="stable").reset_index(drop=True)
+
+    def write_state(self, table: str, key: str, row: dict) -> str:
+        """Upsert one row of a small keyed table (e.g. write_state("labelstudio_sync", project, {...}))."""
+        name = check_key("table", table)
+        if not isinstance(key, str) or not key:
+            raise BadRecordError(f"state {name}: key must be a non-empty str, got {key!r}")
+        try:
+            text = json.dumps(row, sort_keys=True, default=str)
+        except TypeError as e:
+            raise BadRecordError(f"state {name} key {key!r}: row is not JSON-serialisable: {e}") from e
+        file_key = hashlib.sha1(key.encode()).hexdigest()[:24]
+        data = pa.table(
+            {"key": [key], "row": [text], "updated_at": pa.array([_now()], STATE.field("updated_at").type)}
+        )
+        return self._write("state", ["state", name, f"{file_key}.parquet"], data.cast(STATE))
+
+    def read_state(self, table: str, key: str | None = None):
+        """One row as a dict (None if absent) when `key` is given, else all rows as a DataFrame with a key column."""
+        name = check_key("table", table)
+        if key is not None:
+            path = self.path("state", name, f"{hashlib.sha1(key.encode()).hexdigest()[:24]}.parquet")
+            try:
+                data = read_parquet_file(self.fs, path, "state")
+            except FileNotFoundError:
+                return None
+            return json.loads(data["row"][0].as_py())
+        data = self._read_all("state", f"state/{name}")
+        if data is None:
+            return pd.DataFrame({"key": pd.Series([], dtype=str)})
+        rows = [
+            {"key": k, **json.loads(r)}
+            for k, r in zip(data["key"].to_pylist(), data["row"].to_pylist(), strict=True)
+        ]
+        return pd.DataFrame(rows)
