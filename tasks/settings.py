@@ -33,6 +33,8 @@ def apply_prefect_defaults() -> None:
     """Point Prefect at the engine's state dir and keep it offline, unless the user has set these already."""
     home = engine_home()
     os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+    # Prefect creates its home without parents and only warns when it cannot.
+    Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Without a server the first flow call starts a temporary one; give it more than the default 20 s on a busy
     # 2-core machine.
