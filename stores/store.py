@@ -218,7 +218,9 @@ class Store:
         if len(known) and len(table):
             sizes = known.set_index("image_id")[["height", "width"]]
             got = table.select(["image_id", "height", "width"]).to_pandas()
-            joined = got.join(sizes, on="image_id", rsuffix="_image")
+            joined = got.merge(
+                sizes, left_on="image_id", right_index=True, how="left", suffixes=("", "_image")
+            )
             wrong = joined["height_image"].notna() & (
                 (joined["height"] != joined["height_image"]) | (joined["width"] != joined["width_image"])
             )
