@@ -1,0 +1,315 @@
+"""The ML backend Label Studio calls for interactive SAM: `/health`, `/setup`, `/predict`.
+
+The protocol is label-studio-ml-backend's. Label Studio forwards each smart-tool click as
+`POST /predict {"tasks": [task], "params": {"context": {"result": [...]}}, ...}` where the context holds
+keypointlabels (x, y in percent, `is_positive`) and rectanglelabels (x, y, width, height in percent). The answer
+is `{"results": [{"result": [brushlabels result], "score", "model_version"}]}`.
+
+Each task names its engine image by `data.image_id`. The backend takes that image's embedding from the store (and
+on a first visit computes it once with the image encoder and stores it), keeps the last few in memory, and answers a
+click with the prompt encoder + mask decoder only. A token protects it: Label Studio sends it as the HTTP basic-auth
+password (register the backend with auth_method=BASIC_AUTH); `Authorization: Bearer <token>` works too.
+The server is the standard library's threaded HTTP server: one decoder pass per click needs nothing more, and the
+predictor is guarded by a lock because it holds one image at a time.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import io
+import json
+import logging
+import threading
+import uuid
+from collections import OrderedDict
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+
+from .convert import mask_to_brush_rle, percent_to_pixels, rect_percent_to_box
+from .project import BRUSH_NAME, DEFAULT_LABELS, IMAGE_NAME
+
+logger = logging.getLogger(__name__)
+
+
+class BackendError(Exception):
+    """A request the backend refuses; status is the HTTP code it answers with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def make_predictor(model):
+    """A SamPredictor for model: sam_core's when it exists, else Meta's reference (same API)."""
+    try:
+        from sam_core import SamPredictor
+    except ImportError:
+        from segment_anything import SamPredictor
+    return SamPredictor(model)
+
+
+def set_embedding(predictor, embedding: np.ndarray, original_size: tuple[int, int]) -> None:
+    """Put a stored embedding (C x h x w) into predictor, as if set_image had computed it."""
+    if hasattr(predictor, "set_embedding"):
+        predictor.set_embedding(embedding, original_size)
+        return
+    # Meta's reference predictor has no setter: fill the attributes its set_image would have filled.
+    import torch
+
+    predictor.reset_image()
+    feats = torch.as_tensor(np.asarray(embedding, dtype=np.float32), device=predictor.device)
+    predictor.features = feats[None] if feats.ndim == 3 else feats
+    predictor.original_size = tuple(int(v) for v in original_size)
+    predictor.input_size = tuple(
+        predictor.transform.get_preprocess_shape(
+            original_size[0], original_size[1], predictor.transform.target_length
+        )
+    )
+    predictor.is_image_set = True
+
+
+def load_image(uri: str) -> np.ndarray:
+    """An image file (any fsspec URL or path) as H x W x 3 uint8 RGB."""
+    import fsspec
+    from PIL import Image
+
+    with fsspec.open(uri, "rb") as f:
+        data = f.read()
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+class SamBackend:
+    """The backend's logic, without HTTP (tests and the benchmark call it directly too).
+
+    store: a stores.Store (images table, embeddings). model: a Sam (sam_core or reference). model_version: the key of
+    the embeddings it reads and writes. token: required on /setup and /predict when set. cache_size: embeddings kept
+    in memory.
+    """
+
+    def __init__(self, store, model, model_version: str, token: str | None = None, cache_size: int = 8):
+        self.store = store
+        self.model_version = model_version
+        self._token = token
+        self.predictor = make_predictor(model)
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = int(cache_size)
+        self._current: str | None = None
+        self._images: dict[str, tuple[str, int, int]] | None = None
+
+    def __repr__(self) -> str:
+        return f"SamBackend(model_version={self.model_version!r}, protected={self._token is not None})"
+
+    # -- auth ----------------------------------------------------------------------------------------------------
+
+    def authorized(self, header: str | None) -> bool:
+        """True when no token is required, or the Authorization header carries it (basic password or bearer)."""
+        if self._token is None:
+            return True
+        if not header:
+            return False
+        scheme, _, value = header.partition(" ")
+        given = ""
+        if scheme.lower() == "basic":
+            try:
+                given = base64.b64decode(value.strip()).decode("utf-8").partition(":")[2]
+            except (ValueError, UnicodeDecodeError):
+                return False
+        elif scheme.lower() in ("bearer", "token"):
+            given = value.strip()
+        return hmac.compare_digest(given.encode(), self._token.encode())
+
+    # -- images and embeddings -----------------------------------------------------------------------------------
+
+    def _image(self, image_id: str) -> tuple[str, int, int]:
+        if self._images is None or image_id not in self._images:
+            table = self.store.images()  # re-read on a miss: images may have been ingested since start
+            self._images = {
+                str(r.image_id): (str(r.uri), int(r.height), int(r.width))
+                for r in table.itertuples(index=False)
+            }
+        if image_id not in self._images:
+            raise BackendError(
+                HTTPStatus.NOT_FOUND, f"unknown image_id {image_id!r}: not in the store's images"
+            )
+        return self._images[image_id]
+
+    def _embedding(self, image_id: str, uri: str) -> np.ndarray:
+        if image_id in self._cache:
+            self._cache.move_to_end(image_id)
+            return self._cache[image_id]
+        if self.store.has_embedding(image_id, self.model_version):
+            emb = self.store.get_embedding(image_id, self.model_version)
+        else:  # first visit: pay the image encoder once, then every click is decoder-only
+            self.predictor.set_image(load_image(uri))
+            emb = self.predictor.get_image_embedding()[0].cpu().numpy()
+            self.store.put_embedding(image_id, self.model_version, emb)
+        self._cache[image_id] = emb
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return emb
+
+    def _use_image(self, image_id: str) -> tuple[int, int]:
+        """Make image_id the predictor's image (embedding only). Returns (height, width)."""
+        uri, height, width = self._image(image_id)
+        if self._current != image_id:
+            emb = self._embedding(image_id, uri)
+            set_embedding(self.predictor, emb, (height, width))
+            self._current = image_id
+        return height, width
+
+    # -- protocol ------------------------------------------------------------------------------------------------
+
+    def health(self) -> dict:
+        return {"status": "UP", "model_class": "SamBackend", "model_version": self.model_version}
+
+    def setup(self, body: dict) -> dict:
+        return {"model_version": self.model_version}
+
+    def predict(self, body: dict) -> dict:
+        """One prediction per task: the mask for the context's clicks/box (empty when there is no context)."""
+        if not isinstance(body, dict) or not isinstance(body.get("tasks"), list):
+            raise BackendError(
+                HTTPStatus.BAD_REQUEST, "predict body must be a JSON object with a 'tasks' list"
+            )
+        params = body.get("params") or {}
+        context = params.get("context") or body.get("context") or {}
+        prompts = (context or {}).get("result") or []
+        results = []
+        for task in body["tasks"]:
+            data = (task.get("data") or {}) if isinstance(task, dict) else {}
+            image_id = data.get("image_id")
+            task_id = task.get("id") if isinstance(task, dict) else None
+            if image_id is None:
+                raise BackendError(HTTPStatus.BAD_REQUEST, f"task {task_id}: data has no image_id")
+            if not prompts:
+                self._image(str(image_id))  # still refuse unknown images
+                results.append({"result": [], "score": 0.0, "model_version": self.model_version})
+                continue
+            results.append(self._predict_one(str(image_id), task_id, prompts))
+        return {"results": results}
+
+    def _predict_one(self, image_id: str, task_id, prompts: list) -> dict:
+        points, labels, box, label = [], [], None, DEFAULT_LABELS[0]
+        with self._lock:
+            height, width = self._use_image(image_id)
+            for prompt in prompts:
+                kind = str(prompt.get("type", "")).lower()
+                value = prompt.get("value") or {}
+                try:
+                    if kind == "keypointlabels":
+                        points.append(percent_to_pixels(float(value["x"]), float(value["y"]), width, height))
+                        positive = prompt.get("is_positive", value.get("is_positive", True))
+                        labels.append(1 if positive in (True, 1, "true", "1") else 0)
+                    elif kind == "rectanglelabels":
+                        box = rect_percent_to_box(value, width, height)
+                    else:
+                        continue
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise BackendError(
+                        HTTPStatus.BAD_REQUEST, f"task {task_id}: bad {kind} prompt: {exc}"
+                    ) from exc
+                chosen = value.get(kind) or []
+                if chosen:
+                    label = str(chosen[0])
+            if not points and box is None:
+                raise BackendError(
+                    HTTPStatus.BAD_REQUEST, f"task {task_id}: context has no keypoint or rectangle"
+                )
+            # One point is ambiguous (part or whole): ask for three masks and keep the one the model rates best.
+            multimask = len(points) == 1 and box is None
+            masks, scores, _ = self.predictor.predict(
+                point_coords=np.asarray(points, dtype=np.float32) if points else None,
+                point_labels=np.asarray(labels, dtype=np.int64) if points else None,
+                box=np.asarray(box, dtype=np.float32) if box is not None else None,
+                multimask_output=multimask,
+            )
+        best = int(np.argmax(scores))
+        score = float(scores[best])
+        result = {
+            "id": uuid.uuid4().hex[:10],
+            "from_name": BRUSH_NAME,
+            "to_name": IMAGE_NAME,
+            "type": "brushlabels",
+            "original_width": width,
+            "original_height": height,
+            "image_rotation": 0,
+            "value": {"format": "rle", "rle": mask_to_brush_rle(masks[best]), "brushlabels": [label]},
+            "score": score,
+            "readonly": False,
+        }
+        return {"result": [result], "score": score, "model_version": self.model_version}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: Label Studio and the benchmark reuse connections
+    backend: SamBackend
+
+    def log_message(self, format: str, *args) -> None:  # route to logging, never print headers
+        logger.debug("ml backend %s - %s", self.address_string(), format % args)
+
+    def _send(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        if self.path.rstrip("/") in ("/health", ""):
+            self._send(HTTPStatus.OK, self.backend.health())
+        else:
+            self._send(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: GET {self.path}"})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        route = self.path.split("?")[0].rstrip("/")
+        handlers = {"/setup": self.backend.setup, "/predict": self.backend.predict}
+        if route == "/health":
+            return self._send(HTTPStatus.OK, self.backend.health())
+        if route not in handlers:
+            return self._send(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: POST {self.path}"})
+        if not self.backend.authorized(self.headers.get("Authorization")):
+            return self._send(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong ML backend token"})
+        try:
+            body = json.loads(raw or b"{}")
+        except json.JSONDecodeError as exc:
+            return self._send(HTTPStatus.BAD_REQUEST, {"error": f"body is not JSON: {exc}"})
+        try:
+            self._send(HTTPStatus.OK, handlers[route](body))
+        except BackendError as exc:
+            logger.info("ml backend %s refused: %s", route, exc)
+            self._send(exc.status, {"error": str(exc)})
+        except Exception as exc:  # noqa: BLE001 - answer 500 with the reason instead of dropping the connection
+            logger.exception("ml backend %s failed", route)
+            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(exc).__name__}: {exc}"})
+
+
+def make_server(backend: SamBackend, host: str = "127.0.0.1", port: int = 9090) -> ThreadingHTTPServer:
+    """An HTTP server for backend (port 0 picks a free one: read server.server_address)."""
+    handler = type("SamBackendHandler", (_Handler,), {"backend": backend})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    return server
+
+
+def serve_in_thread(backend: SamBackend, host: str = "127.0.0.1", port: int = 0):
+    """Start the server on a daemon thread. Returns (server, url); stop with server.shutdown()."""
+    server = make_server(backend, host, port)
+    thread = threading.Thread(target=server.serve_forever, name="sam-ml-backend", daemon=True)
+    thread.start()
+    return server, f"http://{server.server_address[0]}:{server.server_address[1]}"
+
+
+def build_model(name: str = "tiny", checkpoint: str | None = None):
+    """A Sam from sam_core by config name (and checkpoint path/URL; None: random weights for "tiny")."""
+    try:
+        from sam_core import build_sam
+    except ImportError:
+        from sam_core.build import build_sam
+    return build_sam(name, checkpoint)

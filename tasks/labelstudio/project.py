@@ -1,0 +1,165 @@
+"""Set up a Label Studio project from the engine: the interactive SAM labeling config, tasks, predictions.
+
+Each task is one image: `data = {"image": <url Label Studio can load>, "image_id": <engine image id>}`. The ML
+backend and the sync find the engine's image by `image_id`, never by parsing URLs. Model masks ride along as one
+prediction per task (brush RLE results with the model's score and model_version), so the annotator starts from them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from urllib.parse import quote, urlparse
+from xml.sax.saxutils import quoteattr
+
+import numpy as np
+import pandas as pd
+
+from .client import LabelStudioClient
+from .convert import coco_rle_to_mask, mask_to_brush_rle
+
+IMAGE_NAME = "image"
+BRUSH_NAME = "mask"
+KEYPOINT_NAME = "click"
+RECT_NAME = "box"
+DEFAULT_LABELS = ("object",)
+
+
+def label_config(labels: Iterable[str] = DEFAULT_LABELS) -> str:
+    """The labeling config: brush masks, plus keypoints and rectangles marked smart so each click or box goes to
+    the ML backend (interactive SAM). Point and box prompts are not stored as annotations the engine syncs; only
+    brush results are masks."""
+    labels = list(labels)
+    if not labels:
+        raise ValueError("labels must name at least one label")
+    items = "".join(f"<Label value={quoteattr(str(label))}/>" for label in labels)
+    smart = "".join(f'<Label value={quoteattr(str(label))} smart="true"/>' for label in labels)
+    return (
+        "<View>"
+        f'<Image name="{IMAGE_NAME}" value="$image" zoom="true" zoomControl="true"/>'
+        f'<BrushLabels name="{BRUSH_NAME}" toName="{IMAGE_NAME}">{items}</BrushLabels>'
+        f'<KeyPointLabels name="{KEYPOINT_NAME}" toName="{IMAGE_NAME}" smart="true">{smart}</KeyPointLabels>'
+        f'<RectangleLabels name="{RECT_NAME}" toName="{IMAGE_NAME}" smart="true">{smart}</RectangleLabels>'
+        "</View>"
+    )
+
+
+def image_url(uri: str, document_root: str | Path | None = None) -> str:
+    """The URL Label Studio loads an image from.
+
+    A local file (plain path or file://) under document_root becomes `/data/local-files/?d=<relative path>`
+    (Label Studio's local file serving); http(s) URLs pass through; anything else is refused with the reason.
+    """
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        return uri
+    if parsed.scheme in ("", "file"):
+        path = Path(parsed.path if parsed.scheme == "file" else uri).resolve()
+        if document_root is None:
+            raise ValueError(f"image {uri!r} is a local file: pass the server's document_root to serve it")
+        root = Path(document_root).resolve()
+        try:
+            rel = path.relative_to(root)
+        except ValueError as exc:
+            raise ValueError(
+                f"image {uri!r} lies outside Label Studio's document root {str(root)!r}"
+            ) from exc
+        return f"/data/local-files/?d={quote(rel.as_posix())}"
+    raise ValueError(
+        f"image {uri!r}: Label Studio cannot load {parsed.scheme}:// URIs directly; copy it locally"
+    )
+
+
+def brush_result(
+    mask: np.ndarray, label: str = DEFAULT_LABELS[0], result_id: str | None = None, score: float | None = None
+) -> dict:
+    """One brushlabels result for a bool mask (H x W), as Label Studio stores it."""
+    height, width = mask.shape
+    result = {
+        "id": result_id or uuid.uuid4().hex[:10],
+        "type": "brushlabels",
+        "from_name": BRUSH_NAME,
+        "to_name": IMAGE_NAME,
+        "original_width": int(width),
+        "original_height": int(height),
+        "image_rotation": 0,
+        "value": {"format": "rle", "rle": mask_to_brush_rle(mask), "brushlabels": [label]},
+    }
+    if score is not None:
+        result["score"] = float(score)
+    return result
+
+
+def prediction_from_masks(masks: pd.DataFrame, model_version: str, label: str = DEFAULT_LABELS[0]) -> dict:
+    """One Label Studio prediction from one image's mask rows (counts, height, width, predicted_iou, mask_id)."""
+    results = []
+    scores = []
+    for row in masks.itertuples(index=False):
+        mask = coco_rle_to_mask(row.counts, int(row.height), int(row.width))
+        iou = getattr(row, "predicted_iou", None)
+        score = None if iou is None or pd.isna(iou) else float(iou)
+        if score is not None:
+            scores.append(score)
+        # The result id carries the engine's mask_id, so an accepted prediction can be traced to its source mask.
+        results.append(brush_result(mask, label, result_id=str(row.mask_id)[:32], score=score))
+    return {
+        "model_version": model_version,
+        "score": float(np.mean(scores)) if scores else 0.0,
+        "result": results,
+    }
+
+
+def ensure_project(client: LabelStudioClient, title: str, labels: Iterable[str] = DEFAULT_LABELS) -> int:
+    """The id of the project with this title, created with the SAM labeling config if missing (idempotent)."""
+    existing = client.find_project(title)
+    if existing is not None:
+        return int(existing["id"])
+    return int(client.create_project(title, label_config(labels))["id"])
+
+
+def existing_tasks(client: LabelStudioClient, project_id: int) -> dict[str, int]:
+    """image_id -> task id for the project's tasks that carry an engine image_id."""
+    out: dict[str, int] = {}
+    for task in client.iter_tasks(project_id):
+        image_id = (task.get("data") or {}).get("image_id")
+        if image_id is not None:
+            out.setdefault(str(image_id), int(task["id"]))
+    return out
+
+
+def add_tasks(
+    client: LabelStudioClient,
+    project_id: int,
+    images: pd.DataFrame,
+    masks: pd.DataFrame | None = None,
+    model_version: str | None = None,
+    document_root: str | Path | None = None,
+    label: str = DEFAULT_LABELS[0],
+) -> dict[str, int]:
+    """Import one task per image (rows with image_id, uri) with the image's masks as a prediction.
+
+    Images already in the project are skipped, so a rerun adds nothing. Returns image_id -> task id for every
+    image passed in.
+    """
+    for column in ("image_id", "uri"):
+        if column not in images.columns:
+            raise ValueError(f"images must have an {column!r} column, has {list(images.columns)}")
+    known = existing_tasks(client, project_id)
+    new_images = images[~images["image_id"].astype(str).isin(known)]
+    by_image = {}
+    if masks is not None and len(masks):
+        by_image = {str(k): g for k, g in masks.groupby("image_id", observed=True)}
+    payload = []
+    for row in new_images.itertuples(index=False):
+        task: dict = {"data": {IMAGE_NAME: image_url(row.uri, document_root), "image_id": str(row.image_id)}}
+        image_masks = by_image.get(str(row.image_id))
+        if image_masks is not None and len(image_masks):
+            version = model_version or str(image_masks["model_version"].iloc[0])
+            task["predictions"] = [prediction_from_masks(image_masks, version, label)]
+        payload.append(task)
+    if payload:
+        ids = client.import_tasks(project_id, payload)
+        for task, task_id in zip(payload, ids, strict=True):
+            known[task["data"]["image_id"]] = task_id
+    return {str(i): known[str(i)] for i in images["image_id"]}
