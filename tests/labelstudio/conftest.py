@@ -1,0 +1,80 @@
+"""Fixtures for the Label Studio tests: a real Label Studio server (one per session), stores, a tiny SAM."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from stores import Store
+from tasks.labelstudio import server
+from tasks.labelstudio.client import LabelStudioClient
+
+
+@pytest.fixture(scope="session")
+def ls_server(tmp_path_factory):
+    """A real Label Studio on a free port. The first install of its venv takes about a minute, a start about 30 s;
+    both are paid once per session."""
+    home = tmp_path_factory.mktemp("labelstudio-home")
+    info = server.up(port=server.free_port(), home=home, timeout=300)
+    try:
+        yield info
+    finally:
+        server.down(home)
+
+
+@pytest.fixture(scope="session")
+def ls_client(ls_server):
+    client = LabelStudioClient(ls_server.url, ls_server.token, retries=1, backoff=0.1)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def document_root(ls_server):
+    return server.status(ls_server.home)["document_root"]
+
+
+@pytest.fixture
+def store(tmp_path):
+    return Store(f"file://{tmp_path}/store")
+
+
+def make_images(
+    store: Store, folder, n: int = 2, height: int = 48, width: int = 64, prefix: str = "img"
+) -> pd.DataFrame:
+    """Write n random RGB PNGs under folder, register them in the store's images table, return the rows."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        path = folder / f"{prefix}{i}.png"
+        Image.fromarray((rng.random((height, width, 3)) * 255).astype(np.uint8)).save(path)
+        rows.append(
+            {
+                "image_id": f"{prefix}{i}",
+                "uri": str(path),
+                "width": width,
+                "height": height,
+                "sha256": f"h{i}",
+                "split": "train",
+            }
+        )
+    store.write_images(pd.DataFrame(rows))
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="session")
+def tiny_sam():
+    import torch
+
+    from tasks.labelstudio.ml_backend import build_model
+
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    model.eval()
+    return model
