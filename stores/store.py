@@ -141,7 +141,9 @@ class Store:
         """Store one image embedding (C x H x W, e.g. 256 x 64 x 64) as float32 or float16.
 
         float16 halves the bytes; its rounding error is at most 2**-11 (4.9e-4) of each value's magnitude for
-        |x| >= 6.1e-5 and at most 3e-8 absolute below that (measured in tests/stores/test_embeddings.py).
+        |x| >= 6.1e-5 and at most 3e-8 absolute below that, so the absolute error is at most max|x| * 2**-11.
+        Measured on a 256 x 64 x 64 heavy-tailed unit-scale tensor (max |x| 48.6): max absolute error 1.25e-2,
+        max relative error 4.88e-4 (tests/stores/test_embeddings_and_rle.py).
         Values beyond float16's range (|x| > 65504) are refused rather than turned into inf.
         """
         if dtype not in _EMBED_DTYPES:

@@ -1,0 +1,166 @@
+"""Bad input gets a clear error naming the file or record, and leaves the store exactly as it was."""
+
+import json
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from stores import (
+    BadRecordError,
+    CorruptFileError,
+    PathEscapeError,
+    SchemaMismatchError,
+    import_coco,
+    import_sa1b,
+)
+
+
+def snapshot(store) -> dict[str, bytes]:
+    store.fs.invalidate_cache()
+    return {p: store.fs.cat_file(p) for p in store.fs.find(store.root)}
+
+
+@pytest.fixture
+def seeded(store, make_masks, images_frame):
+    store.write_images(images_frame(["img1"]))
+    df, _ = make_masks("img1", 2, seed=1)
+    store.write_masks(df, 0, "fully_automatic", 0)
+    return store
+
+
+@pytest.mark.parametrize(
+    ("counts", "message"),
+    [
+        ("", "counts is empty"),
+        ("ab\x01", "outside the COCO RLE alphabet"),
+        ("PP", "ends in the middle of a run"),
+        ("0" * 9 + "P", "ends in the middle"),
+    ],
+)
+def test_malformed_rle_is_refused_naming_the_row(seeded, make_masks, counts, message):
+    before = snapshot(seeded)
+    df, _ = make_masks("img1", 3, seed=2)
+    df.loc[1, "counts"] = counts
+    with pytest.raises(BadRecordError, match=rf"row 1 image_id=img1: .*{message}"):
+        seeded.write_masks(df, 0, "fully_automatic", 1)
+    assert snapshot(seeded) == before
+
+
+def test_rle_that_does_not_cover_its_size_is_refused(seeded, make_masks):
+    before = snapshot(seeded)
+    df, _ = make_masks("img1", 2, seed=3)
+    df.loc[0, "height"] = 25  # the RLE covers 24 x 32 pixels
+    with pytest.raises(
+        BadRecordError, match=r"row 0 image_id=img1: counts covers 768 pixels but the mask is 25 x 32"
+    ):
+        seeded.write_masks(df, 0, "fully_automatic", 1)
+    assert snapshot(seeded) == before
+
+
+def test_mask_whose_size_differs_from_its_image_is_refused(seeded, make_masks):
+    before = snapshot(seeded)
+    df, _ = make_masks("img1", 2, height=32, width=24, seed=4)  # a valid RLE, but img1 is 24 x 32
+    with pytest.raises(
+        BadRecordError, match=r"row 0 image_id=img1: mask is 32 x 24 but the image is 24 x 32"
+    ):
+        seeded.write_masks(df, 0, "fully_automatic", 1)
+    assert snapshot(seeded) == before
+
+
+def test_wrong_area_unknown_source_and_missing_columns_are_refused(seeded, make_masks):
+    before = snapshot(seeded)
+    df, _ = make_masks("img1", 2, seed=5)
+    with pytest.raises(BadRecordError, match=r"row 1 image_id=img1: area=1 but counts holds"):
+        seeded.write_masks(df.assign(area=[None, 1]), 0, "fully_automatic", 1)
+    with pytest.raises(BadRecordError, match=r"row 0 image_id=img1: source='robot'"):
+        seeded.write_masks(df.assign(source="robot"), 0, "fully_automatic", 1)
+    with pytest.raises(BadRecordError, match=r"missing required columns \['counts'\]"):
+        seeded.write_masks(df.drop(columns="counts"), 0, "fully_automatic", 1)
+    assert snapshot(seeded) == before
+
+
+def test_coco_file_with_missing_fields_is_refused_naming_the_record(seeded, tmp_path):
+    before = snapshot(seeded)
+    good_ann = {"id": 7, "image_id": 1, "segmentation": {"size": [24, 32], "counts": "0`0"}}
+    image = {"id": 1, "file_name": "img9.jpg", "width": 32, "height": 24}
+    cases = [
+        ({"annotations": []}, r"missing list 'images'"),
+        (
+            {"images": [{"id": 1, "file_name": "x.jpg"}], "annotations": []},
+            r"images\[0\] \(id=1\) misses fields",
+        ),
+        ({"images": [image], "annotations": [{"id": 7, "image_id": 1}]}, r"annotations\[0\] \(id=7\) misses"),
+        ({"images": [image], "annotations": [dict(good_ann, image_id=2)]}, r"image_id=2 is not in 'images'"),
+        (
+            {
+                "images": [image],
+                "annotations": [dict(good_ann, segmentation={"size": [5, 5], "counts": "0"})],
+            },
+            "differs",
+        ),
+    ]
+    for n, (data, message) in enumerate(cases):
+        path = tmp_path / f"bad{n}.json"
+        path.write_text(json.dumps(data))
+        with pytest.raises(BadRecordError, match=rf"bad{n}\.json.*{message}"):
+            import_coco(seeded, str(path), 0, "assisted_manual", "coco")
+    assert snapshot(seeded) == before
+
+
+def test_sa1b_file_with_bad_annotation_is_refused(seeded, tmp_path):
+    before = snapshot(seeded)
+    path = tmp_path / "sa_1.json"
+    image = {"image_id": 1, "width": 32, "height": 24, "file_name": "sa_1.jpg"}
+    path.write_text(
+        json.dumps({"image": image, "annotations": [{"id": 3, "segmentation": {"size": [24, 32]}}]})
+    )
+    with pytest.raises(BadRecordError, match=r"sa_1\.json: annotations\[0\] \(id=3\)"):
+        import_sa1b(seeded, [str(path)], 0, "fully_automatic", "sa")
+    assert snapshot(seeded) == before
+
+
+def test_truncated_parquet_file_is_named(seeded):
+    (path,) = [p for p in seeded.fs.find(seeded.root) if "/masks/" in p]
+    data = seeded.fs.cat_file(path)
+    seeded.fs.pipe_file(path, data[: len(data) // 2])
+    before = snapshot(seeded)
+    with pytest.raises(CorruptFileError, match=rf"{path}: cannot read Parquet file of table 'masks'"):
+        seeded.masks()
+    assert snapshot(seeded) == before
+
+
+def test_file_of_another_schema_is_named(seeded):
+    foreign = seeded.path("masks", "round=0", "stage=fully_automatic", "shard-foreign.parquet")
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table({"mask_id": ["x"]}), sink)
+    seeded.fs.pipe_file(foreign, sink.getvalue().to_pybytes())
+    with pytest.raises(SchemaMismatchError, match=rf"{foreign}: file holds table '\?' schema version '\?'"):
+        seeded.masks()
+    images_file = [p for p in seeded.fs.find(seeded.root) if "/images/" in p][0]
+    seeded.fs.pipe_file(foreign, seeded.fs.cat_file(images_file))
+    with pytest.raises(
+        SchemaMismatchError, match=rf"{foreign}: file holds table 'images' schema version '1'"
+    ):
+        seeded.masks()
+
+
+def test_paths_that_escape_the_root_are_refused(seeded, make_masks):
+    before = snapshot(seeded)
+    df, _ = make_masks("img1", 1, seed=6)
+    with pytest.raises(PathEscapeError, match=r"stage='\.\./\.\./x'"):
+        seeded.write_masks(df, 0, "../../x", 0)
+    with pytest.raises(PathEscapeError, match=r"shard='\.\./evil'"):
+        seeded.write_masks(df, 0, "fully_automatic", "../evil")
+    with pytest.raises(PathEscapeError, match=r"image_id='\.\./\.\./etc/passwd'"):
+        seeded.put_embedding("../../etc/passwd", "tiny-v0", [[[0.0]]])
+    with pytest.raises(PathEscapeError, match=r"model_version='a/b'"):
+        seeded.has_embedding("img1", "a/b")
+    with pytest.raises(PathEscapeError, match=r"table='\.\.'"):
+        seeded.write_state("..", "k", {})
+    with pytest.raises(PathEscapeError, match=r"images row 0 image_id"):
+        seeded.write_images(pd.DataFrame({"image_id": ["../x"], "uri": ["u"], "width": [1], "height": [1]}))
+    with pytest.raises(PathEscapeError, match="escapes the store root"):
+        seeded.path("..", "elsewhere")
+    assert snapshot(seeded) == before
