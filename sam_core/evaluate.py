@@ -1,0 +1,202 @@
+"""Evaluation as in the SAM paper, on any model with the Sam interface.
+
+- Interactive: per ground-truth mask, the first click at the point farthest from the object boundary, each next
+  click at the point farthest from the boundary of the error region (positive on a false negative, negative on
+  a false positive), the previous low-res logits fed back as the mask prompt. mIoU after 1, 2, 3, 5, 9 clicks;
+  NoC@85 / NoC@90 (clicks needed to reach that IoU, capped at the click budget, which counts as failure).
+  After one click the model gives 3 masks: "confident" keeps the one with the highest predicted IoU (what a
+  user sees), "oracle" the best of the three (the paper's ambiguity-aware number).
+- Automatic masks: precision and recall of a list of predicted masks against ground truth at IoU 0.5 / 0.75.
+
+    python -m sam_core.evaluate --split test --count 100 [--checkpoint path]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sam_core.prompts import first_click, next_click
+from sam_core.train_data import prepare_sample
+
+CLICKS_REPORTED = (1, 2, 3, 5, 9)
+
+
+def binary_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two HxW bool masks; 1.0 when both are empty."""
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+@torch.no_grad()
+def click_ious(model, embedding: torch.Tensor, gt: np.ndarray, max_clicks: int) -> dict:
+    """IoU after each of ``max_clicks`` simulated clicks on one mask.
+
+    embedding: 1xCxhxw of the padded SxS image; gt: SxS bool in the same frame. Returns {"confident": [...],
+    "oracle": [...]} (lists of length max_clicks; they differ only after the first click).
+    """
+    size = gt.shape[-1]
+    image_pe = model.prompt_encoder.get_dense_pe()
+    coords, labels = [], []
+    mask_input = None
+    confident, oracle = [], []
+    pred = None
+    for k in range(max_clicks):
+        click = first_click(gt) if k == 0 else next_click(gt, pred)
+        if click is None:  # perfect already: the IoU stays where it is
+            confident.append(confident[-1])
+            oracle.append(oracle[-1])
+            continue
+        coords.append(click[:2])
+        labels.append(click[2])
+        points = (torch.tensor([coords], dtype=torch.float32), torch.tensor([labels], dtype=torch.long))
+        sparse, dense = model.prompt_encoder(points=points, boxes=None, masks=mask_input)
+        low_res, iou_pred = model.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=image_pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=k == 0,
+        )
+        logits = F.interpolate(low_res, size=(size, size), mode="bilinear", align_corners=False)[0]
+        masks = (logits > 0).numpy()
+        ious = [binary_iou(m, gt) for m in masks]
+        pick = int(iou_pred[0].argmax())
+        confident.append(ious[pick])
+        oracle.append(max(ious))
+        # Like an interactive user, the next click corrects the mask that was shown.
+        pred = masks[pick]
+        mask_input = low_res[:, pick : pick + 1]
+    return {"confident": confident, "oracle": oracle}
+
+
+def noc(ious: Sequence[float], threshold: float) -> int:
+    """Number of clicks to reach ``threshold`` IoU; len(ious) if never (the budget counts as the result)."""
+    for k, iou in enumerate(ious):
+        if iou >= threshold:
+            return k + 1
+    return len(ious)
+
+
+@torch.no_grad()
+def evaluate_interactive(
+    model, dataset: Sequence, max_clicks: int = 20, max_masks_per_image: int = 1000, min_area: int = 16
+) -> dict:
+    """mIoU after 1, 2, 3, 5, 9 clicks and NoC@85/90 over every usable mask of ``dataset``.
+
+    dataset: a sequence of (image HxWx3 uint8, masks list of HxW bool). Unusable masks (empty, wrong shape) are
+    counted in "skipped", never scored.
+    """
+    from sam_core.train import encode
+
+    model.eval()
+    size = int(model.image_encoder.img_size)
+    per_mask = {"confident": [], "oracle": []}
+    skipped = {"empty_masks": 0, "shape_mismatch": 0}
+    rng = np.random.default_rng(0)
+    for i in range(len(dataset)):
+        image, masks = dataset[i]
+        sample = prepare_sample(image, masks, size, max_masks_per_image, rng, min_area=min_area)
+        for key, count in sample.skipped.items():
+            skipped[key] += count
+        if sample.masks.shape[0] == 0:
+            continue
+        embedding = encode(model, sample.image[None])
+        for gt in sample.masks.numpy() > 0.5:
+            result = click_ious(model, embedding, gt, max_clicks)
+            for key in per_mask:
+                per_mask[key].append(result[key])
+    if not per_mask["oracle"]:
+        raise ValueError(f"no usable mask to evaluate (skipped: {skipped})")
+    out = {"masks": len(per_mask["oracle"]), "images": len(dataset), "skipped": skipped}
+    for key, rows in per_mask.items():
+        arr = np.asarray(rows)
+        for k in CLICKS_REPORTED:
+            if k <= max_clicks:
+                out[f"miou@{k}_{key}"] = float(arr[:, k - 1].mean())
+        out[f"noc@85_{key}"] = float(np.mean([noc(r, 0.85) for r in rows]))
+        out[f"noc@90_{key}"] = float(np.mean([noc(r, 0.90) for r in rows]))
+    return out
+
+
+def automatic_precision_recall(
+    predicted: Sequence[np.ndarray],
+    ground_truth: Sequence[np.ndarray],
+    thresholds: Sequence[float] = (0.5, 0.75),
+) -> dict:
+    """Precision and recall of automatically generated masks (lists of HxW bool) at each IoU threshold.
+
+    A prediction is a true positive when it matches a not-yet-matched ground truth mask at IoU >= threshold
+    (greedy, highest IoU first). Returns {"precision@0.5": ..., "recall@0.5": ..., ...}.
+    """
+    shapes = {np.asarray(m).shape for m in list(predicted) + list(ground_truth)}
+    if len(shapes) > 1:
+        raise ValueError(f"predicted and ground-truth masks must share one shape, got {sorted(shapes)}")
+    p = np.asarray([np.asarray(m, bool).ravel() for m in predicted], dtype=np.float32).reshape(
+        len(predicted), -1
+    )
+    g = np.asarray([np.asarray(m, bool).ravel() for m in ground_truth], dtype=np.float32).reshape(
+        len(ground_truth), -1
+    )
+    inter = p @ g.T
+    union = p.sum(1)[:, None] + g.sum(1)[None, :] - inter
+    iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    out = {}
+    for t in thresholds:
+        matched = 0
+        used_p, used_g = set(), set()
+        for flat in np.argsort(-iou, axis=None):
+            i, j = divmod(int(flat), iou.shape[1])
+            if iou[i, j] < t:
+                break
+            if i in used_p or j in used_g:
+                continue
+            used_p.add(i)
+            used_g.add(j)
+            matched += 1
+        out[f"precision@{t}"] = matched / len(predicted) if len(predicted) else 0.0
+        out[f"recall@{t}"] = matched / len(ground_truth) if len(ground_truth) else 0.0
+    return out
+
+
+def format_table(metrics: dict) -> str:
+    """The interactive metrics as a two-row text table (confident / oracle)."""
+    cols = [f"miou@{k}" for k in CLICKS_REPORTED] + ["noc@85", "noc@90"]
+    lines = ["choice      " + "  ".join(f"{c:>8}" for c in cols)]
+    for key in ("confident", "oracle"):
+        vals = [metrics.get(f"{c}_{key}") for c in cols]
+        lines.append(f"{key:<12}" + "  ".join(f"{v:8.3f}" if v is not None else f"{'-':>8}" for v in vals))
+    lines.append(f"masks={metrics['masks']} images={metrics['images']} skipped={metrics['skipped']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from sam_core.embedded import load_embedded
+    from sam_core.train_data import SyntheticDataset
+
+    parser = argparse.ArgumentParser(description="Interactive evaluation on the synthetic benchmark.")
+    parser.add_argument("--checkpoint", default=None, help="default: the embedded model")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
+    parser.add_argument("--count", type=int, default=100, help="number of scenes")
+    parser.add_argument("--max-clicks", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", action="store_true", help="print the metrics as JSON after the table")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model = load_embedded(args.checkpoint)
+    started = time.monotonic()
+    metrics = evaluate_interactive(model, SyntheticDataset(args.split, count=args.count), args.max_clicks)
+    print(format_table(metrics))
+    print(f"split={args.split} scenes={args.count} seconds={time.monotonic() - started:.1f}")
+    if args.json:
+        print(json.dumps(metrics))
+
+
+if __name__ == "__main__":
+    main()

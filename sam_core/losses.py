@@ -1,0 +1,64 @@
+"""Losses of SAM's interactive training: focal + dice on mask logits (20:1), MSE on the IoU head, and the
+minimum over the three outputs of an ambiguous prompt. Every function returns one value per mask so the caller
+chooses how to reduce."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+FOCAL_WEIGHT = 20.0
+DICE_WEIGHT = 1.0
+
+
+def focal_loss(
+    logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> torch.Tensor:
+    """Sigmoid focal loss averaged over pixels: logits, target ...xHxW (target 0/1 float) -> ...."""
+    prob = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p_t = prob * target + (1 - prob) * (1 - target)
+    loss = ce * (1 - p_t) ** gamma
+    loss = (alpha * target + (1 - alpha) * (1 - target)) * loss
+    return loss.flatten(-2).mean(-1)
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Soft dice loss: logits, target ...xHxW -> ...; eps keeps an empty target and prediction finite."""
+    prob = logits.sigmoid().flatten(-2)
+    target = target.flatten(-2)
+    inter = (prob * target).sum(-1)
+    return 1 - (2 * inter + eps) / (prob.sum(-1) + target.sum(-1) + eps)
+
+
+def mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """SAM's mask loss, 20 * focal + 1 * dice, per mask: ...xHxW -> ...."""
+    return FOCAL_WEIGHT * focal_loss(logits, target) + DICE_WEIGHT * dice_loss(logits, target)
+
+
+def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """IoU of the binarised prediction (logits > 0) with the target, per mask: ...xHxW -> ...; 1 when both
+    are empty."""
+    pred = (logits > 0).flatten(-2)
+    target = target.flatten(-2) > 0.5
+    inter = (pred & target).sum(-1).float()
+    union = (pred | target).sum(-1).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+def min_over_masks(losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For NxM per-output losses, the lowest loss of each row and its index: (N,), (N,) long.
+
+    Only the chosen output then carries gradient, as in the paper's training of ambiguous prompts.
+    """
+    if losses.ndim != 2:
+        raise ValueError(f"losses must be NxM, got shape {tuple(losses.shape)}")
+    best, index = losses.min(dim=1)
+    return best, index
+
+
+def iou_head_loss(iou_pred: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE between the IoU head's predictions (NxM) and the actual IoU of each of the M outputs (NxMxHxW
+    logits against an Nx1xHxW or NxMxHxW target), per mask and output: NxM."""
+    actual = mask_iou(logits.detach(), target.expand_as(logits))
+    return (iou_pred - actual) ** 2

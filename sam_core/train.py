@@ -1,0 +1,382 @@
+"""SAM's interactive trainer (Kirillov et al. 2023, appendix A), read top to bottom.
+
+Per image: encode once; per mask: a first prompt (a positive point or a noisy box, equal odds), then 10 more
+decoder passes, each fed the previous pass's logits as the mask prompt: 8 of them add a correction click drawn
+from the error region, 2 add none (one at a random place among them, one at the end) = 11 passes. Loss per pass:
+20 * focal + 1 * dice on the masks (for an ambiguous single-point prompt only the lowest-loss of the 3 outputs),
+plus MSE on the IoU head. AdamW with linear warmup and cosine decay.
+
+    python -m sam_core.train --steps 100 --out /tmp/sam_tiny.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sam_core.losses import iou_head_loss, mask_iou, mask_loss, min_over_masks
+from sam_core.prompts import sample_error_points, sample_points_in
+from sam_core.train_data import SyntheticDataset, prepare_sample
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run depends on; the defaults run (a short synthetic run of the tiny model)."""
+
+    model: str = "tiny"
+    steps: int = 200
+    images_per_step: int = 1
+    masks_per_image: int = 16  # instances sampled per image; they share one image-encoder pass
+    lr: float = 8e-4
+    warmup_steps: int = 250  # capped at a fifth of `steps` so short runs still reach full lr
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    correction_points: int = 8  # clicks sampled from the error region after the first prompt
+    no_point_iterations: int = 2  # passes with only the mask prompt: one random, one at the end
+    box_probability: float = 0.5  # odds that the first prompt is a noisy box rather than a point
+    iou_loss_weight: float = 1.0
+    freeze_image_encoder: bool = False
+    cache_embeddings: bool = False  # train prompt encoder + decoder on embeddings computed once per image
+    data_split: str = "train"
+    seed: int = 0
+    checkpoint_every: int = 0  # steps; 0 = only at the end
+    log_every: int = 10
+    init_checkpoint: str | None = None  # start from these weights (path or fsspec URL)
+    metadata: dict = field(
+        default_factory=dict
+    )  # lineage (parent version, data round, ...) copied to the checkpoint
+
+    def validate(self) -> None:
+        if self.steps < 1 or self.images_per_step < 1 or self.masks_per_image < 1:
+            raise ValueError(f"steps, images_per_step, masks_per_image must be >= 1: {self}")
+        if self.correction_points < 0 or self.no_point_iterations < 0:
+            raise ValueError("correction_points and no_point_iterations must be >= 0")
+        if not 0.0 <= self.box_probability <= 1.0:
+            raise ValueError(f"box_probability must be in [0, 1], got {self.box_probability}")
+
+
+def iteration_schedule(config: TrainConfig, rng: np.random.Generator) -> list[str]:
+    """The kinds of the decoder passes for one mask: "first", then "point" or "none".
+
+    With the defaults: 1 first + 8 points + 2 none = 11, one "none" at a random place among the points and one
+    always last (the paper's schedule).
+    """
+    middle = ["point"] * config.correction_points
+    if config.no_point_iterations > 0:
+        for _ in range(config.no_point_iterations - 1):
+            middle.insert(int(rng.integers(0, len(middle) + 1)), "none")
+        middle.append("none")
+    return ["first", *middle]
+
+
+def build_model(name: str = "tiny") -> torch.nn.Module:
+    """A freshly initialised model of the named config (see sam_core.build_sam)."""
+    try:
+        from sam_core.build import build_sam
+    except ImportError:  # until sam_core.build lands: the reference modules share its state-dict names
+        return _reference_tiny()
+    return build_sam(name)
+
+
+def _reference_tiny() -> torch.nn.Module:
+    from functools import partial
+
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            depth=6,
+            embed_dim=192,
+            img_size=256,
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=6,
+            patch_size=8,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=(2, 5),
+            window_size=8,
+            out_chans=256,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=256, image_embedding_size=(32, 32), input_image_size=(256, 256), mask_in_chans=16
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=1024, num_heads=8),
+            transformer_dim=256,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+
+
+def encode(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Normalise Bx3xSxS float pixel values (0..255, S = encoder size) and encode: -> BxCxhxw."""
+    x = (images - model.pixel_mean) / model.pixel_std
+    return model.image_encoder(x)
+
+
+def interactive_loss(
+    model: torch.nn.Module,
+    embedding: torch.Tensor,
+    gt: torch.Tensor,
+    use_box: bool,
+    boxes: torch.Tensor | None,
+    config: TrainConfig,
+    rng: np.random.Generator,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, dict]:
+    """The 11-pass interactive loss for N masks of one image.
+
+    embedding: 1xCxhxw. gt: NxSxS float 0/1 at the encoder's input size. boxes: Nx4 noisy boxes (used when
+    use_box). Returns the loss averaged over passes and stats (IoU after the first and the last pass).
+    """
+    n, size = gt.shape[0], gt.shape[-1]
+    gt_bool = gt > 0.5
+    target = gt[:, None]
+    image_pe = model.prompt_encoder.get_dense_pe()
+    coords = torch.zeros((n, 0, 2))
+    labels = torch.zeros((n, 0), dtype=torch.long)
+    mask_input = None
+    pred = None
+    schedule = iteration_schedule(config, rng)
+    total = embedding.new_zeros(())
+    ious = []
+    rows = torch.arange(n)
+    for kind in schedule:
+        if kind == "first" and not use_box:
+            coords = sample_points_in(gt_bool, generator)[:, None]
+            labels = torch.ones((n, 1), dtype=torch.long)
+        elif kind == "point":
+            new_coords, new_labels = sample_error_points(gt_bool, pred, generator)
+            coords = torch.cat([coords, new_coords[:, None]], dim=1)
+            labels = torch.cat([labels, new_labels[:, None]], dim=1)
+        points = (coords, labels) if coords.shape[1] > 0 else None
+        sparse, dense = model.prompt_encoder(
+            points=points, boxes=boxes if use_box else None, masks=mask_input
+        )
+        multimask = kind == "first" and not use_box  # one point is ambiguous; a box or several points are not
+        low_res, iou_pred = model.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=image_pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
+        logits = F.interpolate(low_res, size=(size, size), mode="bilinear", align_corners=False)
+        per_output = mask_loss(logits, target.expand_as(logits))
+        best, index = min_over_masks(per_output)
+        iou_loss = iou_head_loss(iou_pred, logits, target).mean(dim=1)
+        total = total + best.mean() + config.iou_loss_weight * iou_loss.mean()
+        chosen = logits[rows, index]
+        # The next pass sees this pass's raw logits as its mask prompt; no gradient flows back through them.
+        mask_input = low_res[rows, index][:, None].detach()
+        pred = chosen.detach() > 0
+        ious.append(mask_iou(chosen.detach(), gt).mean().item())
+    loss = total / len(schedule)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite loss {loss.item()} (passes: {schedule})")
+    return loss, {"iou_first": ious[0], "iou_last": ious[-1]}
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Linear warmup, then cosine decay to lr * min_lr_ratio at the last step."""
+    warmup = min(config.warmup_steps, max(1, config.steps // 5))
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, config.steps - warmup)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (norms, biases and embeddings-as-vectors are not decayed)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 and "pos_embed" not in name else no_decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+
+
+class Trainer:
+    """Holds the model, optimizer and counters of one run; ``step()`` does one optimisation step.
+
+    dataset: a sequence of (image HxWx3 uint8, masks list of HxW bool). Bad masks (empty, wrong shape) are
+    skipped and counted in ``skipped``; an image with no usable mask is skipped and counted too.
+    after_backward: called with the model after each backward pass (Ray uses it to average gradients).
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        dataset: Sequence | None = None,
+        model: torch.nn.Module | None = None,
+        after_backward: Callable[[torch.nn.Module], None] | None = None,
+    ):
+        config.validate()
+        self.config = config
+        self.dataset = dataset if dataset is not None else SyntheticDataset(config.data_split)
+        if len(self.dataset) == 0:
+            raise ValueError("dataset is empty: nothing to train on")
+        self.model = model if model is not None else build_model(config.model)
+        if config.init_checkpoint:
+            from sam_core.embedded import load_weights
+
+            load_weights(self.model, config.init_checkpoint)
+        if config.freeze_image_encoder or config.cache_embeddings:
+            self.model.image_encoder.requires_grad_(False)
+        self.optimizer = make_optimizer(self.model, config)
+        self.after_backward = after_backward
+        self.rng = np.random.default_rng(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.step_index = 0
+        self.skipped = {"empty_masks": 0, "shape_mismatch": 0, "images_without_masks": 0}
+        self.embedding_cache: dict[int, torch.Tensor] = {}
+        self.history: list[dict] = []
+        self.started = time.monotonic()
+
+    @property
+    def img_size(self) -> int:
+        return int(self.model.image_encoder.img_size)
+
+    def _next_sample(self) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
+        for _ in range(100):
+            index = int(self.rng.integers(0, len(self.dataset)))
+            image, masks = self.dataset[index]
+            sample = prepare_sample(image, masks, self.img_size, self.config.masks_per_image, self.rng)
+            for key, count in sample.skipped.items():
+                self.skipped[key] += count
+            if sample.masks.shape[0] > 0:
+                return index, sample.image, sample.masks, sample.boxes
+            self.skipped["images_without_masks"] += 1
+        raise ValueError(f"100 images in a row had no usable mask (skipped so far: {self.skipped})")
+
+    def _embedding(self, index: int, image: torch.Tensor) -> torch.Tensor:
+        if not self.config.cache_embeddings:
+            return encode(self.model, image[None])
+        if index not in self.embedding_cache:
+            with torch.no_grad():
+                self.embedding_cache[index] = encode(self.model, image[None])
+        return self.embedding_cache[index]
+
+    def step(self) -> dict:
+        """One optimisation step over ``images_per_step`` images; returns the logged stats."""
+        self.model.train()
+        lr = lr_at(self.step_index, self.config)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        stats = {"loss": 0.0, "iou_first": 0.0, "iou_last": 0.0, "masks": 0}
+        for _ in range(self.config.images_per_step):
+            index, image, gt, boxes = self._next_sample()
+            embedding = self._embedding(index, image)
+            use_box = bool(self.rng.random() < self.config.box_probability)
+            loss, s = interactive_loss(
+                self.model, embedding, gt, use_box, boxes, self.config, self.rng, self.generator
+            )
+            (loss / self.config.images_per_step).backward()
+            stats["loss"] += loss.item() / self.config.images_per_step
+            stats["iou_first"] += s["iou_first"] / self.config.images_per_step
+            stats["iou_last"] += s["iou_last"] / self.config.images_per_step
+            stats["masks"] += gt.shape[0]
+        if self.after_backward is not None:
+            self.after_backward(self.model)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        if not torch.isfinite(grad_norm):
+            raise FloatingPointError(f"non-finite gradient norm at step {self.step_index}")
+        self.optimizer.step()
+        self.step_index += 1
+        stats.update(step=self.step_index, lr=lr, seconds=time.monotonic() - self.started)
+        self.history.append(stats)
+        return stats
+
+    def checkpoint(self, metrics: dict | None = None, half: bool = False) -> dict:
+        """{"model": state_dict, "config": dict, "metadata": dict}; ``half`` stores floats as fp16."""
+        state = {
+            k: (v.half() if half and v.is_floating_point() else v).clone()
+            for k, v in self.model.state_dict().items()
+        }
+        metadata = {
+            **self.config.metadata,
+            "steps": self.step_index,
+            "wall_seconds": round(time.monotonic() - self.started, 1),
+            "skipped": dict(self.skipped),
+            "metrics": metrics or {},
+            "torch": str(torch.__version__),
+        }
+        return {"model": state, "config": dataclasses.asdict(self.config), "metadata": metadata}
+
+    def save(self, path: str | Path, metrics: dict | None = None, half: bool = False) -> None:
+        """Write the checkpoint atomically (temporary name, then rename) so a reader never sees half of it."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(self.checkpoint(metrics, half=half), tmp)
+        tmp.replace(path)
+
+
+def train(
+    config: TrainConfig,
+    dataset: Sequence | None = None,
+    out: str | Path | None = None,
+    model: torch.nn.Module | None = None,
+    after_backward: Callable[[torch.nn.Module], None] | None = None,
+) -> Trainer:
+    """Run ``config.steps`` steps; save to ``out`` every ``checkpoint_every`` steps and at the end."""
+    trainer = Trainer(config, dataset, model, after_backward)
+    for _ in range(config.steps):
+        stats = trainer.step()
+        if config.log_every and (trainer.step_index % config.log_every == 0 or trainer.step_index == 1):
+            log.info(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in stats.items()}))
+        if out and config.checkpoint_every and trainer.step_index % config.checkpoint_every == 0:
+            trainer.save(out)
+    if out:
+        trainer.save(out)
+    return trainer
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for f in dataclasses.fields(TrainConfig):
+        if f.type in ("int", "float", "str", "str | None"):
+            kind = {"int": int, "float": float}.get(f.type, str)
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default)
+        elif f.type == "bool":
+            parser.add_argument(f"--{f.name.replace('_', '-')}", action="store_true")
+    parser.add_argument("--out", default=None, help="checkpoint path")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    train(config, out=args.out)
+
+
+if __name__ == "__main__":
+    main()

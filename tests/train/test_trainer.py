@@ -1,0 +1,144 @@
+import numpy as np
+import pytest
+import torch
+
+from sam_core.losses import mask_loss, min_over_masks
+from sam_core.train import TrainConfig, Trainer, interactive_loss, iteration_schedule, train
+from sam_core.train_data import SyntheticDataset, prepare_sample
+
+
+def test_schedule_is_first_prompt_8_points_and_2_maskonly_passes_one_of_them_last():
+    config = TrainConfig()
+    middles = set()
+    for seed in range(20):
+        s = iteration_schedule(config, np.random.default_rng(seed))
+        assert len(s) == 11 and s[0] == "first" and s[-1] == "none"
+        assert s.count("point") == 8 and s.count("none") == 2
+        middles.add(s.index("none"))
+    assert len(middles) > 3, "the intermediate mask-only pass should move around"
+    assert iteration_schedule(
+        TrainConfig(correction_points=0, no_point_iterations=0), np.random.default_rng(0)
+    ) == ["first"]
+
+
+def test_min_over_masks_backpropagates_only_the_lowest_loss_output():
+    target = torch.zeros((2, 1, 4, 4))
+    target[:, :, :2] = 1
+    logits = torch.randn((2, 3, 4, 4)) * 0.1
+    logits[0, 1] = target[0, 0] * 20 - 10  # output 1 fits mask 0
+    logits[1, 2] = target[1, 0] * 20 - 10  # output 2 fits mask 1
+    logits.requires_grad_(True)
+    best, index = min_over_masks(mask_loss(logits, target.expand_as(logits)))
+    assert index.tolist() == [1, 2]
+    best.sum().backward()
+    touched = logits.grad.abs().flatten(2).sum(-1) > 0
+    assert touched.tolist() == [[False, True, False], [False, False, True]]
+    with pytest.raises(ValueError):
+        min_over_masks(torch.zeros(3))
+
+
+class _RecordingSam(torch.nn.Module):
+    """A stand-in with SAM's interfaces on 16x16 masks that records every decoder call."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.zeros(4))
+        self.calls = []
+        outer = self
+
+        class PE(torch.nn.Module):
+            def get_dense_pe(self):
+                return torch.zeros((1, 8, 4, 4))
+
+            def forward(self, points, boxes, masks):
+                n = (points[0] if points is not None else boxes).shape[0]
+                k = (points[0].shape[1] if points is not None else 0) + (2 if boxes is not None else 0)
+                outer.calls.append(
+                    {
+                        "points": None if points is None else points[1].clone(),
+                        "box": boxes is not None,
+                        "mask_input": masks is not None,
+                    }
+                )
+                return torch.zeros((n, k, 8)), torch.zeros((n, 8, 4, 4))
+
+        class MD(torch.nn.Module):
+            def forward(
+                self,
+                image_embeddings,
+                image_pe,
+                sparse_prompt_embeddings,
+                dense_prompt_embeddings,
+                multimask_output,
+            ):
+                outer.calls[-1]["multimask"] = multimask_output
+                m = 3 if multimask_output else 1
+                n = sparse_prompt_embeddings.shape[0]
+                low = outer.bias[:m].view(1, m, 1, 1).expand(n, m, 8, 8)
+                return low, torch.zeros((n, m)) + outer.bias[3]
+
+        self.prompt_encoder, self.mask_decoder = PE(), MD()
+
+
+@pytest.mark.parametrize("use_box", [False, True])
+def test_interactive_loss_runs_11_passes_with_mask_feedback_and_growing_clicks(use_box):
+    model = _RecordingSam()
+    gt = torch.zeros((2, 16, 16))
+    gt[:, 4:12, 4:12] = 1
+    boxes = torch.tensor([[4.0, 4.0, 11.0, 11.0]] * 2)
+    config = TrainConfig()
+    loss, stats = interactive_loss(
+        model,
+        torch.zeros((1, 8, 4, 4)),
+        gt,
+        use_box,
+        boxes,
+        config,
+        np.random.default_rng(0),
+        torch.Generator().manual_seed(0),
+    )
+    loss.backward()
+    calls = model.calls
+    assert len(calls) == 11
+    assert calls[0]["multimask"] is (not use_box) and not any(c["multimask"] for c in calls[1:])
+    assert not calls[0]["mask_input"] and all(c["mask_input"] for c in calls[1:])
+    assert all(c["box"] is use_box for c in calls)
+    n_points = [0 if c["points"] is None else c["points"].shape[1] for c in calls]
+    assert n_points[0] == (0 if use_box else 1) and n_points[-1] == n_points[0] + 8
+    assert model.bias.grad is not None and torch.isfinite(loss)
+
+
+def test_loss_falls_over_a_handful_of_steps_on_one_scene(small_config):
+    torch.manual_seed(0)
+    small_config.steps, small_config.lr = 8, 1e-3
+    small_config.correction_points = small_config.no_point_iterations = 0  # one pass per mask keeps it quick
+    trainer = train(small_config, dataset=[SyntheticDataset("train")[3]])
+    losses = [h["loss"] for h in trainer.history]
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:2]), losses
+
+
+def test_empty_and_oversized_masks_are_skipped_and_counted(small_config):
+    image, masks = SyntheticDataset("train")[0]
+    bad = [np.zeros(image.shape[:2], bool), np.ones((300, 300), bool), masks[0]]
+    sample = prepare_sample(image, bad, 256, 16, np.random.default_rng(0))
+    assert sample.masks.shape[0] == 1 and sample.skipped == {"empty_masks": 1, "shape_mismatch": 1}
+    small_config.steps = 1
+    trainer = train(small_config, dataset=[(image, bad)])
+    assert trainer.skipped["empty_masks"] >= 1 and trainer.skipped["shape_mismatch"] >= 1
+    assert np.isfinite(trainer.history[-1]["loss"])
+
+
+def test_a_dataset_without_any_usable_mask_is_a_clear_error(small_config):
+    image = np.zeros((64, 64, 3), np.uint8)
+    with pytest.raises(ValueError, match="no usable mask"):
+        Trainer(small_config, dataset=[(image, [np.zeros((64, 64), bool)])]).step()
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        prepare_sample(image.astype(np.float32), [], 256, 4, np.random.default_rng(0))
+
+
+def test_non_finite_input_raises_instead_of_training_on_nan(small_config):
+    trainer = Trainer(small_config, dataset=[SyntheticDataset("train")[0]])
+    for p in trainer.model.mask_decoder.parameters():
+        p.data.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        trainer.step()
