@@ -80,7 +80,7 @@ def test_concurrent_writers_of_different_shards_do_not_clobber(
         _start_writer(
             tmp_path,
             store.url,
-            [(frames[w, s], 0, "fully_automatic", f"w{w}-{s}") for s in range(4)],
+            [(frames[w, s], 0, "fully_automatic", f"w{w}-{s}") for s in range(2)],
             f"w{w}",
             options,
         )
