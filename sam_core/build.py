@@ -1,0 +1,219 @@
+"""Build SAM from a named configuration and load checkpoints safely.
+
+Configurations (`SamConfig`): "vit_b", "vit_l", "vit_h" are Meta's official ones (1024 px input, patch 16,
+64 x 64 x 256 image embedding, 256 x 256 low-res masks); "tiny" is ours, sized for a CPU: 256 px input,
+patch 8 (32 x 32 x 256 embedding, 128 x 128 low-res masks), ViT width 192, depth 6, 6 heads, window 8,
+global blocks (2, 5), decoder MLP 1024. TINY_COST below records its size and measured cost.
+
+Checkpoint format: a file readable by `torch.load(weights_only=True)` (only tensors and plain containers,
+never pickled code) holding either a bare state dict with the official names (Meta's sam_vit_*.pth files)
+or a dict {"model": state_dict, ...} where the other keys are free metadata (our trainer writes "config",
+"model_version", "step", ...). Keys are matched strictly: missing, extra or mis-shaped entries are refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .image_encoder import ImageEncoderViT
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PromptEncoder
+from .sam import PIXEL_MEAN, PIXEL_STD, Sam
+from .transformer import TwoWayTransformer
+
+# Measured on this project's CPU machine (2 shared cores, torch 2.14.1, float32); see tests/sam_core.
+TINY_COST = "about 6.6M parameters (1.9M in the encoder); set_image on a 256 x 256 image about 40 ms, a click about 6 ms"
+
+
+@dataclass
+class SamConfig:
+    """All the dimensions of a SAM model. Defaults are vit_b."""
+
+    img_size: int = 1024
+    patch_size: int = 16
+    encoder_embed_dim: int = 768
+    encoder_depth: int = 12
+    encoder_num_heads: int = 12
+    encoder_global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)
+    window_size: int = 14
+    mlp_ratio: float = 4.0
+    prompt_embed_dim: int = 256
+    mask_in_chans: int = 16
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 2048
+    decoder_num_heads: int = 8
+    num_multimask_outputs: int = 3
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
+    pixel_mean: tuple[float, ...] = field(default=PIXEL_MEAN)
+    pixel_std: tuple[float, ...] = field(default=PIXEL_STD)
+
+    @property
+    def image_embedding_size(self) -> int:
+        return self.img_size // self.patch_size
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (for the models registry and checkpoint metadata)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> SamConfig:
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"unknown SamConfig fields: {unknown}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+CONFIGS: dict[str, SamConfig] = {
+    "vit_b": SamConfig(),
+    "vit_l": SamConfig(
+        encoder_embed_dim=1024,
+        encoder_depth=24,
+        encoder_num_heads=16,
+        encoder_global_attn_indexes=(5, 11, 17, 23),
+    ),
+    "vit_h": SamConfig(
+        encoder_embed_dim=1280,
+        encoder_depth=32,
+        encoder_num_heads=16,
+        encoder_global_attn_indexes=(7, 15, 23, 31),
+    ),
+    "tiny": SamConfig(
+        img_size=256,
+        patch_size=8,
+        encoder_embed_dim=192,
+        encoder_depth=6,
+        encoder_num_heads=6,
+        encoder_global_attn_indexes=(2, 5),
+        window_size=8,
+        decoder_mlp_dim=1024,
+    ),
+}
+
+
+def build_sam_from_config(cfg: SamConfig) -> Sam:
+    """A freshly initialised Sam (eval mode) with the dimensions of cfg."""
+    grid = cfg.image_embedding_size
+    model = Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=cfg.img_size,
+            patch_size=cfg.patch_size,
+            embed_dim=cfg.encoder_embed_dim,
+            depth=cfg.encoder_depth,
+            num_heads=cfg.encoder_num_heads,
+            mlp_ratio=cfg.mlp_ratio,
+            out_chans=cfg.prompt_embed_dim,
+            window_size=cfg.window_size,
+            global_attn_indexes=tuple(cfg.encoder_global_attn_indexes),
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=cfg.prompt_embed_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(cfg.img_size, cfg.img_size),
+            mask_in_chans=cfg.mask_in_chans,
+        ),
+        mask_decoder=MaskDecoder(
+            transformer_dim=cfg.prompt_embed_dim,
+            transformer=TwoWayTransformer(
+                depth=cfg.decoder_depth,
+                embedding_dim=cfg.prompt_embed_dim,
+                num_heads=cfg.decoder_num_heads,
+                mlp_dim=cfg.decoder_mlp_dim,
+            ),
+            num_multimask_outputs=cfg.num_multimask_outputs,
+            iou_head_depth=cfg.iou_head_depth,
+            iou_head_hidden_dim=cfg.iou_head_hidden_dim,
+        ),
+        pixel_mean=tuple(cfg.pixel_mean),
+        pixel_std=tuple(cfg.pixel_std),
+    )
+    model.config = cfg
+    return model.eval()
+
+
+def build_sam(name: str, checkpoint: str | None = None) -> Sam:
+    """Sam for a named config ("vit_b", "vit_l", "vit_h", "tiny"), optionally loading a checkpoint from a
+    path or any fsspec URL (see the module docstring for the format)."""
+    if name not in CONFIGS:
+        raise ValueError(f"unknown SAM config {name!r}; choose one of {sorted(CONFIGS)}")
+    model = build_sam_from_config(CONFIGS[name])
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint, name=name)
+    return model
+
+
+def read_checkpoint(checkpoint: str) -> dict[str, torch.Tensor]:
+    """Read a state dict from a path or fsspec URL with torch.load(weights_only=True), unwrapping
+    {"model": state_dict}. Raises ValueError naming the file when it is not a safe checkpoint."""
+    import fsspec  # an import here keeps sam_core importable without fsspec for pure-tensor users
+
+    with fsspec.open(str(checkpoint), "rb") as f:
+        data = f.read()
+    try:
+        loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" in str(err) and (
+            "Unsupported global" in str(err) or "GLOBAL" in str(err)
+        ):
+            raise ValueError(
+                f"{checkpoint}: refused, the file is a pickle that would import or run code "
+                f"(torch.load(weights_only=True) allows only tensors and plain containers)"
+            ) from err
+        raise ValueError(f"{checkpoint}: not a PyTorch checkpoint ({_first_line(err)})") from err
+    except (RuntimeError, EOFError, ValueError, OSError) as err:
+        raise ValueError(f"{checkpoint}: not a PyTorch checkpoint ({_first_line(err)})") from err
+    if isinstance(loaded, Mapping) and isinstance(loaded.get("model"), Mapping):
+        loaded = loaded["model"]
+    if not isinstance(loaded, Mapping) or not loaded:
+        raise ValueError(
+            f"{checkpoint}: expected a state dict or {{'model': state_dict}}, got {type(loaded).__name__}"
+        )
+    not_tensors = [k for k, v in loaded.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise ValueError(f"{checkpoint}: state dict entries that are not tensors: {not_tensors[:5]}")
+    return dict(loaded)
+
+
+def check_state_dict(
+    model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint"
+) -> None:
+    """Raise ValueError unless state_dict has exactly the model's keys with the model's shapes."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    extra = [k for k in state_dict if k not in expected]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys, e.g. {missing[:5]}")
+        if extra:
+            parts.append(f"{len(extra)} unexpected keys, e.g. {extra[:5]}")
+        raise ValueError(f"{source} does not match the model: " + "; ".join(parts))
+    for key, tensor in expected.items():
+        got = tuple(state_dict[key].shape)
+        if got != tuple(tensor.shape):
+            raise ValueError(
+                f"{source}: {key} has shape {got} but the model expects {tuple(tensor.shape)}; "
+                "is it a checkpoint for another architecture (vit_b / vit_l / vit_h / tiny)?"
+            )
+
+
+def load_checkpoint(model: Sam, checkpoint: str, name: str | None = None) -> Sam:
+    """Load a checkpoint (path or fsspec URL) strictly into model, after checking keys and shapes."""
+    state_dict = read_checkpoint(checkpoint)
+    source = f"{checkpoint}" + (f" (loading into {name})" if name else "")
+    check_state_dict(model, state_dict, source)
+    model.load_state_dict(state_dict, strict=True)
+    return model
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__

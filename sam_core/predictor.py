@@ -1,0 +1,254 @@
+"""SamPredictor: embed an image once, then answer prompts fast.
+
+A drop-in for segment_anything.SamPredictor (same methods and return shapes), plus:
+- set_embedding(...) to reuse an embedding computed elsewhere (the embeddings store);
+- predict(..., best_only=True): the interactive click, only the highest-IoU mask is upsampled;
+- predict_batch(...): many prompts on one image in one decoder pass, optionally low-res only (upsample=False),
+  which is what the automatic mask generator wants; upscale_logits(...) upsamples survivors later.
+
+Everything that does not depend on the prompt (dense position encoding, the "no mask" dense embedding added to
+the image embedding, the first decoder layer's projections of the image tokens, the position terms of every
+layer) is computed once in set_image / set_embedding; see MaskDecoder.prepare.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .mask_decoder import DecoderContext
+from .predictor_inputs import check_boxes, check_mask_input, check_points, to_rgb_uint8
+from .sam import Sam
+from .transforms import ResizeLongestSide
+
+
+class SamPredictor:
+    def __init__(self, sam_model: Sam) -> None:
+        self.model = sam_model
+        self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
+        self.reset_image()
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def reset_image(self) -> None:
+        """Forget the current image and everything cached for it."""
+        self.is_image_set = False
+        self.features: torch.Tensor | None = None
+        self.original_size: tuple[int, int] | None = None
+        self.input_size: tuple[int, int] | None = None
+        self._context: DecoderContext | None = None
+
+    # --- setting the image ------------------------------------------------------------------------------
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        """Embed an image: H x W x 3 uint8 in image_format ("RGB" or "BGR").
+
+        Also accepted (see sam_core.predictor_inputs): H x W or H x W x 1 grayscale (replicated), H x W x 4
+        (alpha dropped), other integer dtypes with values in 0..255, floats in [0, 1]. Refused with a
+        ValueError/TypeError: empty images, floats outside [0, 1], NaN, other channel counts and dtypes.
+        """
+        rgb = to_rgb_uint8(image, image_format, self.model.image_format)
+        resized = self.transform.apply_image(rgb)
+        tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
+        self.set_torch_image(tensor, rgb.shape[:2])
+
+    @torch.no_grad()
+    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
+        """transformed_image 1 x 3 x h x w (0-255, long side already resized to img_size)."""
+        size = self.model.image_encoder.img_size
+        if (
+            transformed_image.dim() != 4
+            or transformed_image.shape[:2] != (1, 3)
+            or max(transformed_image.shape[2:]) != size
+        ):
+            raise ValueError(
+                f"set_torch_image expects 1 x 3 x h x w with long side {size}, got {tuple(transformed_image.shape)}"
+            )
+        self.reset_image()
+        features = self.model.image_encoder(self.model.preprocess(transformed_image.float()))
+        self._set_features(features, tuple(original_image_size), tuple(transformed_image.shape[-2:]))
+
+    @torch.no_grad()
+    def set_embedding(self, embedding: np.ndarray | torch.Tensor, original_size: tuple[int, int]) -> None:
+        """Use an image embedding computed elsewhere: C x h x w or 1 x C x h x w (torch or numpy, any float
+        dtype), for an image of original_size (H, W)."""
+        tensor = torch.as_tensor(
+            np.asarray(embedding) if not isinstance(embedding, torch.Tensor) else embedding
+        )
+        if tensor.dim() == 3:
+            tensor = tensor[None]
+        pe = self.model.prompt_encoder
+        want = (1, pe.embed_dim, *pe.image_embedding_size)
+        if tuple(tensor.shape) != want:
+            raise ValueError(
+                f"embedding must be {want[1:]} or {want} for this model, got {tuple(tensor.shape)}"
+            )
+        if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
+            raise ValueError("embedding must be finite floating-point values")
+        if len(original_size) != 2 or min(int(s) for s in original_size) <= 0:
+            raise ValueError(f"original_size must be (H, W) with positive sides, got {original_size}")
+        original = (int(original_size[0]), int(original_size[1]))
+        input_size = self.transform.get_preprocess_shape(*original, self.model.image_encoder.img_size)
+        self.reset_image()
+        self._set_features(tensor.to(self.device, torch.float32), original, input_size)
+
+    def _set_features(self, features: torch.Tensor, original_size, input_size) -> None:
+        pe = self.model.prompt_encoder
+        self.features = features
+        self.original_size = (int(original_size[0]), int(original_size[1]))
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self._context = self.model.mask_decoder.prepare(features, pe.get_dense_pe(), pe.no_mask_embed.weight)
+        self.is_image_set = True
+
+    def get_image_embedding(self) -> torch.Tensor:
+        """The current embedding, 1 x C x h x w (C=256; h=w=64 for the official models)."""
+        self._require_image()
+        return self.features
+
+    # --- prompting --------------------------------------------------------------------------------------
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        best_only: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One prompt in original-image pixels: point_coords N x 2 (x, y) with point_labels N (1 foreground,
+        0 background), box (x0, y0, x1, y1), mask_input 1 x 4h x 4w (a previous low_res_logits).
+
+        Returns numpy (masks M x H x W bool, or float logits if return_logits; iou_predictions M;
+        low_res_logits M x 4h x 4w). M = 3 with multimask_output, else 1; best_only keeps only the mask
+        with the highest predicted IoU (M = 1) and upsamples only that one: the fast interactive click.
+        """
+        self._require_image()
+        coords, labels = check_points(point_coords, point_labels, self.original_size)
+        boxes = check_boxes(box, self.original_size)
+        mask = check_mask_input(mask_input, self._low_res_size())
+        masks, iou, low_res = self._predict(
+            self._to_points(coords, labels, batch_dim=True),
+            self._to_boxes(boxes),
+            self._to_tensor(mask),
+            multimask_output,
+            return_logits,
+            best_only=best_only,
+        )
+        return masks[0].cpu().numpy(), iou[0].cpu().numpy(), low_res[0].cpu().numpy()
+
+    def predict_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Reference signature: B prompts already in the resized frame (ResizeLongestSide.apply_coords_torch):
+        point_coords B x N x 2, point_labels B x N, boxes B x 4, mask_input B x 1 x 4h x 4w.
+        Returns (masks B x M x H x W, iou_predictions B x M, low_res_logits B x M x 4h x 4w)."""
+        self._require_image()
+        if (point_coords is None) != (point_labels is None):
+            raise ValueError("point_coords and point_labels must be given together")
+        if point_coords is not None and tuple(point_labels.shape) != tuple(point_coords.shape[:-1]):
+            raise ValueError(
+                f"point_labels {tuple(point_labels.shape)} does not match point_coords {tuple(point_coords.shape)}"
+            )
+        points = (
+            None if point_coords is None else (point_coords.to(self.device), point_labels.to(self.device))
+        )
+        return self._predict(points, boxes, mask_input, multimask_output, return_logits)
+
+    def predict_batch(
+        self,
+        point_coords: np.ndarray | torch.Tensor | None = None,
+        point_labels: np.ndarray | torch.Tensor | None = None,
+        boxes: np.ndarray | torch.Tensor | None = None,
+        mask_input: np.ndarray | torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        upsample: bool = True,
+        best_only: bool = False,
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """B prompts on the current image in ONE decoder pass, in original-image pixels:
+        point_coords B x N x 2 with point_labels B x N (use label -1 to pad shorter prompts), boxes B x 4,
+        mask_input B x 1 x 4h x 4w. Numpy or torch.
+
+        Returns torch (masks B x M x H x W or None when upsample=False, iou_predictions B x M,
+        low_res_logits B x M x 4h x 4w). upsample=False skips the full-resolution masks entirely (the
+        automatic mask generator filters at low resolution, then calls upscale_logits on the survivors).
+        """
+        self._require_image()
+        coords, labels = check_points(point_coords, point_labels, self.original_size, batched=True)
+        box_array = check_boxes(boxes, self.original_size, batched=True)
+        mask = check_mask_input(mask_input, self._low_res_size(), batched=True)
+        sizes = {len(a) for a in (coords, box_array, mask) if a is not None}
+        if len(sizes) > 1:
+            raise ValueError(
+                f"point_coords, boxes and mask_input disagree on the number of prompts: {sorted(sizes)}"
+            )
+        return self._predict(
+            self._to_points(coords, labels, batch_dim=False),
+            self._to_boxes(box_array),
+            self._to_tensor(mask),
+            multimask_output,
+            return_logits,
+            best_only=best_only,
+            upsample=upsample,
+        )
+
+    @torch.no_grad()
+    def upscale_logits(self, low_res_logits: torch.Tensor) -> torch.Tensor:
+        """Low-res logits B x M x 4h x 4w -> logits B x M x H x W at the current image's original size."""
+        self._require_image()
+        return self.model.postprocess_masks(low_res_logits, self.input_size, self.original_size)
+
+    # --- internals --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _predict(
+        self, points, boxes, mask_input, multimask_output, return_logits, best_only=False, upsample=True
+    ):
+        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        low_res, iou = self.model.mask_decoder.predict_masks(
+            self._context,
+            sparse,
+            dense if mask_input is not None else None,
+            multimask_output=multimask_output,
+            best_only=best_only,
+        )
+        if not upsample:
+            return None, iou, low_res
+        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks, iou, low_res
+
+    def _require_image(self) -> None:
+        if not self.is_image_set:
+            raise RuntimeError("no image is set: call set_image(...) or set_embedding(...) first")
+
+    def _low_res_size(self) -> tuple[int, int]:
+        return tuple(self.model.prompt_encoder.mask_input_size)
+
+    def _to_tensor(self, array: np.ndarray | None) -> torch.Tensor | None:
+        return None if array is None else torch.as_tensor(array, dtype=torch.float32, device=self.device)
+
+    def _to_points(self, coords, labels, batch_dim: bool):
+        if coords is None:
+            return None
+        coords = self.transform.apply_coords(coords, self.original_size)
+        points = torch.as_tensor(coords, dtype=torch.float32, device=self.device)
+        labels_t = torch.as_tensor(labels, dtype=torch.int64, device=self.device)
+        if batch_dim:
+            points, labels_t = points[None], labels_t[None]
+        return points, labels_t
+
+    def _to_boxes(self, boxes):
+        if boxes is None:
+            return None
+        return torch.as_tensor(
+            self.transform.apply_boxes(boxes, self.original_size), dtype=torch.float32, device=self.device
+        )
