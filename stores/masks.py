@@ -95,9 +95,9 @@ def prepare_masks(df: pd.DataFrame, round: int, stage: str, what: str = "masks")
     absent = ids.isna().to_numpy()
     if absent.any():
         ids = ids.astype(object)
+        image_ids, sources, strings = (df[c].tolist() for c in ("image_id", "source", "counts"))
         ids[absent] = [
-            mask_id_for(df["image_id"].iat[i], round, stage, df["source"].iat[i], df["counts"].iat[i])
-            for i in np.flatnonzero(absent)
+            mask_id_for(image_ids[i], round, stage, sources[i], strings[i]) for i in np.flatnonzero(absent)
         ]
     dup = ids.duplicated().to_numpy()
     if dup.any():

@@ -54,7 +54,7 @@ def decode_runs(counts) -> tuple[np.ndarray, np.ndarray]:
     lengths = np.diff(offsets)
     if n and (lengths == 0).any():
         raise ValueError(f"row {int(np.flatnonzero(lengths == 0)[0])}: counts is empty")
-    c = chars.astype(np.int64) - 48
+    c = chars.astype(np.int32) - 48  # int32 halves the memory traffic of these char-length arrays
     bad = (c < 0) | (c > 63)
     if bad.any():
         row = int(np.searchsorted(offsets[1:], np.flatnonzero(bad)[0], side="right"))
@@ -66,15 +66,17 @@ def decode_runs(counts) -> tuple[np.ndarray, np.ndarray]:
             raise ValueError(f"row {int(np.flatnonzero(unfinished)[0])}: counts ends in the middle of a run")
     ends = np.flatnonzero(last)
     starts = np.r_[0, ends[:-1] + 1]
-    run_of_char = np.cumsum(last) - last
-    group = np.arange(len(c)) - starts[run_of_char]
-    owner = np.searchsorted(offsets[1:], ends, side="right").astype(np.int64)
+    run_of_char = np.cumsum(last, dtype=np.int64) - last
+    group = (np.arange(len(c), dtype=np.int64) - starts[run_of_char]).astype(np.int32)
+    runs_per_row = np.add.reduceat(last.astype(np.int64), offsets[:-1]) if n else np.zeros(0, np.int64)
+    owner = np.repeat(np.arange(n, dtype=np.int64), runs_per_row)
     if len(group) and group.max() >= _MAX_GROUPS:
         row = int(owner[run_of_char[int(np.argmax(group >= _MAX_GROUPS))]])
         raise ValueError(f"row {row}: counts has a run longer than {_MAX_GROUPS} groups")
-    raw = np.add.reduceat((c & 0x1F) << (5 * group), starts) if len(starts) else np.zeros(0, np.int64)
+    contribution = (c & 0x1F).astype(np.int64) << (5 * group)
+    raw = np.add.reduceat(contribution, starts) if len(starts) else np.zeros(0, np.int64)
     negative = (c[ends] & 0x10).astype(bool)
-    raw = raw - np.where(negative, np.left_shift(1, 5 * (group[ends] + 1)), 0)
+    raw = raw - np.where(negative, np.left_shift(np.int64(1), 5 * (group[ends].astype(np.int64) + 1)), 0)
     # From the fourth run on the string holds a delta to the run two places before: undo it per row and parity.
     first_run = np.r_[0, np.cumsum(np.bincount(owner, minlength=n))[:-1]] if n else np.zeros(0, np.int64)
     index = np.arange(len(raw)) - first_run[owner]

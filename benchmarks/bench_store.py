@@ -1,0 +1,234 @@
+"""Write N masks over M images into a Store, then read one round back: Parquet with pandas filters vs SA-1B JSON.
+
+    .venv/bin/python benchmarks/bench_store.py                    # 1,000,000 masks over 10,000 images
+    .venv/bin/python benchmarks/bench_store.py --masks 100000     # quick run (images scale with masks)
+
+Masks are synthetic but SA-1B-shaped: images of SA-1B sizes (~1500 x 2250), 100 masks per image, mask sizes
+log-normal around 10% of the image side (as in the SA-1B paper's relative-size histogram), smooth boundaries with
+one-pixel jitter. Their COCO RLE strings are built straight from run lengths with the vectorised encoder (no
+million mask encodes), so every string is valid and decodes to its H x W mask. The same masks also go to one
+SA-1B-style JSON per image; the reference read loads one round's JSON files into the same kind of DataFrame.
+Both reads run with a warm page cache (files just written). The last line is the Parquet/JSON read-time ratio.
+"""
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from stores import Store
+from stores.rle import encode_runs
+
+SA1B_SIZES = np.array([[1500, 2250], [2250, 1500], [1500, 2000], [2000, 1500], [1500, 1500]])
+STAGE = "fully_automatic"
+
+
+def synth_shard(
+    rng: np.random.Generator, image_ids: list[str], sizes: np.ndarray, per_image: int
+) -> pd.DataFrame:
+    """per_image masks for each image (sizes: K x 2 of height, width) as a masks DataFrame with valid RLEs."""
+    n = len(image_ids) * per_image
+    img = np.repeat(np.arange(len(image_ids)), per_image)
+    H, W = sizes[img, 0].astype(np.int64), sizes[img, 1].astype(np.int64)
+    rel = np.clip(rng.lognormal(np.log(0.1), 0.9, n), 0.004, 0.8)
+    side = rel * np.sqrt(H * W)
+    aspect = np.exp(rng.normal(0, 0.5, n))
+    bw = np.clip(np.round(side * aspect), 2, W - 1).astype(np.int64)
+    bh = np.clip(np.round(side / aspect), 2, H - 2).astype(np.int64)
+    x0 = (rng.random(n) * (W - bw)).astype(np.int64)
+    y0 = (rng.random(n) * (H - 1 - bh)).astype(np.int64)
+    # one foreground run per column of the box: an ellipse-like profile with a pixel of boundary jitter
+    mask_of_col = np.repeat(np.arange(n), bw)
+    col_start = np.r_[0, np.cumsum(bw)[:-1]]
+    k = np.arange(len(mask_of_col)) - col_start[mask_of_col]
+    t = (k + 0.5) / bw[mask_of_col] * 2 - 1
+    half = 0.5 * bh[mask_of_col] * np.sqrt(1 - t * t)
+    cy = y0[mask_of_col] + bh[mask_of_col] / 2
+    jitter = rng.integers(-1, 2, (2, len(k)))
+    ys = np.clip(np.round(cy - half) + jitter[0], 0, H[mask_of_col] - 2).astype(np.int64)
+    ye = np.clip(np.round(cy + half) + jitter[1], ys + 1, H[mask_of_col] - 1).astype(np.int64)
+    # runs per mask: bg, fg, bg, fg, ..., bg  (2 * bw + 1 of them), column-major like COCO
+    hc = H[mask_of_col]
+    prev_ye = np.r_[0, ye[:-1]]
+    bg_before = np.where(k == 0, x0[mask_of_col] * hc + ys, hc - prev_ye + ys)
+    last_col = col_start + bw - 1
+    bg_last = H - ye[last_col] + (W - x0 - bw) * H
+    run_start = np.r_[0, np.cumsum(2 * bw + 1)[:-1]]
+    runs = np.empty(int((2 * bw + 1).sum()), dtype=np.int64)
+    pos = run_start[mask_of_col] + 2 * k
+    runs[pos], runs[pos + 1] = bg_before, ye - ys
+    runs[run_start + 2 * bw] = bg_last
+    owner = np.repeat(np.arange(n), 2 * bw + 1)
+    counts = encode_runs(runs, owner, n)
+    area = np.bincount(mask_of_col, weights=ye - ys, minlength=n).astype(np.int64)
+    top = np.minimum.reduceat(ys, col_start)
+    bottom = np.maximum.reduceat(ye, col_start)
+    px = x0 + bw // 2
+    py = (ys[col_start + bw // 2] + ye[col_start + bw // 2]) // 2
+    return pd.DataFrame(
+        {
+            "image_id": np.asarray(image_ids, dtype=object)[img],
+            "counts": counts.to_pandas(),
+            "height": H,
+            "width": W,
+            "area": area,
+            "bbox": np.stack([x0, top, bw, bottom - top], axis=1).astype(float).tolist(),
+            "predicted_iou": rng.uniform(0.88, 1.0, n),
+            "stability_score": rng.uniform(0.95, 1.0, n),
+            "point_coords": [[[float(x), float(y)]] for x, y in zip(px, py, strict=True)],
+            "crop_box": np.stack([np.zeros(n), np.zeros(n), W, H], axis=1).astype(float).tolist(),
+            "source": "auto",
+            "model_version": "vit_h",
+            "external_id": np.arange(n),
+        }
+    )
+
+
+def sa1b_json(image_id: str, external_id: int, height: int, width: int, rows: pd.DataFrame) -> str:
+    annotations = [
+        {
+            "bbox": r.bbox,
+            "area": int(r.area),
+            "segmentation": {"size": [height, width], "counts": r.counts},
+            "predicted_iou": r.predicted_iou,
+            "point_coords": r.point_coords,
+            "crop_box": r.crop_box,
+            "id": int(r.external_id),
+            "stability_score": r.stability_score,
+        }
+        for r in rows.itertuples(index=False)
+    ]
+    image = {"image_id": external_id, "width": width, "height": height, "file_name": f"{image_id}.jpg"}
+    return json.dumps({"image": image, "annotations": annotations})
+
+
+def read_json_masks(files: list[Path]) -> pd.DataFrame:
+    """The SA-1B way: parse every image's JSON, flatten its annotations into one DataFrame."""
+    cols = {k: [] for k in ("image_id", "counts", "height", "width", "area", "bbox", "predicted_iou")}
+    cols.update(stability_score=[], point_coords=[], crop_box=[], external_id=[])
+    for path in files:
+        with open(path) as f:
+            data = json.load(f)
+        image_id = data["image"]["file_name"].rsplit(".", 1)[0]
+        for a in data["annotations"]:
+            cols["image_id"].append(image_id)
+            cols["counts"].append(a["segmentation"]["counts"])
+            cols["height"].append(a["segmentation"]["size"][0])
+            cols["width"].append(a["segmentation"]["size"][1])
+            cols["area"].append(a["area"])
+            cols["bbox"].append(a["bbox"])
+            cols["predicted_iou"].append(a["predicted_iou"])
+            cols["stability_score"].append(a["stability_score"])
+            cols["point_coords"].append(a["point_coords"])
+            cols["crop_box"].append(a["crop_box"])
+            cols["external_id"].append(a["id"])
+    return pd.DataFrame(cols)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--masks", type=int, default=1_000_000)
+    parser.add_argument("--per-image", type=int, default=100, help="masks per image (SA-1B: ~100)")
+    parser.add_argument("--rounds", type=int, default=4, help="images are split evenly over this many rounds")
+    parser.add_argument("--images-per-shard", type=int, default=100)
+    parser.add_argument(
+        "--dir", default=None, help="work directory (default: a temp dir, removed at the end)"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    n_images = max(args.rounds, args.masks // args.per_image)
+    work = Path(args.dir or tempfile.mkdtemp(prefix="bench_store_"))
+    shutil.rmtree(work / "engine", ignore_errors=True)
+    shutil.rmtree(work / "sa1b", ignore_errors=True)
+    (work / "sa1b").mkdir(parents=True)
+    rng = np.random.default_rng(args.seed)
+    image_ids = [f"{i:016x}" for i in range(n_images)]
+    sizes = SA1B_SIZES[rng.integers(0, len(SA1B_SIZES), n_images)]
+    round_of_image = np.arange(n_images) * args.rounds // n_images
+    store = Store(str(work / "engine"))
+    images = pd.DataFrame(
+        {
+            "image_id": image_ids,
+            "uri": [f"{i}.jpg" for i in image_ids],
+            "height": sizes[:, 0],
+            "width": sizes[:, 1],
+        }
+    )
+    images["external_id"] = np.arange(n_images)
+    store.write_images(images)
+
+    t_gen = t_parquet = t_json = 0.0
+    written = chars = 0
+    chunks = [  # shards never span rounds
+        (start, min(start + args.images_per_shard, int(np.searchsorted(round_of_image, r, side="right"))))
+        for r in range(args.rounds)
+        for start in range(
+            int(np.searchsorted(round_of_image, r)),
+            int(np.searchsorted(round_of_image, r, "right")),
+            args.images_per_shard,
+        )
+    ]
+    for shard, (start, stop) in enumerate(chunks):
+        ids = image_ids[start:stop]
+        t0 = time.perf_counter()
+        df = synth_shard(rng, ids, sizes[start : start + len(ids)], args.per_image)
+        t1 = time.perf_counter()
+        store.write_masks(df, int(round_of_image[start]), STAGE, shard)
+        t2 = time.perf_counter()
+        for n, (image_id, rows) in enumerate(df.groupby("image_id", sort=False)):
+            h, w = sizes[start + n]
+            (work / "sa1b" / f"{image_id}.json").write_text(
+                sa1b_json(image_id, start + n, int(h), int(w), rows)
+            )
+        t3 = time.perf_counter()
+        t_gen, t_parquet, t_json = t_gen + t1 - t0, t_parquet + t2 - t1, t_json + t3 - t2
+        written += len(df)
+        chars += int(df["counts"].str.len().sum())
+    parquet_bytes = sum(p.stat().st_size for p in (work / "engine" / "masks").rglob("*.parquet"))
+    json_bytes = sum(p.stat().st_size for p in (work / "sa1b").glob("*.json"))
+    print(f"masks: {written:,} over {n_images:,} images, mean RLE string {chars / written:.0f} chars")
+    print(f"generate: {t_gen:.1f} s")
+    print(
+        f"write Parquet (validated, atomic): {t_parquet:.1f} s = {written / t_parquet:,.0f} masks/s, "
+        f"{parquet_bytes / 1e6:.0f} MB"
+    )
+    print(f"write SA-1B JSON: {t_json:.1f} s = {written / t_json:,.0f} masks/s, {json_bytes / 1e6:.0f} MB")
+
+    target = 1 if args.rounds > 1 else 0
+    url = str(work / "engine" / "masks")
+    t0 = time.perf_counter()
+    parquet = pd.read_parquet(url, filters=[("round", "==", target)])
+    t_read = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    arrow_backed = pd.read_parquet(url, filters=[("round", "==", target)], dtype_backend="pyarrow")
+    t_read_arrow = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    via_store = store.masks(round=target)
+    t_store = time.perf_counter() - t0
+    files = [work / "sa1b" / f"{image_ids[i]}.json" for i in np.flatnonzero(round_of_image == target)]
+    t0 = time.perf_counter()
+    from_json = read_json_masks(files)
+    t_read_json = time.perf_counter() - t0
+    assert len(parquet) == len(from_json) == len(via_store) == len(arrow_backed), "reads disagree"
+    assert sorted(parquet["counts"].head(1000)) == sorted(from_json["counts"].head(1000))
+    print(
+        f"read round {target} ({len(parquet):,} masks): pandas.read_parquet with filters {t_read:.2f} s; "
+        f"dtype_backend=pyarrow {t_read_arrow:.2f} s; Store.masks (schema checks, current_only) {t_store:.2f} s"
+    )
+    print(f"read the same masks from {len(files):,} SA-1B JSON files: {t_read_json:.2f} s")
+    if not args.keep and args.dir is None:
+        shutil.rmtree(work)
+    print(f"read-time ratio Parquet/JSON: {t_read / t_read_json:.3f}")
+
+
+if __name__ == "__main__":
+    main()
