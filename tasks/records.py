@@ -1,13 +1,12 @@
 """Rows of the store's masks table from masks in memory, and back.
 
 Masks are stored as COCO compressed RLE (pycocotools' ``counts`` string, column-major). A mask's id is derived
-from what produced it (image, round, stage, source, its index in a deterministic order), so a rerun of the same
-step writes the same ids and the store's shard replacement leaves no duplicates.
+from what it is (image, round, stage, source, RLE; ``stores.mask_id_for``), so a rerun of the same step writes the
+same ids and the store's shard replacement leaves no duplicates.
 """
 
 from __future__ import annotations
 
-import hashlib
 from datetime import UTC, datetime
 
 import numpy as np
@@ -37,14 +36,9 @@ def decode_rows(masks: pd.DataFrame) -> list[np.ndarray]:
     return [decode_mask(r.counts, r.height, r.width) for r in masks.itertuples(index=False)]
 
 
-def mask_id(*parts: object) -> str:
-    """A deterministic 24-hex-digit id from the parts that define a mask."""
-    return hashlib.sha256(":".join(str(p) for p in parts).encode()).hexdigest()[:24]
-
-
 def mask_rows(
     image_id: str,
-    masks: list[np.ndarray],
+    masks: list,
     *,
     round: int,
     stage: str,
@@ -57,30 +51,34 @@ def mask_rows(
     annotator: str | None = None,
     clicks: list[int | None] | None = None,
     seconds: list[float | None] | None = None,
-    counts: list[str] | None = None,
 ) -> pd.DataFrame:
-    """Masks-table rows for the masks of one image, in the given (deterministic) order.
+    """Masks-table rows for the masks of one image, in the given order.
 
-    masks: HxW bool arrays (or pass ``counts`` with already-encoded RLE strings and masks of the right shape).
-    The optional per-mask lists must have one entry per mask.
+    masks: HxW bool arrays or COCO RLE dicts {"size": [H, W], "counts": str}. The optional per-mask lists must
+    have one entry per mask. mask_id is ``stores.mask_id_for`` (image, round, stage, source, RLE): the same mask
+    written again by a rerun gets the same id.
     """
+    from stores import mask_id_for
+
     n = len(masks)
     now = datetime.now(UTC)
     rows = []
     for i, mask in enumerate(masks):
-        if counts is not None:
-            rle = {"size": list(mask.shape), "counts": counts[i].encode("ascii")}
-            code, area, bbox = counts[i], int(coco_mask.area(rle)), [float(v) for v in coco_mask.toBbox(rle)]
+        if isinstance(mask, dict):
+            height, width = (int(v) for v in mask["size"])
+            code = mask["counts"].decode("ascii") if isinstance(mask["counts"], bytes) else mask["counts"]
+            rle = {"size": [height, width], "counts": code.encode("ascii")}
+            area, bbox = int(coco_mask.area(rle)), [float(v) for v in coco_mask.toBbox(rle)]
         else:
+            height, width = (int(v) for v in mask.shape)
             code, area, bbox = encode_mask(mask)
-        height, width = mask.shape
         rows.append(
             {
-                "mask_id": mask_id(image_id, round, stage, source, model_version, i),
+                "mask_id": mask_id_for(image_id, round, stage, source, code),
                 "image_id": image_id,
                 "counts": code,
-                "height": int(height),
-                "width": int(width),
+                "height": height,
+                "width": width,
                 "area": area,
                 "bbox": bbox,
                 "predicted_iou": _at(predicted_iou, i, n),

@@ -1,0 +1,64 @@
+"""One round of the data engine: run a chosen stage, retrain on everything accepted so far, evaluate.
+
+This is the loop that made SA-1B: each stage's masks teach the next model, and the better model makes the next
+round's annotation cheaper (fewer clicks per mask) and its automatic masks more numerous and more precise.
+The round's figures (stage figures plus the new model's held-out metrics) go to the rounds table and to the
+run's artifacts.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.assisted_manual import assisted_manual
+from flows.fully_automatic import fully_automatic
+from flows.params import RoundParams
+from flows.semi_automatic import semi_automatic
+
+STAGE_FLOWS = {
+    "assisted_manual": assisted_manual,
+    "semi_automatic": semi_automatic,
+    "fully_automatic": fully_automatic,
+}
+
+
+@flow(name="data-engine-round", log_prints=True)
+def data_engine_round(params: RoundParams | None = None, train_backend: str = "ray") -> dict:
+    """Run ``params.stage``, then retrain from ``params.model_version`` and evaluate the new version.
+
+    Returns the stage's figures with "new_model_version" and the evaluation metrics merged in.
+    """
+    from flows.steps import check_inputs, now
+    from tasks.evaluate import evaluate
+    from tasks.ground_truth import load_ground_truth
+    from tasks.report import publish_report, record_round
+    from tasks.retrain import retrain
+
+    params = params or RoundParams()
+    started = now()
+    check_inputs(
+        params,
+        needs_ground_truth=params.annotator.ground_truth if params.stage != "fully_automatic" else None,
+    )
+    if params.evaluation is not None:
+        load_ground_truth(params.evaluation.ground_truth)
+    figures = STAGE_FLOWS[params.stage](params.stage_params())
+    if params.retrain is not None:
+        version = params.new_model_version or f"r{params.round}"
+        retrain(
+            params.store,
+            params.model_version,
+            version,
+            params.round,
+            backend=train_backend,
+            **params.retrain.model_dump(),
+        )
+        figures["new_model_version"] = version
+    if params.evaluation is not None:
+        evaluated = figures.get("new_model_version", params.model_version)
+        metrics = evaluate(params.store, evaluated, **params.evaluation.model_dump())
+        figures.update({k: v for k, v in metrics.items() if k != "model_version"})
+        figures["evaluated_model_version"] = evaluated
+    record_round(params.store, figures, started, now())
+    publish_report(params.store, figures, 0)
+    return figures

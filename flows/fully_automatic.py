@@ -1,0 +1,28 @@
+"""Stage 3, fully automatic: a regular grid of point prompts per image, and the masks that pass the filter.
+
+No people: each image's cached embedding is prompted with a grid of points, the decoder's masks are filtered by
+predicted IoU and stability, de-duplicated by box NMS and cleaned of small holes and islands, and kept.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.params import FullyAutomaticParams
+from flows.steps import check_inputs, finish_stage, ingest_and_select, now, run_embed, run_shards
+from tasks.autogen import autogen
+
+STAGE = "fully_automatic"
+
+
+@flow(name="fully-automatic", log_prints=True)
+def fully_automatic(params: FullyAutomaticParams | None = None) -> dict:
+    """Stage 3: embed, then generate and filter automatic masks for every image."""
+    params = params or FullyAutomaticParams()
+    started = now()
+    check_inputs(params)
+    image_ids, skipped = ingest_and_select(params)
+    failed = run_embed(params, image_ids)
+    image_ids = sorted(set(image_ids) - {f["image_id"] for f in failed})
+    summaries = run_shards(autogen, params, STAGE, image_ids, settings=params.autogen, filter=params.filter)
+    return finish_stage(params, STAGE, summaries, started, skipped + failed)

@@ -1,0 +1,159 @@
+"""Flow parameters as pydantic models: the Prefect UI shows each as a form, and bad values are refused when a run
+is created, before any work starts.
+
+Every stage flow takes the store URL, the round number, the model version that answers clicks and generates
+masks, which images to work on, and the settings of its steps. Defaults run the demo's synthetic setup.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from tasks.annotate import AnnotatorSettings
+from tasks.autogen import AutogenSettings
+from tasks.filter import CONFIDENT, FilterSettings
+from tasks.settings import EngineSettings
+
+Stage = Literal["assisted_manual", "semi_automatic", "fully_automatic"]
+STAGES: tuple[str, ...] = ("assisted_manual", "semi_automatic", "fully_automatic")
+
+
+def _default_store() -> str:
+    return EngineSettings.from_env().store_url
+
+
+class EmbedSettings(BaseModel):
+    """How the image encoder runs: a Ray Data actor pool (one GPU per actor where the cluster has GPUs)."""
+
+    batch_size: int = Field(4, ge=1, le=256, description="images per encoder batch")
+    actors: int = Field(
+        1, ge=1, le=1024, description="encoder actors (capped at the cluster's GPUs or CPUs - 1)"
+    )
+    backend: Literal["ray", "local"] = Field("ray", description="'local' encodes in the flow's own process")
+    dtype: Literal["float32", "float16"] = Field("float32", description="how embeddings are stored")
+
+
+class ImageSelection(BaseModel):
+    """Which of the store's images a stage works on."""
+
+    split: str = Field("train", description="images of this split (evaluation splits are never annotated)")
+    image_ids: list[str] | None = Field(
+        None, description="only these images (default: every image of the split)"
+    )
+    max_images: int | None = Field(None, ge=1, description="at most this many (the first by image id)")
+    offset: int = Field(
+        0, ge=0, description="skip this many images first (successive rounds take new images)"
+    )
+
+
+class StageParams(BaseModel):
+    """What every stage flow needs."""
+
+    store: str = Field(
+        default_factory=_default_store, description="store root URL (file://, s3://, memory://)"
+    )
+    round: int = Field(1, ge=0, description="the round these masks belong to")
+    model_version: str = Field(
+        "embedded", min_length=1, description="model that answers clicks / makes masks"
+    )
+    images: ImageSelection = Field(default_factory=ImageSelection)
+    ingest: list[str] = Field(
+        default_factory=list, description="image URIs, folders or globs to register first"
+    )
+    shard_size: int = Field(8, ge=1, le=10_000, description="images per shard (unit of work and of writing)")
+    embed: EmbedSettings = Field(default_factory=EmbedSettings)
+    overlay_images: int = Field(3, ge=0, le=20, description="overlays in the run's markdown report")
+
+
+class AssistedManualParams(StageParams):
+    """Stage 1: people (or the simulated annotator) click, SAM answers."""
+
+    annotator: AnnotatorSettings = Field(default_factory=AnnotatorSettings)
+
+
+class SemiAutomaticParams(StageParams):
+    """Stage 2: confident automatic masks are pre-filled; the annotator adds the missing objects."""
+
+    annotator: AnnotatorSettings = Field(default_factory=AnnotatorSettings)
+    autogen: AutogenSettings = Field(default_factory=AutogenSettings)
+    confident: FilterSettings = Field(default_factory=lambda: CONFIDENT.model_copy())
+
+
+class FullyAutomaticParams(StageParams):
+    """Stage 3: a grid of point prompts per image, filtered masks kept without people."""
+
+    autogen: AutogenSettings = Field(default_factory=AutogenSettings)
+    filter: FilterSettings = Field(default_factory=FilterSettings)
+
+
+class TrainSettings(BaseModel):
+    """How a retrain runs (SAM's interactive training, see sam_core.train)."""
+
+    sources: list[Literal["human", "model", "auto"]] = Field(
+        default_factory=lambda: ["human", "model", "auto"], description="mask sources to train on"
+    )
+    steps: int = Field(200, ge=1, le=1_000_000, description="optimisation steps")
+    masks_per_image: int = Field(16, ge=1, le=256)
+    lr: float = Field(8e-4, gt=0.0, lt=1.0)
+    workers: int = Field(
+        1, ge=1, le=1024, description="Ray Train workers (one GPU each where there are GPUs)"
+    )
+    freeze_image_encoder: bool = Field(False, description="train only the prompt encoder and mask decoder")
+    seed: int = Field(0, ge=0)
+
+
+class EvalSettings(BaseModel):
+    """Held-out evaluation: the split's images, scored against a COCO file of their ground truth."""
+
+    ground_truth: str = Field(
+        ..., min_length=1, description="COCO JSON of the evaluation images' ground truth"
+    )
+    split: str = Field("test", description="evaluation images (never annotated by the stages)")
+    max_images: int = Field(16, ge=1, le=100_000)
+    max_clicks: int = Field(9, ge=1, le=20)
+    autogen: AutogenSettings | None = Field(
+        default_factory=AutogenSettings,
+        description="generator settings for AMG precision/recall (None: skip)",
+    )
+
+
+class RetrainParams(BaseModel):
+    """Retrain a model on every accepted mask so far, register the new version, and evaluate it."""
+
+    store: str = Field(default_factory=_default_store, description="store root URL")
+    parent_version: str = Field("embedded", min_length=1, description="weights to start from")
+    model_version: str | None = Field(
+        None, description="name of the new version (default: <parent>-r<round>)"
+    )
+    round: int = Field(
+        1, ge=0, description="train on masks of rounds up to this one; recorded as trained_on_round"
+    )
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    evaluation: EvalSettings | None = Field(None, description="evaluate the new version (None: skip)")
+
+
+class RoundParams(StageParams):
+    """One data-engine round: a chosen stage, then retrain and evaluate."""
+
+    stage: Stage = Field("assisted_manual", description="which of the three stages to run")
+    annotator: AnnotatorSettings = Field(default_factory=AnnotatorSettings, description="stages 1 and 2")
+    autogen: AutogenSettings = Field(default_factory=AutogenSettings, description="stages 2 and 3")
+    confident: FilterSettings = Field(default_factory=lambda: CONFIDENT.model_copy(), description="stage 2")
+    filter: FilterSettings = Field(default_factory=FilterSettings, description="stage 3")
+    retrain: TrainSettings | None = Field(default_factory=TrainSettings, description="None: no retrain")
+    new_model_version: str | None = Field(
+        None, description="name of the retrained version (default: r<round>)"
+    )
+    evaluation: EvalSettings | None = Field(None, description="None: no evaluation")
+
+    def stage_params(self) -> StageParams:
+        """The parameters of the chosen stage's flow, taken from this round's."""
+        kind = {
+            "assisted_manual": AssistedManualParams,
+            "semi_automatic": SemiAutomaticParams,
+            "fully_automatic": FullyAutomaticParams,
+        }[self.stage]
+        fields = set(kind.model_fields)
+        return kind(**{k: v for k, v in self if k in fields})

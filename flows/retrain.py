@@ -1,0 +1,41 @@
+"""Retrain: train a new model version on every accepted mask so far, register it, and evaluate it.
+
+Also the target of the "sam-engine.labels.synced" event trigger in prefect.yaml: when Label Studio edits have been
+synced into the store, a retrain starts on them.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.params import RetrainParams
+
+
+@flow(name="retrain", log_prints=True)
+def retrain_flow(params: RetrainParams | None = None, backend: str = "ray") -> dict:
+    """Retrain from ``parent_version`` on the store's masks of rounds <= ``round``; evaluate if asked.
+
+    Returns the new models row, with the evaluation metrics under "evaluation" when evaluated.
+    """
+    from flows.steps import open_store
+    from tasks.evaluate import evaluate
+    from tasks.ground_truth import load_ground_truth
+    from tasks.models import check_model
+    from tasks.retrain import retrain
+
+    params = params or RetrainParams()
+    check_model(open_store(params.store), params.parent_version)
+    if params.evaluation is not None:
+        load_ground_truth(params.evaluation.ground_truth)
+    version = params.model_version or f"{params.parent_version}-r{params.round}"
+    row = retrain(
+        params.store,
+        params.parent_version,
+        version,
+        params.round,
+        backend=backend,
+        **params.train.model_dump(),
+    )
+    if params.evaluation is not None:
+        row["evaluation"] = evaluate(params.store, version, **params.evaluation.model_dump())
+    return row

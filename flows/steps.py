@@ -1,0 +1,124 @@
+"""The few steps every stage flow shares: check inputs before any work, pick the images, run the shards with a
+progress artifact, and finish with the round's figures and report."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from flows.params import StageParams
+
+
+def open_store(url: str, must_exist: bool = True):
+    """The Store at ``url``. With ``must_exist``, a store without an images table (a wrong path, a missing bucket)
+    raises FileNotFoundError naming the URL, before any work starts."""
+    from stores import Store
+
+    store = Store(url)
+    if must_exist and not store.fs.exists(store.path("images")):
+        raise FileNotFoundError(
+            f"store {url} does not exist or holds no images: check the URL, or ingest images first "
+            "(sam-engine ingest, or the flow's `ingest` parameter)"
+        )
+    return store
+
+
+def check_inputs(params: StageParams, needs_ground_truth: str | None = None):
+    """Fail fast, before any work: the store exists (or images are to be ingested), the model version is
+    registered and its checkpoint exists, and the ground-truth file (when the simulated annotator needs one)
+    is readable. Returns the store."""
+    from tasks.ground_truth import load_ground_truth
+    from tasks.models import check_model
+
+    store = open_store(params.store, must_exist=not params.ingest)
+    check_model(store, params.model_version)
+    if needs_ground_truth is not None:
+        load_ground_truth(needs_ground_truth)
+    return store
+
+
+def ingest_and_select(params: StageParams) -> tuple[list[str], list[dict]]:
+    """Register ``params.ingest`` (if any), then the ids of the images the stage works on.
+
+    Returns (image ids, images skipped at ingest with their reasons).
+    """
+    from tasks.ingest import ingest
+
+    skipped: list[dict] = []
+    if params.ingest:
+        result = ingest(params.store, params.ingest, split=params.images.split)
+        skipped = result.skipped
+    store = open_store(params.store)
+    images = store.images()
+    selection = params.images
+    if selection.image_ids is not None:
+        unknown = sorted(set(selection.image_ids) - set(images["image_id"]))
+        if unknown:
+            raise ValueError(f"images.image_ids not in store {params.store}: {unknown[:5]}")
+        images = images[images["image_id"].isin(selection.image_ids)]
+    else:
+        images = images[images["split"] == selection.split]
+    ids = sorted(images["image_id"])[selection.offset :]
+    if selection.max_images is not None:
+        ids = ids[: selection.max_images]
+    if not ids:
+        raise ValueError(f"no images selected in store {params.store} by {selection.model_dump()}")
+    return ids, skipped
+
+
+def run_embed(params: StageParams, image_ids: list[str]) -> list[dict]:
+    """Embed the images for the stage's model (cached ones are skipped). Returns the images that failed."""
+    from tasks.embed import embed
+
+    result = embed(params.store, params.model_version, image_ids, **params.embed.model_dump())
+    return result.failed
+
+
+def run_shards(task, params: StageParams, stage: str, image_ids: list[str], **kwargs) -> list[dict]:
+    """Run ``task`` over the images shard by shard (sequentially: each shard already uses every core), with a
+    progress artifact. Returns the shard summaries."""
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+    from tasks.settings import EngineSettings
+    from tasks.shards import plan_shards, shard_name
+
+    shards = plan_shards(image_ids, params.shard_size)
+    progress = create_progress_artifact(
+        progress=0.0, description=f"round {params.round} {stage}: shards done"
+    )
+    summaries = []
+    device = EngineSettings.from_env().device
+    for index, ids in enumerate(shards):
+        summaries.append(
+            task(
+                params.store,
+                params.model_version,
+                ids,
+                params.round,
+                stage,
+                shard_name(index),
+                device=device,
+                **kwargs,
+            )
+        )
+        update_progress_artifact(progress, 100.0 * (index + 1) / len(shards))
+    return summaries
+
+
+def finish_stage(
+    params: StageParams, stage: str, summaries: list[dict], started: datetime, skipped: list[dict]
+) -> dict:
+    """The stage's figures (also written to the rounds table) and its report artifacts."""
+    from stores import Store
+    from tasks.report import publish_report, record_round, stage_figures
+
+    figures = stage_figures(Store(params.store), params.round, stage, summaries, params.model_version)
+    if skipped:
+        figures["skipped_images"] = skipped + figures["skipped_images"]
+        figures["skipped"] = len(figures["skipped_images"])
+    record_round(params.store, figures, started, datetime.now(UTC))
+    publish_report(params.store, figures, params.overlay_images)
+    return figures
+
+
+def now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,137 @@
+"""Annotate: the assisted-manual stage. An annotator labels each image with SAM answering every click.
+
+The annotator is chosen by :class:`AnnotatorSettings`: the simulated annotator (ground truth from a COCO file,
+the paper's click protocol) or, for people, Label Studio (see ``tasks/labelstudio``). Per image the predictor
+gets the cached embedding, so a click costs one mask-decoder pass. Accepted masks are written with
+``source="human"``, the annotator's name, its clicks and seconds.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect import task
+from pydantic import BaseModel, Field
+
+
+class AnnotatorSettings(BaseModel):
+    """Who annotates and, for the simulated annotator, how it behaves (see tasks.annotators)."""
+
+    kind: Literal["simulated"] = Field(
+        "simulated", description="the simulated annotator (people: Label Studio)"
+    )
+    ground_truth: str | None = Field(
+        None, description="COCO instances JSON with the images' ground truth (URL)"
+    )
+    iou_target: float = Field(0.9, gt=0.0, le=1.0, description="accept a mask at this IoU with the truth")
+    max_clicks: int = Field(10, ge=1, le=50)
+    seconds_per_object: float = Field(5.0, ge=0.0)
+    seconds_per_click: float = Field(3.0, ge=0.0)
+    brush_seconds: float = Field(20.0, ge=0.0)
+    seconds_per_image: float | None = Field(
+        150.0, gt=0.0, description="time budget per image (None: no limit)"
+    )
+
+    def build(self):
+        """The annotator object these settings describe."""
+        from tasks.annotators import SimulatedAnnotator
+
+        if self.ground_truth is None:
+            raise ValueError(
+                "the simulated annotator needs ground_truth: a COCO JSON URL with the images' masks"
+            )
+        return SimulatedAnnotator(
+            iou_target=self.iou_target,
+            max_clicks=self.max_clicks,
+            seconds_per_object=self.seconds_per_object,
+            seconds_per_click=self.seconds_per_click,
+            brush_seconds=self.brush_seconds,
+            seconds_per_image=self.seconds_per_image,
+        )
+
+
+def annotation_request(store, predictor, image_id, image, model_version, ground_truth, prefilled=()):
+    """Set the image's cached embedding on ``predictor`` and wrap everything the annotator needs."""
+    from tasks.annotators import AnnotationRequest
+
+    try:
+        embedding = store.get_embedding(image_id, model_version)
+    except KeyError:
+        raise KeyError(
+            f"image {image_id} has no embedding for model {model_version}: run embed first"
+        ) from None
+    size = (int(image["height"]), int(image["width"]))
+    predictor.set_embedding(embedding, size)
+    truth = None
+    if ground_truth is not None:
+        if not ground_truth.has(image["uri"]):
+            raise ValueError(f"no ground truth for {image['uri']} in {ground_truth.uri}")
+        truth = ground_truth.masks_for(image["uri"])
+    return AnnotationRequest(
+        image_id=image_id,
+        uri=image["uri"],
+        height=size[0],
+        width=size[1],
+        predictor=predictor,
+        prefilled=list(prefilled),
+        ground_truth=truth,
+    )
+
+
+def annotated_rows(annotated, image_id, *, round, stage, model_version):
+    """Masks-table rows (source="human") from the annotator's :class:`AnnotatedMask` list."""
+    from tasks.records import mask_rows
+
+    return mask_rows(
+        image_id,
+        [a.mask for a in annotated],
+        round=round,
+        stage=stage,
+        source="human",
+        model_version=model_version,
+        predicted_iou=[a.predicted_iou for a in annotated],
+        point_coords=[a.point_coords for a in annotated],
+        annotator=annotated[0].annotator if annotated else None,
+        clicks=[a.clicks for a in annotated],
+        seconds=[a.seconds for a in annotated],
+    )
+
+
+@task(name="annotate", retries=1, retry_delay_seconds=2, task_run_name="annotate-r{round}-{stage}-{shard}")
+def annotate(
+    store_url: str,
+    model_version: str,
+    image_ids: list[str],
+    round: int,
+    stage: str,
+    shard: str,
+    annotator: AnnotatorSettings,
+    device: str = "cpu",
+) -> dict:
+    """Assisted-manual annotation of one shard of images; writes the shard and returns its summary."""
+    from sam_core.predictor import SamPredictor
+    from stores import Store
+    from tasks.ground_truth import load_ground_truth
+    from tasks.models import load_model
+    from tasks.shards import run_shard
+
+    store = Store(store_url)
+    who = annotator.build()
+    predictor = SamPredictor(load_model(store, model_version, device))
+    truth = load_ground_truth(annotator.ground_truth) if annotator.ground_truth else None
+
+    def per_image(image_id, image):
+        request = annotation_request(store, predictor, image_id, image, model_version, truth)
+        annotated = who.annotate(request)
+        return annotated_rows(annotated, image_id, round=round, stage=stage, model_version=model_version)
+
+    return run_shard(
+        store,
+        round=round,
+        stage=stage,
+        shard=shard,
+        image_ids=image_ids,
+        model_version=model_version,
+        settings={"annotator": annotator.model_dump()},
+        per_image=per_image,
+    )

@@ -1,0 +1,108 @@
+"""Autogen: the fully automatic stage's mask generation, from cached image embeddings.
+
+For each image of a shard: fetch its embedding for the model version from the store (the encoder never runs
+again), prompt the mask decoder with a regular grid of points (``AutomaticMaskGenerator.generate_from_embedding``:
+batched decoding, predicted-IoU and stability filters, box NMS, small-region cleanup), apply the stage's filter,
+and write the shard's masks as one atomic file with ``source="auto"``.
+"""
+
+from __future__ import annotations
+
+from prefect import task
+from pydantic import BaseModel, Field
+
+from tasks.filter import FilterSettings, filter_records
+
+
+class AutogenSettings(BaseModel):
+    """Automatic mask generator settings (the reference's names and meanings)."""
+
+    points_per_side: int = Field(32, ge=1, le=128, description="grid points per side of the image")
+    points_per_batch: int = Field(64, ge=1, le=1024, description="prompts decoded together")
+    pred_iou_thresh: float = Field(0.88, ge=0.0, le=1.0)
+    stability_score_thresh: float = Field(0.95, ge=0.0, le=1.0)
+    stability_score_offset: float = Field(1.0, gt=0.0)
+    box_nms_thresh: float = Field(0.7, ge=0.0, le=1.0)
+    min_mask_region_area: int = Field(0, ge=0, description="fill holes / drop islands smaller than this (px)")
+
+
+def make_generator(model, settings: AutogenSettings):
+    from sam_core.automatic_mask_generator import AutomaticMaskGenerator
+
+    return AutomaticMaskGenerator(model, output_mode="coco_rle", **settings.model_dump())
+
+
+def generate_records(
+    store, generator, image_id: str, model_version: str, height: int, width: int
+) -> list[dict]:
+    """AMG records of one image from its cached embedding. KeyError (naming the image) if it was not embedded."""
+    try:
+        embedding = store.get_embedding(image_id, model_version)
+    except KeyError:
+        raise KeyError(
+            f"image {image_id} has no embedding for model {model_version}: run embed first"
+        ) from None
+    return generator.generate_from_embedding(embedding, (int(height), int(width)))
+
+
+def records_to_rows(
+    records: list[dict], image_id: str, *, round, stage, source, model_version, annotator=None
+):
+    """Masks-table rows from AMG records (coco_rle output mode)."""
+    from tasks.records import mask_rows
+
+    return mask_rows(
+        image_id,
+        [r["segmentation"] for r in records],
+        round=round,
+        stage=stage,
+        source=source,
+        model_version=model_version,
+        predicted_iou=[r["predicted_iou"] for r in records],
+        stability_score=[r["stability_score"] for r in records],
+        point_coords=[r["point_coords"] for r in records],
+        crop_box=[r["crop_box"] for r in records],
+        annotator=annotator,
+    )
+
+
+@task(name="autogen", retries=1, retry_delay_seconds=2, task_run_name="autogen-r{round}-{stage}-{shard}")
+def autogen(
+    store_url: str,
+    model_version: str,
+    image_ids: list[str],
+    round: int,
+    stage: str,
+    shard: str,
+    settings: AutogenSettings,
+    filter: FilterSettings,
+    device: str = "cpu",
+) -> dict:
+    """Generate, filter and write the automatic masks of one shard of images (see the module docstring).
+
+    Returns the shard summary {"shard", "images", "masks", "skipped", "resumed"}.
+    """
+    from stores import Store
+    from tasks.models import load_model
+    from tasks.shards import run_shard
+
+    store = Store(store_url)
+    generator = make_generator(load_model(store, model_version, device), settings)
+
+    def per_image(image_id, image):
+        records = generate_records(store, generator, image_id, model_version, image["height"], image["width"])
+        kept = filter_records(records, (int(image["height"]), int(image["width"])), filter)
+        return records_to_rows(
+            kept, image_id, round=round, stage=stage, source="auto", model_version=model_version
+        )
+
+    return run_shard(
+        store,
+        round=round,
+        stage=stage,
+        shard=shard,
+        image_ids=image_ids,
+        model_version=model_version,
+        settings={"autogen": settings.model_dump(), "filter": filter.model_dump()},
+        per_image=per_image,
+    )

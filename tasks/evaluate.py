@@ -1,0 +1,94 @@
+"""Evaluate: held-out metrics of a model version, as in the SAM paper, on the store's evaluation images.
+
+Interactive: mIoU after 1, 2, 3, 5, 9 clicks and NoC@85/90 with the paper's click protocol
+(``sam_core.evaluate.evaluate_interactive``). Automatic: precision and recall of the automatic masks at IoU 0.5
+and 0.75, pooled over images (matched masks / all predicted, matched masks / all ground truth). Ground truth comes
+from a COCO file matched to the images by file name; evaluation images are those of ``split`` (default "test"),
+which the stage flows never annotate, so no round trains on them.
+"""
+
+from __future__ import annotations
+
+from prefect import task
+
+from tasks.autogen import AutogenSettings
+from tasks.runlog import run_logger
+
+
+def evaluation_set(store, ground_truth_uri: str, split: str, max_images: int | None) -> list[tuple]:
+    """[(image_id, image HxWx3 uint8, masks list of HxW bool)] of the split's images that have ground truth."""
+    from tasks.ground_truth import load_ground_truth
+    from tasks.ingest import load_image
+
+    truth = load_ground_truth(ground_truth_uri)
+    images = store.images()
+    images = images[images["split"] == split].sort_values("image_id")
+    out = []
+    for row in images.itertuples(index=False):
+        if max_images is not None and len(out) >= max_images:
+            break
+        if not truth.has(row.uri):
+            continue
+        masks = truth.masks_for(row.uri)
+        if masks:
+            out.append((row.image_id, load_image(row.uri), masks))
+    if not out:
+        raise ValueError(
+            f"no {split!r} images with ground truth in {ground_truth_uri}: ingest some with split={split!r}"
+        )
+    return out
+
+
+@task(name="evaluate", retries=1, retry_delay_seconds=2)
+def evaluate(
+    store_url: str,
+    model_version: str,
+    ground_truth: str,
+    split: str = "test",
+    max_images: int | None = 16,
+    max_clicks: int = 9,
+    autogen: AutogenSettings | None = None,
+    device: str = "cpu",
+) -> dict:
+    """Metrics of ``model_version``: {"miou@1", "miou@5", ..., "noc@90", "amg_precision", "amg_recall", ...}.
+
+    ``miou@k`` is the "confident" choice (the mask the model rates best, what a user sees after one click); the
+    oracle variants are kept under their full names. ``autogen``: generator settings for precision/recall
+    (None: skip the automatic part).
+    """
+    from sam_core.evaluate import automatic_precision_recall, evaluate_interactive
+    from stores import Store
+    from tasks.autogen import make_generator
+    from tasks.models import load_model
+
+    store = Store(store_url)
+    model = load_model(store, model_version, device)
+    samples = evaluation_set(store, ground_truth, split, max_images)
+    interactive = evaluate_interactive(
+        model, [(image, masks) for _, image, masks in samples], max_clicks=max_clicks
+    )
+    metrics = {
+        "model_version": model_version,
+        "eval_images": len(samples),
+        "eval_masks": interactive["masks"],
+    }
+    for key, value in interactive.items():
+        if key.endswith("_confident"):
+            metrics[key.removesuffix("_confident")] = value
+        elif key.endswith("_oracle"):
+            metrics[key] = value
+    if autogen is not None:
+        generator = make_generator(model, autogen)
+        generator.output_mode = "binary_mask"
+        matched = predicted = truth = 0
+        for _, image, masks in samples:
+            found = [r["segmentation"] for r in generator.generate(image)]
+            pr = automatic_precision_recall(found, masks, thresholds=(0.5,))
+            matched += round(pr["recall@0.5"] * len(masks))
+            predicted += len(found)
+            truth += len(masks)
+        metrics["amg_precision"] = matched / predicted if predicted else 0.0
+        metrics["amg_recall"] = matched / truth if truth else 0.0
+        metrics["amg_masks_per_image"] = predicted / len(samples)
+    run_logger().info("evaluated %s: %s", model_version, {k: metrics[k] for k in ("miou@1", "miou@5")})
+    return metrics

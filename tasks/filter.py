@@ -1,0 +1,56 @@
+"""Filter: keep the automatic masks worth keeping, as the SA-1B pipeline did.
+
+The automatic mask generator already drops masks below its predicted-IoU and stability thresholds, suppresses
+duplicates within a crop and cleans up small holes and islands. This filter is the stage's own policy on top:
+a stricter confidence bar (the semi-automatic stage pre-fills only *confident* masks), a minimum area, dropping
+masks that cover nearly the whole image (SA-1B dropped masks covering 95% or more of the image), and a final box
+NMS over what remains.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+
+class FilterSettings(BaseModel):
+    """Thresholds applied to automatic-mask records (predicted_iou, stability_score, area, bbox XYWH)."""
+
+    min_predicted_iou: float = Field(
+        0.88, ge=0.0, le=1.0, description="keep masks with predicted IoU >= this"
+    )
+    min_stability_score: float = Field(0.95, ge=0.0, le=1.0, description="keep masks with stability >= this")
+    min_area: int = Field(16, ge=0, description="pixels; smaller masks are dropped")
+    max_area_fraction: float = Field(
+        0.95, gt=0.0, le=1.0, description="drop masks covering more of the image"
+    )
+    nms_iou: float = Field(
+        0.7, ge=0.0, le=1.0, description="box IoU above which the lower-scored mask is dropped"
+    )
+
+
+CONFIDENT = FilterSettings(min_predicted_iou=0.92, min_stability_score=0.97, min_area=32)
+"""The semi-automatic stage's bar for masks it pre-fills without a person looking."""
+
+
+def filter_records(records: list[dict], image_size: tuple[int, int], settings: FilterSettings) -> list[dict]:
+    """The records (AMG output dicts) that pass ``settings``, in decreasing predicted-IoU order.
+
+    image_size: (H, W) of the image the records belong to.
+    """
+    from sam_core.mask_utils import box_nms
+
+    height, width = image_size
+    limit = settings.max_area_fraction * height * width
+    kept = [
+        r
+        for r in records
+        if r["predicted_iou"] >= settings.min_predicted_iou
+        and r["stability_score"] >= settings.min_stability_score
+        and settings.min_area <= r["area"] <= limit
+    ]
+    if len(kept) < 2:
+        return kept
+    boxes = np.asarray([[x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in kept)], dtype=np.float32)
+    scores = np.asarray([r["predicted_iou"] for r in kept], dtype=np.float32)
+    return [kept[i] for i in box_nms(boxes, scores, settings.nms_iou)]

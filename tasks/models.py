@@ -1,0 +1,95 @@
+"""Model versions: register checkpoints in the store's models table and load them by version.
+
+A model version names one set of weights. ``embedded`` is always known: the tiny model shipped in
+``sam_core/weights``. Every other version is a row of the models table: its ``config`` holds the SAM config name
+(``{"name": "vit_b"}``) and ``checkpoint_uri`` the weights (any fsspec URL; Meta's ``sam_vit_*.pth`` files load
+as they are). Embeddings are keyed by model version, so a new version re-embeds and an old one reuses its cache.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import lru_cache
+
+EMBEDDED_VERSION = "embedded"
+
+_LOCK = threading.Lock()
+
+
+def model_row(store, model_version: str) -> dict:
+    """The models-table row of ``model_version`` as a dict. Raises ValueError naming the known versions."""
+    if model_version == EMBEDDED_VERSION:
+        from sam_core.embedded import EMBEDDED_CHECKPOINT
+
+        return {
+            "model_version": EMBEDDED_VERSION,
+            "parent_version": None,
+            "config": {"name": "tiny"},
+            "checkpoint_uri": str(EMBEDDED_CHECKPOINT),
+            "trained_on_round": None,
+            "metrics": {},
+        }
+    models = store.models()
+    rows = models[models["model_version"] == model_version]
+    if rows.empty:
+        known = sorted({EMBEDDED_VERSION, *models["model_version"]})
+        raise ValueError(
+            f"unknown model_version {model_version!r} in store {store.url}; known versions: {known}"
+        )
+    return rows.iloc[-1].to_dict()
+
+
+def check_model(store, model_version: str) -> dict:
+    """Fail fast: the version is registered and its checkpoint file exists. Returns the row."""
+    import fsspec
+
+    row = model_row(store, model_version)
+    uri = row["checkpoint_uri"]
+    fs, path = fsspec.core.url_to_fs(uri)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"model {model_version!r}: checkpoint {uri} does not exist")
+    return row
+
+
+def register_model(
+    store,
+    model_version: str,
+    config_name: str,
+    checkpoint_uri: str,
+    parent_version: str | None = None,
+    trained_on_round: int | None = None,
+    metrics: dict | None = None,
+    extra_config: dict | None = None,
+) -> dict:
+    """Add (or replace) a models-table row; returns it."""
+    from sam_core.build import CONFIGS
+
+    if config_name not in CONFIGS:
+        raise ValueError(f"unknown SAM config {config_name!r}; choose one of {sorted(CONFIGS)}")
+    if model_version == EMBEDDED_VERSION:
+        raise ValueError(f"model_version {EMBEDDED_VERSION!r} is reserved for the shipped model")
+    row = {
+        "model_version": model_version,
+        "parent_version": parent_version,
+        "config": {"name": config_name, **(extra_config or {})},
+        "checkpoint_uri": checkpoint_uri,
+        "trained_on_round": trained_on_round,
+        "metrics": metrics or {},
+    }
+    store.write_model(row)
+    return row
+
+
+def load_model(store, model_version: str, device: str = "cpu"):
+    """The ``Sam`` of ``model_version`` in eval mode on ``device``, cached per process (by store, version)."""
+    row = model_row(store, model_version)
+    return _load_cached(row["config"]["name"], row["checkpoint_uri"], device)
+
+
+@lru_cache(maxsize=4)
+def _load_cached(config_name: str, checkpoint_uri: str, device: str):
+    from sam_core.build import build_sam
+
+    with _LOCK:  # concurrent task threads must not build the same model twice
+        model = build_sam(config_name, checkpoint=checkpoint_uri)
+    return model.to(device).eval()

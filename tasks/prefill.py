@@ -1,0 +1,74 @@
+"""Prefill: the semi-automatic stage. Confident automatic masks first, then the annotator adds what is missing.
+
+As in the SAM paper's second stage: the model's confident masks are placed on the image without a person
+looking (``source="model"``), and the annotator is asked only for the objects they do not cover
+(``source="human"``), which shifts the annotators' time to the less prominent objects and raises the number of
+masks per image. Both kinds are written in one atomic shard.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+from prefect import task
+
+from tasks.annotate import AnnotatorSettings, annotated_rows, annotation_request
+from tasks.autogen import AutogenSettings, generate_records, make_generator, records_to_rows
+from tasks.filter import FilterSettings, filter_records
+
+
+@task(name="prefill", retries=1, retry_delay_seconds=2, task_run_name="prefill-r{round}-{stage}-{shard}")
+def prefill(
+    store_url: str,
+    model_version: str,
+    image_ids: list[str],
+    round: int,
+    stage: str,
+    shard: str,
+    settings: AutogenSettings,
+    confident: FilterSettings,
+    annotator: AnnotatorSettings,
+    device: str = "cpu",
+) -> dict:
+    """Semi-automatic annotation of one shard of images; writes the shard and returns its summary."""
+    from sam_core.predictor import SamPredictor
+    from stores import Store
+    from tasks.ground_truth import load_ground_truth
+    from tasks.models import load_model
+    from tasks.records import decode_mask
+    from tasks.shards import run_shard
+
+    store = Store(store_url)
+    model = load_model(store, model_version, device)
+    generator = make_generator(model, settings)
+    predictor = SamPredictor(model)
+    who = annotator.build()
+    truth = load_ground_truth(annotator.ground_truth) if annotator.ground_truth else None
+
+    def per_image(image_id, image):
+        size = (int(image["height"]), int(image["width"]))
+        records = generate_records(store, generator, image_id, model_version, *size)
+        kept = filter_records(records, size, confident)
+        prefilled = records_to_rows(
+            kept, image_id, round=round, stage=stage, source="model", model_version=model_version
+        )
+        masks = [decode_mask(r.counts, r.height, r.width) for r in prefilled.itertuples(index=False)]
+        request = annotation_request(store, predictor, image_id, image, model_version, truth, prefilled=masks)
+        added = annotated_rows(
+            who.annotate(request), image_id, round=round, stage=stage, model_version=model_version
+        )
+        return pd.concat([f for f in (prefilled, added) if len(f)] or [prefilled], ignore_index=True)
+
+    return run_shard(
+        store,
+        round=round,
+        stage=stage,
+        shard=shard,
+        image_ids=image_ids,
+        model_version=model_version,
+        settings={
+            "autogen": settings.model_dump(),
+            "confident": confident.model_dump(),
+            "annotator": annotator.model_dump(),
+        },
+        per_image=per_image,
+    )

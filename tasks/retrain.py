@@ -1,0 +1,154 @@
+"""Retrain: SAM's interactive training on every accepted mask so far, then a new model version in the registry.
+
+The training set is each training-split image with its current masks (superseded and deleted ones dropped) of
+the chosen sources from every round up to this one. Training runs on Ray Train (``tasks.ray_train.train_on_ray``,
+data-parallel, one GPU per worker where the cluster has GPUs) or, with ``backend="local"``, in this process
+(``sam_core.train.train``). The checkpoint goes to ``<store>/checkpoints/<model_version>.pt`` (written
+atomically) and the models table gets the lineage: parent version, round, config, metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+
+from prefect import task
+
+from tasks.runlog import run_logger
+
+
+def training_set(store, round: int, sources: list[str], split: str = "train") -> list[tuple]:
+    """[(image HxWx3 uint8, masks list of HxW bool)] of the split's images with current masks of rounds <= round.
+
+    Raises ValueError when there is nothing to train on.
+    """
+    from tasks.ingest import load_image
+    from tasks.records import decode_rows
+
+    masks = store.masks(source=list(sources))
+    if len(masks):
+        masks = masks[masks["round"].astype(int) <= int(round)]
+    images = store.images()
+    images = images[images["split"] == split].set_index("image_id")
+    masks = masks[masks["image_id"].isin(images.index)]
+    if masks.empty:
+        raise ValueError(
+            f"no {split!r} masks of sources {sources} in rounds <= {round} in store {store.url}: nothing to train on"
+        )
+    out = []
+    for image_id, group in masks.groupby("image_id", sort=True, observed=True):
+        out.append((load_image(images.loc[image_id, "uri"]), decode_rows(group)))
+    return out
+
+
+def local_checkpoint(uri: str) -> tuple[str, str | None]:
+    """A path other processes can read for ``uri``: memory:// checkpoints are copied to a temporary file.
+
+    Returns (path, temporary file to delete or None).
+    """
+    if not uri.startswith("memory://"):
+        return uri, None
+    import fsspec
+
+    with fsspec.open(uri, "rb") as f:
+        data = f.read()
+    handle, path = tempfile.mkstemp(suffix=".pt", prefix="sam_parent_")
+    with os.fdopen(handle, "wb") as f:
+        f.write(data)
+    return path, path
+
+
+@task(name="retrain", retries=0, task_run_name="retrain-{model_version}")
+def retrain(
+    store_url: str,
+    parent_version: str,
+    model_version: str,
+    round: int,
+    sources: list[str] | None = None,
+    steps: int = 200,
+    masks_per_image: int = 16,
+    lr: float = 8e-4,
+    workers: int = 1,
+    freeze_image_encoder: bool = False,
+    seed: int = 0,
+    backend: str = "ray",
+) -> dict:
+    """Train ``model_version`` from ``parent_version`` on the store's masks; register and return its models row."""
+    from sam_core.train import TrainConfig
+    from stores import Store
+    from stores.fsio import atomic_write
+    from tasks.models import EMBEDDED_VERSION, check_model, register_model
+
+    if backend not in ("ray", "local"):
+        raise ValueError(f"backend must be 'ray' or 'local', got {backend!r}")
+    if model_version == parent_version or model_version == EMBEDDED_VERSION:
+        raise ValueError(f"model_version {model_version!r} must be new (parent is {parent_version!r})")
+    store = Store(store_url)
+    parent = check_model(store, parent_version)
+    dataset = training_set(store, round, sources or ["human", "model", "auto"])
+    logger = run_logger()
+    logger.info("retraining %s -> %s on %d images (%s)", parent_version, model_version, len(dataset), backend)
+    init, temporary = local_checkpoint(parent["checkpoint_uri"])
+    config = TrainConfig(
+        model=parent["config"]["name"],
+        steps=steps,
+        masks_per_image=masks_per_image,
+        lr=lr,
+        freeze_image_encoder=freeze_image_encoder,
+        seed=seed,
+        init_checkpoint=init,
+        log_every=0,
+        metadata={"model_version": model_version, "parent_version": parent_version, "data_round": round},
+    )
+    try:
+        checkpoint, metrics, extra = _train(config, dataset, workers, backend, parent_version, round)
+    finally:
+        if temporary:
+            os.remove(temporary)
+    path = atomic_write(store.fs, store.path("checkpoints", f"{model_version}.pt"), checkpoint)
+    uri = store.fs.unstrip_protocol(path)
+    config_dict = dataclasses.asdict(config)
+    config_dict.pop("init_checkpoint", None)
+    return register_model(
+        store,
+        model_version,
+        parent["config"]["name"],
+        uri,
+        parent_version=parent_version,
+        trained_on_round=round,
+        metrics={**metrics, "train_images": len(dataset), **extra},
+        extra_config={"train": config_dict},
+    )
+
+
+def _train(config, dataset, workers: int, backend: str, parent_version: str, round: int):
+    """(checkpoint bytes, final metrics, extra lineage) from Ray Train or an in-process run."""
+    if backend == "local":
+        import io
+
+        import torch
+
+        from sam_core.train import train
+
+        trainer = train(config, dataset)
+        last = trainer.history[-1] if trainer.history else {}
+        metrics = {"loss": last.get("loss"), "iou_last": last.get("iou_last"), "steps": trainer.step_index}
+        buffer = io.BytesIO()
+        torch.save(trainer.checkpoint(metrics), buffer)
+        return buffer.getvalue(), metrics, {"backend": "local", "workers": 1}
+    from tasks.ray_cluster import cluster_gpus, ensure_ray
+    from tasks.ray_train import train_on_ray
+
+    ensure_ray()
+    gpus = cluster_gpus()
+    result = train_on_ray(
+        config,
+        dataset,
+        num_workers=workers,
+        use_gpu=gpus >= workers,
+        parent_version=parent_version,
+        data_round=round,
+    )
+    extra = {"backend": "ray", "workers": workers, "wall_seconds": result["lineage"].get("wall_seconds")}
+    return result["checkpoint_bytes"], dict(result["metrics"]), extra

@@ -1,0 +1,121 @@
+"""Each stage flow runs on a tiny store, writes its masks and figures, and a second run changes nothing."""
+
+import pytest
+
+from flows.params import (
+    AssistedManualParams,
+    FullyAutomaticParams,
+    ImageSelection,
+    SemiAutomaticParams,
+)
+from tasks.annotate import AnnotatorSettings
+from tasks.autogen import AutogenSettings
+from tasks.filter import FilterSettings
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+# A random model rates nothing highly: open the filters so the automatic path produces masks to check.
+OPEN_AUTOGEN = AutogenSettings(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+OPEN_FILTER = FilterSettings(
+    min_predicted_iou=0.0, min_stability_score=0.0, min_area=1, max_area_fraction=1.0
+)
+
+
+def _annotator(engine, **kw):
+    return AnnotatorSettings(ground_truth=engine["ground_truth"], max_clicks=2, seconds_per_image=40.0, **kw)
+
+
+def _masks(store_url, **kw):
+    from stores import Store
+
+    cols = ["mask_id", "image_id", "counts", "source", "clicks", "seconds"]
+    return Store(store_url).masks(**kw)[cols].sort_values("mask_id").reset_index(drop=True)
+
+
+def test_assisted_manual_records_clicks_and_skips_the_corrupt_image(engine):
+    from flows.assisted_manual import assisted_manual
+
+    params = AssistedManualParams(
+        store=engine["store"],
+        model_version=engine["model"],
+        ingest=[engine["images"]],
+        shard_size=2,
+        annotator=_annotator(engine),
+        embed={"backend": "local"},
+        overlay_images=1,
+    )
+    figures = assisted_manual(params)
+    masks = _masks(engine["store"], round=1, stage="assisted_manual")
+    assert figures["images"] == 3 and figures["masks"] == len(masks) > 0
+    assert set(masks.source) == {"human"} and (masks.clicks >= 1).all() and (masks.seconds > 0).all()
+    assert figures["clicks_per_mask"] == pytest.approx(masks.clicks.mean(), abs=1e-3)
+    assert figures["skipped"] == 1 and "corrupt.png" in figures["skipped_images"][0]["uri"]
+    from stores import Store
+
+    rounds = Store(engine["store"]).rounds()
+    assert list(rounds.stage) == ["assisted_manual"] and rounds.metrics[0]["skipped"] == 1
+
+    again = assisted_manual(params)  # the same round twice: the same store contents
+    assert again["masks"] == figures["masks"]
+    assert _masks(engine["store"], round=1).equals(masks)
+
+
+def test_fully_automatic_writes_auto_masks_idempotently(engine):
+    from flows.fully_automatic import fully_automatic
+
+    params = FullyAutomaticParams(
+        store=engine["store"],
+        round=3,
+        model_version=engine["model"],
+        ingest=[engine["images"]],
+        autogen=OPEN_AUTOGEN,
+        filter=OPEN_FILTER,
+        embed={"backend": "local"},
+    )
+    first = fully_automatic(params)
+    masks = _masks(engine["store"], round=3)
+    assert first["masks"] == len(masks) > 0 and set(masks.source) == {"auto"}
+    second = fully_automatic(params)
+    assert second["masks"] == first["masks"] and _masks(engine["store"], round=3).equals(masks)
+
+
+def test_semi_automatic_prefills_then_the_annotator_adds(engine):
+    from flows.semi_automatic import semi_automatic
+
+    params = SemiAutomaticParams(
+        store=engine["store"],
+        round=2,
+        model_version=engine["model"],
+        ingest=[engine["images"]],
+        images=ImageSelection(max_images=2),
+        autogen=OPEN_AUTOGEN,
+        confident=OPEN_FILTER,
+        annotator=_annotator(engine),
+        embed={"backend": "local"},
+    )
+    figures = semi_automatic(params)
+    masks = _masks(engine["store"], round=2)
+    assert figures["images"] == 2
+    assert figures["masks_by_source"].get("model", 0) > 0
+    assert set(masks.source) <= {"model", "human"}
+
+
+def test_missing_store_or_model_fails_before_any_work(engine, tmp_path):
+    from flows.fully_automatic import fully_automatic
+    from stores import Store
+
+    missing = (tmp_path / "no-such-store").as_uri()
+    with pytest.raises(FileNotFoundError, match="no-such-store"):
+        fully_automatic(FullyAutomaticParams(store=missing, model_version=engine["model"]))
+    with pytest.raises(ValueError, match="unknown model_version 'nope'"):
+        fully_automatic(
+            FullyAutomaticParams(store=engine["store"], model_version="nope", ingest=[engine["images"]])
+        )
+    assert Store(engine["store"]).images().empty  # refused before ingesting anything
+
+
+def test_bad_parameters_are_refused_by_the_models():
+    with pytest.raises(ValueError):
+        FullyAutomaticParams(round=-1)
+    with pytest.raises(ValueError):
+        AnnotatorSettings(iou_target=1.5)
