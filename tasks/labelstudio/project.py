@@ -118,6 +118,19 @@ def ensure_project(client: LabelStudioClient, title: str, labels: Iterable[str] 
     return int(client.create_project(title, label_config(labels))["id"])
 
 
+def ensure_local_storage(client: LabelStudioClient, project_id: int, folder: str | Path) -> None:
+    """Give the project a local-files storage over folder (no import), which Label Studio requires before it
+    serves `/data/local-files/?d=...` files from there. Idempotent."""
+    folder = str(Path(folder).resolve())
+    for storage in client.get("/api/storages/localfiles", project=int(project_id)) or []:
+        if folder == storage.get("path") or folder.startswith(str(storage.get("path", "")).rstrip("/") + "/"):
+            return
+    client.post(
+        "/api/storages/localfiles",
+        {"project": int(project_id), "path": folder, "title": "engine images", "use_blob_urls": True},
+    )
+
+
 def existing_tasks(client: LabelStudioClient, project_id: int) -> dict[str, int]:
     """image_id -> task id for the project's tasks that carry an engine image_id."""
     out: dict[str, int] = {}
@@ -151,13 +164,21 @@ def add_tasks(
     if masks is not None and len(masks):
         by_image = {str(k): g for k, g in masks.groupby("image_id", observed=True)}
     payload = []
+    folders = set()
     for row in new_images.itertuples(index=False):
-        task: dict = {"data": {IMAGE_NAME: image_url(row.uri, document_root), "image_id": str(row.image_id)}}
+        url = image_url(row.uri, document_root)
+        if url.startswith("/data/local-files/"):
+            folders.add(
+                Path(urlparse(row.uri).path if row.uri.startswith("file:") else row.uri).resolve().parent
+            )
+        task: dict = {"data": {IMAGE_NAME: url, "image_id": str(row.image_id)}}
         image_masks = by_image.get(str(row.image_id))
         if image_masks is not None and len(image_masks):
             version = model_version or str(image_masks["model_version"].iloc[0])
             task["predictions"] = [prediction_from_masks(image_masks, version, label)]
         payload.append(task)
+    for folder in sorted(folders):
+        ensure_local_storage(client, project_id, folder)
     if payload:
         ids = client.import_tasks(project_id, payload)
         for task, task_id in zip(payload, ids, strict=True):

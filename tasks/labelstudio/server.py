@@ -240,6 +240,11 @@ def up(
         "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
         "COLLECT_ANALYTICS": "false",
         "LABEL_STUDIO_HOST": f"http://127.0.0.1:{port}",
+        # Its settings are read before --data-dir is parsed: name the folder here too, so nothing lands in ~/.local.
+        "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
+        # No network here: error reports to Sentry would only retry and fill the log.
+        "SENTRY_DSN": "",
+        "FRONTEND_SENTRY_DSN": "",
     }
     url = f"http://127.0.0.1:{port}"
     log_path = home / "server.log"
