@@ -160,16 +160,19 @@ def read_checkpoint(checkpoint: str) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Weights only load failed" in str(err) and (
-            "Unsupported global" in str(err) or "GLOBAL" in str(err)
-        ):
+        # torch's zip format starts with "PK", a binary pickle with the PROTO opcode 0x80; anything else
+        # that the unpickler trips over is simply not a checkpoint.
+        is_pickle = data[:2] == b"PK" or data[:1] == b"\x80" or "GLOBAL" in str(err)
+        if "Weights only load failed" in str(err) and is_pickle:
             raise ValueError(
-                f"{checkpoint}: refused, the file is a pickle that would import or run code "
-                f"(torch.load(weights_only=True) allows only tensors and plain containers)"
+                f"{checkpoint}: refused, the file is a pickle that torch.load(weights_only=True) will not load: "
+                f"it would import or run code ({_refusal_reason(err)}); only tensors and plain containers are allowed"
             ) from err
         raise ValueError(f"{checkpoint}: not a PyTorch checkpoint ({_first_line(err)})") from err
-    except (RuntimeError, EOFError, ValueError, OSError) as err:
-        raise ValueError(f"{checkpoint}: not a PyTorch checkpoint ({_first_line(err)})") from err
+    except Exception as err:  # torch.load reports garbage as RuntimeError, KeyError, EOFError, ...
+        raise ValueError(
+            f"{checkpoint}: not a PyTorch checkpoint ({type(err).__name__}: {_first_line(err)})"
+        ) from err
     if isinstance(loaded, Mapping) and isinstance(loaded.get("model"), Mapping):
         loaded = loaded["model"]
     if not isinstance(loaded, Mapping) or not loaded:
@@ -189,20 +192,22 @@ def check_state_dict(
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     extra = [k for k in state_dict if k not in expected]
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys, e.g. {missing[:5]}")
-        if extra:
-            parts.append(f"{len(extra)} unexpected keys, e.g. {extra[:5]}")
-        raise ValueError(f"{source} does not match the model: " + "; ".join(parts))
+    key_problems = []
+    if missing:
+        key_problems.append(f"{len(missing)} missing keys, e.g. {missing[:5]}")
+    if extra:
+        key_problems.append(f"{len(extra)} unexpected keys, e.g. {extra[:5]}")
     for key, tensor in expected.items():
-        got = tuple(state_dict[key].shape)
-        if got != tuple(tensor.shape):
+        if key in state_dict and tuple(state_dict[key].shape) != tuple(tensor.shape):
+            # A shape clash is the clearest sign of another architecture: report it first.
+            also = f" (also {'; '.join(key_problems)})" if key_problems else ""
             raise ValueError(
-                f"{source}: {key} has shape {got} but the model expects {tuple(tensor.shape)}; "
-                "is it a checkpoint for another architecture (vit_b / vit_l / vit_h / tiny)?"
+                f"{source}: {key} has shape {tuple(state_dict[key].shape)} but the model expects "
+                f"{tuple(tensor.shape)}; is it a checkpoint for another architecture (vit_b / vit_l / vit_h / tiny)?"
+                + also
             )
+    if key_problems:
+        raise ValueError(f"{source} does not match the model: " + "; ".join(key_problems))
 
 
 def load_checkpoint(model: Sam, checkpoint: str, name: str | None = None) -> Sam:
@@ -212,6 +217,15 @@ def load_checkpoint(model: Sam, checkpoint: str, name: str | None = None) -> Sam
     check_state_dict(model, state_dict, source)
     model.load_state_dict(state_dict, strict=True)
     return model
+
+
+def _refusal_reason(err: BaseException) -> str:
+    """The line of torch's weights-only error that says what was refused (e.g. "Unsupported global: ...")."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith(("Unsupported", "Trying to", "Can only")):
+            return line
+    return "unsupported pickle content"
 
 
 def _first_line(err: BaseException) -> str:
