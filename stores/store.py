@@ -11,7 +11,6 @@ File names come from what a file holds, so a rerun overwrites its own output ins
 """
 
 import hashlib
-import json
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -30,8 +29,9 @@ from .fsio import (
     read_parquet_file,
     table_bytes,
 )
-from .masks import prepare_masks
-from .schemas import EMBEDDINGS, IMAGES, MASKS, MASKS_PARTITION, MODELS, ROUNDS, STATE, with_metadata
+from .masks import mask_id_for, prepare_masks
+from .registry import KeyedTables
+from .schemas import EMBEDDINGS, IMAGES, MASKS, MASKS_PARTITION, with_metadata
 
 _EMBED_DTYPES = ("float32", "float16")
 _FLOAT16_MAX = 65504.0
@@ -46,7 +46,7 @@ def _partition_values(path: str, base: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in rel if "=" in part)
 
 
-class Store:
+class Store(KeyedTables):
     """Parquet tables under `url` (file:///abs, a plain path, memory://name, s3://bucket/prefix)."""
 
     def __init__(self, url: str, storage_options: dict | None = None):
@@ -215,7 +215,14 @@ class Store:
         already in the images table, height/width must match the image.
         """
         rel = self._mask_rel(round, stage, shard)
-        table = prepare_masks(df, int(round), stage, what=f"masks shard {shard!r}")
+        for name, value in (("round", round), ("stage", stage)):
+            if name in df and (df[name].astype(str) != str(value)).any():
+                raise BadRecordError(
+                    f"masks shard {shard!r}: column {name!r} disagrees with {name}={value!r}"
+                )
+        table = prepare_masks(
+            df.drop(columns=["round", "stage"], errors="ignore"), int(round), stage, f"masks shard {shard!r}"
+        )
         known = self.images()
         if len(known) and len(table):
             sizes = known.set_index("image_id")[["height", "width"]]
@@ -236,6 +243,27 @@ class Store:
         return self._write(
             "masks", rel, table, use_dictionary=["image_id", "source", "model_version", "annotator"]
         )
+
+    def delete_masks(self, mask_ids, round: int, stage: str, shard, annotator: str | None = None) -> str:
+        """Withdraw masks without touching their rows: write one tombstone row (deleted=True) superseding each.
+
+        The tombstones form their own shard (round, stage, shard), so a rerun replaces them like any shard.
+        """
+        ids = [mask_ids] if isinstance(mask_ids, str) else list(mask_ids)
+        rows = self.masks(current_only=False)
+        rows = rows[rows["mask_id"].isin(ids)].drop_duplicates("mask_id")
+        unknown = sorted(set(ids) - set(rows["mask_id"]))
+        if unknown:
+            raise KeyError(f"no masks with mask_id {unknown}")
+        keep = ["image_id", "counts", "height", "width", "area", "bbox"]
+        tombstones = rows[keep].assign(
+            mask_id=["deleted-" + mask_id_for(m, int(round), stage, "human", "") for m in rows["mask_id"]],
+            supersedes=rows["mask_id"].to_numpy(),
+            deleted=True,
+            source="human",
+            annotator=annotator,
+        )
+        return self.write_masks(tombstones, round, stage, shard)
 
     def _mask_files(self, round=None, stage=None) -> list[str]:
         base = self.path("masks")
@@ -276,83 +304,3 @@ class Store:
                 keep = pc.and_(keep, pc.invert(pc.is_in(table["mask_id"], value_set=superseded)))
             table = table.filter(keep)
         return table.to_pandas()
-
-    # ---- models, rounds, state -----------------------------------------------------------------------------------
-    def _row_table(self, schema: pa.Schema, row: dict, json_columns: tuple[str, ...], what: str) -> pa.Table:
-        unknown = sorted(set(row) - set(schema.names))
-        if unknown:
-            raise BadRecordError(f"{what}: unknown fields {unknown}")
-        values = dict(row)
-        for name in json_columns:
-            if values.get(name) is not None and not isinstance(values[name], str):
-                values[name] = json.dumps(values[name], sort_keys=True, default=str)
-        if "created_at" in schema.names and values.get("created_at") is None:
-            values["created_at"] = _now()
-        try:
-            return pa.Table.from_pylist([{f.name: values.get(f.name) for f in schema}], schema=schema)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as e:
-            raise BadRecordError(f"{what}: {e}") from e
-
-    def _read_rows(
-        self, table_name: str, directory: str, json_columns: tuple[str, ...], schema
-    ) -> pd.DataFrame:
-        table = self._read_all(table_name, directory)
-        df = (table if table is not None else schema.empty_table()).to_pandas()
-        for name in json_columns:
-            df[name] = [json.loads(v) if isinstance(v, str) else v for v in df[name]]
-        return df
-
-    def write_model(self, row: dict) -> str:
-        """Register a model (model_version, parent_version, config dict, checkpoint_uri, trained_on_round, metrics)."""
-        mv = check_key("model_version", row.get("model_version"))
-        table = self._row_table(MODELS, row, ("config", "metrics"), f"model {mv}")
-        return self._write("models", ["models", f"{mv}.parquet"], table)
-
-    def models(self) -> pd.DataFrame:
-        return self._read_rows("models", "models", ("config", "metrics"), MODELS)
-
-    def write_round(self, row: dict) -> str:
-        """Record a round/stage summary; rewriting the same (round, stage) replaces it."""
-        if not isinstance(row.get("round"), int | np.integer):
-            raise BadRecordError(f"round row: round={row.get('round')!r} must be an int")
-        stage = check_key("stage", row["stage"]) if row.get("stage") is not None else "all"
-        table = self._row_table(ROUNDS, row, ("metrics",), f"round {row['round']}")
-        return self._write("rounds", ["rounds", f"round-{int(row['round'])}-{stage}.parquet"], table)
-
-    def rounds(self) -> pd.DataFrame:
-        df = self._read_rows("rounds", "rounds", ("metrics",), ROUNDS)
-        return df.sort_values(["round", "stage"], kind="stable").reset_index(drop=True)
-
-    def write_state(self, table: str, key: str, row: dict) -> str:
-        """Upsert one row of a small keyed table (e.g. write_state("labelstudio_sync", project, {...}))."""
-        name = check_key("table", table)
-        if not isinstance(key, str) or not key:
-            raise BadRecordError(f"state {name}: key must be a non-empty str, got {key!r}")
-        try:
-            text = json.dumps(row, sort_keys=True, default=str)
-        except TypeError as e:
-            raise BadRecordError(f"state {name} key {key!r}: row is not JSON-serialisable: {e}") from e
-        file_key = hashlib.sha1(key.encode()).hexdigest()[:24]
-        data = pa.table(
-            {"key": [key], "row": [text], "updated_at": pa.array([_now()], STATE.field("updated_at").type)}
-        )
-        return self._write("state", ["state", name, f"{file_key}.parquet"], data.cast(STATE))
-
-    def read_state(self, table: str, key: str | None = None):
-        """One row as a dict (None if absent) when `key` is given, else all rows as a DataFrame with a key column."""
-        name = check_key("table", table)
-        if key is not None:
-            path = self.path("state", name, f"{hashlib.sha1(key.encode()).hexdigest()[:24]}.parquet")
-            try:
-                data = read_parquet_file(self.fs, path, "state")
-            except FileNotFoundError:
-                return None
-            return json.loads(data["row"][0].as_py())
-        data = self._read_all("state", f"state/{name}")
-        if data is None:
-            return pd.DataFrame({"key": pd.Series([], dtype=str)})
-        rows = [
-            {"key": k, **json.loads(r)}
-            for k, r in zip(data["key"].to_pylist(), data["row"].to_pylist(), strict=True)
-        ]
-        return pd.DataFrame(rows)

@@ -136,3 +136,23 @@ def test_models_rounds_and_state(store):
 def test_empty_store_reads_empty_frames(store):
     assert store.masks().empty and "mask_id" in store.masks().columns
     assert store.images().empty and store.models().empty and store.rounds().empty
+
+
+def test_delete_masks_writes_tombstones_and_keeps_the_rows(store, make_masks):
+    df, _ = make_masks("img1", 3, seed=7)
+    store.write_masks(df, 0, "fully_automatic", 0)
+    doomed = sorted(store.masks()["mask_id"])[:2]
+    store.delete_masks(doomed, 1, "assisted_manual", "review", annotator="ann1")
+    assert set(store.masks()["mask_id"]).isdisjoint(doomed) and len(store.masks()) == 1
+    everything = store.masks(current_only=False)
+    assert set(doomed) <= set(everything["mask_id"])
+    assert everything["deleted"].sum() == 2
+    with pytest.raises(KeyError, match="nope"):
+        store.delete_masks(["nope"], 1, "assisted_manual", "review")
+
+
+def test_round_and_stage_columns_must_agree_with_the_shard(store, make_masks):
+    df, _ = make_masks("img1", 1, seed=8)
+    store.write_masks(df.assign(round=2, stage="x"), 2, "x", 0)
+    with pytest.raises(ValueError, match="column 'round' disagrees with round=3"):
+        store.write_masks(df.assign(round=2), 3, "x", 0)
