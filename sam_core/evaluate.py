@@ -35,27 +35,33 @@ def binary_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def click_ious(model, embedding: torch.Tensor, gt: np.ndarray, max_clicks: int) -> dict:
-    """IoU after each of ``max_clicks`` simulated clicks on one mask.
+def click_ious(model, embedding: torch.Tensor, gts: np.ndarray, max_clicks: int) -> dict:
+    """IoU after each of ``max_clicks`` simulated clicks, for N masks of one image decoded together.
 
-    embedding: 1xCxhxw of the padded SxS image; gt: SxS bool in the same frame. Returns {"confident": [...],
-    "oracle": [...]} (lists of length max_clicks; they differ only after the first click).
+    embedding: 1xCxhxw of the padded SxS image; gts: NxSxS bool in the same frame. Returns {"confident":
+    NxK array, "oracle": NxK array} (K = max_clicks; they differ only at the first click). A mask with no error
+    left gets no new click (a "not a point" placeholder keeps the batch rectangular) and keeps its IoU.
     """
-    size = gt.shape[-1]
+    n, size = gts.shape[0], gts.shape[-1]
     image_pe = model.prompt_encoder.get_dense_pe()
-    coords, labels = [], []
+    coords = np.zeros((n, 0, 2), np.float32)
+    labels = np.zeros((n, 0), np.int64)
     mask_input = None
-    confident, oracle = [], []
-    pred = None
+    confident = np.zeros((n, max_clicks))
+    oracle = np.zeros((n, max_clicks))
+    done = np.zeros(n, bool)
+    preds = None
     for k in range(max_clicks):
-        click = first_click(gt) if k == 0 else next_click(gt, pred)
-        if click is None:  # perfect already: the IoU stays where it is
-            confident.append(confident[-1])
-            oracle.append(oracle[-1])
-            continue
-        coords.append(click[:2])
-        labels.append(click[2])
-        points = (torch.tensor([coords], dtype=torch.float32), torch.tensor([labels], dtype=torch.long))
+        new = np.zeros((n, 1, 2), np.float32)
+        new_labels = np.full((n, 1), -1, np.int64)
+        for i in range(n):
+            click = first_click(gts[i]) if k == 0 else (None if done[i] else next_click(gts[i], preds[i]))
+            if click is None:
+                done[i] = True
+            else:
+                new[i, 0], new_labels[i, 0] = click[:2], click[2]
+        coords, labels = np.concatenate([coords, new], 1), np.concatenate([labels, new_labels], 1)
+        points = (torch.from_numpy(coords), torch.from_numpy(labels))
         sparse, dense = model.prompt_encoder(points=points, boxes=None, masks=mask_input)
         low_res, iou_pred = model.mask_decoder(
             image_embeddings=embedding,
@@ -64,15 +70,20 @@ def click_ious(model, embedding: torch.Tensor, gt: np.ndarray, max_clicks: int) 
             dense_prompt_embeddings=dense,
             multimask_output=k == 0,
         )
-        logits = F.interpolate(low_res, size=(size, size), mode="bilinear", align_corners=False)[0]
+        logits = F.interpolate(low_res, size=(size, size), mode="bilinear", align_corners=False)
         masks = (logits > 0).numpy()
-        ious = [binary_iou(m, gt) for m in masks]
-        pick = int(iou_pred[0].argmax())
-        confident.append(ious[pick])
-        oracle.append(max(ious))
+        pick = iou_pred.argmax(dim=1).numpy()
+        for i in range(n):
+            if k > 0 and done[i]:
+                confident[i, k], oracle[i, k] = confident[i, k - 1], oracle[i, k - 1]
+                continue
+            ious = [binary_iou(m, gts[i]) for m in masks[i]]
+            confident[i, k], oracle[i, k] = ious[pick[i]], max(ious)
         # Like an interactive user, the next click corrects the mask that was shown.
-        pred = masks[pick]
-        mask_input = low_res[:, pick : pick + 1]
+        rows = np.arange(n)
+        new_preds = masks[rows, pick]
+        preds = new_preds if preds is None else np.where(done[:, None, None], preds, new_preds)
+        mask_input = low_res[torch.from_numpy(rows), torch.from_numpy(pick)][:, None]
     return {"confident": confident, "oracle": oracle}
 
 
@@ -108,10 +119,9 @@ def evaluate_interactive(
         if sample.masks.shape[0] == 0:
             continue
         embedding = encode(model, sample.image[None])
-        for gt in sample.masks.numpy() > 0.5:
-            result = click_ious(model, embedding, gt, max_clicks)
-            for key in per_mask:
-                per_mask[key].append(result[key])
+        result = click_ious(model, embedding, sample.masks.numpy() > 0.5, max_clicks)
+        for key in per_mask:
+            per_mask[key].extend(result[key].tolist())
     if not per_mask["oracle"]:
         raise ValueError(f"no usable mask to evaluate (skipped: {skipped})")
     out = {"masks": len(per_mask["oracle"]), "images": len(dataset), "skipped": skipped}
@@ -138,12 +148,9 @@ def automatic_precision_recall(
     shapes = {np.asarray(m).shape for m in list(predicted) + list(ground_truth)}
     if len(shapes) > 1:
         raise ValueError(f"predicted and ground-truth masks must share one shape, got {sorted(shapes)}")
-    p = np.asarray([np.asarray(m, bool).ravel() for m in predicted], dtype=np.float32).reshape(
-        len(predicted), -1
-    )
-    g = np.asarray([np.asarray(m, bool).ravel() for m in ground_truth], dtype=np.float32).reshape(
-        len(ground_truth), -1
-    )
+    pixels = int(np.prod(next(iter(shapes)))) if shapes else 0
+    p = np.asarray([np.asarray(m, bool).ravel() for m in predicted], dtype=np.float32).reshape(-1, pixels)
+    g = np.asarray([np.asarray(m, bool).ravel() for m in ground_truth], dtype=np.float32).reshape(-1, pixels)
     inter = p @ g.T
     union = p.sum(1)[:, None] + g.sum(1)[None, :] - inter
     iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)

@@ -345,10 +345,12 @@ def train(
     out: str | Path | None = None,
     model: torch.nn.Module | None = None,
     after_backward: Callable[[torch.nn.Module], None] | None = None,
+    stop_after: int | None = None,
 ) -> Trainer:
-    """Run ``config.steps`` steps; save to ``out`` every ``checkpoint_every`` steps and at the end."""
+    """Run ``config.steps`` steps (or stop after ``stop_after``, the lr schedule still spanning config.steps);
+    save to ``out`` every ``checkpoint_every`` steps and at the end."""
     trainer = Trainer(config, dataset, model, after_backward)
-    for _ in range(config.steps):
+    for _ in range(min(config.steps, stop_after or config.steps)):
         stats = trainer.step()
         if config.log_every and (trainer.step_index % config.log_every == 0 or trainer.step_index == 1):
             log.info(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in stats.items()}))
