@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import inspect
 import io
 import json
 import logging
@@ -27,6 +28,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
+import torch
 
 from .convert import mask_to_brush_rle, percent_to_pixels, rect_percent_to_box
 from .project import BRUSH_NAME, DEFAULT_LABELS, IMAGE_NAME
@@ -57,8 +59,6 @@ def set_embedding(predictor, embedding: np.ndarray, original_size: tuple[int, in
         predictor.set_embedding(embedding, original_size)
         return
     # Meta's reference predictor has no setter: fill the attributes its set_image would have filled.
-    import torch
-
     predictor.reset_image()
     feats = torch.as_tensor(np.asarray(embedding, dtype=np.float32), device=predictor.device)
     predictor.features = feats[None] if feats.ndim == 3 else feats
@@ -94,6 +94,8 @@ class SamBackend:
         self.model_version = model_version
         self._token = token
         self.predictor = make_predictor(model)
+        # sam_core's predictor can upsample only the best of the three masks: a third of the post-processing.
+        self._best_only = "best_only" in inspect.signature(self.predictor.predict).parameters
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = int(cache_size)
@@ -144,7 +146,8 @@ class SamBackend:
         if self.store.has_embedding(image_id, self.model_version):
             emb = self.store.get_embedding(image_id, self.model_version)
         else:  # first visit: pay the image encoder once, then every click is decoder-only
-            self.predictor.set_image(load_image(uri))
+            with torch.inference_mode():
+                self.predictor.set_image(load_image(uri))
             emb = self.predictor.get_image_embedding()[0].cpu().numpy()
             self.store.put_embedding(image_id, self.model_version, emb)
         self._cache[image_id] = emb
@@ -221,12 +224,15 @@ class SamBackend:
                 )
             # One point is ambiguous (part or whole): ask for three masks and keep the one the model rates best.
             multimask = len(points) == 1 and box is None
-            masks, scores, _ = self.predictor.predict(
-                point_coords=np.asarray(points, dtype=np.float32) if points else None,
-                point_labels=np.asarray(labels, dtype=np.int64) if points else None,
-                box=np.asarray(box, dtype=np.float32) if box is not None else None,
-                multimask_output=multimask,
-            )
+            extra = {"best_only": True} if multimask and self._best_only else {}
+            with torch.inference_mode():  # thread-local: the server thread needs its own
+                masks, scores, _ = self.predictor.predict(
+                    point_coords=np.asarray(points, dtype=np.float32) if points else None,
+                    point_labels=np.asarray(labels, dtype=np.int64) if points else None,
+                    box=np.asarray(box, dtype=np.float32) if box is not None else None,
+                    multimask_output=multimask,
+                    **extra,
+                )
         best = int(np.argmax(scores))
         score = float(scores[best])
         result = {
