@@ -219,3 +219,37 @@ def test_label_studio_calls_the_ml_backend_for_a_keypoint(ls_client, store, docu
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_the_label_studio_annotator_returns_what_a_person_submitted(ls_client, store, document_root, run_id):
+    from tasks.annotators import AnnotationRequest
+    from tasks.labelstudio.annotator import LabelStudioAnnotator
+
+    images = make_images(store, Path(document_root) / f"ann-{run_id}", n=2, height=H, width=W, prefix="ann-")
+    pid = project.ensure_project(ls_client, f"engine annotator {run_id}")
+    annotator = LabelStudioAnnotator(ls_client, pid, document_root, poll_seconds=0.2, timeout_seconds=1.0)
+    prefilled = _box(0, 5, 0, 5)
+    requests = [
+        AnnotationRequest(
+            image_id=r.image_id, uri=r.uri, height=H, width=W, predictor=None, prefilled=[prefilled]
+        )
+        for r in images.itertuples()
+    ]
+    task_id = annotator.submit(requests[0])
+    (prediction,) = ls_client.get_task(task_id)["predictions"]
+    assert np.array_equal(brush_rle_to_mask(prediction["result"][0]["value"]["rle"], H, W), prefilled)
+    drawn = _box(10, 30, 10, 30)
+    click = {
+        "id": "k1",
+        "type": "keypointlabels",
+        "from_name": project.KEYPOINT_NAME,
+        "to_name": project.IMAGE_NAME,
+        "original_width": W,
+        "original_height": H,
+        "value": {"x": 25.0, "y": 50.0, "width": 1, "keypointlabels": ["object"]},
+    }
+    _post_as_browser(ls_client, pid, task_id, [click, _browser_brush(drawn, "rd")], 9.0)
+    (got,) = annotator.annotate(requests[0])
+    assert np.array_equal(got.mask, drawn) and got.seconds == 9.0 and got.clicks == 1
+    assert got.point_coords == [[16.0, 24.0]] and got.annotator == ls_client.whoami()["email"]
+    assert annotator.annotate(requests[1]) == []  # nobody labelled it within the timeout
