@@ -26,9 +26,15 @@ def stability_score(
     The high-threshold mask lies inside the low-threshold one, so the IoU is a ratio of pixel counts.
     A mask empty even at the low threshold gets NaN (0/0), as in the reference; NaN fails any threshold.
     """
-    # Integer counts (exact) rather than float sums, which lose precision above 2**24 pixels.
-    inner = (mask_logits > (mask_threshold + threshold_offset)).sum(dim=(-2, -1), dtype=torch.int32)
-    outer = (mask_logits > (mask_threshold - threshold_offset)).sum(dim=(-2, -1), dtype=torch.int32)
+    # Exact integer counts. Row sums first, in int16 while a row fits (W < 2**15): torch's bool -> int
+    # reduction over both pixel axes at once is about 100x slower on CPU than two 1-D reductions.
+    row_dtype = torch.int16 if mask_logits.shape[-1] < 2**15 else torch.int32
+
+    def count(binary: torch.Tensor) -> torch.Tensor:
+        return binary.sum(-1, dtype=row_dtype).sum(-1, dtype=torch.int32)
+
+    inner = count(mask_logits > (mask_threshold + threshold_offset))
+    outer = count(mask_logits > (mask_threshold - threshold_offset))
     return inner / outer
 
 
