@@ -21,7 +21,7 @@ def assisted_manual(params: AssistedManualParams | None = None) -> dict:
     """Stage 1: embed the images, then the annotator labels each one with SAM answering every click."""
     params = params or AssistedManualParams()
     started = now()
-    check_inputs(params, needs_ground_truth=params.annotator.ground_truth)
+    params = check_inputs(params, needs_ground_truth=params.annotator.ground_truth)
     image_ids, skipped = ingest_and_select(params)
     failed = run_embed(params, image_ids)
     image_ids = sorted(set(image_ids) - {f["image_id"] for f in failed})

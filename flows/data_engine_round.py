@@ -36,7 +36,7 @@ def data_engine_round(params: RoundParams | None = None, train_backend: str = "r
 
     params = params or RoundParams()
     started = now()
-    check_inputs(
+    params = check_inputs(
         params,
         needs_ground_truth=params.annotator.ground_truth if params.stage != "fully_automatic" else None,
     )

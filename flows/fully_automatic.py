@@ -20,7 +20,7 @@ def fully_automatic(params: FullyAutomaticParams | None = None) -> dict:
     """Stage 3: embed, then generate and filter automatic masks for every image."""
     params = params or FullyAutomaticParams()
     started = now()
-    check_inputs(params)
+    params = check_inputs(params)
     image_ids, skipped = ingest_and_select(params)
     failed = run_embed(params, image_ids)
     image_ids = sorted(set(image_ids) - {f["image_id"] for f in failed})

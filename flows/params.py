@@ -101,6 +101,10 @@ class TrainSettings(BaseModel):
         1, ge=1, le=1024, description="Ray Train workers (one GPU each where there are GPUs)"
     )
     freeze_image_encoder: bool = Field(False, description="train only the prompt encoder and mask decoder")
+    cache_embeddings: bool = Field(
+        False,
+        description="freeze the encoder and encode each image once (fast on CPU; decoder-only training)",
+    )
     seed: int = Field(0, ge=0)
 
 
@@ -123,7 +127,9 @@ class RetrainParams(BaseModel):
     """Retrain a model on every accepted mask so far, register the new version, and evaluate it."""
 
     store: str = Field(default_factory=_default_store, description="store root URL")
-    parent_version: str = Field("embedded", min_length=1, description="weights to start from")
+    parent_version: str = Field(
+        "latest", min_length=1, description="weights to start from ('latest': the newest)"
+    )
     model_version: str | None = Field(
         None, description="name of the new version (default: <parent>-r<round>)"
     )

@@ -20,10 +20,13 @@ def retrain_flow(params: RetrainParams | None = None, backend: str = "ray") -> d
     from flows.steps import open_store
     from tasks.evaluate import evaluate
     from tasks.ground_truth import load_ground_truth
-    from tasks.models import check_model
+    from tasks.models import check_model, resolve_version
     from tasks.retrain import retrain
 
     params = params or RetrainParams()
+    params = params.model_copy(
+        update={"parent_version": resolve_version(open_store(params.store), params.parent_version)}
+    )
     check_model(open_store(params.store), params.parent_version)
     if params.evaluation is not None:
         load_ground_truth(params.evaluation.ground_truth)

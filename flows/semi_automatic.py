@@ -21,7 +21,7 @@ def semi_automatic(params: SemiAutomaticParams | None = None) -> dict:
     """Stage 2: embed, pre-fill confident automatic masks, then the annotator adds the missing objects."""
     params = params or SemiAutomaticParams()
     started = now()
-    check_inputs(params, needs_ground_truth=params.annotator.ground_truth)
+    params = check_inputs(params, needs_ground_truth=params.annotator.ground_truth)
     image_ids, skipped = ingest_and_select(params)
     failed = run_embed(params, image_ids)
     image_ids = sorted(set(image_ids) - {f["image_id"] for f in failed})

@@ -25,15 +25,16 @@ def open_store(url: str, must_exist: bool = True):
 def check_inputs(params: StageParams, needs_ground_truth: str | None = None):
     """Fail fast, before any work: the store exists (or images are to be ingested), the model version is
     registered and its checkpoint exists, and the ground-truth file (when the simulated annotator needs one)
-    is readable. Returns the store."""
+    is readable. Returns the parameters with ``latest`` resolved to a model version."""
     from tasks.ground_truth import load_ground_truth
-    from tasks.models import check_model
+    from tasks.models import check_model, resolve_version
 
     store = open_store(params.store, must_exist=not params.ingest)
-    check_model(store, params.model_version)
+    version = resolve_version(store, params.model_version)
+    check_model(store, version)
     if needs_ground_truth is not None:
         load_ground_truth(needs_ground_truth)
-    return store
+    return params.model_copy(update={"model_version": version})
 
 
 def ingest_and_select(params: StageParams) -> tuple[list[str], list[dict]]:

@@ -1,7 +1,7 @@
 """Model versions: register checkpoints in the store's models table and load them by version.
 
 A model version names one set of weights. ``embedded`` is always known: the tiny model shipped in
-``sam_core/weights``. Every other version is a row of the models table: its ``config`` holds the SAM config name
+``sam_core/weights``; ``latest`` means the newest registered version. Every other version is a row of the models table: its ``config`` holds the SAM config name
 (``{"name": "vit_b"}``) and ``checkpoint_uri`` the weights (any fsspec URL; Meta's ``sam_vit_*.pth`` files load
 as they are). Embeddings are keyed by model version, so a new version re-embeds and an old one reuses its cache.
 """
@@ -12,8 +12,19 @@ import threading
 from functools import lru_cache
 
 EMBEDDED_VERSION = "embedded"
+LATEST = "latest"
 
 _LOCK = threading.Lock()
+
+
+def resolve_version(store, model_version: str) -> str:
+    """``latest`` -> the newest registered version (``embedded`` when none is); any other name unchanged."""
+    if model_version != LATEST:
+        return model_version
+    models = store.models()
+    if models.empty:
+        return EMBEDDED_VERSION
+    return str(models.sort_values("created_at", kind="stable")["model_version"].iloc[-1])
 
 
 def model_row(store, model_version: str) -> dict:

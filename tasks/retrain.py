@@ -71,6 +71,7 @@ def retrain(
     lr: float = 8e-4,
     workers: int = 1,
     freeze_image_encoder: bool = False,
+    cache_embeddings: bool = False,
     seed: int = 0,
     backend: str = "ray",
 ) -> dict:
@@ -96,6 +97,7 @@ def retrain(
         masks_per_image=masks_per_image,
         lr=lr,
         freeze_image_encoder=freeze_image_encoder,
+        cache_embeddings=cache_embeddings,
         seed=seed,
         init_checkpoint=init,
         log_every=0,
