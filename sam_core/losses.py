@@ -31,9 +31,14 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> t
     return 1 - (2 * inter + eps) / (prob.sum(-1) + target.sum(-1) + eps)
 
 
-def mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """SAM's mask loss, 20 * focal + 1 * dice, per mask: ...xHxW -> ...."""
-    return FOCAL_WEIGHT * focal_loss(logits, target) + DICE_WEIGHT * dice_loss(logits, target)
+def mask_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    focal_weight: float = FOCAL_WEIGHT,
+    dice_weight: float = DICE_WEIGHT,
+) -> torch.Tensor:
+    """SAM's mask loss, 20 * focal + 1 * dice by default, per mask: ...xHxW -> ...."""
+    return focal_weight * focal_loss(logits, target) + dice_weight * dice_loss(logits, target)
 
 
 def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

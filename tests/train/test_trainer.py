@@ -142,3 +142,20 @@ def test_non_finite_input_raises_instead_of_training_on_nan(small_config):
         p.data.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="non-finite"):
         trainer.step()
+
+
+def test_frozen_encoder_and_cached_embeddings_train_only_the_decoder(small_config):
+    small_config.correction_points = small_config.no_point_iterations = 0
+    small_config.cache_embeddings = True
+    trainer = Trainer(small_config, dataset=[SyntheticDataset("train")[1]])
+    encoder_before = [p.detach().clone() for p in trainer.model.image_encoder.parameters()]
+    decoder_before = [p.detach().clone() for p in trainer.model.mask_decoder.parameters()]
+    trainer.step()
+    trainer.step()
+    assert len(trainer.embedding_cache) == 1  # one image, encoded once
+    after = list(trainer.model.image_encoder.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(encoder_before, after, strict=True))
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(decoder_before, trainer.model.mask_decoder.parameters(), strict=True)
+    )
