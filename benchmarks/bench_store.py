@@ -8,7 +8,9 @@ log-normal around 10% of the image side (as in the SA-1B paper's relative-size h
 one-pixel jitter. Their COCO RLE strings are built straight from run lengths with the vectorised encoder (no
 million mask encodes), so every string is valid and decodes to its H x W mask. The same masks also go to one
 SA-1B-style JSON per image; the reference read loads one round's JSON files into the same kind of DataFrame.
-Both reads run with a warm page cache (files just written). The last line is the Parquet/JSON read-time ratio.
+Both reads run with a warm page cache (files just written), best of --repeat. The last line is the Parquet/JSON
+read-time ratio, for pandas' default dtypes and for dtype_backend='pyarrow' (list columns stay Arrow arrays
+instead of one numpy array per row).
 """
 
 import argparse
@@ -152,6 +154,9 @@ def main() -> None:
         "--dir", default=None, help="work directory (default: a temp dir, removed at the end)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--reuse", action="store_true", help="with --dir: read the data a previous run wrote there"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--repeat", type=int, default=3, help="each read runs this many times; the best counts"
@@ -160,14 +165,45 @@ def main() -> None:
 
     n_images = max(args.rounds, args.masks // args.per_image)
     work = Path(args.dir or tempfile.mkdtemp(prefix="bench_store_"))
-    shutil.rmtree(work / "engine", ignore_errors=True)
-    shutil.rmtree(work / "sa1b", ignore_errors=True)
-    (work / "sa1b").mkdir(parents=True)
     rng = np.random.default_rng(args.seed)
     image_ids = [f"{i:016x}" for i in range(n_images)]
     sizes = SA1B_SIZES[rng.integers(0, len(SA1B_SIZES), n_images)]
     round_of_image = np.arange(n_images) * args.rounds // n_images
     store = Store(str(work / "engine"))
+    if not (args.reuse and (work / "sa1b").is_dir()):
+        write_dataset(args, work, store, rng, image_ids, sizes, round_of_image)
+
+    target = 1 if args.rounds > 1 else 0
+    url = str(work / "engine" / "masks")
+    filters = [("round", "==", target)]
+    files = [work / "sa1b" / f"{image_ids[i]}.json" for i in np.flatnonzero(round_of_image == target)]
+    t_read, parquet = best_of(args.repeat, lambda: pd.read_parquet(url, filters=filters))
+    t_arrow, arrow_backed = best_of(
+        args.repeat, lambda: pd.read_parquet(url, filters=filters, dtype_backend="pyarrow")
+    )
+    t_store, via_store = best_of(args.repeat, lambda: store.masks(round=target))
+    t_json, from_json = best_of(args.repeat, lambda: read_json_masks(files))
+    assert len(parquet) == len(from_json) == len(via_store) == len(arrow_backed), "reads disagree"
+    assert sorted(parquet["counts"]) == sorted(from_json["counts"]), "reads disagree"
+    print(f"read round {target} ({len(parquet):,} masks, best of {args.repeat}):")
+    print(
+        f"  pandas.read_parquet(filters=round) {t_read:.2f} s; with dtype_backend='pyarrow' {t_arrow:.2f} s"
+    )
+    print(f"  Store.masks(round=...) (schema checks, current_only) {t_store:.2f} s")
+    print(f"  the same masks from {len(files):,} SA-1B JSON files into a DataFrame: {t_json:.2f} s")
+    if not args.keep and args.dir is None:
+        shutil.rmtree(work)
+    print(
+        f"read-time ratio Parquet/JSON: {t_read / t_json:.3f} "
+        f"(dtype_backend='pyarrow': {t_arrow / t_json:.3f})"
+    )
+
+
+def write_dataset(args, work: Path, store: Store, rng, image_ids, sizes, round_of_image) -> None:
+    """Write the masks as Parquet shards (via Store) and as SA-1B per-image JSON; print the write figures."""
+    shutil.rmtree(work / "engine", ignore_errors=True)
+    shutil.rmtree(work / "sa1b", ignore_errors=True)
+    (work / "sa1b").mkdir(parents=True)
     images = pd.DataFrame(
         {
             "image_id": image_ids,
@@ -176,66 +212,42 @@ def main() -> None:
             "width": sizes[:, 1],
         }
     )
-    images["external_id"] = np.arange(n_images)
+    images["external_id"] = np.arange(len(image_ids))
     store.write_images(images)
-
     t_gen = t_parquet = t_json = 0.0
     written = chars = 0
-    chunks = [  # shards never span rounds
-        (start, min(start + args.images_per_shard, int(np.searchsorted(round_of_image, r, side="right"))))
+    bounds = [
+        (int(np.searchsorted(round_of_image, r)), int(np.searchsorted(round_of_image, r, "right")))
         for r in range(args.rounds)
-        for start in range(
-            int(np.searchsorted(round_of_image, r)),
-            int(np.searchsorted(round_of_image, r, "right")),
-            args.images_per_shard,
-        )
+    ]
+    chunks = [  # shards never span rounds
+        (start, min(start + args.images_per_shard, stop))
+        for first, stop in bounds
+        for start in range(first, stop, args.images_per_shard)
     ]
     for shard, (start, stop) in enumerate(chunks):
-        ids = image_ids[start:stop]
         t0 = time.perf_counter()
-        df = synth_shard(rng, ids, sizes[start : start + len(ids)], args.per_image)
+        df = synth_shard(rng, image_ids[start:stop], sizes[start:stop], args.per_image)
         t1 = time.perf_counter()
         store.write_masks(df, int(round_of_image[start]), STAGE, shard)
         t2 = time.perf_counter()
         for n, (image_id, rows) in enumerate(df.groupby("image_id", sort=False)):
             h, w = sizes[start + n]
-            (work / "sa1b" / f"{image_id}.json").write_text(
-                sa1b_json(image_id, start + n, int(h), int(w), rows)
-            )
+            text = sa1b_json(image_id, start + n, int(h), int(w), rows)
+            (work / "sa1b" / f"{image_id}.json").write_text(text)
         t3 = time.perf_counter()
         t_gen, t_parquet, t_json = t_gen + t1 - t0, t_parquet + t2 - t1, t_json + t3 - t2
         written += len(df)
         chars += int(df["counts"].str.len().sum())
     parquet_bytes = sum(p.stat().st_size for p in (work / "engine" / "masks").rglob("*.parquet"))
     json_bytes = sum(p.stat().st_size for p in (work / "sa1b").glob("*.json"))
-    print(f"masks: {written:,} over {n_images:,} images, mean RLE string {chars / written:.0f} chars")
+    print(f"masks: {written:,} over {len(image_ids):,} images, mean RLE string {chars / written:.0f} chars")
     print(f"generate: {t_gen:.1f} s")
     print(
         f"write Parquet (validated, atomic): {t_parquet:.1f} s = {written / t_parquet:,.0f} masks/s, "
         f"{parquet_bytes / 1e6:.0f} MB"
     )
     print(f"write SA-1B JSON: {t_json:.1f} s = {written / t_json:,.0f} masks/s, {json_bytes / 1e6:.0f} MB")
-
-    target = 1 if args.rounds > 1 else 0
-    url = str(work / "engine" / "masks")
-    filters = [("round", "==", target)]
-    files = [work / "sa1b" / f"{image_ids[i]}.json" for i in np.flatnonzero(round_of_image == target)]
-    t_read, parquet = best_of(args.repeat, lambda: pd.read_parquet(url, filters=filters))
-    t_read_arrow, arrow_backed = best_of(
-        args.repeat, lambda: pd.read_parquet(url, filters=filters, dtype_backend="pyarrow")
-    )
-    t_store, via_store = best_of(args.repeat, lambda: store.masks(round=target))
-    t_read_json, from_json = best_of(args.repeat, lambda: read_json_masks(files))
-    assert len(parquet) == len(from_json) == len(via_store) == len(arrow_backed), "reads disagree"
-    assert sorted(parquet["counts"].head(1000)) == sorted(from_json["counts"].head(1000))
-    print(
-        f"read round {target} ({len(parquet):,} masks): pandas.read_parquet with filters {t_read:.2f} s; "
-        f"dtype_backend=pyarrow {t_read_arrow:.2f} s; Store.masks (schema checks, current_only) {t_store:.2f} s"
-    )
-    print(f"read the same masks from {len(files):,} SA-1B JSON files: {t_read_json:.2f} s")
-    if not args.keep and args.dir is None:
-        shutil.rmtree(work)
-    print(f"read-time ratio Parquet/JSON: {t_read / t_read_json:.3f}")
 
 
 if __name__ == "__main__":
