@@ -40,7 +40,7 @@ def _s3_store(endpoint, credentials, monkeypatch) -> Store:
     return Store(f"s3://{bucket}/root", storage_options=options)
 
 
-@pytest.fixture(params=["file", "memory", "s3"])
+@pytest.fixture(params=["file", "memory", pytest.param("s3", marks=pytest.mark.integration)])
 def store(request, tmp_path, monkeypatch):
     """An empty Store on each backend."""
     if request.param == "file":

@@ -60,7 +60,8 @@ def _rows(store: Store) -> pd.DataFrame:
     return store.masks()[cols].sort_values("mask_id").reset_index(drop=True)
 
 
-@pytest.mark.parametrize("backend", ["file", "s3"])
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["file", pytest.param("s3", marks=pytest.mark.integration)])
 def test_concurrent_writers_of_different_shards_do_not_clobber(
     tmp_path, make_masks, backend, request, monkeypatch
 ):
@@ -95,6 +96,7 @@ def test_concurrent_writers_of_different_shards_do_not_clobber(
     assert sorted(got["counts"]) == sorted(expected["counts"])
 
 
+@pytest.mark.slow
 def test_writer_killed_at_random_points_leaves_old_or_new_shards(tmp_path, make_masks):
     url = str(tmp_path / "engine")
     store = Store(url)
