@@ -10,7 +10,6 @@ Atomic publish, per backend:
 Temp names start with `_` because pyarrow's dataset discovery (and so pandas.read_parquet) skips such files.
 """
 
-import io
 import os
 import posixpath
 import re
@@ -98,17 +97,24 @@ def atomic_write(fs, path: str, data: bytes) -> str:
 
 
 def read_parquet_file(fs, path: str, table: str, columns: list[str] | None = None) -> pa.Table:
-    """Read one file of `table`, checking its schema; CorruptFileError/SchemaMismatchError name the file."""
+    """Read one file of `table`, checking its schema; CorruptFileError/SchemaMismatchError name the file.
+
+    Only the footer and the requested columns are fetched (range reads on s3), not the whole file.
+    """
     try:
+        if is_local(fs):  # pyarrow's own local reader: no Python file object in the hot path
+            return _read_checked(pq.ParquetFile(path), table, path, columns)
         with fs.open(path, "rb") as f:
-            data = f.read()
-        pf = pq.ParquetFile(io.BytesIO(data))
-        check_file_schema(pf.schema_arrow, table, path)
-        return pf.read(columns=columns)
+            return _read_checked(pq.ParquetFile(f), table, path, columns)
     except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
         if isinstance(e, FileNotFoundError):
             raise
         raise CorruptFileError(f"{path}: cannot read Parquet file of table {table!r}: {e}") from e
+
+
+def _read_checked(pf: pq.ParquetFile, table: str, path: str, columns) -> pa.Table:
+    check_file_schema(pf.schema_arrow, table, path)
+    return pf.read(columns=columns)
 
 
 def list_data_files(fs, directory: str) -> list[str]:

@@ -286,7 +286,17 @@ class Store(KeyedTables):
         image_id and source take one value or a list. current_only drops rows that a newer row supersedes (by its
         `supersedes` column, following chains across all rounds) and tombstones (deleted=True).
         """
-        table = self._read_all("masks", "masks", self._mask_files(round, stage))
+        files = self._mask_files(round, stage)
+        if image_id is not None and files:  # skip shards without the image: read their image_id column only
+            wanted = pa.array([image_id] if isinstance(image_id, str) else list(image_id), type=pa.string())
+
+            def holds(path: str) -> bool:
+                ids = read_parquet_file(self.fs, path, "masks", ["image_id"])["image_id"]
+                return bool(pc.any(pc.is_in(ids, value_set=wanted)).as_py())
+
+            with ThreadPoolExecutor(max_workers=min(8, len(files))) as pool:
+                files = [f for f, ok in zip(files, pool.map(holds, files), strict=True) if ok]
+        table = self._read_all("masks", "masks", files)
         if table is None:
             empty = MASKS.empty_table()
             for f in MASKS_PARTITION:
