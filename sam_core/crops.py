@@ -43,7 +43,7 @@ def crop_boxes(image_size: tuple[int, int], n_layers: int, overlap_ratio: float)
 
     Layer 0 is the whole image; layer i >= 1 tiles it with (2**i) x (2**i) overlapping crops, the overlap
     being overlap_ratio of the short side scaled by 2 / 2**i. Raises ValueError when the image is too small
-    for the requested layers (a crop side under 1 pixel or no stride between crops).
+    for the requested layers (crops that would not advance, or would start outside the image).
     """
     im_h, im_w = image_size
     if im_h < 1 or im_w < 1:
@@ -55,10 +55,15 @@ def crop_boxes(image_size: tuple[int, int], n_layers: int, overlap_ratio: float)
         overlap = int(overlap_ratio * short_side * (2 / n_crops))
         crop_w = math.ceil((overlap * (n_crops - 1) + im_w) / n_crops)
         crop_h = math.ceil((overlap * (n_crops - 1) + im_h) / n_crops)
-        if min(crop_w, crop_h) - overlap < 1:
+        stride_w, stride_h = crop_w - overlap, crop_h - overlap
+        if (
+            min(stride_w, stride_h) < 1
+            or stride_w * (n_crops - 1) >= im_w
+            or stride_h * (n_crops - 1) >= im_h
+        ):
             raise ValueError(
                 f"image {im_h}x{im_w} is too small for crop_n_layers={n_layers}: layer {layer} crops of "
-                f"{crop_h}x{crop_w} px with {overlap} px overlap do not tile it"
+                f"{crop_h}x{crop_w} px with {overlap} px overlap do not tile it (use fewer crop layers)"
             )
         x0s = [int((crop_w - overlap) * i) for i in range(n_crops)]
         y0s = [int((crop_h - overlap) * i) for i in range(n_crops)]
