@@ -143,6 +143,16 @@ def best_of(repeat: int, read):
 
 
 def main() -> None:
+    args = parse_args()
+    work = Path(args.dir or tempfile.mkdtemp(prefix="bench_store_"))
+    try:
+        run(args, work)
+    finally:
+        if not args.keep and args.dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -161,10 +171,11 @@ def main() -> None:
     parser.add_argument(
         "--repeat", type=int, default=3, help="each read runs this many times; the best counts"
     )
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def run(args: argparse.Namespace, work: Path) -> None:
     n_images = max(args.rounds, args.masks // args.per_image)
-    work = Path(args.dir or tempfile.mkdtemp(prefix="bench_store_"))
     rng = np.random.default_rng(args.seed)
     image_ids = [f"{i:016x}" for i in range(n_images)]
     sizes = SA1B_SIZES[rng.integers(0, len(SA1B_SIZES), n_images)]
@@ -191,8 +202,6 @@ def main() -> None:
     )
     print(f"  Store.masks(round=...) (schema checks, current_only) {t_store:.2f} s")
     print(f"  the same masks from {len(files):,} SA-1B JSON files into a DataFrame: {t_json:.2f} s")
-    if not args.keep and args.dir is None:
-        shutil.rmtree(work)
     print(
         f"read-time ratio Parquet/JSON: {t_read / t_json:.3f} "
         f"(dtype_backend='pyarrow': {t_arrow / t_json:.3f})"
