@@ -89,7 +89,10 @@ class MaskDecoder(nn.Module):
             tctx = context.no_mask
         else:
             src = context.image_embeddings + dense_prompt_embeddings
-            tctx = self.transformer.prepare(src, context.image_pe, context.positions)
+            # Per-prompt image tokens: the folded first layer is cheaper than projecting them.
+            tctx = self.transformer.prepare(
+                src, context.image_pe, context.positions, project_first_layer=False
+            )
         return self._decode(
             tctx, sparse_prompt_embeddings, multimask_output, best_only, context.image_pe.shape
         )
@@ -164,5 +167,7 @@ class MaskDecoder(nn.Module):
         if dense.dim() == 4 and dense.shape[0] > 1 and dense.stride(0) == 0:
             dense = dense[:1]  # the broadcast "no mask" embedding: keep one copy instead of B
         src = image_embeddings + dense
-        tctx = self.transformer.prepare(src, image_pe)
+        # Projecting the image tokens once pays off only when they are shared by several prompts.
+        shared = src.shape[0] < sparse_prompt_embeddings.shape[0]
+        tctx = self.transformer.prepare(src, image_pe, project_first_layer=shared)
         return self._decode(tctx, sparse_prompt_embeddings, multimask_output, False, image_pe.shape)

@@ -62,18 +62,20 @@ def wide_predictors(reference_and_ours, wide_image):
 
 
 @pytest.fixture(scope="session")
-def tall_predictors(reference_and_ours, tall_image):
-    """Predictors for the 600 x 400 image. Only our encoder runs (the encoder is compared on the wide image);
-    the reference predictor is handed our embedding so the decoder and post-processing are compared."""
+def tall_predictors(reference_and_ours, wide_predictors):
+    """Predictors for a 600 x 400 image. The encoder is compared on the wide image; here both predictors get
+    that same embedding (ours through set_embedding) so the decoder and the post-processing to a tall,
+    non-square original size are compared without paying for another ViT pass."""
     from segment_anything import SamPredictor as ReferencePredictor
 
     reference, ours = reference_and_ours
+    embedding = wide_predictors[1].get_image_embedding().clone()
     our_pred = SamPredictor(ours)
-    our_pred.set_image(tall_image)
+    our_pred.set_embedding(embedding, (600, 400))
     ref_pred = ReferencePredictor(reference)
-    ref_pred.features = our_pred.get_image_embedding().clone()
-    ref_pred.original_size = our_pred.original_size
-    ref_pred.input_size = our_pred.input_size
+    ref_pred.features = embedding
+    ref_pred.original_size = (600, 400)
+    ref_pred.input_size = ref_pred.transform.get_preprocess_shape(600, 400, 1024)
     ref_pred.is_image_set = True
     return ref_pred, our_pred
 

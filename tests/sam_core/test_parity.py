@@ -41,6 +41,7 @@ def test_image_embedding_matches_reference(wide_predictors):
 
 
 def test_preprocessing_matches_reference_on_tall_image(reference_and_ours, tall_predictors, tall_image):
+    """The tall image's pixels only go through resize + normalise here (its embedding is borrowed)."""
     from segment_anything.utils.transforms import ResizeLongestSide as ReferenceResize
 
     from sam_core import ResizeLongestSide
