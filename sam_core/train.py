@@ -57,6 +57,9 @@ class TrainConfig:
     focal_weight: float = 20.0
     dice_weight: float = 1.0
     freeze_image_encoder: bool = False
+    # From scratch at full lr the encoder collapses to spatially flat features (the quickest way to predict
+    # "nothing"); a smaller encoder lr, after a decoder-only warm-up, avoids it.
+    encoder_lr_scale: float = 1.0
     cache_embeddings: bool = False  # train prompt encoder + decoder on embeddings computed once per image
     data_split: str = "train"
     seed: int = 0
@@ -214,17 +217,20 @@ def lr_at(step: int, config: TrainConfig) -> float:
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only (norms, biases and embeddings-as-vectors are not decayed)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (decay if p.ndim >= 2 and "pos_embed" not in name else no_decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+    """AdamW with weight decay on matrices only (norms, biases, positional embeddings are not decayed); the
+    image encoder's groups run at lr * encoder_lr_scale (each group's "lr_scale" is applied by the schedule)."""
+    groups = []
+    for scale, prefix_match in ((config.encoder_lr_scale, True), (1.0, False)):
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            if not p.requires_grad or name.startswith("image_encoder.") != prefix_match:
+                continue
+            (decay if p.ndim >= 2 and "pos_embed" not in name else no_decay).append(p)
+        groups += [
+            {"params": decay, "weight_decay": config.weight_decay, "lr_scale": scale},
+            {"params": no_decay, "weight_decay": 0.0, "lr_scale": scale},
+        ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=config.betas)
 
 
 class Trainer:
@@ -293,7 +299,7 @@ class Trainer:
         self.model.train()
         lr = lr_at(self.step_index, self.config)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         self.optimizer.zero_grad(set_to_none=True)
         stats = {"loss": 0.0, "iou_first": 0.0, "iou_last": 0.0, "masks": 0}
         for _ in range(self.config.images_per_step):
