@@ -62,12 +62,16 @@ class AutomaticMaskGenerator:
       output_mode: "binary_mask" (H x W bool), "uncompressed_rle" or "coco_rle" (pycocotools-readable).
       upsample_chunk: how many masks are upsampled to full resolution at once (ours; memory vs. speed).
 
-    Memory bound (beyond the model and its image embedding): the decoder's low-res logits for one batch
-    (points_per_batch x 3 x 256 x 256 float32 for official models); full-resolution float32 logits for at
-    most ``upsample_chunk`` masks, plus the model-input-size intermediate (upsample_chunk x img_size**2
-    float32); and 1 bit per crop pixel for each mask that passes the IoU, stability and edge filters
-    (crop_h x crop_w / 8 bytes each) until NMS. No tensor ever holds every candidate at full resolution.
-    The returned records hold their segmentations (H x W bytes each in binary_mask mode).
+    Memory bound (beyond the model and its image embedding):
+    - the decoder's working set for one batch of points_per_batch prompts, dominated by its upscaled
+      features (points_per_batch x (4h x 4w) x C/8 float32: 512 MiB at 64 prompts for the official models;
+      lower points_per_batch to lower it) and the low-res logits (points_per_batch x 3 x 4h x 4w float32);
+    - full-resolution float32 logits for at most ``upsample_chunk`` masks at a time, plus the model-input
+      intermediate of the upsampling (upsample_chunk x img_size**2 float32: 64 MiB at 16 for 1024 px);
+    - 1 bit per crop pixel for each mask that passes the IoU, stability and crop-edge filters, until NMS
+      (crop_h x crop_w / 8 bytes each: 59 KiB for a 600 x 800 image).
+    No tensor ever holds every candidate at full resolution; RLE encoding happens after NMS, one mask at a
+    time. The returned records hold their segmentations (H x W bytes each in binary_mask mode).
     """
 
     def __init__(
@@ -270,7 +274,6 @@ class AutomaticMaskGenerator:
         """Fill small holes, drop small islands, then NMS again preferring masks that needed no change.
 
         Changed masks are kept bit-packed in the image frame until NMS decides which survive."""
-        h, w = image_size
         packed, boxes, unchanged = [], [], []
         for mask in masks:
             cleaned, hole_changed = mask_utils.remove_small_regions(mask, self.min_mask_region_area, "holes")
