@@ -56,7 +56,7 @@ def data_engine_round(params: RoundParams | None = None, train_backend: str = "r
         figures["new_model_version"] = version
     if params.evaluation is not None:
         evaluated = figures.get("new_model_version", params.model_version)
-        metrics = evaluate(params.store, evaluated, **params.evaluation.model_dump())
+        metrics = evaluate(params.store, evaluated, **dict(params.evaluation))
         figures.update({k: v for k, v in metrics.items() if k != "model_version"})
         figures["evaluated_model_version"] = evaluated
     record_round(params.store, figures, started, now())

@@ -105,6 +105,10 @@ class TrainSettings(BaseModel):
         False,
         description="freeze the encoder and encode each image once (fast on CPU; decoder-only training)",
     )
+    correction_points: int = Field(
+        8, ge=0, le=20, description="clicks from the error region per mask (paper: 8)"
+    )
+    no_point_iterations: int = Field(2, ge=0, le=5, description="mask-only passes per mask (paper: 2)")
     seed: int = Field(0, ge=0)
 
 

@@ -40,5 +40,5 @@ def retrain_flow(params: RetrainParams | None = None, backend: str = "ray") -> d
         **params.train.model_dump(),
     )
     if params.evaluation is not None:
-        row["evaluation"] = evaluate(params.store, version, **params.evaluation.model_dump())
+        row["evaluation"] = evaluate(params.store, version, **dict(params.evaluation))
     return row

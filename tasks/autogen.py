@@ -26,9 +26,11 @@ class AutogenSettings(BaseModel):
     min_mask_region_area: int = Field(0, ge=0, description="fill holes / drop islands smaller than this (px)")
 
 
-def make_generator(model, settings: AutogenSettings):
+def make_generator(model, settings: AutogenSettings | dict):
+    """An ``AutomaticMaskGenerator`` over ``model`` with ``settings`` (a dict is validated first), RLE output."""
     from sam_core.automatic_mask_generator import AutomaticMaskGenerator
 
+    settings = AutogenSettings.model_validate(settings)
     return AutomaticMaskGenerator(model, output_mode="coco_rle", **settings.model_dump())
 
 

@@ -159,7 +159,7 @@ def _embed_on_ray(store, model_version, items, batch_size, actors, dtype) -> lis
             "model_version": model_version,
             "dtype": dtype,
             "storage_options": store.storage_options,
-            "torch_threads": None if gpus else max(1, int(cpus) // actors),
+            "torch_threads": None if gpus else _cpu_threads(int(cpus), actors),
         },
         compute=ray.data.ActorPoolStrategy(size=actors),
         batch_size=batch_size,
@@ -168,6 +168,14 @@ def _embed_on_ray(store, model_version, items, batch_size, actors, dtype) -> lis
         batch_format="numpy",
     )
     return list(encoded.iter_batches(batch_size=None, batch_format="numpy"))
+
+
+def _cpu_threads(cpus: int, actors: int) -> int:
+    """Torch threads per CPU actor: SAM_ENGINE_TORCH_THREADS when set, else the CPUs shared among the actors."""
+    import os
+
+    value = os.environ.get("SAM_ENGINE_TORCH_THREADS")
+    return max(1, int(value)) if value else max(1, cpus // actors)
 
 
 def _chunks(items: list, size: int):

@@ -90,5 +90,5 @@ def evaluate(
         metrics["amg_precision"] = matched / predicted if predicted else 0.0
         metrics["amg_recall"] = matched / truth if truth else 0.0
         metrics["amg_masks_per_image"] = predicted / len(samples)
-    run_logger().info("evaluated %s: %s", model_version, {k: metrics[k] for k in ("miou@1", "miou@5")})
+    run_logger().info("evaluated %s: %s", model_version, {k: metrics.get(k) for k in ("miou@1", "miou@5")})
     return metrics

@@ -72,6 +72,8 @@ def retrain(
     workers: int = 1,
     freeze_image_encoder: bool = False,
     cache_embeddings: bool = False,
+    correction_points: int = 8,
+    no_point_iterations: int = 2,
     seed: int = 0,
     backend: str = "ray",
 ) -> dict:
@@ -98,6 +100,8 @@ def retrain(
         lr=lr,
         freeze_image_encoder=freeze_image_encoder,
         cache_embeddings=cache_embeddings,
+        correction_points=correction_points,
+        no_point_iterations=no_point_iterations,
         seed=seed,
         init_checkpoint=init,
         log_every=0,

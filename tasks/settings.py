@@ -9,6 +9,8 @@ Environment variables (all optional):
 - ``SAM_ENGINE_RAY_ADDRESS``: address of a running Ray cluster (``ray://head:10001`` or ``auto``). Unset: a local
   Ray is started inside the process with ``SAM_ENGINE_RAY_NUM_CPUS`` CPUs (default 2).
 - ``SAM_ENGINE_DEVICE``: torch device for in-process model work (default ``cuda`` when available, else ``cpu``).
+- ``SAM_ENGINE_TORCH_THREADS``: torch CPU threads per process (default: torch's own choice; the demo uses 1,
+  because on a busy machine several multi-threaded torch processes slow each other down many times over).
 - ``PREFECT_API_URL``: a Prefect server to report runs to. Unset: Prefect starts a temporary local server per
   process. ``PREFECT_HOME`` defaults to ``$SAM_ENGINE_HOME/prefect`` and analytics are switched off
   (``PREFECT_SERVER_ANALYTICS_ENABLED=false``) because the engine must run without internet access.
@@ -27,6 +29,20 @@ from pathlib import Path
 def engine_home() -> Path:
     """The engine's local state directory (``SAM_ENGINE_HOME``, default ``./.engine``), as an absolute path."""
     return Path(os.environ.get("SAM_ENGINE_HOME", ".engine")).expanduser().resolve()
+
+
+def apply_torch_threads(default: int | None = None) -> None:
+    """Set torch's CPU threads from ``SAM_ENGINE_TORCH_THREADS`` (or ``default``; None leaves torch's choice)."""
+    value = os.environ.get("SAM_ENGINE_TORCH_THREADS") or default
+    if value is None:
+        return
+    try:
+        threads = int(value)
+    except ValueError:
+        raise ValueError(f"SAM_ENGINE_TORCH_THREADS must be an integer, got {value!r}") from None
+    import torch
+
+    torch.set_num_threads(max(1, threads))
 
 
 def apply_prefect_defaults() -> None:

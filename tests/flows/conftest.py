@@ -7,11 +7,17 @@ under test here, not the model's quality, and a random model keeps the fixture i
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
+
+# Flow tests run beside other jobs on 2 cores: one torch thread per process avoids oversubscription.
+os.environ.setdefault("SAM_ENGINE_TORCH_THREADS", "1")
+torch.set_num_threads(1)
 
 N_TRAIN = 3
 N_TEST = 2

@@ -94,6 +94,9 @@ def test_deploy_trigger_with_parameters_and_worker_runs_it(engine, tmp_path):
         assert set(Store(engine["store"]).rounds()["round"]) == {7}
         schedules = api.get("/deployments/name/data-engine-round/data-engine-round").json()["schedules"]
         assert schedules and not schedules[0]["active"]
+        # the retrain deployment listens for synced labels
+        automations = api.post("/automations/filter", json={}).json()
+        assert any("sam-engine.labels.synced" in str(a.get("trigger")) for a in automations), automations
     finally:
         if worker is not None and worker.poll() is None:
             os.killpg(worker.pid, 15)

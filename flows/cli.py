@@ -1,0 +1,383 @@
+"""`sam-engine`: the data engine from the command line.
+
+    sam-engine demo                          the whole engine on generated images (make demo)
+    sam-engine ingest URI... [--split S]     register images (files, folders, globs; any fsspec URL)
+    sam-engine embed [--model-version V]     image embeddings for every image not yet embedded
+    sam-engine round --stage STAGE ...       one round: a stage, then retrain and evaluate
+    sam-engine train / eval                  retrain a model version / evaluate one on held-out images
+    sam-engine export coco|sa1b DEST         the masks as COCO JSON or SA-1B per-image JSON
+    sam-engine query images|masks|models|rounds
+    sam-engine segment IMAGE --out PNG       automatic masks of one image, drawn over it
+    sam-engine model add VERSION CONFIG CHECKPOINT
+    sam-engine labelstudio ...               Label Studio for people (when installed)
+
+Settings come from the environment (SAM_ENGINE_STORE, SAM_ENGINE_HOME, SAM_ENGINE_RAY_ADDRESS, PREFECT_API_URL;
+see tasks/settings.py); --store overrides the store.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+import flows  # noqa: F401  (sets the Prefect defaults before anything imports prefect)
+
+app = typer.Typer(
+    help="The SAM data engine: ingest images, embed them, run annotation rounds (assisted-manual, "
+    "semi-automatic, fully automatic), retrain, evaluate, export. Settings come from the environment "
+    "(SAM_ENGINE_STORE, SAM_ENGINE_HOME, SAM_ENGINE_RAY_ADDRESS, PREFECT_API_URL); --store overrides the store.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+export_app = typer.Typer(help="Export the current masks (superseded and deleted ones left out).")
+query_app = typer.Typer(help="Look at the store's tables (pandas underneath; see stores.query for more).")
+model_app = typer.Typer(help="The models registry: register checkpoints as model versions.")
+app.add_typer(export_app, name="export")
+app.add_typer(query_app, name="query")
+app.add_typer(model_app, name="model")
+
+try:  # helper F's Label Studio commands, when that part is installed
+    from flows.labelstudio_cli import app as labelstudio_app
+
+    app.add_typer(labelstudio_app, name="labelstudio")
+except ImportError:  # pragma: no cover - the engine works without Label Studio
+    pass
+
+STORE = typer.Option(None, "--store", help="store URL (default: SAM_ENGINE_STORE or ./.engine/store)")
+MODEL = typer.Option("embedded", "--model-version", "-m", help="model version ('latest': the newest)")
+
+
+def _store(url: str | None) -> str:
+    from tasks.settings import EngineSettings
+
+    return url or EngineSettings.from_env().store_url
+
+
+def _fail(exc: Exception) -> None:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo_output"), help="output directory (overwritten)"),
+    quick: bool = typer.Option(False, help="tiny sizes: a smoke test of the same path (about a minute)"),
+    train_backend: str = typer.Option("local", help="'local' (in process) or 'ray' (Ray Train)"),
+    encoder_checkpoint: str = typer.Option(
+        None,
+        help="tiny checkpoint whose image encoder the seed model starts from (default: the embedded model)",
+    ),
+) -> None:
+    """Run the data engine on generated images: a seed model, then stages 1, 2 and 3 with retrains in between.
+
+    Prints a table of figures after each round and writes figures.json, figures.png and mask overlays to OUT.
+    """
+    from flows.demo import DemoConfig, run_demo
+
+    config = DemoConfig.quick() if quick else DemoConfig()
+    config.train_backend = train_backend
+    config.encoder_checkpoint = encoder_checkpoint
+    try:
+        run_demo(out, config)
+    finally:
+        from tasks.ray_cluster import shutdown_ray
+
+        shutdown_ray()
+
+
+@app.command()
+def ingest(
+    uris: list[str] = typer.Argument(..., help="image files, folders or glob patterns (any fsspec URL)"),
+    split: str = typer.Option("train", help="split the new images belong to (train, val, test, ...)"),
+    store: str = STORE,
+) -> None:
+    """Register images in the store (image id = sha256 of the bytes); unreadable files are listed and skipped."""
+    from tasks.ingest import ingest as ingest_task
+
+    try:
+        result = ingest_task.fn(_store(store), uris, split=split)
+    except (OSError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(f"{len(result.image_ids)} images ({result.new} new) in {_store(store)}")
+    for skipped in result.skipped:
+        typer.secho(f"skipped {skipped['uri']}: {skipped['reason']}", fg=typer.colors.YELLOW)
+
+
+@app.command()
+def embed(
+    model_version: str = MODEL,
+    store: str = STORE,
+    backend: str = typer.Option("ray", help="'ray' (actor pool; GPUs when the cluster has them) or 'local'"),
+    batch_size: int = typer.Option(4, min=1),
+    actors: int = typer.Option(1, min=1, help="encoder actors on Ray"),
+) -> None:
+    """Compute image embeddings for every image that has none for the model version (cached ones are kept)."""
+    from stores import Store
+    from tasks.embed import embed as embed_task
+    from tasks.models import resolve_version
+
+    url = _store(store)
+    try:
+        version = resolve_version(Store(url), model_version)
+        with _spinner(f"embedding images with {version}"):
+            result = embed_task.fn(url, version, batch_size=batch_size, actors=actors, backend=backend)
+    except (OSError, ValueError, KeyError) as exc:
+        _fail(exc)
+    typer.echo(f"embedded {len(result.embedded)}, already cached {result.skipped_existing}")
+    for failed in result.failed:
+        typer.secho(f"failed {failed['uri']}: {failed['reason']}", fg=typer.colors.YELLOW)
+
+
+@app.command("round")
+def round_(
+    stage: str = typer.Option(..., help="assisted_manual, semi_automatic or fully_automatic"),
+    round: int = typer.Option(..., "--round", "-r", min=0, help="round number"),
+    model_version: str = MODEL,
+    store: str = STORE,
+    ground_truth: str = typer.Option(None, help="COCO JSON for the simulated annotator and evaluation"),
+    max_images: int = typer.Option(None, min=1, help="at most this many images of the split"),
+    split: str = typer.Option("train"),
+    new_model_version: str = typer.Option(None, help="name of the retrained version (default r<round>)"),
+    retrain_steps: int = typer.Option(200, min=0, help="0: no retrain"),
+    train_backend: str = typer.Option("ray", help="'ray' (Ray Train) or 'local'"),
+) -> None:
+    """One data-engine round: the stage, then a retrain on all accepted masks, then a held-out evaluation."""
+    from flows.data_engine_round import data_engine_round
+    from flows.params import EvalSettings, ImageSelection, RoundParams, TrainSettings
+
+    try:
+        params = RoundParams(
+            store=_store(store),
+            round=round,
+            stage=stage,
+            model_version=model_version,
+            images=ImageSelection(split=split, max_images=max_images),
+            annotator={"ground_truth": ground_truth},
+            retrain=TrainSettings(steps=retrain_steps) if retrain_steps else None,
+            new_model_version=new_model_version,
+            evaluation=EvalSettings(ground_truth=ground_truth) if ground_truth else None,
+        )
+        figures = data_engine_round(params, train_backend=train_backend)
+    except (OSError, ValueError, KeyError) as exc:
+        _fail(exc)
+    _print_json({k: v for k, v in figures.items() if k != "skipped_images"})
+
+
+@app.command()
+def train(
+    parent_version: str = typer.Option("latest", help="weights to start from"),
+    model_version: str = typer.Option(None, help="new version name (default <parent>-r<round>)"),
+    round: int = typer.Option(..., "--round", "-r", min=0, help="train on masks of rounds up to this"),
+    steps: int = typer.Option(200, min=1),
+    store: str = STORE,
+    backend: str = typer.Option("ray", help="'ray' (Ray Train) or 'local'"),
+    ground_truth: str = typer.Option(None, help="COCO JSON to evaluate the new version on (optional)"),
+) -> None:
+    """Retrain on every accepted mask so far and register the new model version."""
+    from flows.params import EvalSettings, RetrainParams, TrainSettings
+    from flows.retrain import retrain_flow
+
+    try:
+        params = RetrainParams(
+            store=_store(store),
+            parent_version=parent_version,
+            model_version=model_version,
+            round=round,
+            train=TrainSettings(steps=steps),
+            evaluation=EvalSettings(ground_truth=ground_truth) if ground_truth else None,
+        )
+        row = retrain_flow(params, backend=backend)
+    except (OSError, ValueError, KeyError) as exc:
+        _fail(exc)
+    _print_json(row)
+
+
+@app.command("eval")
+def eval_(
+    ground_truth: str = typer.Argument(..., help="COCO JSON with the evaluation images' ground truth"),
+    model_version: str = MODEL,
+    split: str = typer.Option("test"),
+    max_images: int = typer.Option(16, min=1),
+    store: str = STORE,
+) -> None:
+    """mIoU after 1..9 clicks, NoC@85/90 and automatic-mask precision/recall of a model version."""
+    from stores import Store
+    from tasks.evaluate import evaluate
+    from tasks.models import resolve_version
+
+    url = _store(store)
+    try:
+        version = resolve_version(Store(url), model_version)
+        with _spinner(f"evaluating {version}"):
+            metrics = evaluate.fn(url, version, ground_truth, split=split, max_images=max_images)
+    except (OSError, ValueError, KeyError) as exc:
+        _fail(exc)
+    _print_json(metrics)
+
+
+@export_app.command("coco")
+def export_coco(
+    destination: str = typer.Argument(..., help="JSON file (path or URL)"),
+    round: int = typer.Option(None, help="only this round"),
+    stage: str = typer.Option(None, help="only this stage"),
+    store: str = STORE,
+) -> None:
+    """COCO instances JSON (RLE segmentations) of the current masks."""
+    from tasks.export import export
+
+    _print_json(
+        export.fn(_store(store), destination, "coco", round=round, stage=stage) | {"files": [destination]}
+    )
+
+
+@export_app.command("sa1b")
+def export_sa1b(
+    destination: str = typer.Argument(..., help="directory (path or URL): one JSON per image"),
+    round: int = typer.Option(None),
+    stage: str = typer.Option(None),
+    store: str = STORE,
+) -> None:
+    """SA-1B per-image JSON files of the current masks."""
+    from tasks.export import export
+
+    result = export.fn(_store(store), destination, "sa1b", round=round, stage=stage)
+    result["files"] = len(result["files"])
+    _print_json(result)
+
+
+@query_app.command("images")
+def query_images(store: str = STORE) -> None:
+    """Images per split."""
+    from stores import Store
+
+    images = Store(_store(store)).images()
+    typer.echo(images.groupby("split").size().to_string() if len(images) else "no images")
+
+
+@query_app.command("masks")
+def query_masks(
+    round: int = typer.Option(None),
+    stage: str = typer.Option(None),
+    source: str = typer.Option(None, help="auto, model or human"),
+    store: str = STORE,
+) -> None:
+    """Masks per round, stage and source, with mean clicks and seconds per mask."""
+    from stores import Store
+
+    masks = Store(_store(store)).masks(round=round, stage=stage, source=source)
+    if masks.empty:
+        typer.echo("no masks")
+        return
+    summary = masks.groupby(["round", "stage", "source"], observed=True).agg(
+        masks=("mask_id", "size"),
+        images=("image_id", "nunique"),
+        clicks=("clicks", "mean"),
+        seconds=("seconds", "mean"),
+    )
+    typer.echo(summary.round(2).to_string())
+
+
+@query_app.command("models")
+def query_models(store: str = STORE) -> None:
+    """Registered model versions with their lineage."""
+    from stores import Store
+
+    models = Store(_store(store)).models()
+    cols = ["model_version", "parent_version", "trained_on_round", "checkpoint_uri", "created_at"]
+    typer.echo(models[cols].to_string(index=False) if len(models) else "no models (only 'embedded')")
+
+
+@query_app.command("rounds")
+def query_rounds(store: str = STORE) -> None:
+    """The figures of every round and stage."""
+    from stores import Store
+
+    rounds = Store(_store(store)).rounds()
+    if rounds.empty:
+        typer.echo("no rounds")
+        return
+    rows = []
+    for r in rounds.itertuples(index=False):
+        m = r.metrics or {}
+        rows.append(
+            {
+                "round": r.round,
+                "stage": r.stage,
+                "images": r.images,
+                "masks/img": r.masks_per_image,
+                "clicks/mask": m.get("clicks_per_mask"),
+                "s/mask": m.get("seconds_per_mask"),
+                "mIoU@1": m.get("miou@1"),
+                "mIoU@5": m.get("miou@5"),
+            }
+        )
+    import pandas as pd
+
+    typer.echo(pd.DataFrame(rows).round(3).to_string(index=False))
+
+
+@model_app.command("add")
+def model_add(
+    model_version: str = typer.Argument(..., help="name of the version"),
+    config: str = typer.Argument(..., help="SAM config: vit_b, vit_l, vit_h or tiny"),
+    checkpoint: str = typer.Argument(
+        ..., help="checkpoint path or URL (Meta's sam_vit_*.pth load as they are)"
+    ),
+    store: str = STORE,
+) -> None:
+    """Register a checkpoint as a model version, so flows can use it by name."""
+    from stores import Store
+    from tasks.models import check_model, register_model
+
+    try:
+        store_obj = Store(_store(store))
+        register_model(store_obj, model_version, config, checkpoint)
+        check_model(store_obj, model_version)
+    except (OSError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(f"registered {model_version} ({config}) from {checkpoint}")
+
+
+@app.command()
+def segment(
+    image: str = typer.Argument(..., help="image file or URL"),
+    out: Path = typer.Option(Path("segment.png"), help="overlay PNG to write"),
+    model_version: str = MODEL,
+    points_per_side: int = typer.Option(32, min=1, help="automatic grid density"),
+    store: str = STORE,
+) -> None:
+    """Automatic masks of one image, drawn over it (no store writes; the embedded model by default)."""
+    from stores import Store
+    from tasks.autogen import AutogenSettings, make_generator
+    from tasks.ingest import load_image
+    from tasks.models import load_model, resolve_version
+    from tasks.overlays import overlay
+
+    try:
+        pixels = load_image(image)
+        store_obj = Store(_store(store))
+        model = load_model(store_obj, resolve_version(store_obj, model_version))
+        generator = make_generator(model, AutogenSettings(points_per_side=points_per_side))
+        generator.output_mode = "binary_mask"
+        with _spinner(f"segmenting {image}"):
+            records = generator.generate(pixels)
+    except (OSError, ValueError, KeyError) as exc:
+        _fail(exc)
+    overlay(pixels, [r["segmentation"] for r in records]).save(out)
+    typer.echo(f"{len(records)} masks -> {out}")
+
+
+def _spinner(message: str):
+    from rich.console import Console
+
+    return Console(stderr=True).status(message)
+
+
+def _print_json(data) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,253 @@
+"""The demo: the whole data engine on generated images, in minutes on a laptop CPU.
+
+1. Data: synthetic scenes (sam_core.synthetic) written as PNG files, their ground truth as a COCO file (for the
+   simulated annotator and for evaluation), plus one corrupt file that ingest must skip.
+2. A seed model, trained briefly on a separate seed set (tasks.seed), as SAM began from a model trained on
+   public data; then evaluated on the held-out test images (round 0).
+3. Round 1, assisted-manual; round 2, semi-automatic; round 3, fully automatic; each on new images, each
+   followed by a retrain on every mask accepted so far and a held-out evaluation (flows.data_engine_round).
+4. After each round: a table of the figures so far, mask overlays, and a plot of the figures per round in
+   the output directory.
+
+Everything lives under the output directory (images, store, Prefect state), so a rerun starts clean.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROUNDS = ((1, "assisted_manual"), (2, "semi_automatic"), (3, "fully_automatic"))
+TABLE_COLUMNS = (
+    ("round", "round"),
+    ("stage", "stage"),
+    ("model", "evaluated_model_version"),
+    ("images", "images"),
+    ("masks/img", "masks_per_image"),
+    ("clicks/mask", "clicks_per_mask"),
+    ("s/mask", "seconds_per_mask"),
+    ("mIoU@1", "miou@1"),
+    ("mIoU@5", "miou@5"),
+    ("AMG prec", "amg_precision"),
+    ("AMG rec", "amg_recall"),
+    ("skipped", "skipped"),
+)
+
+
+@dataclass
+class DemoConfig:
+    """Sizes of the demo. The defaults fit in about 10 minutes on 2 CPU cores."""
+
+    images_per_round: int = 8
+    test_images: int = 8
+    seed_scenes: int = 32
+    seed_steps: int = 60
+    retrain_steps: int = 40
+    points_per_side: int = 16
+    eval_points_per_side: int = 16
+    train_backend: str = "local"
+    embed_backend: str = "ray"
+    encoder_checkpoint: str | None = None  # pretrained encoder for the seed (default: the embedded model's)
+
+    @classmethod
+    def quick(cls) -> DemoConfig:
+        """A smoke-test size (about a minute): the same path with tiny numbers; figures mean little."""
+        return cls(
+            images_per_round=2,
+            test_images=2,
+            seed_scenes=4,
+            seed_steps=2,
+            retrain_steps=2,
+            points_per_side=4,
+            eval_points_per_side=4,
+            embed_backend="local",
+        )
+
+
+def make_data(root: Path, config: DemoConfig) -> dict:
+    """Write train/test scenes, a corrupt image and the ground-truth COCO file under ``root``."""
+    from tasks.demo_data import write_synthetic_images
+
+    return write_synthetic_images(root, train=config.images_per_round * len(ROUNDS), test=config.test_images)
+
+
+def run_demo(out_dir: Path, config: DemoConfig | None = None, console=None) -> list[dict]:
+    """Run the demo into ``out_dir``; returns the figures of rounds 0-3 (also in out_dir/figures.json)."""
+    from rich.console import Console
+
+    from tasks.settings import apply_torch_threads
+
+    config = config or DemoConfig()
+    console = console or Console(width=max(Console().width, 150))
+    os.environ.setdefault("SAM_ENGINE_TORCH_THREADS", "1")  # also read by the Ray encoder actors
+    apply_torch_threads()
+    out_dir = Path(out_dir).resolve()
+    engine = out_dir / "engine"
+    if engine.exists():
+        shutil.rmtree(engine)
+    engine.mkdir(parents=True)
+    started = time.monotonic()
+    with console.status("writing synthetic images and their ground truth"):
+        data = make_data(engine, config)
+    store_url = (engine / "store").as_uri()
+    figures = [seed_round(store_url, data, config, console)]
+    show(console, figures, started)
+    version = "seed"
+    for round, stage in ROUNDS:
+        with console.status(f"round {round}: {stage.replace('_', '-')}, then retrain and evaluate"):
+            result = run_round(store_url, data, config, round, stage, version)
+        figures.append(result)
+        version = result.get("new_model_version", version)
+        write_outputs(out_dir, store_url, figures)
+        show(console, figures, started)
+    console.print(f"[bold]demo finished in {time.monotonic() - started:.0f} s[/]; outputs in {out_dir}")
+    return figures
+
+
+def seed_round(store_url: str, data: dict, config: DemoConfig, console) -> dict:
+    """Ingest every image, train and evaluate the seed model: round 0 of the table."""
+    from flows.params import EvalSettings
+    from tasks.autogen import AutogenSettings
+    from tasks.evaluate import evaluate
+    from tasks.ingest import ingest
+    from tasks.seed import train_seed_model
+
+    with console.status("ingesting images"):
+        train = ingest.fn(store_url, [data["train_dir"]], split="train")
+        ingest.fn(store_url, [data["test_dir"]], split="test")
+    from stores import Store
+    from tasks.models import register_model
+
+    if config.encoder_checkpoint:
+        register_model(Store(store_url), "pretrained", "tiny", config.encoder_checkpoint)
+        encoder_from = "pretrained"
+    elif data["embedded_available"]:
+        encoder_from = "embedded"
+    else:
+        encoder_from = None
+        console.print("[yellow]no embedded weights: the seed model trains from scratch (slow, weak)[/]")
+    with console.status(
+        f"training the seed model ({config.seed_steps} steps on {config.seed_scenes} scenes)"
+    ):
+        train_seed_model.fn(
+            store_url,
+            "seed",
+            seeds=data["seed_scenes"][: config.seed_scenes],
+            steps=config.seed_steps,
+            encoder_from=encoder_from,
+        )
+    settings = EvalSettings(
+        ground_truth=data["ground_truth"],
+        max_images=config.test_images,
+        autogen=AutogenSettings(points_per_side=config.eval_points_per_side),
+    )
+    with console.status("evaluating the seed model on the held-out images"):
+        metrics = evaluate.fn(store_url, "seed", **dict(settings))
+    return {
+        "round": 0,
+        "stage": "seed",
+        "evaluated_model_version": "seed",
+        "images": config.seed_scenes,
+        "skipped": len(train.skipped),
+        "skipped_images": train.skipped,
+        **{k: v for k, v in metrics.items() if k != "model_version"},
+    }
+
+
+def round_params(store_url: str, data: dict, config: DemoConfig, round: int, stage: str, version: str):
+    """The data_engine_round parameters of one demo round: new images, then retrain and evaluate."""
+    from flows.params import EvalSettings, ImageSelection, RoundParams, TrainSettings
+    from tasks.annotate import AnnotatorSettings
+    from tasks.autogen import AutogenSettings
+
+    return RoundParams(
+        store=store_url,
+        round=round,
+        stage=stage,
+        model_version=version,
+        images=ImageSelection(
+            max_images=config.images_per_round, offset=(round - 1) * config.images_per_round
+        ),
+        embed={"backend": config.embed_backend},
+        annotator=AnnotatorSettings(ground_truth=data["ground_truth"]),
+        autogen=AutogenSettings(points_per_side=config.points_per_side),
+        retrain=TrainSettings(
+            steps=config.retrain_steps,
+            masks_per_image=8,
+            lr=5e-4,
+            cache_embeddings=True,
+            correction_points=2,
+            no_point_iterations=1,
+            seed=round,
+        ),
+        new_model_version=f"r{round}",
+        evaluation=EvalSettings(
+            ground_truth=data["ground_truth"],
+            max_images=config.test_images,
+            autogen=AutogenSettings(points_per_side=config.eval_points_per_side),
+        ),
+    )
+
+
+def run_round(store_url: str, data: dict, config: DemoConfig, round: int, stage: str, version: str) -> dict:
+    from flows.data_engine_round import data_engine_round
+
+    params = round_params(store_url, data, config, round, stage, version)
+    return data_engine_round(params, train_backend=config.train_backend)
+
+
+def show(console, figures: list[dict], started: float) -> None:
+    """Print the figures so far as one table."""
+    from rich.table import Table
+
+    table = Table(title=f"SAM data engine demo ({time.monotonic() - started:.0f} s)")
+    for name, _ in TABLE_COLUMNS:
+        table.add_column(name, justify="right")
+    for f in figures:
+        table.add_row(*[_cell(f.get(key)) for _, key in TABLE_COLUMNS])
+    console.print(table)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def write_outputs(out_dir: Path, store_url: str, figures: list[dict]) -> None:
+    """figures.json, a plot of the figures per round, and overlays of each round's masks."""
+    from stores import Store
+    from tasks.ingest import load_image
+    from tasks.overlays import line_plot, overlay
+    from tasks.records import decode_rows
+
+    (out_dir / "figures.json").write_text(json.dumps(figures, indent=2, default=str))
+    labels = [f"r{f['round']}" for f in figures]
+    series = {
+        name: [f.get(key) for f in figures]
+        for name, key in (
+            ("masks/image", "masks_per_image"),
+            ("clicks/mask", "clicks_per_mask"),
+            ("seconds/mask", "seconds_per_mask"),
+            ("mIoU@1", "miou@1"),
+            ("mIoU@5", "miou@5"),
+            ("AMG recall", "amg_recall"),
+        )
+    }
+    line_plot(series, labels, "SAM data engine: figures per round").save(out_dir / "figures.png")
+    store = Store(store_url)
+    images = store.images().set_index("image_id")
+    latest = figures[-1]
+    if latest["round"] == 0:
+        return
+    masks = store.masks(round=latest["round"], stage=latest["stage"])
+    for i, image_id in enumerate(sorted(masks["image_id"].unique())[:2]):
+        rows = masks[masks["image_id"] == image_id]
+        picture = overlay(load_image(images.loc[image_id, "uri"]), decode_rows(rows))
+        picture.save(out_dir / f"round{latest['round']}-{latest['stage']}-{i}.png")

@@ -1,0 +1,95 @@
+"""The seed model: where the data engine starts, as SAM started from a model trained on public datasets.
+
+The seed is the tiny SAM with a pretrained image encoder taken from another version (as SAM's encoder started
+from an MAE-pretrained ViT) and a prompt encoder and mask decoder trained briefly, by the interactive trainer, on
+a small seed set of synthetic scenes that the engine's rounds never see. With ``encoder_from=None`` the whole
+model is trained from scratch (slower to become useful).
+"""
+
+from __future__ import annotations
+
+import io
+
+from prefect import task
+
+from tasks.runlog import run_logger
+
+
+def seed_dataset(seeds: list[int], size: int = 256) -> list[tuple]:
+    """[(image, masks)] of the synthetic scenes ``seeds`` (a stand-in for a public dataset)."""
+    from sam_core.synthetic import scene
+
+    return [scene(s, size) for s in seeds]
+
+
+def model_with_encoder_of(store, config_name: str, encoder_from: str | None):
+    """A fresh model of ``config_name`` whose image encoder holds the weights of version ``encoder_from``."""
+    import torch
+
+    from sam_core.build import build_sam
+    from sam_core.embedded import read_checkpoint
+    from tasks.models import model_row
+
+    torch.manual_seed(0)
+    model = build_sam(config_name)
+    if encoder_from is None:
+        return model
+    state = read_checkpoint(model_row(store, encoder_from)["checkpoint_uri"])["model"]
+    encoder = {
+        k.removeprefix("image_encoder."): v for k, v in state.items() if k.startswith("image_encoder.")
+    }
+    if not encoder:
+        raise ValueError(f"model {encoder_from!r} has no image_encoder weights to start from")
+    model.image_encoder.load_state_dict(encoder, strict=True)
+    return model
+
+
+@task(name="train-seed-model")
+def train_seed_model(
+    store_url: str,
+    model_version: str,
+    seeds: list[int],
+    steps: int = 60,
+    masks_per_image: int = 8,
+    correction_points: int = 2,
+    no_point_iterations: int = 1,
+    lr: float = 1e-3,
+    encoder_from: str | None = "embedded",
+) -> dict:
+    """Train and register the seed model ``model_version``; returns its models row."""
+    import torch
+
+    from sam_core.train import TrainConfig, train
+    from stores import Store
+    from stores.fsio import atomic_write
+    from tasks.models import register_model
+
+    store = Store(store_url)
+    model = model_with_encoder_of(store, "tiny", encoder_from)
+    config = TrainConfig(
+        model="tiny",
+        steps=steps,
+        masks_per_image=masks_per_image,
+        correction_points=correction_points,
+        no_point_iterations=no_point_iterations,
+        lr=lr,
+        warmup_steps=max(1, steps // 10),
+        cache_embeddings=encoder_from is not None,
+        log_every=0,
+        metadata={"model_version": model_version, "seed_set": f"{len(seeds)} synthetic scenes"},
+    )
+    run_logger().info("training seed model %s: %d steps on %d scenes", model_version, steps, len(seeds))
+    trainer = train(config, seed_dataset(seeds), model=model)
+    last = trainer.history[-1] if trainer.history else {}
+    metrics = {"loss": last.get("loss"), "iou_last": last.get("iou_last"), "steps": trainer.step_index}
+    buffer = io.BytesIO()
+    torch.save(trainer.checkpoint(metrics), buffer)
+    path = atomic_write(store.fs, store.path("checkpoints", f"{model_version}.pt"), buffer.getvalue())
+    return register_model(
+        store,
+        model_version,
+        "tiny",
+        store.fs.unstrip_protocol(path),
+        parent_version=encoder_from,
+        metrics={**metrics, "seed_images": len(seeds), "encoder_from": encoder_from},
+    )

@@ -1,0 +1,58 @@
+"""The sam-engine CLI: help for every command, and ingest / query / segment / export on a tiny store."""
+
+import json
+
+from typer.testing import CliRunner
+
+from flows.cli import app
+
+runner = CliRunner()
+
+
+def test_every_command_has_help():
+    for args in (
+        [],
+        ["demo"],
+        ["ingest"],
+        ["embed"],
+        ["round"],
+        ["train"],
+        ["eval"],
+        ["export", "coco"],
+        ["export", "sa1b"],
+        ["query", "masks"],
+        ["segment"],
+        ["model", "add"],
+    ):
+        result = runner.invoke(app, [*args, "--help"])
+        assert result.exit_code == 0, (args, result.output)
+        assert "Usage" in result.output
+
+
+def test_ingest_query_segment_and_export(engine, tmp_path):
+    store = ["--store", engine["store"]]
+    result = runner.invoke(app, ["ingest", engine["images"], *store])
+    assert result.exit_code == 0, result.output
+    assert "3 images (3 new)" in result.output and "corrupt.png" in result.output
+
+    result = runner.invoke(app, ["query", "images", *store])
+    assert result.exit_code == 0 and "train" in result.output and "3" in result.output
+
+    out = tmp_path / "overlay.png"
+    image = sorted((engine["root"] / "images").glob("train-*.png"))[0]
+    result = runner.invoke(
+        app,
+        ["segment", str(image), "--out", str(out), "-m", engine["model"], "--points-per-side", "4", *store],
+    )
+    assert result.exit_code == 0, result.output
+    assert out.exists() and out.stat().st_size > 0
+
+    result = runner.invoke(app, ["export", "coco", str(tmp_path / "coco.json"), *store])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["masks"] == 0
+
+
+def test_bad_input_gives_a_clear_error_not_a_traceback(engine):
+    result = runner.invoke(app, ["embed", "-m", "nope", "--backend", "local", "--store", engine["store"]])
+    assert result.exit_code == 2
+    assert "unknown model_version 'nope'" in result.output

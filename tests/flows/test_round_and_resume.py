@@ -1,0 +1,99 @@
+"""A data-engine round retrains and evaluates; a run that dies in the middle of autogen resumes to the same masks."""
+
+import pytest
+
+from flows.params import EvalSettings, FullyAutomaticParams, RoundParams, TrainSettings
+from tasks.autogen import AutogenSettings
+from tasks.filter import FilterSettings
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+OPEN_AUTOGEN = AutogenSettings(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+OPEN_FILTER = FilterSettings(
+    min_predicted_iou=0.0, min_stability_score=0.0, min_area=1, max_area_fraction=1.0
+)
+
+
+def test_round_runs_the_stage_then_retrains_and_evaluates(engine):
+    from flows.data_engine_round import data_engine_round
+    from stores import Store
+    from tasks.ingest import ingest
+
+    ingest.fn(engine["store"], [engine["test_images"]], split="test")
+    params = RoundParams(
+        store=engine["store"],
+        round=1,
+        stage="fully_automatic",
+        model_version=engine["model"],
+        ingest=[engine["images"]],
+        autogen=OPEN_AUTOGEN,
+        filter=OPEN_FILTER,
+        embed={"backend": "local"},
+        retrain=TrainSettings(steps=1, masks_per_image=2, cache_embeddings=True, correction_points=1),
+        new_model_version="r1",
+        evaluation=EvalSettings(
+            ground_truth=engine["ground_truth"], max_images=1, max_clicks=2, autogen=OPEN_AUTOGEN
+        ),
+    )
+    figures = data_engine_round(params, train_backend="local")
+    store = Store(engine["store"])
+    models = store.models().set_index("model_version")
+    assert models.loc["r1", "parent_version"] == engine["model"]
+    assert models.loc["r1", "trained_on_round"] == 1
+    assert figures["new_model_version"] == "r1" and figures["evaluated_model_version"] == "r1"
+    assert 0.0 <= figures["miou@1"] <= 1.0 and "amg_recall" in figures
+    row = store.rounds().iloc[0]
+    assert row["stage"] == "fully_automatic" and row["metrics"]["new_model_version"] == "r1"
+    assert "miou@1" in row["metrics"]
+
+
+def _auto_params(store_url, engine):
+    return FullyAutomaticParams(
+        store=store_url,
+        round=4,
+        model_version=engine["model"],
+        ingest=[engine["images"]],
+        shard_size=1,
+        autogen=OPEN_AUTOGEN,
+        filter=OPEN_FILTER,
+        embed={"backend": "local"},
+    )
+
+
+def _mask_set(store_url):
+    from stores import Store
+
+    masks = Store(store_url).masks(round=4)
+    return sorted(zip(masks.mask_id, masks.image_id, masks.counts, strict=True))
+
+
+def test_a_run_killed_mid_autogen_resumes_to_the_same_masks(engine, monkeypatch):
+    import tasks.autogen
+    from flows.fully_automatic import fully_automatic
+    from stores import Store
+    from tasks.models import register_model
+
+    real = tasks.autogen.generate_records
+    calls = []
+
+    def dies_on_the_second_image(*args, **kwargs):
+        calls.append(args[2])
+        if len(set(calls)) >= 2:
+            raise RuntimeError("worker killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.autogen, "generate_records", dies_on_the_second_image)
+    with pytest.raises(RuntimeError, match="worker killed"):
+        fully_automatic(_auto_params(engine["store"], engine))
+    partial = _mask_set(engine["store"])
+    assert partial and len({image for _, image, _ in partial}) == 1  # the first shard made it to the store
+
+    monkeypatch.setattr(tasks.autogen, "generate_records", real)
+    fully_automatic(_auto_params(engine["store"], engine))
+    state = Store(engine["store"]).read_state("stage_shards")
+    assert len(state) == 3
+
+    clean = (engine["root"] / "clean-store").as_uri()
+    register_model(Store(clean), engine["model"], "tiny", str(engine["root"] / "tiny.pt"))
+    fully_automatic(_auto_params(clean, engine))
+    assert _mask_set(engine["store"]) == _mask_set(clean)
