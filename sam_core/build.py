@@ -3,12 +3,19 @@
 Configurations (`SamConfig`): "vit_b", "vit_l", "vit_h" are Meta's official ones (1024 px input, patch 16,
 64 x 64 x 256 image embedding, 256 x 256 low-res masks); "tiny" is ours, sized for a CPU: 256 px input,
 patch 8 (32 x 32 x 256 embedding, 128 x 128 low-res masks), ViT width 192, depth 6, 6 heads, window 8,
-global blocks (2, 5), decoder MLP 1024. TINY_COST below records its size and measured cost.
+global blocks (2, 5), decoder MLP 1024 (prompt encoder and the rest of the decoder as official).
+Tiny's size and cost, measured on this project's machine (AMD EPYC with AVX2, torch 2.14.1, float32):
+6.57M parameters (image encoder 3.55M, prompt encoder 6k, mask decoder 3.01M); the encoder costs 6.9 GFLOP
+per image; set_image on a 256 x 256 image takes about 160 ms and one click (the best mask at image
+resolution) about 14 ms of single-thread CPU time. (Single-thread CPU time because the shared 2-core
+machine's wall clock swings with its neighbours' load; vit_b on the same machine: see
+benchmarks/bench_predictor.py.)
 
 Checkpoint format: a file readable by `torch.load(weights_only=True)` (only tensors and plain containers,
 never pickled code) holding either a bare state dict with the official names (Meta's sam_vit_*.pth files)
-or a dict {"model": state_dict, ...} where the other keys are free metadata (our trainer writes "config",
-"model_version", "step", ...). Keys are matched strictly: missing, extra or mis-shaped entries are refused.
+or a dict {"model": state_dict, ...} whose other keys are free metadata (sam_core.train writes "config" and
+"metadata"). Tensors may be stored in half precision; they are cast to the model's dtype on loading. Keys
+are matched strictly: missing, extra or mis-shaped entries are refused with a ValueError naming them.
 """
 
 from __future__ import annotations
@@ -27,9 +34,6 @@ from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 from .sam import PIXEL_MEAN, PIXEL_STD, Sam
 from .transformer import TwoWayTransformer
-
-# Measured on this project's CPU machine (2 shared cores, torch 2.14.1, float32); see tests/sam_core.
-TINY_COST = "about 6.6M parameters (1.9M in the encoder); set_image on a 256 x 256 image about 40 ms, a click about 6 ms"
 
 
 @dataclass

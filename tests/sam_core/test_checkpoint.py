@@ -43,6 +43,15 @@ def test_wrapped_checkpoint_with_metadata_loads_from_an_fsspec_url(tiny_model):
     assert torch.equal(model.mask_decoder.iou_token.weight, tiny_model.mask_decoder.iou_token.weight)
 
 
+def test_half_precision_checkpoint_loads_as_float32(tiny_model, tmp_path):
+    path = tmp_path / "half.pt"
+    torch.save({"model": {k: v.half() for k, v in tiny_model.state_dict().items()}, "metadata": {}}, path)
+    model = build_sam("tiny", checkpoint=str(path))
+    weight = model.mask_decoder.iou_token.weight
+    assert weight.dtype == torch.float32
+    assert torch.equal(weight, tiny_model.mask_decoder.iou_token.weight.half().float())
+
+
 def test_checkpoint_of_another_architecture_names_key_and_shapes(tiny_model, tmp_path):
     path = tmp_path / "tiny.pt"
     torch.save(tiny_model.state_dict(), path)
