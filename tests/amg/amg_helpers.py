@@ -9,6 +9,8 @@ edges. The same object drives both generators, so a parity test on it checks the
 
 from __future__ import annotations
 
+from functools import partial
+
 import cv2
 import numpy as np
 import torch
@@ -179,3 +181,44 @@ def match_rates(ref_records: list, our_records: list, output_mode: str, min_iou:
     union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
     iou = inter / np.maximum(union, 1)
     return float((iou.max(1) >= min_iou).mean()), float((iou.max(0) >= min_iou).mean())
+
+
+def tiny_model_pair(seed: int = 0) -> tuple:
+    """(reference Sam, our Sam) in the "tiny" config (256 px, 32 x 32 x 256 embedding), same random weights."""
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    from sam_core import build_sam
+
+    torch.manual_seed(seed)
+
+    ref = Sam(
+        image_encoder=ImageEncoderViT(
+            depth=6,
+            embed_dim=192,
+            img_size=256,
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=6,
+            patch_size=8,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=(2, 5),
+            window_size=8,
+            out_chans=256,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=256, image_embedding_size=(32, 32), input_image_size=(256, 256), mask_in_chans=16
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=1024, num_heads=8),
+            transformer_dim=256,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    ).eval()
+    ours = build_sam("tiny")
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours.eval()
