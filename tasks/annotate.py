@@ -1,7 +1,8 @@
 """Annotate: the assisted-manual stage. An annotator labels each image with SAM answering every click.
 
 The annotator is chosen by :class:`AnnotatorSettings`: the simulated annotator (ground truth from a COCO file,
-the paper's click protocol) or, for people, Label Studio (see ``tasks/labelstudio``). Per image the predictor
+the paper's click protocol) or, for people, Label Studio (``tasks/labelstudio/annotator.py``: each image becomes
+a task, prefilled masks a prediction, and the flow waits for the person's submitted annotation). Per image the predictor
 gets the cached embedding, so a click costs one mask-decoder pass. Accepted masks are written with
 ``source="human"``, the annotator's name, its clicks and seconds.
 """
@@ -17,8 +18,8 @@ from pydantic import BaseModel, Field
 class AnnotatorSettings(BaseModel):
     """Who annotates and, for the simulated annotator, how it behaves (see tasks.annotators)."""
 
-    kind: Literal["simulated"] = Field(
-        "simulated", description="the simulated annotator (people: Label Studio)"
+    kind: Literal["simulated", "labelstudio"] = Field(
+        "simulated", description="'simulated' (ground truth, click protocol) or 'labelstudio' (people)"
     )
     ground_truth: str | None = Field(
         None, description="COCO instances JSON with the images' ground truth (URL)"
@@ -32,10 +33,30 @@ class AnnotatorSettings(BaseModel):
         150.0, gt=0.0, description="time budget per image (None: no limit)"
     )
 
+    labelstudio_project: int | None = Field(
+        None, ge=1, description="Label Studio project id (server and token: SAM_ENGINE_LS_URL / _TOKEN)"
+    )
+    labelstudio_document_root: str | None = Field(None, description="Label Studio's local-files root")
+    labelstudio_timeout_seconds: float | None = Field(
+        None, gt=0.0, description="give up on an image after this long (None: wait for a person)"
+    )
+
     def build(self):
         """The annotator object these settings describe."""
         from tasks.annotators import SimulatedAnnotator
 
+        if self.kind == "labelstudio":
+            from tasks.labelstudio.annotator import LabelStudioAnnotator
+            from tasks.labelstudio.client import LabelStudioClient
+
+            if self.labelstudio_project is None:
+                raise ValueError("the labelstudio annotator needs labelstudio_project (a project id)")
+            return LabelStudioAnnotator(
+                client=LabelStudioClient(),
+                project_id=self.labelstudio_project,
+                document_root=self.labelstudio_document_root,
+                timeout_seconds=self.labelstudio_timeout_seconds,
+            )
         if self.ground_truth is None:
             raise ValueError(
                 "the simulated annotator needs ground_truth: a COCO JSON URL with the images' masks"

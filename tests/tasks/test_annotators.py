@@ -103,3 +103,18 @@ def test_bad_settings_and_missing_ground_truth_are_refused():
         SimulatedAnnotator(iou_target=1.5)
     with pytest.raises(ValueError, match="ground truth"):
         SimulatedAnnotator().annotate(_request(None, ShrinkingPredictor([])))
+
+
+def test_settings_build_the_simulated_or_the_label_studio_annotator(monkeypatch):
+    from tasks.annotate import AnnotatorSettings
+
+    simulated = AnnotatorSettings(ground_truth="gt.json", iou_target=0.8).build()
+    assert isinstance(simulated, SimulatedAnnotator) and simulated.iou_target == 0.8
+    monkeypatch.setenv("SAM_ENGINE_LS_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("SAM_ENGINE_LS_TOKEN", "0" * 40)
+    people = AnnotatorSettings(kind="labelstudio", labelstudio_project=3).build()
+    assert people.project_id == 3 and people.name == "labelstudio"
+    with pytest.raises(ValueError, match="labelstudio_project"):
+        AnnotatorSettings(kind="labelstudio").build()
+    with pytest.raises(ValueError, match="ground_truth"):
+        AnnotatorSettings().build()
