@@ -122,3 +122,19 @@ def train_on_ray(
         "wall_seconds": round(time.monotonic() - started, 1),
     }
     return {"checkpoint_bytes": checkpoint_bytes, "metrics": metrics, "lineage": lineage}
+
+
+def write_checkpoint(checkpoint_bytes: bytes, uri: str) -> str:
+    """Write checkpoint bytes to a path or fsspec URL (temporary name, then move) and return the URI, which is
+    what the models table's checkpoint_uri records."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(uri)
+    parent, name = path.rsplit("/", 1) if "/" in path else ("", path)
+    tmp = f"{parent}/.{name}.tmp" if parent else f".{name}.tmp"
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    with fs.open(tmp, "wb") as f:
+        f.write(checkpoint_bytes)
+    fs.mv(tmp, path)
+    return uri

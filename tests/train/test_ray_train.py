@@ -12,7 +12,7 @@ from sam_core.train_data import SyntheticDataset
 @pytest.mark.slow
 def test_two_worker_ray_train_run_on_cpu_writes_a_checkpoint_with_lineage(tmp_path):
     ray = pytest.importorskip("ray")
-    from tasks.ray_train import train_on_ray
+    from tasks.ray_train import train_on_ray, write_checkpoint
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
@@ -39,3 +39,5 @@ def test_two_worker_ray_train_run_on_cpu_writes_a_checkpoint_with_lineage(tmp_pa
     assert lineage["parent_version"] == "v0" and lineage["data_round"] == 3 and lineage["num_workers"] == 2
     assert lineage["config"]["steps"] == 2 and lineage["metrics"]["steps"] == 2
     load_weights(build_model("tiny"), result["checkpoint_bytes"])
+    uri = write_checkpoint(result["checkpoint_bytes"], f"file://{tmp_path}/models/v1.pt")
+    assert read_checkpoint(uri)["metadata"]["steps"] == 2
