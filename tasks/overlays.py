@@ -53,35 +53,43 @@ def line_plot(
     series: dict[str, list[float | None]],
     labels: list[str],
     title: str,
-    size: tuple[int, int] = (640, 360),
+    panel: tuple[int, int] = (300, 180),
+    columns: int = 3,
 ) -> Image.Image:
-    """A plain line plot: one line per series over the x labels, each series scaled to its own min..max
-    (the legend gives every series' first and last value), so lines of different units share one chart."""
-    width, height = size
-    left, right, top, bottom = 40, 20, 40, 40 + 16 * len(series)
-    picture = Image.new("RGB", size, "white")
+    """Small multiples: one panel per series, each a line over the x ``labels`` with its own y range and every
+    point's value written beside it (series of different units never share an axis)."""
+    names = list(series)
+    rows = max(1, -(-len(names) // columns))
+    pw, ph = panel
+    picture = Image.new("RGB", (pw * columns, 30 + ph * rows), "white")
     draw = ImageDraw.Draw(picture)
-    draw.text((left, 10), title, fill="black")
-    plot_w, plot_h = width - left - right, height - top - bottom
-    draw.rectangle([left, top, left + plot_w, top + plot_h], outline="black")
-    n = max(len(labels), 1)
-    xs = [left + (plot_w * (i + 0.5) / n) for i in range(n)]
-    for x, label in zip(xs, labels, strict=True):
-        draw.text((x - 3 * len(label), top + plot_h + 4), label, fill="black")
-    for k, (name, values) in enumerate(series.items()):
+    draw.text((10, 8), title, fill="black")
+    for k, name in enumerate(names):
+        x0, y0 = (k % columns) * pw, 30 + (k // columns) * ph
+        left, top, width, height = x0 + 30, y0 + 22, pw - 50, ph - 50
         colour = tuple(int(c) for c in PALETTE[k % len(PALETTE)])
+        draw.text((x0 + 10, y0 + 4), name, fill=colour)
+        draw.rectangle([left, top, left + width, top + height], outline=(170, 170, 170))
+        n = max(len(labels), 1)
+        xs = [left + width * (i + 0.5) / n for i in range(n)]
+        for x, label in zip(xs, labels, strict=True):
+            draw.text((x - 3 * len(label), top + height + 4), label, fill="black")
+        values = series[name]
         known = [v for v in values if v is not None and np.isfinite(v)]
-        lo, hi = (min(known), max(known)) if known else (0.0, 1.0)
-        span = (hi - lo) or 1.0
+        if not known:
+            draw.text((left + 8, top + height / 2 - 6), "no data", fill=(150, 150, 150))
+            continue
+        lo, hi = min(known), max(known)
+        pad = (hi - lo) * 0.15 or (abs(hi) * 0.1 or 1.0)
+        lo, hi = lo - pad, hi + pad
         points = [
-            (xs[i], top + plot_h - plot_h * (0.1 + 0.8 * (v - lo) / span))
+            (xs[i], top + height - height * (v - lo) / (hi - lo), v)
             for i, v in enumerate(values)
             if v is not None and np.isfinite(v)
         ]
         if len(points) > 1:
-            draw.line(points, fill=colour, width=2)
-        for x, y in points:
+            draw.line([(x, y) for x, y, _ in points], fill=colour, width=2)
+        for x, y, v in points:
             draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-        first, last = (f"{known[0]:.3g}", f"{known[-1]:.3g}") if known else ("-", "-")
-        draw.text((left, top + plot_h + 22 + 16 * k), f"{name}: {first} -> {last}", fill=colour)
+            draw.text((x + 5, y - 14), f"{v:.3g}", fill="black")
     return picture
