@@ -95,46 +95,9 @@ def iteration_schedule(config: TrainConfig, rng: np.random.Generator) -> list[st
 
 def build_model(name: str = "tiny") -> torch.nn.Module:
     """A freshly initialised model of the named config (see sam_core.build_sam)."""
-    try:
-        from sam_core.build import build_sam
-    except ImportError:  # until sam_core.build lands: the reference modules share its state-dict names
-        return _reference_tiny()
+    from sam_core.build import build_sam
+
     return build_sam(name)
-
-
-def _reference_tiny() -> torch.nn.Module:
-    from functools import partial
-
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-
-    return Sam(
-        image_encoder=ImageEncoderViT(
-            depth=6,
-            embed_dim=192,
-            img_size=256,
-            mlp_ratio=4,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=6,
-            patch_size=8,
-            qkv_bias=True,
-            use_rel_pos=True,
-            global_attn_indexes=(2, 5),
-            window_size=8,
-            out_chans=256,
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=256, image_embedding_size=(32, 32), input_image_size=(256, 256), mask_in_chans=16
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=1024, num_heads=8),
-            transformer_dim=256,
-            iou_head_depth=3,
-            iou_head_hidden_dim=256,
-        ),
-        pixel_mean=[123.675, 116.28, 103.53],
-        pixel_std=[58.395, 57.12, 57.375],
-    )
 
 
 def encode(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
