@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from sam_core import crops, mask_utils
+from sam_core.predictor import SamPredictor
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
@@ -142,7 +143,7 @@ class AutomaticMaskGenerator:
         self.min_mask_region_area = min_mask_region_area
         self.output_mode = output_mode
         self.upsample_chunk = upsample_chunk
-        self.predictor = _make_predictor(model)
+        self.predictor = SamPredictor(model)
 
     # -- public API -------------------------------------------------------------------------------------
 
@@ -353,12 +354,6 @@ def _full_frame_masks(found: _Candidates, image_size: tuple[int, int]) -> _MaskS
     return _MaskSource(
         [("crop", p, c) for p, c in zip(found.packed, found.crop_box, strict=True)], image_size
     )
-
-
-def _make_predictor(model: Any) -> Any:
-    from sam_core.predictor import SamPredictor
-
-    return SamPredictor(model)
 
 
 def _check_int(name: str, value: Any, low: int) -> None:
