@@ -46,6 +46,20 @@ def test_round_runs_the_stage_then_retrains_and_evaluates(engine):
     assert row["stage"] == "fully_automatic" and row["metrics"]["new_model_version"] == "r1"
     assert "miou@1" in row["metrics"]
 
+    # the retrain flow (what the labels-synced trigger starts) continues from the newest version
+    from flows.params import RetrainParams
+    from flows.retrain import retrain_flow
+
+    retrained = retrain_flow(
+        RetrainParams(
+            store=engine["store"],
+            round=1,
+            train=TrainSettings(steps=1, masks_per_image=2, cache_embeddings=True),
+        ),
+        backend="local",
+    )
+    assert retrained["model_version"] == "r1-r1" and retrained["parent_version"] == "r1"
+
 
 def _auto_params(store_url, engine):
     return FullyAutomaticParams(
