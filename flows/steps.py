@@ -32,6 +32,9 @@ def check_inputs(params: StageParams, needs_ground_truth: str | None = None):
     store = open_store(params.store, must_exist=not params.ingest)
     version = resolve_version(store, params.model_version)
     check_model(store, version)
+    annotator = getattr(params, "annotator", None)
+    if annotator is not None and getattr(params, "stage", "") != "fully_automatic":
+        annotator.build()  # a simulated annotator without ground truth, a Label Studio without a project...
     if needs_ground_truth is not None:
         load_ground_truth(needs_ground_truth)
     return params.model_copy(update={"model_version": version})

@@ -113,6 +113,16 @@ def test_missing_store_or_model_fails_before_any_work(engine, tmp_path):
         )
     assert Store(engine["store"]).images().empty  # refused before ingesting anything
 
+    from flows.assisted_manual import assisted_manual
+
+    with pytest.raises(ValueError, match="ground_truth"):
+        assisted_manual(
+            AssistedManualParams(
+                store=engine["store"], model_version=engine["model"], ingest=[engine["images"]]
+            )
+        )
+    assert Store(engine["store"]).images().empty
+
 
 def test_bad_parameters_are_refused_by_the_models():
     with pytest.raises(ValueError):
