@@ -182,6 +182,7 @@ def round_params(store_url: str, data: dict, config: DemoConfig, round: int, sta
             cache_embeddings=True,
             correction_points=2,
             no_point_iterations=1,
+            focal_weight=1.0,
             seed=round,
         ),
         new_model_version=f"r{round}",

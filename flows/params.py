@@ -105,6 +105,10 @@ class TrainSettings(BaseModel):
         False,
         description="freeze the encoder and encode each image once (fast on CPU; decoder-only training)",
     )
+    focal_weight: float = Field(
+        20.0, ge=0.0, description="focal share of the mask loss (paper 20:1 with dice)"
+    )
+    dice_weight: float = Field(1.0, ge=0.0)
     correction_points: int = Field(
         8, ge=0, le=20, description="clicks from the error region per mask (paper: 8)"
     )

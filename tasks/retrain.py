@@ -74,6 +74,8 @@ def retrain(
     cache_embeddings: bool = False,
     correction_points: int = 8,
     no_point_iterations: int = 2,
+    focal_weight: float = 20.0,
+    dice_weight: float = 1.0,
     seed: int = 0,
     backend: str = "ray",
 ) -> dict:
@@ -102,6 +104,8 @@ def retrain(
         cache_embeddings=cache_embeddings,
         correction_points=correction_points,
         no_point_iterations=no_point_iterations,
+        focal_weight=focal_weight,
+        dice_weight=dice_weight,
         seed=seed,
         init_checkpoint=init,
         log_every=0,

@@ -54,6 +54,7 @@ def train_seed_model(
     correction_points: int = 2,
     no_point_iterations: int = 1,
     lr: float = 1e-3,
+    focal_weight: float = 1.0,
     encoder_from: str | None = "embedded",
 ) -> dict:
     """Train and register the seed model ``model_version``; returns its models row."""
@@ -73,6 +74,9 @@ def train_seed_model(
         correction_points=correction_points,
         no_point_iterations=no_point_iterations,
         lr=lr,
+        # 1:1 rather than the paper's 20:1: from a fresh decoder, 20:1 makes "predict nothing" a plateau
+        # (sam_core/weights/MODEL_CARD.md).
+        focal_weight=focal_weight,
         warmup_steps=max(1, steps // 10),
         cache_embeddings=encoder_from is not None,
         log_every=0,
