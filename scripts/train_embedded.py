@@ -84,7 +84,7 @@ PHASES: list[tuple[TrainConfig, int]] = [
             seed=2,
             metadata={**META, "phase": 3},
         ),
-        800,
+        300,  # the time budget ran out here; the schedule still spans 800 steps
     ),
 ]
 
@@ -141,6 +141,15 @@ def install(checkpoint: Path, scenes: int, max_clicks: int) -> dict:
     return metrics
 
 
+BELOW_TARGET = """Far below target. What the model learned: a
+prompt-independent "objectness" map (the same foreground for every click on an image), so one click scores
+about the IoU of the prompted instance with all foreground, and more clicks do not help. Learning to condition on
+the prompt is what SAM's big batches (256 images x 64 masks) buy; 550 steps of 4 masks from one image, on about
+23 minutes of a contended CPU core, from a random encoder, did not reach it. An untrained model scores mIoU@1
+about 0.03 on the same protocol. Use the official checkpoints (`build_sam("vit_b", checkpoint=...)`) for real
+work; this model exists so that every flow, test and demo runs offline."""
+
+
 def _model_card(config, phases, table, metrics, scenes, max_clicks, eval_seconds) -> str:
     total_steps = sum(p["steps"] for p in phases)
     total_seconds = sum(p["wall_seconds"] for p in phases)
@@ -181,8 +190,8 @@ Total: {total_steps} steps, {total_seconds / 60:.0f} min wall time (contended CP
 previous one's weights with a fresh optimizer.
 
 Deviations from the paper, and why (each is a `TrainConfig` field; the defaults are the paper's):
-- 3 decoder passes per mask (first prompt, 1 correction click, 1 mask-only pass) instead of 11: the 11-pass step
-  costs about 3x per mask (`benchmarks/bench_train.py`) and this budget is short of images, not of passes.
+- 3 decoder passes per mask (first prompt, 1 correction click, 1 mask-only pass) instead of 11: an 11-pass step
+  costs 5.4x a single-prompt step (`benchmarks/bench_train.py`) and this budget is short of images, not passes.
 - focal:dice 1:1 instead of 20:1. From scratch, 20:1 makes "predict nothing" a deep plateau: an imprecise
   positive costs more focal loss than it saves dice. Switching to 20:1 once masks had appeared pushed them back
   to empty within 5 steps.
@@ -202,7 +211,7 @@ Clicks as in the paper's protocol; "confident" keeps the first click's highest-p
 ```
 
 Targets were mIoU@1 >= 0.75 and mIoU@5 >= 0.90. Reached: mIoU@1 {miou1:.3f} (best choice),
-mIoU@5 {metrics["miou@5_confident"]:.3f}. {"Targets met." if miou1 >= 0.75 and metrics["miou@5_confident"] >= 0.90 else "Below target: the budget (about an hour of a shared CPU core, a few hundred images) is far from what a from-scratch ViT needs; the same command with more steps, or on a GPU, continues the curve."}
+mIoU@5 {metrics["miou@5_confident"]:.3f}. {"Targets met." if miou1 >= 0.75 and metrics["miou@5_confident"] >= 0.90 else BELOW_TARGET}
 
 ## Reproduce
 ```
