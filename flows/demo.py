@@ -43,10 +43,10 @@ class DemoConfig:
     """Sizes of the demo. The defaults fit in about 10 minutes on 2 CPU cores."""
 
     images_per_round: int = 8
-    test_images: int = 6
+    test_images: int = 5
     seed_scenes: int = 32
-    seed_steps: int = 40
-    retrain_steps: int = 40
+    seed_steps: int = 30
+    retrain_steps: int = 30
     points_per_side: int = 16
     eval_points_per_side: int = 16
     train_backend: str = "local"
