@@ -94,9 +94,24 @@ def test_deploy_trigger_with_parameters_and_worker_runs_it(engine, tmp_path):
         assert set(Store(engine["store"]).rounds()["round"]) == {7}
         schedules = api.get("/deployments/name/data-engine-round/data-engine-round").json()["schedules"]
         assert schedules and not schedules[0]["active"]
-        # the retrain deployment listens for synced labels
+        # the retrain deployment listens for synced labels: an event creates a retrain run with the event's round
         automations = api.post("/automations/filter", json={}).json()
         assert any("sam-engine.labels.synced" in str(a.get("trigger")) for a in automations), automations
+        emit = (
+            "from prefect.events import emit_event; emit_event(event='sam-engine.labels.synced', "
+            "resource={'prefect.resource.id': 'sam-engine.labelstudio.project.1'}, payload={'round': 3})"
+        )
+        subprocess.run([sys.executable, "-c", emit], cwd=ROOT, env=env, check=True, timeout=120)
+        retrain = api.get("/deployments/name/retrain/retrain").json()
+        runs = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not runs:
+            runs = api.post(
+                "/flow_runs/filter", json={"deployments": {"id": {"any_": [retrain["id"]]}}}
+            ).json()
+            time.sleep(2)
+        assert runs, "the labels-synced event started no retrain run"
+        assert int(runs[0]["parameters"]["params"]["round"]) == 3
     finally:
         if worker is not None and worker.poll() is None:
             os.killpg(worker.pid, 15)
