@@ -19,6 +19,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROUNDS = ((1, "assisted_manual"), (2, "semi_automatic"), (3, "fully_automatic"))
@@ -114,6 +115,7 @@ def seed_round(store_url: str, data: dict, config: DemoConfig, console) -> dict:
     from tasks.autogen import AutogenSettings
     from tasks.evaluate import evaluate
     from tasks.ingest import ingest
+    from tasks.report import record_round
     from tasks.seed import train_seed_model
 
     with console.status("ingesting images"):
@@ -147,15 +149,20 @@ def seed_round(store_url: str, data: dict, config: DemoConfig, console) -> dict:
     )
     with console.status("evaluating the seed model on the held-out images"):
         metrics = evaluate.fn(store_url, "seed", **dict(settings))
-    return {
+    figures = {
         "round": 0,
         "stage": "seed",
         "evaluated_model_version": "seed",
         "images": config.seed_scenes,
+        "masks": 0,
+        "masks_per_image": None,
         "skipped": len(train.skipped),
         "skipped_images": train.skipped,
         **{k: v for k, v in metrics.items() if k != "model_version"},
     }
+    now = datetime.now(UTC)
+    record_round.fn(store_url, figures, now, now)  # round 0 in the rounds table, beside the others
+    return figures
 
 
 def round_params(store_url: str, data: dict, config: DemoConfig, round: int, stage: str, version: str):
