@@ -87,8 +87,8 @@ def run_shard(
             )
     rows = [f for f in frames if len(f)]
     masks = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=MASK_COLUMNS)
-    if len(masks):  # an empty shard has nothing to write (and the store refuses empty frames)
-        store.write_masks(masks, round=round, stage=stage, shard=shard)
+    # An empty shard is written too: it replaces what an earlier run of this shard may have left.
+    store.write_masks(masks, round=round, stage=stage, shard=shard)
     summary = {
         "shard": shard,
         "images": len(image_ids) - len(skipped),

@@ -52,6 +52,8 @@ def test_rerunning_a_shard_replaces_its_rows(store, make_masks):
     assert len(store.masks()) == 1  # the shard now holds only the rerun's rows
     store.write_masks(df.iloc[1:], 2, "fully_automatic", 8)
     assert len(store.masks()) == 4
+    store.write_masks(df.iloc[:0], 2, "fully_automatic", 8)
+    assert len(store.masks()) == 1  # a rerun that found nothing empties its shard
 
 
 def test_mask_ids_are_deterministic(store, make_masks):
