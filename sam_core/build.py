@@ -154,15 +154,22 @@ def build_sam(name: str, checkpoint: str | None = None) -> Sam:
     return model
 
 
-def read_checkpoint(checkpoint: str) -> dict[str, torch.Tensor]:
-    """Read a state dict from a path or fsspec URL with torch.load(weights_only=True), unwrapping
-    {"model": state_dict}. Raises ValueError naming the file when it is not a safe checkpoint."""
-    import fsspec  # an import here keeps sam_core importable without fsspec for pure-tensor users
+def load_checkpoint_object(checkpoint: str | bytes) -> Any:
+    """Whatever a checkpoint file holds (path, fsspec URL or raw bytes), read with torch.load(weights_only=True).
 
-    with fsspec.open(str(checkpoint), "rb") as f:
-        data = f.read()
+    Raises ValueError naming the file when it is not a checkpoint or is a pickle that would run code.
+    """
+    if isinstance(checkpoint, bytes | bytearray):
+        data, checkpoint = bytes(checkpoint), "<checkpoint bytes>"
+    else:
+        import fsspec  # an import here keeps sam_core importable without fsspec for pure-tensor users
+
+        with fsspec.open(str(checkpoint), "rb") as f:
+            data = f.read()
     try:
-        loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        # TorchVersion is a str subclass that trainers store in metadata; allowing it keeps weights_only safe.
+        with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         # torch's zip format starts with "PK", a binary pickle with the PROTO opcode 0x80; anything else
         # that the unpickler trips over is simply not a checkpoint.
@@ -177,6 +184,12 @@ def read_checkpoint(checkpoint: str) -> dict[str, torch.Tensor]:
         raise ValueError(
             f"{checkpoint}: not a PyTorch checkpoint ({type(err).__name__}: {_first_line(err)})"
         ) from err
+
+
+def read_checkpoint(checkpoint: str) -> dict[str, torch.Tensor]:
+    """Read a state dict from a path or fsspec URL, unwrapping {"model": state_dict}.
+    Raises ValueError naming the file when it is not a safe checkpoint."""
+    loaded = load_checkpoint_object(checkpoint)
     if isinstance(loaded, Mapping) and isinstance(loaded.get("model"), Mapping):
         loaded = loaded["model"]
     if not isinstance(loaded, Mapping) or not loaded:

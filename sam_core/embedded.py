@@ -3,10 +3,11 @@ sam_core/weights/ (see MODEL_CARD.md there), plus the checkpoint reading both it
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import torch
+
+from sam_core.build import check_state_dict, load_checkpoint_object
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 EMBEDDED_CHECKPOINT = WEIGHTS_DIR / "sam_tiny_synthetic.pt"
@@ -16,23 +17,12 @@ def read_checkpoint(source) -> dict:
     """A checkpoint as {"model": state_dict (fp32), "config": ..., "metadata": ...}.
 
     source: a path, an fsspec URL, raw bytes, or an already loaded dict. A bare state dict is accepted and
-    wrapped; fp16-stored tensors come back as fp32.
+    wrapped; fp16-stored tensors come back as fp32. Unsafe or foreign files raise ValueError (see
+    sam_core.build.load_checkpoint_object).
     """
-    if isinstance(source, dict):
-        ckpt = source
-    else:
-        if isinstance(source, bytes | bytearray):
-            buffer = io.BytesIO(source)
-        else:
-            import fsspec
-
-            with fsspec.open(str(source), "rb") as f:
-                buffer = io.BytesIO(f.read())
-        # TorchVersion is a str subclass some writers store in metadata; allowing it keeps weights_only safe.
-        with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
-            ckpt = torch.load(buffer, map_location="cpu", weights_only=True)
+    ckpt = source if isinstance(source, dict) else load_checkpoint_object(source)
     if not isinstance(ckpt, dict):
-        raise ValueError(f"checkpoint {source!r} holds a {type(ckpt).__name__}, expected a dict")
+        raise ValueError(f"checkpoint {_name(source)} holds a {type(ckpt).__name__}, expected a dict")
     if "model" not in ckpt:
         ckpt = {"model": ckpt, "config": None, "metadata": {}}
     state = {
@@ -46,22 +36,13 @@ def load_weights(model: torch.nn.Module, source) -> dict:
     """Load a checkpoint into ``model`` strictly; a checkpoint of another config raises ValueError naming the
     mismatched tensors. Returns the checkpoint dict (config, metadata)."""
     ckpt = read_checkpoint(source)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(ckpt["model"]))
-    unexpected = sorted(set(ckpt["model"]) - set(own))
-    wrong_shape = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in ckpt["model"].items()
-        if k in own and tuple(v.shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or wrong_shape:
-        raise ValueError(
-            f"checkpoint {source if not isinstance(source, dict | bytes) else '<in memory>'} does not fit this "
-            f"model (another config?): {len(missing)} missing e.g. {missing[:3]}, {len(unexpected)} unexpected "
-            f"e.g. {unexpected[:3]}, {len(wrong_shape)} of another shape e.g. {wrong_shape[:3]}"
-        )
+    check_state_dict(model, ckpt["model"], f"checkpoint {_name(source)}")
     model.load_state_dict(ckpt["model"], strict=True)
     return ckpt
+
+
+def _name(source) -> str:
+    return "<in memory>" if isinstance(source, dict | bytes | bytearray) else str(source)
 
 
 def load_embedded(checkpoint: str | Path | None = None) -> torch.nn.Module:

@@ -27,5 +27,5 @@ def test_checkpoint_of_another_config_is_a_clear_error():
     state = model.state_dict()
     state["image_encoder.pos_embed"] = torch.zeros((1, 64, 64, 192))
     del state["mask_decoder.iou_token.weight"]
-    with pytest.raises(ValueError, match="another config"):
+    with pytest.raises(ValueError, match="another architecture"):
         load_weights(build_model("tiny"), {"model": state})
