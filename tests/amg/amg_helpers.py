@@ -175,12 +175,17 @@ def match_rates(ref_records: list, our_records: list, output_mode: str, min_iou:
         return 1.0, 1.0
     if not ref_records or not our_records:
         return 0.0, 0.0
+    iou = iou_matrix(ref_records, our_records, output_mode)
+    return float((iou.max(1) >= min_iou).mean()), float((iou.max(0) >= min_iou).mean())
+
+
+def iou_matrix(ref_records: list, our_records: list, output_mode: str) -> np.ndarray:
+    """len(ref_records) x len(our_records) mask IoUs."""
     a = np.stack([segmentation_mask(r, output_mode).ravel() for r in ref_records]).astype(np.float32)
     b = np.stack([segmentation_mask(r, output_mode).ravel() for r in our_records]).astype(np.float32)
     inter = a @ b.T
     union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
-    iou = inter / np.maximum(union, 1)
-    return float((iou.max(1) >= min_iou).mean()), float((iou.max(0) >= min_iou).mean())
+    return inter / np.maximum(union, 1)
 
 
 def tiny_model_pair(seed: int = 0) -> tuple:

@@ -6,7 +6,7 @@ of ours by one of the reference's, on several images, crops on and off, cleanup 
 
 import numpy as np
 import pytest
-from amg_helpers import match_rates
+from amg_helpers import iou_matrix, match_rates
 from segment_anything import SamAutomaticMaskGenerator
 
 from sam_core.automatic_mask_generator import AutomaticMaskGenerator
@@ -18,16 +18,24 @@ def _assert_parity(ref_records, our_records, output_mode, min_masks=1):
     assert len(ref_records) >= min_masks, "the case must produce masks to compare"
     ref_rate, our_rate = match_rates(ref_records, our_records, output_mode)
     assert ref_rate >= 0.98 and our_rate >= 0.98, (ref_rate, our_rate, len(ref_records), len(our_records))
-    # Matched masks carry the same metadata (order can differ only where NMS scores tie).
-    for ours in our_records:
+    # Each of our records has its twin in the reference's: the same prompt point and predicted IoU (so the
+    # same one of the 3 outputs), the same crop, a mask at IoU >= 0.95 and the same stability score. Pixels
+    # whose logits sit on the threshold may flip between two float implementations, so the twin is found by
+    # its prompt, not by an exact area or box.
+    iou = iou_matrix(ref_records, our_records, output_mode)
+    for j, ours in enumerate(our_records):
         assert set(ours) == set(FIELDS)
-        same = [r for r in ref_records if r["bbox"] == ours["bbox"] and r["area"] == ours["area"]]
-        assert same, f"no reference record with bbox {ours['bbox']} and area {ours['area']}"
-        ref = same[0]
-        assert ref["crop_box"] == ours["crop_box"]
-        assert np.allclose(ref["point_coords"], ours["point_coords"])
-        assert abs(ref["predicted_iou"] - ours["predicted_iou"]) < 1e-4
-        assert abs(ref["stability_score"] - ours["stability_score"]) < 1e-3
+        twins = [
+            i
+            for i, r in enumerate(ref_records)
+            if np.allclose(r["point_coords"], ours["point_coords"])
+            and abs(r["predicted_iou"] - ours["predicted_iou"]) < 1e-4
+            and r["crop_box"] == ours["crop_box"]
+        ]
+        assert twins, f"no reference record from point {ours['point_coords']} in crop {ours['crop_box']}"
+        best = max(twins, key=lambda i: iou[i, j])
+        assert iou[best, j] >= 0.95, (ours["point_coords"], iou[best, j])
+        assert abs(ref_records[best]["stability_score"] - ours["stability_score"]) < 1e-2
 
 
 CASES = {
