@@ -26,6 +26,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from sam_core.embedded import EMBEDDED_CHECKPOINT  # noqa: E402
 from stores import Store  # noqa: E402
 from tasks.labelstudio.ml_backend import SamBackend, build_model, load_image, serve_in_thread  # noqa: E402
 
@@ -79,16 +80,15 @@ def main() -> None:
     parser.add_argument("--clicks", type=int, default=50)
     parser.add_argument("--reference-clicks", type=int, default=10)
     parser.add_argument("--model", default="tiny")
-    parser.add_argument("--checkpoint", default=None, help="default: sam_core/weights/<model>.pt if present")
+    parser.add_argument("--checkpoint", default=None, help="default for tiny: the embedded model's weights")
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=640)
     args = parser.parse_args()
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     checkpoint = args.checkpoint
-    bundled = Path(__file__).resolve().parents[1] / "sam_core" / "weights" / f"{args.model}.pt"
-    if checkpoint is None and bundled.exists():
-        checkpoint = str(bundled)
+    if checkpoint is None and args.model == "tiny" and EMBEDDED_CHECKPOINT.exists():
+        checkpoint = str(EMBEDDED_CHECKPOINT)
     torch.manual_seed(0)
     model = build_model(args.model, checkpoint)
     model.eval()
