@@ -8,9 +8,9 @@ log-normal around 10% of the image side (as in the SA-1B paper's relative-size h
 one-pixel jitter. Their COCO RLE strings are built straight from run lengths with the vectorised encoder (no
 million mask encodes), so every string is valid and decodes to its H x W mask. The same masks also go to one
 SA-1B-style JSON per image; the reference read loads one round's JSON files into the same kind of DataFrame.
-Both reads run with a warm page cache (files just written), best of --repeat. The last line is the Parquet/JSON
-read-time ratio, for pandas' default dtypes and for dtype_backend='pyarrow' (list columns stay Arrow arrays
-instead of one numpy array per row).
+Both reads run with a warm page cache (files just written), taking turns, best of --repeat. The last line is
+the Parquet/JSON read-time ratio, for pandas' default dtypes and for dtype_backend='pyarrow' (list columns stay
+Arrow arrays instead of one numpy array per row).
 """
 
 import argparse
@@ -132,14 +132,20 @@ def read_json_masks(files: list[Path]) -> pd.DataFrame:
     return pd.DataFrame(cols)
 
 
-def best_of(repeat: int, read):
-    """(best wall time in s, result) of `repeat` calls: the first call also pays one-off imports and caches."""
-    best, result = float("inf"), None
+def best_of(repeat: int, reads: dict) -> tuple[dict, dict]:
+    """Best wall time in s and the result of each read over `repeat` rounds.
+
+    The reads take turns within each round, so that a burst of load from other jobs on a shared machine hits
+    them alike instead of one read's whole series; the first round also pays one-off imports and caches.
+    """
+    best, results = dict.fromkeys(reads, float("inf")), dict.fromkeys(reads)
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        result = read()
-        best = min(best, time.perf_counter() - t0)
-    return best, result
+        for name, read in reads.items():
+            results[name] = None  # free the previous result outside the timing (JSON's objects take ~0.3 s)
+            t0 = time.perf_counter()
+            results[name] = read()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best, results
 
 
 def main() -> None:
@@ -188,12 +194,17 @@ def run(args: argparse.Namespace, work: Path) -> None:
     url = str(work / "engine" / "masks")
     filters = [("round", "==", target)]
     files = [work / "sa1b" / f"{image_ids[i]}.json" for i in np.flatnonzero(round_of_image == target)]
-    t_read, parquet = best_of(args.repeat, lambda: pd.read_parquet(url, filters=filters))
-    t_arrow, arrow_backed = best_of(
-        args.repeat, lambda: pd.read_parquet(url, filters=filters, dtype_backend="pyarrow")
+    times, results = best_of(
+        args.repeat,
+        {
+            "parquet": lambda: pd.read_parquet(url, filters=filters),
+            "arrow": lambda: pd.read_parquet(url, filters=filters, dtype_backend="pyarrow"),
+            "store": lambda: store.masks(round=target),
+            "json": lambda: read_json_masks(files),
+        },
     )
-    t_store, via_store = best_of(args.repeat, lambda: store.masks(round=target))
-    t_json, from_json = best_of(args.repeat, lambda: read_json_masks(files))
+    t_read, t_arrow, t_store, t_json = (times[k] for k in ("parquet", "arrow", "store", "json"))
+    parquet, arrow_backed, via_store, from_json = (results[k] for k in ("parquet", "arrow", "store", "json"))
     assert len(parquet) == len(from_json) == len(via_store) == len(arrow_backed), "reads disagree"
     assert sorted(parquet["counts"]) == sorted(from_json["counts"]), "reads disagree"
     print(f"read round {target} ({len(parquet):,} masks, best of {args.repeat}):")

@@ -247,7 +247,7 @@ class Store(KeyedTables):
             use_dictionary=["image_id", "source", "model_version", "annotator"],
             # counts is most of a shard's bytes, and unpacking it from zstd was half of a read's CPU time;
             # lz4 unpacks almost for free: a pandas.read_parquet of one round (250,000 masks) takes 0.5 s
-            # of CPU instead of 0.9 s, for files 1.7x bigger (zstd packs RLE strings 2.0x, lz4 1.1x)
+            # of CPU instead of 0.9 s, for files 1.5x bigger (zstd packs RLE strings 2.0x, lz4 1.1x)
             compression={"counts": "lz4"},
         )
 
