@@ -62,23 +62,8 @@ def is_local(fs) -> bool:
     return isinstance(fs, LocalFileSystem)
 
 
-def _leaf_paths(path: str, type_: pa.DataType) -> list[str]:
-    """Parquet's dotted paths of the leaf columns under one Arrow field (lists and structs nest)."""
-    if pa.types.is_list(type_) or pa.types.is_large_list(type_) or pa.types.is_fixed_size_list(type_):
-        return _leaf_paths(f"{path}.list.element", type_.value_type)
-    if pa.types.is_struct(type_):
-        return [leaf for f in type_ for leaf in _leaf_paths(f"{path}.{f.name}", f.type)]
-    return [path]
-
-
-def table_bytes(table: pa.Table, compression: str | dict[str, str] = "zstd", **options) -> bytes:
-    """Serialise one Arrow table to Parquet bytes (zstd unless `compression` names codecs per column).
-
-    A dict `compression` names the codec of some columns; the others stay zstd.
-    """
-    if isinstance(compression, dict):  # Parquet names a codec per leaf column: "bbox.list.element", ...
-        leaves = [leaf for field in table.schema for leaf in _leaf_paths(field.name, field.type)]
-        compression = {**dict.fromkeys(leaves, "zstd"), **compression}
+def table_bytes(table: pa.Table, compression: str = "zstd", **options) -> bytes:
+    """Serialise one Arrow table to Parquet bytes (zstd unless `compression` names another codec)."""
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression=compression, **options)
     return sink.getvalue().to_pybytes()
