@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from sam_core.losses import iou_head_loss, mask_iou, mask_loss, min_over_masks
-from sam_core.prompts import sample_error_points, sample_points_in
+from sam_core.prompts import noisy_box, sample_error_points, sample_points_in
 from sam_core.train_data import SyntheticDataset, prepare_sample
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,12 @@ class TrainConfig:
     encoder_lr_scale: float = 1.0
     cache_embeddings: bool = False  # train prompt encoder + decoder on embeddings computed once per image
     data_split: str = "train"
+    # Use only the split's first N scenes (None = all): with cache_embeddings each is then encoded once and its
+    # embedding reused, which on a CPU costs less than encoding a new scene every step.
+    dataset_size: int | None = None
+    # Each mask enters the decoder batch this many times with independently sampled prompts: more prompts per
+    # encoded image, in the same single batched decoder pass.
+    prompts_per_mask: int = 1
     seed: int = 0
     checkpoint_every: int = 0  # steps; 0 = only at the end
     log_every: int = 10
@@ -71,8 +77,17 @@ class TrainConfig:
     )  # lineage (parent version, data round, ...) copied to the checkpoint
 
     def validate(self) -> None:
-        if self.steps < 1 or self.images_per_step < 1 or self.masks_per_image < 1:
-            raise ValueError(f"steps, images_per_step, masks_per_image must be >= 1: {self}")
+        if (
+            self.steps < 1
+            or self.images_per_step < 1
+            or self.masks_per_image < 1
+            or self.prompts_per_mask < 1
+        ):
+            raise ValueError(
+                f"steps, images_per_step, masks_per_image, prompts_per_mask must be >= 1: {self}"
+            )
+        if self.dataset_size is not None and self.dataset_size < 1:
+            raise ValueError(f"dataset_size must be >= 1 or None, got {self.dataset_size}")
         if self.correction_points < 0 or self.no_point_iterations < 0:
             raise ValueError("correction_points and no_point_iterations must be >= 0")
         if not 0.0 <= self.box_probability <= 1.0:
@@ -213,7 +228,9 @@ class Trainer:
     ):
         config.validate()
         self.config = config
-        self.dataset = dataset if dataset is not None else SyntheticDataset(config.data_split)
+        self.dataset = (
+            dataset if dataset is not None else SyntheticDataset(config.data_split, count=config.dataset_size)
+        )
         if len(self.dataset) == 0:
             raise ValueError("dataset is empty: nothing to train on")
         self.model = model if model is not None else build_model(config.model)
@@ -245,7 +262,13 @@ class Trainer:
             for key, count in sample.skipped.items():
                 self.skipped[key] += count
             if sample.masks.shape[0] > 0:
-                return index, sample.image, sample.masks, sample.boxes
+                repeat = self.config.prompts_per_mask
+                boxes = sample.boxes
+                if repeat > 1:  # fresh box noise for the repeats; points are drawn per row anyway
+                    gt_bool = sample.masks.numpy() > 0.5
+                    extra = [noisy_box(m, self.rng) for _ in range(repeat - 1) for m in gt_bool]
+                    boxes = torch.cat([boxes, torch.from_numpy(np.stack(extra))])
+                return index, sample.image, sample.masks.repeat(repeat, 1, 1), boxes
             self.skipped["images_without_masks"] += 1
         raise ValueError(f"100 images in a row had no usable mask (skipped so far: {self.skipped})")
 
@@ -339,8 +362,8 @@ def train(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for f in dataclasses.fields(TrainConfig):
-        if f.type in ("int", "float", "str", "str | None"):
-            kind = {"int": int, "float": float}.get(f.type, str)
+        if f.type in ("int", "float", "str", "str | None", "int | None"):
+            kind = {"int": int, "float": float, "int | None": int}.get(f.type, str)
             parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default)
         elif f.type == "bool":
             parser.add_argument(f"--{f.name.replace('_', '-')}", action="store_true")
