@@ -23,7 +23,6 @@ def assisted_manual(params: AssistedManualParams | None = None) -> dict:
     started = now()
     params = check_inputs(params, needs_ground_truth=params.annotator.ground_truth)
     image_ids, skipped = ingest_and_select(params)
-    failed = run_embed(params, image_ids)
-    image_ids = sorted(set(image_ids) - {f["image_id"] for f in failed})
+    image_ids, failed = run_embed(params, image_ids)
     summaries = run_shards(annotate, params, STAGE, image_ids, annotator=params.annotator)
     return finish_stage(params, STAGE, summaries, started, skipped + failed)

@@ -22,7 +22,6 @@ def fully_automatic(params: FullyAutomaticParams | None = None) -> dict:
     started = now()
     params = check_inputs(params)
     image_ids, skipped = ingest_and_select(params)
-    failed = run_embed(params, image_ids)
-    image_ids = sorted(set(image_ids) - {f["image_id"] for f in failed})
+    image_ids, failed = run_embed(params, image_ids)
     summaries = run_shards(autogen, params, STAGE, image_ids, settings=params.autogen, filter=params.filter)
     return finish_stage(params, STAGE, summaries, started, skipped + failed)

@@ -69,12 +69,16 @@ def ingest_and_select(params: StageParams) -> tuple[list[str], list[dict]]:
     return ids, skipped
 
 
-def run_embed(params: StageParams, image_ids: list[str]) -> list[dict]:
-    """Embed the images for the stage's model (cached ones are skipped). Returns the images that failed."""
+def run_embed(params: StageParams, image_ids: list[str]) -> tuple[list[str], list[dict]]:
+    """Embed the images for the stage's model (cached ones are skipped).
+
+    Returns (the image ids that have an embedding now, sorted; the images that failed, with their reasons).
+    """
     from tasks.embed import embed
 
     result = embed(params.store, params.model_version, image_ids, **params.embed.model_dump())
-    return result.failed
+    failed_ids = {f["image_id"] for f in result.failed}
+    return sorted(set(image_ids) - failed_ids), result.failed
 
 
 def run_shards(task, params: StageParams, stage: str, image_ids: list[str], **kwargs) -> list[dict]:
