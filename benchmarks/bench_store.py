@@ -8,9 +8,10 @@ log-normal around 10% of the image side (as in the SA-1B paper's relative-size h
 one-pixel jitter. Their COCO RLE strings are built straight from run lengths with the vectorised encoder (no
 million mask encodes), so every string is valid and decodes to its H x W mask. The same masks also go to one
 SA-1B-style JSON per image; the reference read loads one round's JSON files into the same kind of DataFrame.
-Both reads run with a warm page cache (files just written), taking turns, best of --repeat. The last line is
-the Parquet/JSON read-time ratio, for pandas' default dtypes and for dtype_backend='pyarrow' (list columns stay
-Arrow arrays instead of one numpy array per row).
+Both reads run with a warm page cache (files just written), taking turns, best of --repeat, and must return the
+same masks: boxes, scores, prompt points and crop boxes are compared outside the timing (Parquet holds bbox and
+crop_box as four float columns each and point_coords as JSON text, masks schema version 2). The last line is the
+Parquet/JSON read-time ratio, for pandas' default dtypes and for dtype_backend='pyarrow'.
 """
 
 import argparse
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stores import Store
+from stores import BBOX, CROP_BOX, Store
 from stores.rle import encode_runs
 
 SA1B_SIZES = np.array([[1500, 2250], [2250, 1500], [1500, 2000], [2000, 1500], [1500, 1500]])
@@ -148,6 +149,19 @@ def best_of(repeat: int, reads: dict) -> tuple[dict, dict]:
     return best, results
 
 
+def check_same_masks(parquet: pd.DataFrame, from_json: pd.DataFrame) -> None:
+    """The Parquet read holds what the SA-1B read holds (external_id is unique per image, not per round)."""
+    key = ["image_id", "external_id"]
+    ours = parquet.sort_values(key, ignore_index=True)
+    ref = from_json.sort_values(key, ignore_index=True)
+    for name in ("image_id", "external_id", "counts", "height", "width", "area", "predicted_iou"):
+        assert (ours[name].to_numpy() == ref[name].to_numpy()).all(), f"reads disagree on {name}"
+    assert np.array_equal(ours[BBOX].to_numpy(), np.array(ref["bbox"].tolist())), "reads disagree on bbox"
+    assert np.array_equal(ours[CROP_BOX].to_numpy(), np.array(ref["crop_box"].tolist())), "... on crop_box"
+    points = [json.loads(p) for p in ours["point_coords_json"]]
+    assert points == ref["point_coords"].tolist(), "reads disagree on point_coords"
+
+
 def main() -> None:
     args = parse_args()
     work = Path(args.dir or tempfile.mkdtemp(prefix="bench_store_"))
@@ -206,7 +220,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
     t_read, t_arrow, t_store, t_json = (times[k] for k in ("parquet", "arrow", "store", "json"))
     parquet, arrow_backed, via_store, from_json = (results[k] for k in ("parquet", "arrow", "store", "json"))
     assert len(parquet) == len(from_json) == len(via_store) == len(arrow_backed), "reads disagree"
-    assert sorted(parquet["counts"]) == sorted(from_json["counts"]), "reads disagree"
+    check_same_masks(parquet, from_json)
     print(f"read round {target} ({len(parquet):,} masks, best of {args.repeat}):")
     print(
         f"  pandas.read_parquet(filters=round) {t_read:.2f} s; with dtype_backend='pyarrow' {t_arrow:.2f} s"

@@ -15,11 +15,13 @@ from .errors import BadRecordError, CorruptFileError, PathEscapeError, SchemaMis
 from .masks import mask_id_for
 from .query import decode_image_masks, masks_of_round, masks_per_image
 from .sa1b import export_sa1b, import_sa1b
-from .schemas import SCHEMA_VERSION
+from .schemas import BBOX, CROP_BOX, SCHEMA_VERSIONS
 from .store import Store
 
 __all__ = [
-    "SCHEMA_VERSION",
+    "BBOX",
+    "CROP_BOX",
+    "SCHEMA_VERSIONS",
     "BadRecordError",
     "CorruptFileError",
     "PathEscapeError",

@@ -16,6 +16,7 @@ from pycocotools import mask as mask_utils
 from .errors import BadRecordError
 from .fsio import check_key
 from .masks import prepare_masks
+from .schemas import BBOX
 
 CATEGORY = {"id": 1, "name": "object", "supercategory": "object"}
 
@@ -42,6 +43,7 @@ def export_coco(store, path: str | None = None, round=None, stage=None, current_
             {"id": n, "file_name": file_name, "width": width, "height": height, "sam_image_id": image_id}
         )
     annotations = []
+    bboxes = masks[BBOX].to_numpy(dtype=float).tolist()
     for n, row in enumerate(masks.itertuples(index=False), start=1):
         annotations.append(
             {
@@ -50,7 +52,7 @@ def export_coco(store, path: str | None = None, round=None, stage=None, current_
                 "category_id": CATEGORY["id"],
                 "segmentation": {"size": [int(row.height), int(row.width)], "counts": row.counts},
                 "area": int(row.area),
-                "bbox": [float(v) for v in row.bbox],
+                "bbox": bboxes[n - 1],
                 "iscrowd": 0,
                 "score": float(_number(row.predicted_iou, 1.0)),
                 "sam_mask_id": row.mask_id,

@@ -96,24 +96,28 @@ def atomic_write(fs, path: str, data: bytes) -> str:
     return path
 
 
-def read_parquet_file(fs, path: str, table: str, columns: list[str] | None = None) -> pa.Table:
+def read_parquet_file(
+    fs, path: str, table: str, columns: list[str] | None = None, check: bool = True
+) -> pa.Table:
     """Read one file of `table`, checking its schema; CorruptFileError/SchemaMismatchError name the file.
 
     Only the footer and the requested columns are fetched (range reads on s3), not the whole file.
+    check=False skips the schema check (for upgrading files of an older schema version).
     """
     try:
         if is_local(fs):  # pyarrow's own local reader: no Python file object in the hot path
-            return _read_checked(pq.ParquetFile(path), table, path, columns)
+            return _read_checked(pq.ParquetFile(path), table, path, columns, check)
         with fs.open(path, "rb") as f:
-            return _read_checked(pq.ParquetFile(f), table, path, columns)
+            return _read_checked(pq.ParquetFile(f), table, path, columns, check)
     except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
         if isinstance(e, FileNotFoundError):
             raise
         raise CorruptFileError(f"{path}: cannot read Parquet file of table {table!r}: {e}") from e
 
 
-def _read_checked(pf: pq.ParquetFile, table: str, path: str, columns) -> pa.Table:
-    check_file_schema(pf.schema_arrow, table, path)
+def _read_checked(pf: pq.ParquetFile, table: str, path: str, columns, check: bool) -> pa.Table:
+    if check:
+        check_file_schema(pf.schema_arrow, table, path)
     return pf.read(columns=columns)
 
 

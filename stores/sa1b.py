@@ -18,6 +18,7 @@ import pandas as pd
 from .errors import BadRecordError
 from .fsio import check_key
 from .masks import prepare_masks
+from .schemas import BBOX, CROP_BOX
 
 
 def _value(v):
@@ -32,18 +33,26 @@ def _value(v):
     return v
 
 
+def _box(values) -> list | None:
+    """[x, y, w, h] of a box stored as four columns, None where none was stored (all NaN)."""
+    box = [_value(v) for v in values]
+    return None if all(v is None for v in box) else box
+
+
 def image_json(image: dict, masks: pd.DataFrame) -> dict:
     """The SA-1B JSON object of one image (`image`: a row of the images table) and its masks rows."""
     annotations = []
+    bboxes, crop_boxes = masks[BBOX].to_numpy().tolist(), masks[CROP_BOX].to_numpy().tolist()
     for n, row in enumerate(masks.itertuples(index=False)):
+        points = row.point_coords_json
         annotations.append(
             {
-                "bbox": _value(row.bbox),
+                "bbox": _box(bboxes[n]),
                 "area": int(row.area),
                 "segmentation": {"size": [int(row.height), int(row.width)], "counts": row.counts},
                 "predicted_iou": _value(row.predicted_iou),
-                "point_coords": _value(row.point_coords),
-                "crop_box": _value(row.crop_box),
+                "point_coords": json.loads(points) if isinstance(points, str) else None,
+                "crop_box": _box(crop_boxes[n]),
                 "id": _value(row.external_id) if _value(row.external_id) is not None else n,
                 "stability_score": _value(row.stability_score),
             }

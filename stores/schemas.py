@@ -2,18 +2,29 @@
 
 Partition columns (masks: round, stage; embeddings: model_version) live in the directory names, not in the
 files, so `pandas.read_parquet(<root>/<table>)` returns them as hive partition columns.
+
+Each table has its own schema version, raised when the form of its files changes; a reader refuses a file of
+another version with SchemaMismatchError naming it. Masks version 2 stores bbox and crop_box as four float
+columns each and point_coords as JSON text: version 1 kept them as list columns, which pandas turns into one
+numpy array per row and list (about half the time of a plain `pandas.read_parquet` of a round's masks).
+`Store.upgrade_masks()` rewrites version-1 masks files as version 2.
 """
 
 import pyarrow as pa
 
 from .errors import SchemaMismatchError
 
-SCHEMA_VERSION = 1
 META_TABLE = b"sam_data_engine.table"
 META_VERSION = b"sam_data_engine.schema_version"
 
 _UTC_US = pa.timestamp("us", tz="UTC")
-_POINT = pa.list_(pa.float64())
+BBOX = ["bbox_x", "bbox_y", "bbox_w", "bbox_h"]  # masks: x, y, w, h of the mask's box, in pixels
+CROP_BOX = [
+    "crop_box_x",
+    "crop_box_y",
+    "crop_box_w",
+    "crop_box_h",
+]  # masks: the crop that produced it (SA-1B)
 
 IMAGES = pa.schema(
     [
@@ -47,11 +58,11 @@ MASKS = pa.schema(
         ("height", pa.int32()),
         ("width", pa.int32()),
         ("area", pa.int64()),  # foreground pixels
-        ("bbox", pa.list_(pa.float64(), 4)),  # x, y, w, h in pixels
+        *((name, pa.float64()) for name in BBOX),
         ("predicted_iou", pa.float64()),
         ("stability_score", pa.float64()),
-        ("point_coords", pa.list_(_POINT)),  # [[x, y], ...] prompt points in pixels
-        ("crop_box", pa.list_(pa.float64())),  # x, y, w, h of the crop that produced the mask (SA-1B)
+        ("point_coords_json", pa.string()),  # JSON [[x, y], ...]: the prompt points in pixels, as in SA-1B
+        *((name, pa.float64()) for name in CROP_BOX),  # null when unknown
         ("source", pa.string()),  # "auto" | "model" | "human"
         ("model_version", pa.string()),
         ("annotator", pa.string()),
@@ -101,22 +112,32 @@ TABLES = {
     "state": STATE,
 }
 JSON_COLUMNS = {"models": ("config", "metrics"), "rounds": ("metrics",)}
+SCHEMA_VERSIONS = {"images": 1, "embeddings": 1, "masks": 2, "models": 1, "rounds": 1, "state": 1}
+# what to do with a file of an older version, where there is a way
+UPGRADES = {("masks", "1"): "Store(<root>).upgrade_masks() rewrites the store's version-1 masks files"}
 
 
 def with_metadata(schema: pa.Schema, table: str) -> pa.Schema:
     """The schema stamped with the table name and schema version that readers check."""
-    return schema.with_metadata({META_TABLE: table.encode(), META_VERSION: str(SCHEMA_VERSION).encode()})
+    version = str(SCHEMA_VERSIONS[table]).encode()
+    return schema.with_metadata({META_TABLE: table.encode(), META_VERSION: version})
+
+
+def file_version(file_schema: pa.Schema) -> tuple[str, str]:
+    """(table, schema version) a file says it holds, "?" for what it does not say."""
+    meta = file_schema.metadata or {}
+    return meta.get(META_TABLE, b"?").decode(), meta.get(META_VERSION, b"?").decode()
 
 
 def check_file_schema(file_schema: pa.Schema, table: str, path: str) -> None:
-    """Raise SchemaMismatchError naming `path` unless the file was written for `table` at SCHEMA_VERSION."""
-    meta = file_schema.metadata or {}
-    found_table = meta.get(META_TABLE, b"?").decode()
-    found_version = meta.get(META_VERSION, b"?").decode()
-    if found_table != table or found_version != str(SCHEMA_VERSION):
+    """Raise SchemaMismatchError naming `path` unless the file was written for `table` at its current version."""
+    found_table, found_version = file_version(file_schema)
+    if found_table != table or found_version != str(SCHEMA_VERSIONS[table]):
+        upgrade = UPGRADES.get((found_table, found_version)) if found_table == table else None
         raise SchemaMismatchError(
             f"{path}: file holds table {found_table!r} schema version {found_version!r}, "
-            f"expected table {table!r} schema version {SCHEMA_VERSION}"
+            f"expected table {table!r} schema version {SCHEMA_VERSIONS[table]}"
+            + (f"; {upgrade}" if upgrade else "")
         )
     expected = TABLES[table]
     missing = [f.name for f in expected if file_schema.get_field_index(f.name) < 0]

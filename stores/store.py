@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import BadRecordError, CorruptFileError
+from .errors import BadRecordError, CorruptFileError, SchemaMismatchError
 from .fsio import (
     atomic_write,
     check_key,
@@ -31,10 +31,27 @@ from .fsio import (
 )
 from .masks import mask_id_for, prepare_masks
 from .registry import KeyedTables
-from .schemas import EMBEDDINGS, IMAGES, MASKS, MASKS_PARTITION, with_metadata
+from .schemas import (
+    BBOX,
+    EMBEDDINGS,
+    IMAGES,
+    MASKS,
+    MASKS_PARTITION,
+    SCHEMA_VERSIONS,
+    file_version,
+    with_metadata,
+)
 
 _EMBED_DTYPES = ("float32", "float16")
 _FLOAT16_MAX = 65504.0
+_MASKS_V1_LISTS = ("bbox", "crop_box", "point_coords")  # list columns of masks schema version 1
+_MASK_FILE_OPTIONS = dict(
+    use_dictionary=["image_id", "source", "model_version", "annotator"],
+    # lz4, not zstd: unpacking zstd was about half of the CPU time of a plain pandas.read_parquet
+    # of one round (250,000 masks: 0.46 s with lz4, 0.88 s with zstd), mostly for counts, whose COCO
+    # RLE strings are already compact (zstd packs them 2.0x, lz4 1.1x); the price is 1.6x bigger files
+    compression="lz4",
+)
 
 
 def _now() -> datetime:
@@ -240,16 +257,39 @@ class Store(KeyedTables):
                     f"masks shard {shard!r} row {i} image_id={r['image_id']}: mask is {r['height']} x {r['width']} "
                     f"but the image is {int(r['height_image'])} x {int(r['width_image'])}"
                 )
-        return self._write(
-            "masks",
-            rel,
-            table,
-            use_dictionary=["image_id", "source", "model_version", "annotator"],
-            # lz4, not zstd: unpacking zstd was about half of the CPU time of a plain pandas.read_parquet
-            # of one round (250,000 masks: 0.46 s with lz4, 0.88 s with zstd), mostly for counts, whose COCO
-            # RLE strings are already compact (zstd packs them 2.0x, lz4 1.1x); the price is 1.6x bigger files
-            compression="lz4",
-        )
+        return self._write("masks", rel, table, **_MASK_FILE_OPTIONS)
+
+    def upgrade_masks(self) -> list[str]:
+        """Rewrite every masks file of an older schema version in the current one; return the paths rewritten.
+
+        Rows keep their ids, times and values; only the form changes (version 1 -> 2: the list columns bbox,
+        crop_box and point_coords become bbox_x ... bbox_h, crop_box_x ... crop_box_h and point_coords_json).
+        Each file is replaced atomically under its own name. Run it while no round writes masks: until every
+        file is upgraded, Store.masks() refuses the old ones and a plain pandas read of the mixed files fills
+        the columns one version lacks with nulls.
+        """
+        base = self.path("masks")
+        current = str(SCHEMA_VERSIONS["masks"])
+        upgraded = []
+        for path in list_data_files(self.fs, base):
+            table = read_parquet_file(self.fs, path, "masks", check=False)
+            found_table, version = file_version(table.schema)
+            if found_table == "masks" and version == current:
+                continue
+            if (found_table, version) != ("masks", "1"):
+                raise SchemaMismatchError(
+                    f"{path}: file holds table {found_table!r} schema version {version!r}, "
+                    f"which upgrade_masks cannot turn into masks schema version {current}"
+                )
+            # Python ints and lists: ids with nulls stay exact, and the list columns keep their list form
+            df = table.drop_columns(list(_MASKS_V1_LISTS)).to_pandas(integer_object_nulls=True)
+            for name in _MASKS_V1_LISTS:
+                df[name] = table[name].to_pylist()
+            part = _partition_values(path, base)
+            new = prepare_masks(df, int(part["round"]), part["stage"], f"upgrade of {path}")
+            self._write("masks", path[len(self.root) + 1 :].split("/"), new, **_MASK_FILE_OPTIONS)
+            upgraded.append(path)
+        return upgraded
 
     def delete_masks(self, mask_ids, round: int, stage: str, shard, annotator: str | None = None) -> str:
         """Withdraw masks without touching their rows: write one tombstone row (deleted=True) superseding each.
@@ -262,7 +302,7 @@ class Store(KeyedTables):
         unknown = sorted(set(ids) - set(rows["mask_id"]))
         if unknown:
             raise KeyError(f"no masks with mask_id {unknown}")
-        keep = ["image_id", "counts", "height", "width", "area", "bbox"]
+        keep = ["image_id", "counts", "height", "width", "area", *BBOX]
         tombstones = rows[keep].assign(
             mask_id=["deleted-" + mask_id_for(m, int(round), stage, "human", "") for m in rows["mask_id"]],
             supersedes=rows["mask_id"].to_numpy(),

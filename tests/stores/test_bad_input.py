@@ -164,3 +164,36 @@ def test_paths_that_escape_the_root_are_refused(seeded, make_masks):
     with pytest.raises(PathEscapeError, match="escapes the store root"):
         seeded.path("..", "elsewhere")
     assert snapshot(seeded) == before
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"crop_box": [[0.0, 0.0, 5.0]] * 2}, r"row 0 image_id=img1: crop_box=.* is not \[x, y, w, h\]"),
+        ({"bbox": [[0.0, 0.0, 5.0, 5.0], "wide"]}, r"column 'bbox' must hold \[x, y, w, h\] lists"),
+        (
+            {"point_coords": [[[1.0, 2.0]], [[1.0]]]},
+            r"row 1 image_id=img1: point_coords=.* not finite \[x, y\]",
+        ),
+        ({"point_coords": [[[float("nan"), 2.0]], []]}, r"row 0 image_id=img1: point_coords=.* not finite"),
+        ({"point_coords_json": ["[[1, 2]]", "[[1, "]}, r"row 1 image_id=img1: point_coords_json is not JSON"),
+        ({"bbox_x": [0.0, 1.0]}, r"bbox needs all of \['bbox_x', 'bbox_y', 'bbox_w', 'bbox_h'\]"),
+    ],
+)
+def test_boxes_and_points_of_the_wrong_form_are_refused(seeded, make_masks, change, message):
+    before = snapshot(seeded)
+    df, _ = make_masks("img1", 2, seed=10)
+    if "point_coords_json" in change:
+        df = df.drop(columns="point_coords")
+    with pytest.raises(BadRecordError, match=message):
+        seeded.write_masks(df.assign(**change), 0, "fully_automatic", 1)
+    assert snapshot(seeded) == before
+
+
+def test_a_box_in_both_forms_is_refused(seeded, make_masks):
+    df, _ = make_masks("img1", 1, seed=11)
+    both = df.assign(bbox=[[0.0, 0.0, 1.0, 1.0]], bbox_x=0.0, bbox_y=0.0, bbox_w=1.0, bbox_h=1.0)
+    with pytest.raises(BadRecordError, match=r"give 'bbox' or \['bbox_x', .*\], not both"):
+        seeded.write_masks(both, 0, "fully_automatic", 1)
+    with pytest.raises(BadRecordError, match=r"give 'point_coords' or 'point_coords_json', not both"):
+        seeded.write_masks(df.assign(point_coords_json="[]"), 0, "fully_automatic", 1)

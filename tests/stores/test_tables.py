@@ -1,11 +1,13 @@
 """Every table round-trips on file://, memory:// and s3://, and plain pandas reads what the Store writes."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from stores import Store
+from stores import BBOX, CROP_BOX, Store
 
 
 def _sorted(df: pd.DataFrame) -> pd.DataFrame:
@@ -39,7 +41,7 @@ def test_area_and_bbox_are_computed_from_the_rle(store, make_masks):
     store.write_masks(df, 0, "fully_automatic", 0)
     got = store.masks().set_index("counts").loc[df["counts"]]
     assert got["area"].tolist() == [int(m.sum()) for m in masks]
-    for m, box in zip(masks, got["bbox"], strict=True):
+    for m, box in zip(masks, got[BBOX].to_numpy(), strict=True):
         ys, xs = np.nonzero(m)
         assert list(box) == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
 
@@ -168,3 +170,19 @@ def test_masks_are_lz4_compressed(local_store, make_masks):
     meta = pq.ParquetFile(path).metadata.row_group(0)
     assert {meta.column(i).compression for i in range(meta.num_columns)} == {"LZ4"}
     assert sorted(pd.read_parquet(path)["counts"]) == sorted(df["counts"])
+
+
+def test_boxes_and_points_are_flat_columns_and_either_form_writes_the_same_rows(local_store, make_masks):
+    """Version 2 stores bbox/crop_box as floats and point_coords as JSON: no per-row arrays in pandas."""
+    df, _ = make_masks("img1", 3, seed=9)
+    df["crop_box"] = [[0.0, 0.0, 32.0, 24.0], None, [4.0, 2.0, 16.0, 12.0]]
+    df["point_coords"] = [df["point_coords"].iat[0], [[1.5, 2.0], [3.0, 4.25]], []]
+    path = local_store.write_masks(df, 0, "fully_automatic", "lists")
+    plain = pd.read_parquet(path)
+    assert {str(plain[c].dtype) for c in BBOX + CROP_BOX} == {"float64"}
+    assert [json.loads(p) for p in plain["point_coords_json"]] == df["point_coords"].tolist()
+    assert plain.loc[0, CROP_BOX].tolist() == [0.0, 0.0, 32.0, 24.0]
+    assert plain.loc[1, CROP_BOX].isna().all()  # no crop box given
+    # what a reader gets back writes the same rows again, in the flat form
+    again = pq.read_table(local_store.write_masks(plain, 0, "fully_automatic", "flat")).to_pandas()
+    pd.testing.assert_frame_equal(again, plain)
