@@ -70,6 +70,7 @@ class Store(KeyedTables):
         self.url = url
         self.storage_options = dict(storage_options or {})
         self.fs, self.root = open_filesystem(url, self.storage_options)
+        self._sizes = None  # (images files, their size tables, merged sizes): see _image_sizes
 
     def __repr__(self) -> str:
         return f"Store({self.url!r})"
@@ -125,8 +126,7 @@ class Store(KeyedTables):
             raise BadRecordError(
                 f"images row {i} image_id={df['image_id'].iat[i]}: width/height must be positive"
             )
-        existing = self.images()
-        df = df[~df["image_id"].isin(existing["image_id"])]
+        df = df[~df["image_id"].isin(self._image_sizes().index)]
         if df.empty:
             return 0
         now = _now()
@@ -148,6 +148,30 @@ class Store(KeyedTables):
             return IMAGES.empty_table().to_pandas()
         df = table.to_pandas().sort_values("added_at", kind="stable")
         return df.drop_duplicates("image_id", keep="first").reset_index(drop=True)
+
+    def _image_sizes(self) -> pd.DataFrame:
+        """height, width indexed by image_id of every stored image (the first write wins, as in images()).
+
+        Reads only the images files it has not read before: a file never changes once written (its name is
+        the hash of ids that were new, and write_images skips known ids), so checking each masks shard
+        against the images (and each ingest batch for known ids) costs one listing, not a read of the table.
+        """
+        files = list_data_files(self.fs, self.path("images"))
+        if self._sizes is not None and self._sizes[0] == files:
+            return self._sizes[2]
+        seen = self._sizes[1] if self._sizes is not None else {}
+        columns = ["image_id", "height", "width", "added_at"]
+        parts = {
+            p: seen[p] if p in seen else read_parquet_file(self.fs, p, "images", columns).to_pandas()
+            for p in files
+        }
+        if parts:
+            merged = pd.concat(parts.values()).sort_values("added_at", kind="stable")
+            merged = merged.drop_duplicates("image_id").set_index("image_id")[["height", "width"]]
+        else:
+            merged = pd.DataFrame({"height": [], "width": []}, index=pd.Index([], name="image_id"))
+        self._sizes = (files, parts, merged)
+        return merged
 
     # ---- embeddings ----------------------------------------------------------------------------------------------
     def _embedding_path(self, image_id: str, model_version: str) -> str:
@@ -240,9 +264,8 @@ class Store(KeyedTables):
         table = prepare_masks(
             df.drop(columns=["round", "stage"], errors="ignore"), int(round), stage, f"masks shard {shard!r}"
         )
-        known = self.images()
-        if len(known) and len(table):
-            sizes = known.set_index("image_id")[["height", "width"]]
+        sizes = self._image_sizes() if len(table) else None
+        if sizes is not None and len(sizes):
             got = table.select(["image_id", "height", "width"]).to_pandas()
             joined = got.merge(
                 sizes, left_on="image_id", right_index=True, how="left", suffixes=("", "_image")

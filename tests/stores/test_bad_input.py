@@ -166,6 +166,16 @@ def test_paths_that_escape_the_root_are_refused(seeded, make_masks):
     assert snapshot(seeded) == before
 
 
+def test_mask_size_is_checked_against_images_added_after_the_first_shard(seeded, make_masks, images_frame):
+    """The image sizes write_masks checks against are read once per images file, and new files are seen."""
+    seeded.write_images(images_frame(["img2"], height=32, width=24))
+    before = snapshot(seeded)
+    df, _ = make_masks("img2", 1, height=24, width=32, seed=9)
+    with pytest.raises(BadRecordError, match=r"image_id=img2: mask is 24 x 32 but the image is 32 x 24"):
+        seeded.write_masks(df, 0, "fully_automatic", 1)
+    assert snapshot(seeded) == before
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
