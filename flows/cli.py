@@ -9,6 +9,7 @@
     sam-engine query images|masks|models|rounds
     sam-engine segment IMAGE --out PNG       automatic masks of one image, drawn over it
     sam-engine model add VERSION CONFIG CHECKPOINT
+    sam-engine upgrade                       rewrite older masks files in the current schema
     sam-engine labelstudio ...               Label Studio for people (when installed)
 
 Settings come from the environment (SAM_ENGINE_STORE, SAM_ENGINE_HOME, SAM_ENGINE_RAY_ADDRESS, PREFECT_API_URL;
@@ -316,6 +317,18 @@ def query_rounds(store: str = STORE) -> None:
     import pandas as pd
 
     typer.echo(pd.DataFrame(rows).round(3).to_string(index=False))
+
+
+@app.command()
+def upgrade(store: str = STORE) -> None:
+    """Rewrite a store's masks files of an older schema version in the current one (rows unchanged)."""
+    from stores import Store
+
+    try:
+        paths = Store(_store(store)).upgrade_masks()
+    except (OSError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(f"upgraded {len(paths)} masks file(s)" if paths else "every masks file is current")
 
 
 @model_app.command("add")

@@ -100,3 +100,19 @@ def test_a_masks_file_of_an_unknown_version_is_refused_and_not_upgraded(old_stor
         store.masks()
     with pytest.raises(SchemaMismatchError, match=r"upgrade_masks cannot turn into masks schema version 2"):
         store.upgrade_masks()
+
+
+def test_the_cli_upgrade_command_rewrites_old_files_and_then_finds_none(old_store):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    store, path, round_0, _ = old_store
+    if store.storage_options:  # the CLI takes credentials from the environment, not from a fixture
+        pytest.skip("the s3 fixture's endpoint is not in the environment")
+    runner = CliRunner()
+    result = runner.invoke(app, ["upgrade", "--store", store.url])
+    assert result.exit_code == 0 and "upgraded 1 masks file(s)" in result.output, result.output
+    pd.testing.assert_frame_equal(store.masks(round=0), round_0)
+    result = runner.invoke(app, ["upgrade", "--store", store.url])
+    assert result.exit_code == 0 and "every masks file is current" in result.output, result.output
