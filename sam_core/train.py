@@ -72,6 +72,12 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps; 0 = only at the end
     log_every: int = 10
     init_checkpoint: str | None = None  # start from these weights (path or fsspec URL)
+    # Replace the prompt encoder and mask decoder by freshly initialised ones (keeping the image encoder), with
+    # the location-aware attention init below. A decoder that learnt to ignore the prompt does not unlearn it.
+    fresh_decoder: bool = False
+    # Gain of the location-aware init of a fresh decoder's cross-attention (see locality_init); 0 = PyTorch's
+    # default init, with which the decoder learns to ignore where the prompt is (MODEL_CARD.md).
+    attention_init_gain: float = 2.0
     metadata: dict = field(
         default_factory=dict
     )  # lineage (parent version, data round, ...) copied to the checkpoint
@@ -108,11 +114,40 @@ def iteration_schedule(config: TrainConfig, rng: np.random.Generator) -> list[st
     return ["first", *middle]
 
 
-def build_model(name: str = "tiny") -> torch.nn.Module:
-    """A freshly initialised model of the named config (see sam_core.build_sam)."""
+def build_model(name: str = "tiny", attention_init_gain: float = 0.0) -> torch.nn.Module:
+    """A freshly initialised model of the named config (see sam_core.build_sam); a gain > 0 applies
+    ``locality_init`` to its mask decoder."""
     from sam_core.build import build_sam
 
-    return build_sam(name)
+    model = build_sam(name)
+    if attention_init_gain > 0:
+        locality_init(model.mask_decoder, attention_init_gain)
+    return model
+
+
+@torch.no_grad()
+def locality_init(mask_decoder: torch.nn.Module, gain: float = 2.0) -> None:
+    """Initialise every cross-attention between prompt tokens and image tokens with tied projections: q_proj
+    and k_proj share one random orthogonal matrix scaled by ``gain`` (biases zero).
+
+    Why: a prompt token carries the positional encoding of its point and an image token that of its cell, so
+    with q = k the attention score holds PE(point) . PE(cell), largest at the point's own cell: from the first
+    step each prompt attends near where it is. With independent random projections the attention over the
+    h*w cells starts uniform, its gradient towards any one cell is about 1/(h*w), and on a small budget the
+    decoder settles for a prompt-independent "objectness" mask instead (measured on a toy task, a disk around
+    a click on a blank image: IoU 0.00 after 150 steps of 16 clicks with the default init, 0.82 after 100 with
+    this one at gain 2). Only the init changes: the architecture and state-dict names are SAM's.
+    """
+    transformer = mask_decoder.transformer
+    attentions = [layer.cross_attn_token_to_image for layer in transformer.layers]
+    attentions += [layer.cross_attn_image_to_token for layer in transformer.layers]
+    attentions.append(transformer.final_attn_token_to_image)
+    for attention in attentions:
+        weight = torch.empty_like(attention.q_proj.weight)
+        torch.nn.init.orthogonal_(weight)
+        for projection in (attention.q_proj, attention.k_proj):
+            projection.weight.copy_(weight * gain)
+            projection.bias.zero_()
 
 
 def encode(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -233,11 +268,15 @@ class Trainer:
         )
         if len(self.dataset) == 0:
             raise ValueError("dataset is empty: nothing to train on")
-        self.model = model if model is not None else build_model(config.model)
+        self.model = model if model is not None else build_model(config.model, config.attention_init_gain)
         if config.init_checkpoint:
             from sam_core.embedded import load_weights
 
             load_weights(self.model, config.init_checkpoint)
+        if config.fresh_decoder:
+            fresh = build_model(config.model, config.attention_init_gain)
+            self.model.prompt_encoder.load_state_dict(fresh.prompt_encoder.state_dict())
+            self.model.mask_decoder.load_state_dict(fresh.mask_decoder.state_dict())
         if config.freeze_image_encoder or config.cache_embeddings:
             self.model.image_encoder.requires_grad_(False)
         self.optimizer = make_optimizer(self.model, config)

@@ -33,3 +33,56 @@ def test_prompts_per_mask_repeats_each_mask_with_its_own_prompts(small_config):
 def test_bad_recipe_options_are_clear_errors(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value}).validate()
+
+
+def _attention_peak_distance(decoder, prompt_encoder, gain_points: int = 32) -> float:
+    """Median distance (in embedding cells) between a click and the image cell its token attends to most in
+    the first token-to-image cross-attention, summed over heads."""
+    gen = torch.Generator().manual_seed(0)
+    size = prompt_encoder.input_image_size[0]
+    clicks = torch.rand((gain_points, 1, 2), generator=gen) * size
+    tokens = prompt_encoder.embed_points(clicks, torch.ones((gain_points, 1), dtype=torch.long), pad=False)
+    grid_pe = prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2)  # 1 x hw x C
+    attention = decoder.transformer.layers[0].cross_attn_token_to_image
+    q = attention.split_heads(attention.q_proj(tokens))  # B x heads x 1 x d
+    k = attention.split_heads(attention.k_proj(grid_pe))  # 1 x heads x hw x d
+    scores = (q @ k.transpose(-1, -2)).sum(dim=1)[:, 0]  # B x hw
+    h, w = prompt_encoder.image_embedding_size
+    peak = scores.argmax(dim=1)
+    peak_xy = torch.stack([peak % w, peak // w], dim=1).float() + 0.5
+    click_xy = clicks[:, 0] / size * torch.tensor([w, h])
+    return float((peak_xy - click_xy).norm(dim=1).median())
+
+
+@torch.no_grad()
+def test_locality_init_makes_a_fresh_decoder_attend_where_the_click_is():
+    from sam_core.train import build_model
+
+    torch.manual_seed(0)
+    default = build_model("tiny")
+    torch.manual_seed(0)
+    local = build_model("tiny", attention_init_gain=2.0)
+    # 32 x 32 cells: a click's attention peak is a cell or two away with the init, anywhere without it
+    assert _attention_peak_distance(local.mask_decoder, local.prompt_encoder) < 2.0
+    assert _attention_peak_distance(default.mask_decoder, default.prompt_encoder) > 6.0
+    attention = local.mask_decoder.transformer.final_attn_token_to_image
+    assert torch.equal(attention.q_proj.weight, attention.k_proj.weight)
+
+
+def test_fresh_decoder_replaces_prompt_encoder_and_decoder_but_keeps_the_image_encoder(
+    small_config, tmp_path
+):
+    trainer = Trainer(small_config)
+    path = tmp_path / "start.pt"
+    trainer.save(path)
+    small_config.init_checkpoint, small_config.fresh_decoder = str(path), True
+    fresh = Trainer(small_config).model
+    old = trainer.model
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            old.image_encoder.state_dict().values(), fresh.image_encoder.state_dict().values(), strict=True
+        )
+    )
+    token = "transformer.layers.0.cross_attn_token_to_image.q_proj.weight"
+    assert not torch.equal(old.mask_decoder.state_dict()[token], fresh.mask_decoder.state_dict()[token])
