@@ -46,8 +46,10 @@ class DemoConfig:
     images_per_round: int = 8
     test_images: int = 5
     seed_scenes: int = 32
-    seed_steps: int = 30
-    retrain_steps: int = 30
+    # The seed's fresh decoder needs about a hundred steps before its masks follow the click; each retrain then
+    # continues from the previous version on every mask accepted so far.
+    seed_steps: int = 150
+    retrain_steps: int = 80
     points_per_side: int = 16
     eval_points_per_side: int = 16
     train_backend: str = "local"
@@ -140,6 +142,9 @@ def seed_round(store_url: str, data: dict, config: DemoConfig, console) -> dict:
             "seed",
             seeds=data["seed_scenes"][: config.seed_scenes],
             steps=config.seed_steps,
+            correction_points=1,
+            no_point_iterations=0,
+            lr=5e-4,
             encoder_from=encoder_from,
         )
     settings = EvalSettings(
@@ -185,10 +190,10 @@ def round_params(store_url: str, data: dict, config: DemoConfig, round: int, sta
         retrain=TrainSettings(
             steps=config.retrain_steps,
             masks_per_image=8,
-            lr=5e-4,
+            lr=3e-4,
             cache_embeddings=True,
-            correction_points=2,
-            no_point_iterations=1,
+            correction_points=1,
+            no_point_iterations=0,
             focal_weight=1.0,
             seed=round,
         ),
