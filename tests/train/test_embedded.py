@@ -23,6 +23,36 @@ def test_embedded_model_beats_an_untrained_model_on_held_out_scenes():
     assert not model.training
     assert split_seeds("test", 1)[0] not in range(0, 1_000_000)
     metrics = evaluate_interactive(model, SyntheticDataset("test", count=2), max_clicks=3)
-    # Untrained models score 0.027-0.028 here and the shipped one 0.087: weak (MODEL_CARD.md says why), but
-    # a broken checkpoint or a loader that drops weights falls back to the untrained figure.
-    assert metrics["miou@1_oracle"] > 0.06 and np.isfinite(metrics["miou@3_confident"])
+    # Untrained models score 0.027-0.028 here, the embedded model before phase 5 0.087 and the shipped one 0.465
+    # (mIoU@3 0.450): below the issue's targets (MODEL_CARD.md says why), but a broken checkpoint or a loader
+    # that drops weights falls back to the untrained figure.
+    assert metrics["miou@1_oracle"] > 0.3 and metrics["miou@3_confident"] > 0.3
+
+
+def test_embedded_model_masks_follow_the_click():
+    """Each object's first click gives a mask that overlaps that object more than the other objects clicked."""
+    from sam_core.predictor import SamPredictor
+    from sam_core.prompts import first_click
+    from sam_core.synthetic import make_scene
+
+    predictor = SamPredictor(load_embedded())
+    own, other = [], []
+    for seed in split_seeds("test", 3):
+        s = make_scene(seed)
+        wholes = [m for m, level in zip(s.masks, s.levels, strict=True) if level == 0]
+        predictor.set_image(s.image)
+        for i, gt in enumerate(wholes):
+            x, y, _ = first_click(gt)
+            masks, _, _ = predictor.predict(
+                point_coords=np.array([[x, y]], dtype=np.float32), point_labels=np.array([1])
+            )
+            ious = [max(_iou(m, w) for m in masks) for w in wholes]
+            own.append(ious[i])
+            other += [v for j, v in enumerate(ious) if j != i]
+    # The embedded model before the location-aware decoder gave the same masks whatever the click (own ~ other).
+    assert np.mean(own) > 2 * np.mean(other) and np.mean(own) > 0.3, (np.mean(own), np.mean(other))
+
+
+def _iou(a, b) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
