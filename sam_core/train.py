@@ -31,6 +31,9 @@ from sam_core.train_data import SyntheticDataset, prepare_sample
 
 log = logging.getLogger(__name__)
 
+# Gain of locality_init for every fresh decoder the engine trains (TrainConfig's default, the demo's seed).
+ATTENTION_INIT_GAIN = 2.0
+
 
 @dataclass
 class TrainConfig:
@@ -77,7 +80,7 @@ class TrainConfig:
     fresh_decoder: bool = False
     # Gain of the location-aware init of a fresh decoder's cross-attention (see locality_init); 0 = PyTorch's
     # default init, with which the decoder learns to ignore where the prompt is (MODEL_CARD.md).
-    attention_init_gain: float = 2.0
+    attention_init_gain: float = ATTENTION_INIT_GAIN
     metadata: dict = field(
         default_factory=dict
     )  # lineage (parent version, data round, ...) copied to the checkpoint

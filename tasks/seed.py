@@ -27,13 +27,13 @@ def model_with_encoder_of(store, config_name: str, encoder_from: str | None):
     import torch
 
     from sam_core.embedded import read_checkpoint
-    from sam_core.train import build_model
+    from sam_core.train import ATTENTION_INIT_GAIN, build_model
     from tasks.models import model_row
 
     torch.manual_seed(0)
     # The fresh decoder gets the location-aware attention init: with PyTorch's default init a briefly trained
     # decoder ignores where the click is (sam_core.train.locality_init).
-    model = build_model(config_name, attention_init_gain=2.0)
+    model = build_model(config_name, attention_init_gain=ATTENTION_INIT_GAIN)
     if encoder_from is None:
         return model
     state = read_checkpoint(model_row(store, encoder_from)["checkpoint_uri"])["model"]
