@@ -43,6 +43,14 @@ _COMMON = dict(
     checkpoint_every=25,
     log_every=5,
 )
+# What phases 4-7 share: one image a step, no mask-only passes, cosine decay to 0.1 x lr, focal:dice 1:1.
+_PHASES_4_TO_7 = dict(
+    model="tiny",
+    images_per_step=1,
+    no_point_iterations=0,
+    min_lr_ratio=0.1,
+    focal_weight=1.0,
+)
 PHASES: list[tuple[TrainConfig, int]] = [
     (
         TrainConfig(
@@ -92,18 +100,14 @@ PHASES: list[tuple[TrainConfig, int]] = [
         # (4 masks a step) had learnt a prompt-independent foreground map. 300 scenes are reused so each
         # embedding is computed once (encoding is about a third of a step on this CPU).
         TrainConfig(
-            model="tiny",
+            **_PHASES_4_TO_7,
             steps=400,
-            images_per_step=1,
             masks_per_image=16,
             dataset_size=300,
             correction_points=1,
-            no_point_iterations=0,
             box_probability=0.2,
             lr=3e-4,
             warmup_steps=5,
-            min_lr_ratio=0.1,
-            focal_weight=1.0,
             cache_embeddings=True,
             seed=11,
             checkpoint_every=25,
@@ -117,18 +121,14 @@ PHASES: list[tuple[TrainConfig, int]] = [
         # encoder and mask decoder with the location-aware attention init (sam_core.train.locality_init): phases
         # 1-4's decoder had learnt a prompt-independent foreground map and did not unlearn it.
         TrainConfig(
-            model="tiny",
+            **_PHASES_4_TO_7,
             steps=3000,
-            images_per_step=1,
             masks_per_image=16,
             dataset_size=3000,
             correction_points=1,
-            no_point_iterations=0,
             box_probability=0.5,
             lr=5e-4,
             warmup_steps=50,
-            min_lr_ratio=0.1,
-            focal_weight=1.0,
             cache_embeddings=True,
             fresh_decoder=True,
             attention_init_gain=2.0,
@@ -144,17 +144,13 @@ PHASES: list[tuple[TrainConfig, int]] = [
         # follows the click, and what limits it is phase 4's encoder (about 550 steps from random, then frozen).
         # New scenes every step (no cache), since the encoder's output changes as it trains.
         TrainConfig(
-            model="tiny",
+            **_PHASES_4_TO_7,
             steps=2000,
-            images_per_step=1,
             masks_per_image=16,
             correction_points=1,
-            no_point_iterations=0,
             box_probability=0.5,
             lr=2e-4,
             warmup_steps=100,
-            min_lr_ratio=0.1,
-            focal_weight=1.0,
             encoder_lr_scale=0.5,
             seed=13,
             checkpoint_every=100,
@@ -168,17 +164,13 @@ PHASES: list[tuple[TrainConfig, int]] = [
         # 3 correction clicks a mask instead of 1: phases 4-6 showed the decoder at most two points, and the
         # evaluation clicks up to 20 times.
         TrainConfig(
-            model="tiny",
+            **_PHASES_4_TO_7,
             steps=600,
-            images_per_step=1,
             masks_per_image=8,
             correction_points=3,
-            no_point_iterations=0,
             box_probability=0.5,
             lr=2e-4,
             warmup_steps=25,
-            min_lr_ratio=0.1,
-            focal_weight=1.0,
             freeze_image_encoder=True,
             seed=14,
             checkpoint_every=50,

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from sam_core.embedded import EMBEDDED_CHECKPOINT, load_embedded, read_checkpoint
-from sam_core.evaluate import evaluate_interactive
+from sam_core.evaluate import binary_iou, evaluate_interactive
 from sam_core.synthetic import split_seeds
 from sam_core.train_data import SyntheticDataset
 
@@ -46,13 +46,8 @@ def test_embedded_model_masks_follow_the_click():
             masks, _, _ = predictor.predict(
                 point_coords=np.array([[x, y]], dtype=np.float32), point_labels=np.array([1])
             )
-            ious = [max(_iou(m, w) for m in masks) for w in wholes]
+            ious = [max(binary_iou(m, w) for m in masks) for w in wholes]
             own.append(ious[i])
             other += [v for j, v in enumerate(ious) if j != i]
     # The embedded model before the location-aware decoder gave the same masks whatever the click (own ~ other).
     assert np.mean(own) > 2 * np.mean(other) and np.mean(own) > 0.3, (np.mean(own), np.mean(other))
-
-
-def _iou(a, b) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 0.0
