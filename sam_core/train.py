@@ -153,6 +153,67 @@ def locality_init(mask_decoder: torch.nn.Module, gain: float = 2.0) -> None:
             projection.bias.zero_()
 
 
+class FrozenEmbeddings:
+    """Image embeddings of frozen encoders, shared by every training run in this process.
+
+    A run with ``cache_embeddings`` encodes each image once; a data engine's retrains, each starting from the
+    last with the same frozen encoder, would otherwise encode the same images again every round (most of a short
+    CPU retrain's time). Keys are (a digest of the encoder's weights and its device, a digest of the encoder-sized
+    image), so another encoder or a changed image never meets a stale embedding. Least recently used entries go
+    first once ``max_bytes`` is reached.
+    """
+
+    def __init__(self, max_bytes: int = 1 << 30):
+        import threading
+        from collections import OrderedDict
+
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def encoder_digest(encoder: torch.nn.Module) -> str:
+        import hashlib
+
+        h = hashlib.blake2b(digest_size=16)
+        for name, tensor in sorted(encoder.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def get(self, encoder_key: str, image: torch.Tensor, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The embedding of ``image`` (3xSxS, encoder size) under ``encoder_key``: cached, or ``compute()``."""
+        import hashlib
+
+        pixels = image.detach().cpu().contiguous().numpy()
+        key = (encoder_key, pixels.shape, hashlib.blake2b(pixels.tobytes(), digest_size=16).digest())
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return self._entries[key]
+        embedding = compute()
+        with self._lock:
+            self.misses += 1
+            if key not in self._entries:
+                self._entries[key] = embedding
+                self._bytes += embedding.element_size() * embedding.nelement()
+            while self._bytes > self.max_bytes and len(self._entries) > 1:
+                _, old = self._entries.popitem(last=False)
+                self._bytes -= old.element_size() * old.nelement()
+        return embedding
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+
+FROZEN_EMBEDDINGS = FrozenEmbeddings()
+
+
 def encode(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Normalise Bx3xSxS float pixel values (0..255, S = encoder size) and encode: -> BxCxhxw."""
     x = (images - model.pixel_mean) / model.pixel_std
@@ -289,6 +350,7 @@ class Trainer:
         self.step_index = 0
         self.skipped = {"empty_masks": 0, "shape_mismatch": 0, "images_without_masks": 0}
         self.embedding_cache: dict[int, torch.Tensor] = {}
+        self.encoder_key: str | None = None
         self.history: list[dict] = []
         self.started = time.monotonic()
 
@@ -318,8 +380,15 @@ class Trainer:
         if not self.config.cache_embeddings:
             return encode(self.model, image[None])
         if index not in self.embedding_cache:
-            with torch.no_grad():
-                self.embedding_cache[index] = encode(self.model, image[None])
+            if self.encoder_key is None:  # weights are frozen from here on: digest them once
+                device = next(self.model.image_encoder.parameters()).device
+                self.encoder_key = f"{FrozenEmbeddings.encoder_digest(self.model.image_encoder)}@{device}"
+
+            def compute() -> torch.Tensor:
+                with torch.no_grad():
+                    return encode(self.model, image[None])
+
+            self.embedding_cache[index] = FROZEN_EMBEDDINGS.get(self.encoder_key, image, compute)
         return self.embedding_cache[index]
 
     def step(self) -> dict:

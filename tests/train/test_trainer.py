@@ -159,3 +159,38 @@ def test_frozen_encoder_and_cached_embeddings_train_only_the_decoder(small_confi
         not torch.equal(a, b)
         for a, b in zip(decoder_before, trainer.model.mask_decoder.parameters(), strict=True)
     )
+
+
+def test_frozen_embeddings_are_shared_across_runs_only_for_the_same_encoder(small_config):
+    from sam_core.train import FROZEN_EMBEDDINGS, FrozenEmbeddings
+
+    small_config.correction_points = small_config.no_point_iterations = 0
+    small_config.cache_embeddings = True
+    small_config.steps = 2
+    dataset = [SyntheticDataset("train")[3]]
+    FROZEN_EMBEDDINGS.clear()
+    first = train(small_config, dataset)
+    hits, misses = FROZEN_EMBEDDINGS.hits, FROZEN_EMBEDDINGS.misses
+    # A second run on the first's weights: same frozen encoder, same image -> the embedding is reused, and the
+    # run is exactly what it would be without the shared cache.
+    second = Trainer(small_config, dataset, model=first.model)
+    second.step()
+    assert FROZEN_EMBEDDINGS.hits == hits + 1 and FROZEN_EMBEDDINGS.misses == misses
+    reference = second.embedding_cache[0]
+    with torch.no_grad():
+        from sam_core.train import encode
+
+        image = prepare_sample(*dataset[0], first.img_size, 2, np.random.default_rng(0)).image
+        assert torch.allclose(encode(first.model, image[None]), reference)
+    # Another encoder (one weight changed) never sees that embedding.
+    with torch.no_grad():
+        next(first.model.image_encoder.parameters()).add_(0.01)
+    third = Trainer(small_config, dataset, model=first.model)
+    third.step()
+    assert FROZEN_EMBEDDINGS.misses == misses + 1
+    assert not torch.equal(third.embedding_cache[0], reference)
+
+    small = FrozenEmbeddings(max_bytes=1)  # evicts down to the newest entry
+    for value in range(3):
+        small.get("k", torch.full((3, 4, 4), float(value)), lambda v=value: torch.full((2,), float(v)))
+    assert len(small._entries) == 1
