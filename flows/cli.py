@@ -5,6 +5,7 @@
     sam-engine embed [--model-version V]     image embeddings for every image not yet embedded
     sam-engine round --stage STAGE ...       one round: a stage, then retrain and evaluate
     sam-engine train / eval                  retrain a model version / evaluate one on held-out images
+    sam-engine calibrate GROUND_TRUTH        a version's automatic-mask thresholds, measured on labelled images
     sam-engine export coco|sa1b DEST         the masks as COCO JSON or SA-1B per-image JSON
     sam-engine query images|masks|models|rounds
     sam-engine segment IMAGE --out PNG       automatic masks of one image, drawn over it
@@ -143,12 +144,27 @@ def round_(
     new_model_version: str = typer.Option(None, help="name of the retrained version (default r<round>)"),
     retrain_steps: int = typer.Option(200, min=0, help="0: no retrain"),
     train_backend: str = typer.Option("ray", help="'ray' (Ray Train) or 'local'"),
+    target_precision: float = typer.Option(
+        None,
+        help="automatic masks: thresholds from the model's calibration at this precision (sam-engine calibrate) "
+        "instead of the paper's fixed ones; the new version is calibrated on the --calibration-split images",
+    ),
+    confident_precision: float = typer.Option(
+        None,
+        help="the same for the semi-automatic stage's pre-filled masks (set it above --target-precision)",
+    ),
+    calibration_split: str = typer.Option("val", help="labelled images (in --ground-truth) to calibrate on"),
 ) -> None:
     """One data-engine round: the stage, then a retrain on all accepted masks, then a held-out evaluation."""
     from flows.data_engine_round import data_engine_round
     from flows.params import EvalSettings, ImageSelection, RoundParams, TrainSettings
+    from tasks.calibrate import CalibrationSettings
+    from tasks.filter import CONFIDENT, FilterSettings
 
+    calibrated = {} if target_precision is None else {"target_precision": target_precision}
+    confident = {} if confident_precision is None else {"target_precision": confident_precision}
     try:
+        stage3 = FilterSettings(**calibrated)
         params = RoundParams(
             store=_store(store),
             round=round,
@@ -156,9 +172,16 @@ def round_(
             model_version=model_version,
             images=ImageSelection(split=split, max_images=max_images),
             annotator={"ground_truth": ground_truth},
+            filter=stage3,
+            confident=FilterSettings.model_validate({**CONFIDENT.model_dump(), **confident}),
             retrain=TrainSettings(steps=retrain_steps) if retrain_steps else None,
             new_model_version=new_model_version,
-            evaluation=EvalSettings(ground_truth=ground_truth) if ground_truth else None,
+            calibration=CalibrationSettings(ground_truth=ground_truth, split=calibration_split)
+            if (calibrated or confident) and ground_truth
+            else None,
+            evaluation=EvalSettings(ground_truth=ground_truth, filter=stage3 if calibrated else None)
+            if ground_truth
+            else None,
         )
         figures = data_engine_round(params, train_backend=train_backend)
     except (OSError, ValueError, KeyError) as exc:
@@ -216,6 +239,55 @@ def eval_(
     except (OSError, ValueError, KeyError) as exc:
         _fail(exc)
     _print_json(metrics)
+
+
+@app.command()
+def calibrate(
+    ground_truth: str = typer.Argument(..., help="COCO JSON with the calibration images' ground truth"),
+    model_version: str = MODEL,
+    split: str = typer.Option("val", help="the labelled images to calibrate on (not train, not test)"),
+    max_images: int = typer.Option(8, min=1),
+    points_per_side: int = typer.Option(16, min=1, help="grid density of the candidate masks"),
+    target_precision: list[float] = typer.Option(
+        [0.8, 0.9], help="print the operating point for these precisions (repeatable)"
+    ),
+    match_iou: float = typer.Option(0.75, help="IoU with ground truth at which a mask counts as right"),
+    store: str = STORE,
+) -> None:
+    """Score a version's automatic masks against ground truth and store them, so that filters can ask for a
+    target precision (FilterSettings.target_precision) instead of fixed thresholds; prints the operating points."""
+    from stores import Store
+    from tasks.autogen import AutogenSettings
+    from tasks.calibrate import CalibrationSettings, operating_point, read_calibration
+    from tasks.calibrate import calibrate as calibrate_task
+    from tasks.filter import FilterSettings
+    from tasks.models import resolve_version
+
+    url = _store(store)
+    try:
+        version = resolve_version(Store(url), model_version)
+        settings = CalibrationSettings(
+            ground_truth=ground_truth, split=split, max_images=max_images, points_per_side=points_per_side
+        )
+        with _spinner(f"calibrating {version}"):
+            summary = calibrate_task.fn(url, version, settings)
+        table = read_calibration(Store(url), version)
+        limits = FilterSettings()  # the default filter's NMS and area limits, as a stage would apply them
+        summary["operating_points"] = {
+            str(p): operating_point(
+                table,
+                p,
+                match_iou,
+                limits.min_kept,
+                nms_iou=min(limits.nms_iou, AutogenSettings().box_nms_thresh),
+                min_area=limits.min_area,
+                max_area_fraction=limits.max_area_fraction,
+            )
+            for p in target_precision
+        }
+    except (OSError, ValueError, KeyError) as exc:
+        _fail(exc)
+    _print_json(summary)
 
 
 @export_app.command("coco")

@@ -2,6 +2,8 @@
 
 This is the loop that made SA-1B: each stage's masks teach the next model, and the better model makes the next
 round's annotation cheaper (fewer clicks per mask) and its automatic masks more numerous and more precise.
+With ``calibration``, the new version's automatic-mask thresholds are measured on labelled images
+(tasks.calibrate) for the next round's filters and this round's evaluation.
 The round's figures (stage figures plus the new model's held-out metrics) go to the rounds table and to the
 run's artifacts.
 """
@@ -24,11 +26,12 @@ STAGE_FLOWS = {
 
 @flow(name="data-engine-round", log_prints=True)
 def data_engine_round(params: RoundParams | None = None, train_backend: str = "ray") -> dict:
-    """Run ``params.stage``, then retrain from ``params.model_version`` and evaluate the new version.
+    """Run ``params.stage``, then retrain from ``params.model_version``, calibrate and evaluate the new version.
 
     Returns the stage's figures with "new_model_version" and the evaluation metrics merged in.
     """
     from flows.steps import check_inputs, now
+    from tasks.calibrate import calibrate
     from tasks.evaluate import evaluate
     from tasks.ground_truth import load_ground_truth
     from tasks.report import publish_report, record_round
@@ -54,8 +57,10 @@ def data_engine_round(params: RoundParams | None = None, train_backend: str = "r
             **params.retrain.model_dump(),
         )
         figures["new_model_version"] = version
+    evaluated = figures.get("new_model_version", params.model_version)
+    if params.calibration is not None:
+        calibrate(params.store, evaluated, params.calibration)
     if params.evaluation is not None:
-        evaluated = figures.get("new_model_version", params.model_version)
         metrics = evaluate(params.store, evaluated, **dict(params.evaluation))
         figures.update({k: v for k, v in metrics.items() if k != "model_version"})
         figures["evaluated_model_version"] = evaluated

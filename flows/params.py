@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from tasks.annotate import AnnotatorSettings
 from tasks.autogen import AutogenSettings
+from tasks.calibrate import CalibrationSettings
 from tasks.filter import CONFIDENT, FilterSettings
 from tasks.settings import EngineSettings
 
@@ -114,6 +115,18 @@ class TrainSettings(BaseModel):
     )
     no_point_iterations: int = Field(2, ge=0, le=5, description="mask-only passes per mask (paper: 2)")
     seed: int = Field(0, ge=0)
+    replay_split: str | None = Field(
+        None,
+        description="also train on this split's images (e.g. 'seed', the seed model's set) so that a round's "
+        "few masks do not make the model forget it; their masks come from replay_ground_truth",
+    )
+    replay_ground_truth: str | None = Field(None, description="COCO JSON of the replayed split's masks")
+
+    @model_validator(mode="after")
+    def _replay_needs_masks(self):
+        if self.replay_split is not None and not self.replay_ground_truth:
+            raise ValueError(f"replay_split={self.replay_split!r} needs replay_ground_truth (a COCO file)")
+        return self
 
 
 class EvalSettings(BaseModel):
@@ -125,9 +138,17 @@ class EvalSettings(BaseModel):
     split: str = Field("test", description="evaluation images (never annotated by the stages)")
     max_images: int = Field(16, ge=1, le=100_000)
     max_clicks: int = Field(9, ge=1, le=20)
+    amg_max_images: int | None = Field(
+        None, ge=1, description="automatic precision/recall on the first this many images (None: all)"
+    )
     autogen: AutogenSettings | None = Field(
         default_factory=AutogenSettings,
         description="generator settings for AMG precision/recall (None: skip)",
+    )
+    filter: FilterSettings | None = Field(
+        None,
+        description="the stage-3 filter on top of the generator (with target_precision: the evaluated "
+        "version's calibrated thresholds, which the round's `calibration` must measure)",
     )
 
 
@@ -145,6 +166,9 @@ class RetrainParams(BaseModel):
         1, ge=0, description="train on masks of rounds up to this one; recorded as trained_on_round"
     )
     train: TrainSettings = Field(default_factory=TrainSettings)
+    calibration: CalibrationSettings | None = Field(
+        None, description="measure the new version's automatic-mask thresholds (None: skip)"
+    )
     evaluation: EvalSettings | None = Field(None, description="evaluate the new version (None: skip)")
 
 
@@ -159,6 +183,11 @@ class RoundParams(StageParams):
     retrain: TrainSettings | None = Field(default_factory=TrainSettings, description="None: no retrain")
     new_model_version: str | None = Field(
         None, description="name of the retrained version (default: r<round>)"
+    )
+    calibration: CalibrationSettings | None = Field(
+        None,
+        description="measure the new version's automatic-mask thresholds, for filters with a target_precision "
+        "in the next round and in this round's evaluation (None: skip)",
     )
     evaluation: EvalSettings | None = Field(None, description="None: no evaluation")
 

@@ -17,7 +17,8 @@ def retrain_flow(params: RetrainParams | None = None, backend: str = "ray") -> d
 
     Returns the new models row, with the evaluation metrics under "evaluation" when evaluated.
     """
-    from flows.steps import open_store
+    from flows.steps import check_calibrated, open_store
+    from tasks.calibrate import calibrate
     from tasks.evaluate import evaluate
     from tasks.ground_truth import load_ground_truth
     from tasks.models import check_model, resolve_version
@@ -30,6 +31,7 @@ def retrain_flow(params: RetrainParams | None = None, backend: str = "ray") -> d
     check_model(open_store(params.store), params.parent_version)
     if params.evaluation is not None:
         load_ground_truth(params.evaluation.ground_truth)
+    check_calibrated(open_store(params.store), params.parent_version, params)
     version = params.model_version or f"{params.parent_version}-r{params.round}"
     row = retrain(
         params.store,
@@ -39,6 +41,8 @@ def retrain_flow(params: RetrainParams | None = None, backend: str = "ray") -> d
         backend=backend,
         **params.train.model_dump(),
     )
+    if params.calibration is not None:
+        row["calibration"] = calibrate(params.store, version, params.calibration)
     if params.evaluation is not None:
         row["evaluation"] = evaluate(params.store, version, **dict(params.evaluation))
     return row

@@ -37,7 +37,38 @@ def check_inputs(params: StageParams, needs_ground_truth: str | None = None):
         annotator.build()  # a simulated annotator without ground truth, a Label Studio without a project...
     if needs_ground_truth is not None:
         load_ground_truth(needs_ground_truth)
+    check_calibrated(store, version, params)
     return params.model_copy(update={"model_version": version})
+
+
+def check_calibrated(store, version: str, params) -> None:
+    """Fail fast: a filter with a target precision needs its model's calibration, an evaluation that filters by
+    one needs the round to calibrate the version it evaluates, and the calibration's and the replayed split's
+    ground-truth files are readable."""
+    from tasks.calibrate import check_calibration
+
+    stage = getattr(params, "stage", None)  # a round runs one stage; a stage flow has only its own filter
+    for name, used_by in (("filter", "fully_automatic"), ("confident", "semi_automatic")):
+        settings = getattr(params, name, None)
+        if settings is not None and stage in (None, used_by):
+            try:
+                check_calibration(store, version, settings)
+            except FileNotFoundError as exc:
+                raise FileNotFoundError(f"{name}.target_precision: {exc}") from None
+    from tasks.ground_truth import load_ground_truth
+
+    calibration = getattr(params, "calibration", None)
+    evaluation = getattr(params, "evaluation", None)
+    evaluation_filter = getattr(evaluation, "filter", None)
+    if calibration is None and getattr(evaluation_filter, "target_precision", None) is not None:
+        raise ValueError(
+            "evaluation.filter.target_precision needs the version it evaluates calibrated: set `calibration`"
+        )
+    if calibration is not None:
+        load_ground_truth(calibration.ground_truth)
+    train = getattr(params, "retrain", None) or getattr(params, "train", None)
+    if train is not None and getattr(train, "replay_ground_truth", None):
+        load_ground_truth(train.replay_ground_truth)
 
 
 def ingest_and_select(params: StageParams) -> tuple[list[str], list[dict]]:

@@ -85,10 +85,12 @@ def autogen(
     Returns the shard summary {"shard", "images", "masks", "skipped", "resumed"}.
     """
     from stores import Store
+    from tasks.calibrate import calibrated_settings
     from tasks.models import load_model
     from tasks.shards import run_shard
 
     store = Store(store_url)
+    settings, filter, _ = calibrated_settings(store, model_version, settings, filter)
     generator = make_generator(load_model(store, model_version, device), settings)
 
     def per_image(image_id, image):

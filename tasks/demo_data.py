@@ -2,7 +2,7 @@
 
 Scenes come from sam_core.synthetic with its fixed seed splits: the engine's images are the first train seeds,
 the seed model's training set is taken far away in the train range (so no round ever sees a seed scene), and
-evaluation uses the test seeds.
+evaluation uses the test seeds and calibration the validation seeds.
 """
 
 from __future__ import annotations
@@ -14,11 +14,15 @@ from PIL import Image
 SEED_SET_START = 500_000  # seed-model scenes: train seeds from here on, disjoint from the engine's images
 
 
-def write_synthetic_images(root: Path, train: int, test: int, corrupt: int = 1, size: int = 256) -> dict:
-    """Write ``train`` + ``test`` scenes (and ``corrupt`` truncated PNGs among the train images) under ``root``.
+def write_synthetic_images(
+    root: Path, train: int, test: int, corrupt: int = 1, size: int = 256, val: int = 0, seed: int = 0
+) -> dict:
+    """Write ``train``, ``test``, ``val`` and ``seed`` scenes (and ``corrupt`` truncated PNGs among the train
+    images) under ``root``/images/<split>, and all their ground truth in one COCO file. The validation scenes are
+    for calibrating automatic-mask thresholds (tasks.calibrate), the seed scenes for the seed model.
 
-    Returns {"train_dir", "test_dir", "ground_truth" (COCO JSON path), "seed_scenes" (seeds for the seed model),
-    "embedded_available" (whether the shipped model's weights exist)}.
+    Returns {"<split>_dir" for each split, "ground_truth" (COCO JSON path), "embedded_available" (whether the
+    shipped model's weights exist)}.
     """
     from sam_core.embedded import EMBEDDED_CHECKPOINT
     from sam_core.synthetic import scene, split_seeds
@@ -26,12 +30,18 @@ def write_synthetic_images(root: Path, train: int, test: int, corrupt: int = 1, 
 
     root = Path(root)
     entries = []
-    dirs = {"train": root / "images" / "train", "test": root / "images" / "test"}
-    for split, count in (("train", train), ("test", test)):
+    seeds = {
+        "train": split_seeds("train", train),
+        "test": split_seeds("test", test),
+        "val": split_seeds("val", val),
+        "seed": range(SEED_SET_START, SEED_SET_START + seed),
+    }
+    dirs = {split: root / "images" / split for split in seeds}
+    for split, numbers in seeds.items():
         dirs[split].mkdir(parents=True, exist_ok=True)
-        for seed in split_seeds(split, count):
-            image, masks = scene(seed, size)
-            name = f"{split}-{seed:07d}.png"
+        for number in numbers:
+            image, masks = scene(number, size)
+            name = f"{split}-{number:07d}.png"
             Image.fromarray(image).save(dirs[split] / name)
             entries.append((name, masks))
     for i in range(corrupt):
@@ -40,9 +50,7 @@ def write_synthetic_images(root: Path, train: int, test: int, corrupt: int = 1, 
     ground_truth = root / "ground_truth.json"
     write_coco(str(ground_truth), entries)
     return {
-        "train_dir": str(dirs["train"]),
-        "test_dir": str(dirs["test"]),
+        **{f"{split}_dir": str(path) for split, path in dirs.items()},
         "ground_truth": str(ground_truth),
-        "seed_scenes": list(range(SEED_SET_START, SEED_SET_START + 512)),
         "embedded_available": EMBEDDED_CHECKPOINT.exists(),
     }

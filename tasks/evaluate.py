@@ -12,6 +12,7 @@ from __future__ import annotations
 from prefect import task
 
 from tasks.autogen import AutogenSettings
+from tasks.filter import FilterSettings
 from tasks.runlog import run_logger
 
 
@@ -48,17 +49,23 @@ def evaluate(
     max_images: int | None = 16,
     max_clicks: int = 9,
     autogen: AutogenSettings | None = None,
+    filter: FilterSettings | None = None,
+    amg_max_images: int | None = None,
     device: str = "cpu",
 ) -> dict:
     """Metrics of ``model_version``: {"miou@1", "miou@5", ..., "noc@90", "amg_precision", "amg_recall", ...}.
 
     ``miou@k`` is the "confident" choice (the mask the model rates best, what a user sees after one click); the
     oracle variants are kept under their full names. ``autogen``: generator settings for precision/recall
-    (None: skip the automatic part).
+    (None: skip the automatic part). ``filter``: the fully automatic stage's filter on top of the generator (its
+    calibrated thresholds included), so that precision/recall measure the masks that stage would keep.
+    ``amg_max_images``: score the automatic masks on the first this many images only (None: all).
     """
     from sam_core.evaluate import automatic_precision_recall, evaluate_interactive
     from stores import Store
     from tasks.autogen import make_generator
+    from tasks.calibrate import calibrated_settings
+    from tasks.filter import filter_records
     from tasks.models import load_model
 
     store = Store(store_url)
@@ -78,17 +85,28 @@ def evaluate(
         elif key.endswith("_oracle"):
             metrics[key] = value
     if autogen is not None:
+        if filter is not None:
+            autogen, filter, point = calibrated_settings(store, model_version, autogen, filter)
+            if point is not None:  # the operating point (None where the target cannot be met)
+                feasible = point["feasible"]
+                metrics["amg_pred_iou_thresh"] = point["pred_iou_thresh"] if feasible else None
+                metrics["amg_stability_thresh"] = point["stability_score_thresh"] if feasible else None
         generator = make_generator(model, autogen)
         generator.output_mode = "binary_mask"
         matched = predicted = truth = 0
-        for _, image, masks in samples:
-            found = [r["segmentation"] for r in generator.generate(image)]
+        automatic = samples[:amg_max_images] if amg_max_images else samples
+        for _, image, masks in automatic:
+            records = generator.generate(image)
+            if filter is not None:
+                records = filter_records(records, image.shape[:2], filter)
+            found = [r["segmentation"] for r in records]
             pr = automatic_precision_recall(found, masks, thresholds=(0.5,))
             matched += round(pr["recall@0.5"] * len(masks))
             predicted += len(found)
             truth += len(masks)
         metrics["amg_precision"] = matched / predicted if predicted else 0.0
         metrics["amg_recall"] = matched / truth if truth else 0.0
-        metrics["amg_masks_per_image"] = predicted / len(samples)
+        metrics["amg_masks_per_image"] = predicted / len(automatic)
+        metrics["amg_images"] = len(automatic)
     run_logger().info("evaluated %s: %s", model_version, {k: metrics.get(k) for k in ("miou@1", "miou@5")})
     return metrics

@@ -5,6 +5,10 @@ duplicates within a crop and cleans up small holes and islands. This filter is t
 a stricter confidence bar (the semi-automatic stage pre-fills only *confident* masks), a minimum area, dropping
 masks that cover nearly the whole image (SA-1B dropped masks covering 95% or more of the image), and a final box
 NMS over what remains.
+
+With ``target_precision`` the two confidence thresholds are not fixed numbers but the model version's own
+operating point, measured on labelled images (tasks.calibrate): the paper's 0.88 / 0.95 assume a calibrated IoU
+head, which a young model does not have.
 """
 
 from __future__ import annotations
@@ -26,6 +30,17 @@ class FilterSettings(BaseModel):
     )
     nms_iou: float = Field(
         0.7, ge=0.0, le=1.0, description="box IoU above which the lower-scored mask is dropped"
+    )
+    target_precision: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="take both confidence thresholds from the model's calibration (tasks.calibrate): the loosest "
+        "at which this fraction of kept masks match a ground-truth mask at match_iou. None: the fixed ones above",
+    )
+    match_iou: float = Field(0.75, gt=0.0, le=1.0, description="with target_precision: IoU of a right mask")
+    min_kept: int = Field(
+        10, ge=1, description="with target_precision: calibration candidates an operating point must keep"
     )
 
 

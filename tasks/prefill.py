@@ -32,12 +32,14 @@ def prefill(
     """Semi-automatic annotation of one shard of images; writes the shard and returns its summary."""
     from sam_core.predictor import SamPredictor
     from stores import Store
+    from tasks.calibrate import calibrated_settings
     from tasks.ground_truth import load_ground_truth
     from tasks.models import load_model
     from tasks.records import decode_mask
     from tasks.shards import run_shard
 
     store = Store(store_url)
+    settings, confident, _ = calibrated_settings(store, model_version, settings, confident)
     model = load_model(store, model_version, device)
     generator = make_generator(model, settings)
     predictor = SamPredictor(model)

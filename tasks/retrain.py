@@ -1,7 +1,8 @@
 """Retrain: SAM's interactive training on every accepted mask so far, then a new model version in the registry.
 
 The training set is each training-split image with its current masks (superseded and deleted ones dropped) of
-the chosen sources from every round up to this one. Training runs on Ray Train (``tasks.ray_train.train_on_ray``,
+the chosen sources from every round up to this one, plus (optionally) a replayed labelled split such as the
+seed set. Training runs on Ray Train (``tasks.ray_train.train_on_ray``,
 data-parallel, one GPU per worker where the cluster has GPUs) or, with ``backend="local"``, in this process
 (``sam_core.train.train``). The checkpoint goes to ``<store>/checkpoints/<model_version>.pt`` (written
 atomically) and the models table gets the lineage: parent version, round, config, metrics.
@@ -77,9 +78,16 @@ def retrain(
     focal_weight: float = 20.0,
     dice_weight: float = 1.0,
     seed: int = 0,
+    replay_split: str | None = None,
+    replay_ground_truth: str | None = None,
     backend: str = "ray",
 ) -> dict:
-    """Train ``model_version`` from ``parent_version`` on the store's masks; register and return its models row."""
+    """Train ``model_version`` from ``parent_version`` on the store's masks; register and return its models row.
+
+    ``replay_split``: also train on that split's images with their masks from the COCO file
+    ``replay_ground_truth`` (the seed set the first model learnt from), so that a round's few masks, which are
+    the largest objects of each image, do not pull the model away from what it knew.
+    """
     from sam_core.train import TrainConfig
     from stores import Store
     from stores.fsio import atomic_write
@@ -92,8 +100,24 @@ def retrain(
     store = Store(store_url)
     parent = check_model(store, parent_version)
     dataset = training_set(store, round, sources or ["human", "model", "auto"])
+    engine_images = len(dataset)
+    if replay_split is not None:
+        if not replay_ground_truth:
+            raise ValueError(
+                f"replay_split={replay_split!r} needs replay_ground_truth (a COCO file of its masks)"
+            )
+        from tasks.seed import labelled_split
+
+        dataset = dataset + labelled_split(store, replay_split, replay_ground_truth)
     logger = run_logger()
-    logger.info("retraining %s -> %s on %d images (%s)", parent_version, model_version, len(dataset), backend)
+    logger.info(
+        "retraining %s -> %s on %d images (%d replayed) (%s)",
+        parent_version,
+        model_version,
+        len(dataset),
+        len(dataset) - engine_images,
+        backend,
+    )
     init, temporary = local_checkpoint(parent["checkpoint_uri"])
     config = TrainConfig(
         model=parent["config"]["name"],
@@ -127,7 +151,12 @@ def retrain(
         uri,
         parent_version=parent_version,
         trained_on_round=round,
-        metrics={**metrics, "train_images": len(dataset), **extra},
+        metrics={
+            **metrics,
+            "train_images": engine_images,
+            "replay_images": len(dataset) - engine_images,
+            **extra,
+        },
         extra_config={"train": config_dict},
     )
 

@@ -2,7 +2,8 @@
 
 The seed is the tiny SAM with a pretrained image encoder taken from another version (as SAM's encoder started
 from an MAE-pretrained ViT) and a prompt encoder and mask decoder trained briefly, by the interactive trainer, on
-a small seed set of synthetic scenes that the engine's rounds never see. With ``encoder_from=None`` the whole
+a small seed set: the store's images of one split (default ``seed``) with ground truth from a COCO file, which the
+engine's rounds never annotate. Retrains may replay it (``retrain``'s ``replay_split``). With ``encoder_from=None`` the whole
 model is trained from scratch (slower to become useful).
 """
 
@@ -15,11 +16,12 @@ from prefect import task
 from tasks.runlog import run_logger
 
 
-def seed_dataset(seeds: list[int], size: int = 256) -> list[tuple]:
-    """[(image, masks)] of the synthetic scenes ``seeds`` (a stand-in for a public dataset)."""
-    from sam_core.synthetic import scene
+def labelled_split(store, split: str, ground_truth: str) -> list[tuple]:
+    """[(image HxWx3 uint8, masks list of HxW bool)] of the store's ``split`` images, with their masks from the
+    COCO file ``ground_truth``. ValueError when the split has no image with ground truth."""
+    from tasks.evaluate import evaluation_set
 
-    return [scene(s, size) for s in seeds]
+    return [(image, masks) for _, image, masks in evaluation_set(store, ground_truth, split, None)]
 
 
 def model_with_encoder_of(store, config_name: str, encoder_from: str | None):
@@ -50,7 +52,8 @@ def model_with_encoder_of(store, config_name: str, encoder_from: str | None):
 def train_seed_model(
     store_url: str,
     model_version: str,
-    seeds: list[int],
+    ground_truth: str,
+    split: str = "seed",
     steps: int = 60,
     masks_per_image: int = 8,
     correction_points: int = 2,
@@ -59,7 +62,9 @@ def train_seed_model(
     focal_weight: float = 1.0,
     encoder_from: str | None = "embedded",
 ) -> dict:
-    """Train and register the seed model ``model_version``; returns its models row."""
+    """Train and register the seed model ``model_version`` on the store's ``split`` images with their masks from
+    the COCO file ``ground_truth`` (the seed set: a public dataset's part in the real engine); returns its models
+    row."""
     import torch
 
     from sam_core.train import TrainConfig, train
@@ -68,6 +73,7 @@ def train_seed_model(
     from tasks.models import register_model
 
     store = Store(store_url)
+    dataset = labelled_split(store, split, ground_truth)
     model = model_with_encoder_of(store, "tiny", encoder_from)
     config = TrainConfig(
         model="tiny",
@@ -82,10 +88,10 @@ def train_seed_model(
         warmup_steps=max(1, steps // 10),
         cache_embeddings=encoder_from is not None,
         log_every=0,
-        metadata={"model_version": model_version, "seed_set": f"{len(seeds)} synthetic scenes"},
+        metadata={"model_version": model_version, "seed_set": f"{len(dataset)} {split!r} images"},
     )
-    run_logger().info("training seed model %s: %d steps on %d scenes", model_version, steps, len(seeds))
-    trainer = train(config, seed_dataset(seeds), model=model)
+    run_logger().info("training seed model %s: %d steps on %d images", model_version, steps, len(dataset))
+    trainer = train(config, dataset, model=model)
     last = trainer.history[-1] if trainer.history else {}
     metrics = {"loss": last.get("loss"), "iou_last": last.get("iou_last"), "steps": trainer.step_index}
     buffer = io.BytesIO()
@@ -97,5 +103,5 @@ def train_seed_model(
         "tiny",
         store.fs.unstrip_protocol(path),
         parent_version=encoder_from,
-        metrics={**metrics, "seed_images": len(seeds), "encoder_from": encoder_from},
+        metrics={**metrics, "seed_images": len(dataset), "encoder_from": encoder_from},
     )

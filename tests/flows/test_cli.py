@@ -23,6 +23,7 @@ def test_every_command_has_help():
         ["query", "masks"],
         ["segment"],
         ["model", "add"],
+        ["calibrate"],
     ):
         result = runner.invoke(app, [*args, "--help"])
         assert result.exit_code == 0, (args, result.output)
@@ -56,3 +57,16 @@ def test_bad_input_gives_a_clear_error_not_a_traceback(engine):
     result = runner.invoke(app, ["embed", "-m", "nope", "--backend", "local", "--store", engine["store"]])
     assert result.exit_code == 2
     assert "unknown model_version 'nope'" in result.output
+
+
+def test_calibrate_scores_a_version_and_prints_its_operating_points(engine):
+    store = ["--store", engine["store"]]
+    assert runner.invoke(app, ["ingest", engine["test_images"], "--split", "test", *store]).exit_code == 0
+    args = ["calibrate", engine["ground_truth"], "-m", engine["model"], "--points-per-side", "4", *store]
+    result = runner.invoke(app, [*args, "--split", "test", "--target-precision", "0.1", "--match-iou", "0.1"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["images"] == 2 and summary["candidates"] > 0
+    assert set(summary["operating_points"]) == {"0.1"}
+    result = runner.invoke(app, [*args, "--split", "val"])  # no such images: a clear error, nothing written
+    assert result.exit_code != 0 and "no 'val' images with ground truth" in result.output

@@ -28,5 +28,12 @@ def test_quick_demo_runs_every_stage_and_writes_its_figures(prefect_harness, tmp
     assert (out / "figures.png").stat().st_size > 0
     from stores import Store
 
-    rounds = Store((out / "engine" / "store").as_uri()).rounds()
+    store = Store((out / "engine" / "store").as_uri())
+    rounds = store.rounds()
     assert sorted(rounds["round"].astype(int)) == [0, 1, 2, 3]
+    from tasks.calibrate import read_calibration
+
+    for version in ("seed", "r1", "r2", "r3"):  # each version's automatic-mask thresholds were measured
+        assert len(read_calibration(store, version)) > 0
+    models = store.models().set_index("model_version")
+    assert models.loc["r1", "metrics"]["replay_images"] == 4  # the seed set, replayed in every retrain

@@ -111,3 +111,88 @@ def test_a_run_killed_mid_autogen_resumes_to_the_same_masks(engine, monkeypatch)
     register_model(Store(clean), engine["model"], "tiny", str(engine["root"] / "tiny.pt"))
     fully_automatic(_auto_params(clean, engine))
     assert _mask_set(engine["store"]) == _mask_set(clean)
+
+
+def test_calibrated_filters_and_a_replayed_split(engine):
+    """A filter with a target precision takes its thresholds from the model's calibration (and refuses to start
+    without one); the round calibrates the version it trains, and the retrain replays a labelled split."""
+    import numpy as np
+    import pandas as pd
+
+    from flows.data_engine_round import data_engine_round
+    from stores import Store
+    from tasks.calibrate import CalibrationSettings, calibrated_settings, read_calibration, write_calibration
+    from tasks.ingest import ingest
+
+    ingest.fn(engine["store"], [engine["test_images"]], split="test")
+    calibrated = FilterSettings(target_precision=0.5, match_iou=0.5, min_area=1, max_area_fraction=1.0)
+    calibration = CalibrationSettings(ground_truth=engine["ground_truth"], split="test", points_per_side=4)
+    params = RoundParams(
+        store=engine["store"],
+        round=1,
+        stage="fully_automatic",
+        model_version=engine["model"],
+        ingest=[engine["images"]],
+        autogen=AutogenSettings(points_per_side=4),
+        filter=calibrated,
+        embed={"backend": "local"},
+        retrain=TrainSettings(
+            steps=2,
+            masks_per_image=2,
+            cache_embeddings=True,
+            correction_points=1,
+            replay_split="test",
+            replay_ground_truth=engine["ground_truth"],
+        ),
+        new_model_version="r1",
+        calibration=calibration,
+        evaluation=EvalSettings(
+            ground_truth=engine["ground_truth"],
+            max_images=1,
+            max_clicks=2,
+            autogen=AutogenSettings(points_per_side=4),
+            filter=calibrated,
+        ),
+    )
+    match = "filter.target_precision: model 'tiny-random' has no calibration"
+    with pytest.raises(FileNotFoundError, match=match):
+        data_engine_round(params, train_backend="local")
+    with pytest.raises(ValueError, match="set `calibration`"):
+        data_engine_round(
+            params.model_copy(update={"calibration": None, "filter": OPEN_FILTER}), train_backend="local"
+        )
+    store = Store(engine["store"])
+    assert store.masks().empty  # both refused before any work
+
+    # A random model's masks match nothing, so its calibration is made by hand: 16 distinct right masks rated
+    # highest, then wrong ones; the operating point lands inside the random model's predicted-IoU range.
+    n = 40
+    write_calibration(
+        store,
+        engine["model"],
+        pd.DataFrame(
+            {
+                "image_id": "x",
+                "predicted_iou": np.linspace(0.1, -0.05, n),
+                "stability_score": 0.0,
+                "area": 100,
+                "image_area": 96 * 96,
+                "x0": 2.0 * np.arange(n),
+                "y0": 0.0,
+                "x1": 2.0 * np.arange(n) + 1,
+                "y1": 1.0,
+                "best_iou": np.where(np.arange(n) < 16, 0.9, 0.1),
+                "best_gt": np.arange(n),
+            }
+        ),
+    )
+    point = calibrated_settings(store, engine["model"], params.autogen, calibrated)[2]
+    assert point["feasible"] and 0.0 < point["pred_iou_thresh"] < 0.06
+    figures = data_engine_round(params, train_backend="local")
+    masks = store.masks(round=1)
+    assert len(masks) == figures["masks"] > 0
+    assert (masks.predicted_iou >= point["pred_iou_thresh"] - 1e-6).all()
+    assert len(read_calibration(store, "r1")) > 0  # the new version was calibrated for the next round
+    assert "amg_pred_iou_thresh" in figures and 0.0 <= figures["amg_precision"] <= 1.0
+    row = store.models().set_index("model_version").loc["r1"]
+    assert row["metrics"]["replay_images"] == 2 and row["metrics"]["train_images"] == 3

@@ -1,0 +1,166 @@
+"""Calibrated thresholds: the operating point search, the candidates' IoU, and how filters use the result."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks.calibrate import STABILITY_GRID, best_matches, operating_point, wilson_lower
+from tasks.filter import FilterSettings, filter_records
+
+
+def _brute_force(table: pd.DataFrame, target: float, match_iou: float, min_kept: int):
+    """Every (predicted-IoU threshold, stability threshold) pair, checked one by one; a right mask is one that
+    matches an object no other kept mask matches better-rated."""
+    best = None
+    good = table.best_iou >= match_iou
+    for s in STABILITY_GRID:
+        for t in sorted(set(table.predicted_iou)):
+            kept = (table.predicted_iou >= t) & (table.stability_score >= s)
+            n = int(kept.sum())
+            m = table[kept & good].groupby(["image_id", "best_gt"]).ngroups  # distinct objects found
+            if n >= min_kept and wilson_lower(m, n) >= target:
+                key = (m, m / n)
+                if best is None or key > best[0]:
+                    best = (key, t, s)
+    return best
+
+
+def _table(rng, n=120):
+    predicted = rng.uniform(0.2, 0.5, n).round(3)  # rounded: ties must be handled as one threshold
+    stability = rng.uniform(0.4, 1.0, n)
+    # Right masks are likelier at high predicted IoU and stability, as in a (poorly) calibrated model.
+    chance = np.clip((predicted - 0.2) * 2.0 + (stability - 0.4), 0, 1)
+    best_iou = np.where(rng.random(n) < chance, rng.uniform(0.75, 1.0, n), rng.uniform(0.0, 0.74, n))
+    x0 = rng.uniform(0, 50, n).astype(np.float32)
+    return pd.DataFrame(
+        {
+            "image_id": "x",
+            "predicted_iou": predicted.astype(np.float32),
+            "stability_score": stability.astype(np.float32),
+            "area": 100,
+            "image_area": 64 * 64,
+            "x0": x0,
+            "y0": x0,
+            "x1": x0 + 10,
+            "y1": x0 + 10,
+            "best_iou": best_iou.astype(np.float32),
+            "best_gt": rng.integers(0, 60, n),  # some right masks find the same object
+        }
+    )
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("target", [0.6, 0.8, 0.95])
+def test_operating_point_matches_an_exhaustive_search(seed, target):
+    table = _table(np.random.default_rng(seed))
+    point = operating_point(table, target, match_iou=0.75, min_kept=5)
+    expected = _brute_force(table, target, 0.75, 5)
+    if expected is None:
+        assert not point["feasible"] and math.isinf(point["pred_iou_thresh"])
+        return
+    (matched, precision), t, s = expected
+    assert point["feasible"]
+    assert point["matched"] == matched and point["precision"] == pytest.approx(precision)
+    kept = (table.predicted_iou >= point["pred_iou_thresh"]) & (
+        table.stability_score >= point["stability_score_thresh"]
+    )
+    assert int(kept.sum()) == point["kept"] and point["precision_lower"] >= target
+
+
+def test_a_hand_made_case_and_an_unreachable_target():
+    table = pd.DataFrame(
+        {
+            "image_id": "x",
+            "predicted_iou": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3],
+            "stability_score": [0.99] * 7,
+            "best_iou": [0.9, 0.9, 0.2, 0.9, 0.1, 0.1, 0.9],
+            "best_gt": [0, 1, 2, 3, 4, 5, 0],  # the last one finds object 0 again: a duplicate, so wrong
+        }
+    )
+    # The precision must hold at its 95% Wilson lower bound: 2 of 2 right (down to 0.8) bounds at 0.43, 3 of 4
+    # (down to 0.6) at 0.36, and nothing reaches 0.5 on so little evidence.
+    assert wilson_lower(2, 2) == pytest.approx(0.425, abs=1e-3)
+    assert wilson_lower(3, 4) == pytest.approx(0.356, abs=1e-3)
+    assert wilson_lower(50, 100) == pytest.approx(0.4188, abs=1e-3)
+    assert wilson_lower(50, 100) < wilson_lower(500, 1000) < 0.5  # more evidence, a tighter bound
+    assert operating_point(table, 0.4, 0.75, min_kept=1)["pred_iou_thresh"] == pytest.approx(0.8)
+    point = operating_point(table, 0.3, 0.75, min_kept=1)
+    assert point["pred_iou_thresh"] == pytest.approx(0.6) and point["precision"] == pytest.approx(0.75)
+    assert not operating_point(table, 0.5, 0.75, min_kept=1)["feasible"]
+    assert not operating_point(table, 0.3, 0.75, min_kept=5)["feasible"]
+    assert operating_point(table, 0.18, 0.75, min_kept=7)["matched"] == 3  # the duplicate does not count
+    with pytest.raises(ValueError, match="target_precision"):
+        operating_point(table, 0.0, 0.75)
+
+
+def test_nms_counts_a_duplicated_mask_once_and_area_limits_apply():
+    # One right mask found from 5 grid points (near-identical boxes), and 5 wrong masks elsewhere.
+    rows = [(0.9 - 0.01 * i, 10, 10, 0.9) for i in range(5)] + [(0.5, 40 + 5 * i, 40, 0.1) for i in range(5)]
+    table = pd.DataFrame(
+        {
+            "image_id": "x",
+            "predicted_iou": [r[0] for r in rows],
+            "stability_score": 0.99,
+            "area": [100] * 5 + [4] * 5,
+            "image_area": 10_000,
+            "x0": [r[1] for r in rows],
+            "y0": [r[2] for r in rows],
+            "x1": [r[1] + 10 for r in rows],
+            "y1": [r[2] + 10 for r in rows],
+            "best_iou": [r[3] for r in rows],
+            "best_gt": list(range(10)),  # pretend each found its own object: this test is about NMS
+        }
+    )
+    # Without NMS the duplicates look like 5 right masks in a row; a stage keeps 1 of them, then 5 wrong ones.
+    assert operating_point(table, 0.5, 0.75, min_kept=5)["kept"] == 5
+    assert not operating_point(table, 0.5, 0.75, min_kept=2, nms_iou=0.7)["feasible"]
+    point = operating_point(table, 0.25, 0.75, min_kept=1, nms_iou=0.7)
+    assert point["kept"] == point["matched"] == 1
+    # The small wrong masks fall under min_area: what is left is the one right mask.
+    point = operating_point(table, 0.25, 0.75, min_kept=1, nms_iou=0.7, min_area=16)
+    assert point["kept"] == 1 and point["pred_iou_thresh"] == pytest.approx(0.9)
+
+
+def test_best_matches_takes_the_best_ground_truth_mask():
+    a = np.zeros((4, 4), bool)
+    a[:2] = True
+    b = np.zeros((4, 4), bool)
+    b[:, :2] = True
+    half_a = np.zeros((4, 4), bool)
+    half_a[0] = True
+    out, index = best_matches([a, half_a, ~a & ~b, b], [a, b])
+    assert out[0] == pytest.approx(1.0) and out[1] == pytest.approx(0.5) and out[2] == pytest.approx(0.0)
+    assert index.tolist() == [0, 0, -1, 1]
+    assert best_matches([a], [])[0].tolist() == [0.0] and len(best_matches([], [a])[0]) == 0
+
+
+def test_calibrated_settings_apply_the_point_and_an_unreachable_one_keeps_nothing(tmp_path):
+    from stores import Store
+    from tasks.autogen import AutogenSettings
+    from tasks.calibrate import calibrated_settings, read_calibration, write_calibration
+
+    store = Store(tmp_path.as_uri())
+    with pytest.raises(FileNotFoundError, match="'v1' has no calibration"):
+        read_calibration(store, "v1")
+    table = _table(np.random.default_rng(0))
+    write_calibration(store, "v1", table)
+    assert read_calibration(store, "v1").equals(table)
+
+    fixed = FilterSettings()
+    assert calibrated_settings(store, "v1", AutogenSettings(), fixed)[1] == fixed  # no target: unchanged
+    autogen, filter, point = calibrated_settings(
+        store, "v1", AutogenSettings(), FilterSettings(target_precision=0.6)
+    )
+    assert (
+        point["feasible"] and autogen.pred_iou_thresh == filter.min_predicted_iou == point["pred_iou_thresh"]
+    )
+    assert autogen.stability_score_thresh == filter.min_stability_score == point["stability_score_thresh"]
+
+    autogen, filter, point = calibrated_settings(
+        store, "v1", AutogenSettings(), FilterSettings(target_precision=1.0, match_iou=1.0)
+    )
+    assert not point["feasible"] and autogen.pred_iou_thresh == 1.0
+    record = {"predicted_iou": 1.5, "stability_score": 1.0, "area": 50, "bbox": [0, 0, 5, 10]}
+    assert filter_records([record], (64, 64), filter) == []  # even an over-confident mask is dropped
