@@ -258,7 +258,7 @@ def calibrate(
     target precision (FilterSettings.target_precision) instead of fixed thresholds; prints the operating points."""
     from stores import Store
     from tasks.autogen import AutogenSettings
-    from tasks.calibrate import CalibrationSettings, operating_point, read_calibration
+    from tasks.calibrate import CalibrationSettings, filter_operating_point, read_calibration
     from tasks.calibrate import calibrate as calibrate_task
     from tasks.filter import FilterSettings
     from tasks.models import resolve_version
@@ -272,16 +272,10 @@ def calibrate(
         with _spinner(f"calibrating {version}"):
             summary = calibrate_task.fn(url, version, settings)
         table = read_calibration(Store(url), version)
-        limits = FilterSettings()  # the default filter's NMS and area limits, as a stage would apply them
+        # As a stage with the default generator and filter (their NMS and area limits) would apply them.
         summary["operating_points"] = {
-            str(p): operating_point(
-                table,
-                p,
-                match_iou,
-                limits.min_kept,
-                nms_iou=min(limits.nms_iou, AutogenSettings().box_nms_thresh),
-                min_area=limits.min_area,
-                max_area_fraction=limits.max_area_fraction,
+            str(p): filter_operating_point(
+                table, AutogenSettings(), FilterSettings(target_precision=p, match_iou=match_iou)
             )
             for p in target_precision
         }

@@ -110,6 +110,20 @@ class DemoConfig:
             update={"target_precision": self.confident_precision, "match_iou": self.match_iou}
         )
 
+    def evaluation(self, ground_truth: str):
+        """The held-out evaluation after the seed and after every retrain."""
+        from flows.params import EvalSettings
+        from tasks.autogen import AutogenSettings
+
+        return EvalSettings(
+            ground_truth=ground_truth,
+            max_images=self.test_images,
+            max_clicks=self.eval_clicks,
+            amg_max_images=self.amg_test_images,
+            autogen=AutogenSettings(points_per_side=self.eval_points_per_side),
+            filter=self.stage3_filter(),
+        )
+
     def calibration(self, ground_truth: str):
         from tasks.calibrate import CalibrationSettings
 
@@ -176,8 +190,6 @@ def run_demo(out_dir: Path, config: DemoConfig | None = None, console=None) -> l
 
 def seed_round(store_url: str, data: dict, config: DemoConfig, console) -> dict:
     """Ingest every image, train and evaluate the seed model: round 0 of the table."""
-    from flows.params import EvalSettings
-    from tasks.autogen import AutogenSettings
     from tasks.calibrate import calibrate
     from tasks.evaluate import evaluate
     from tasks.ingest import ingest
@@ -214,14 +226,7 @@ def seed_round(store_url: str, data: dict, config: DemoConfig, console) -> dict:
             lr=5e-4,
             encoder_from=encoder_from,
         )
-    settings = EvalSettings(
-        ground_truth=data["ground_truth"],
-        max_images=config.test_images,
-        max_clicks=config.eval_clicks,
-        amg_max_images=config.amg_test_images,
-        autogen=AutogenSettings(points_per_side=config.eval_points_per_side),
-        filter=config.stage3_filter(),
-    )
+    settings = config.evaluation(data["ground_truth"])
     with console.status("calibrating the seed model's automatic masks on the validation images"):
         calibrate.fn(store_url, "seed", config.calibration(data["ground_truth"]))
     with console.status("evaluating the seed model on the held-out images"):
@@ -244,7 +249,7 @@ def seed_round(store_url: str, data: dict, config: DemoConfig, console) -> dict:
 
 def round_params(store_url: str, data: dict, config: DemoConfig, round: int, stage: str, version: str):
     """The data_engine_round parameters of one demo round: new images, then retrain and evaluate."""
-    from flows.params import EvalSettings, ImageSelection, RoundParams, TrainSettings
+    from flows.params import ImageSelection, RoundParams, TrainSettings
     from tasks.annotate import AnnotatorSettings
     from tasks.autogen import AutogenSettings
 
@@ -278,14 +283,7 @@ def round_params(store_url: str, data: dict, config: DemoConfig, round: int, sta
         ),
         new_model_version=f"r{round}",
         calibration=config.calibration(data["ground_truth"]),
-        evaluation=EvalSettings(
-            ground_truth=data["ground_truth"],
-            max_images=config.test_images,
-            max_clicks=config.eval_clicks,
-            amg_max_images=config.amg_test_images,
-            autogen=AutogenSettings(points_per_side=config.eval_points_per_side),
-            filter=config.stage3_filter(),
-        ),
+        evaluation=config.evaluation(data["ground_truth"]),
     )
 
 

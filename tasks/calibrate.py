@@ -253,19 +253,38 @@ def read_calibration(store, model_version: str) -> pd.DataFrame:
     calibrated."""
     path = calibration_path(store, model_version)
     if not store.fs.exists(path):
-        raise FileNotFoundError(
-            f"model {model_version!r} has no calibration in store {store.url}: run the calibrate task "
-            "(a round's `calibration` parameter) for it, or give the filter fixed thresholds (target_precision=None)"
-        )
+        raise _not_calibrated(store, model_version)
     with store.fs.open(path, "rb") as f:
         return pd.read_parquet(f)
+
+
+def _not_calibrated(store, model_version: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"model {model_version!r} has no calibration in store {store.url}: run the calibrate task "
+        "(a round's `calibration` parameter) for it, or give the filter fixed thresholds (target_precision=None)"
+    )
 
 
 def check_calibration(store, model_version: str, *filters) -> None:
     """Fail fast: a filter that asks for a target precision needs ``model_version``'s calibration."""
     if any(getattr(f, "target_precision", None) is not None for f in filters):
         if not store.fs.exists(calibration_path(store, model_version)):
-            read_calibration(store, model_version)  # raises the explanatory error
+            raise _not_calibrated(store, model_version)
+
+
+def filter_operating_point(candidates: pd.DataFrame, autogen, filter) -> dict:
+    """``operating_point`` for ``filter.target_precision`` under the NMS and area limits a stage with these
+    generator and filter settings applies (the generator's NMS and the filter's both run on what passes; the
+    stricter of the two decides)."""
+    return operating_point(
+        candidates,
+        filter.target_precision,
+        filter.match_iou,
+        filter.min_kept,
+        nms_iou=min(autogen.box_nms_thresh, filter.nms_iou),
+        min_area=filter.min_area,
+        max_area_fraction=filter.max_area_fraction,
+    )
 
 
 def calibrated_settings(store, model_version: str, autogen, filter):
@@ -277,16 +296,7 @@ def calibrated_settings(store, model_version: str, autogen, filter):
     """
     if filter.target_precision is None:
         return autogen, filter, None
-    # The generator's NMS and the filter's both run on what passes; the stricter of the two decides.
-    point = operating_point(
-        read_calibration(store, model_version),
-        filter.target_precision,
-        filter.match_iou,
-        filter.min_kept,
-        nms_iou=min(autogen.box_nms_thresh, filter.nms_iou),
-        min_area=filter.min_area,
-        max_area_fraction=filter.max_area_fraction,
-    )
+    point = filter_operating_point(read_calibration(store, model_version), autogen, filter)
     if not point["feasible"]:
         run_logger().warning(
             "model %s reaches precision %.2f at IoU %.2f at no threshold: no automatic mask is kept",

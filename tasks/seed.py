@@ -2,9 +2,9 @@
 
 The seed is the tiny SAM with a pretrained image encoder taken from another version (as SAM's encoder started
 from an MAE-pretrained ViT) and a prompt encoder and mask decoder trained briefly, by the interactive trainer, on
-a small seed set: the store's images of one split (default ``seed``) with ground truth from a COCO file, which the
-engine's rounds never annotate. Retrains may replay it (``retrain``'s ``replay_split``). With ``encoder_from=None`` the whole
-model is trained from scratch (slower to become useful).
+a small seed set: the store's images of one split (default ``seed``) with ground truth from a COCO file, which
+the engine's rounds never annotate. Retrains may replay it (``retrain``'s ``replay_split``). With
+``encoder_from=None`` the whole model is trained from scratch (slower to become useful).
 """
 
 from __future__ import annotations
