@@ -54,6 +54,7 @@ class DemoConfig:
     # The seed's fresh decoder needs about a hundred steps before its masks follow the click; each retrain then
     # continues from the previous version on every mask accepted so far.
     seed_steps: int = 150
+    seed_lr: float = 5e-4
     retrain_steps: int = 80
     # Each retrain also replays the seed set: without it, a retrain on a round's masks (the largest objects of
     # each image, which the annotator labels first) lowered first-click mIoU on the held-out images.
@@ -223,7 +224,7 @@ def seed_round(store_url: str, data: dict, config: DemoConfig, console) -> dict:
             steps=config.seed_steps,
             correction_points=1,
             no_point_iterations=0,
-            lr=5e-4,
+            lr=config.seed_lr,
             encoder_from=encoder_from,
         )
     settings = config.evaluation(data["ground_truth"])

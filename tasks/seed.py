@@ -24,28 +24,68 @@ def labelled_split(store, split: str, ground_truth: str) -> list[tuple]:
     return [(image, masks) for _, image, masks in evaluation_set(store, ground_truth, split, None)]
 
 
-def model_with_encoder_of(store, config_name: str, encoder_from: str | None):
-    """A fresh model of ``config_name`` whose image encoder holds the weights of version ``encoder_from``."""
+def model_with_encoder(config_name: str, encoder_state: dict | None):
+    """A fresh model of ``config_name`` (seeded: the same weights every time) whose image encoder holds
+    ``encoder_state`` (an ``image_encoder`` state dict; None keeps it fresh too)."""
     import torch
 
-    from sam_core.embedded import read_checkpoint
     from sam_core.train import ATTENTION_INIT_GAIN, build_model
-    from tasks.models import model_row
 
     torch.manual_seed(0)
     # The fresh decoder gets the location-aware attention init: with PyTorch's default init a briefly trained
     # decoder ignores where the click is (sam_core.train.locality_init).
     model = build_model(config_name, attention_init_gain=ATTENTION_INIT_GAIN)
+    if encoder_state is not None:
+        model.image_encoder.load_state_dict(encoder_state, strict=True)
+    return model
+
+
+def model_with_encoder_of(store, config_name: str, encoder_from: str | None):
+    """A fresh model of ``config_name`` whose image encoder holds the weights of version ``encoder_from``."""
+    from sam_core.embedded import read_checkpoint
+    from tasks.models import model_row
+
     if encoder_from is None:
-        return model
+        return model_with_encoder(config_name, None)
     state = read_checkpoint(model_row(store, encoder_from)["checkpoint_uri"])["model"]
     encoder = {
         k.removeprefix("image_encoder."): v for k, v in state.items() if k.startswith("image_encoder.")
     }
     if not encoder:
         raise ValueError(f"model {encoder_from!r} has no image_encoder weights to start from")
-    model.image_encoder.load_state_dict(encoder, strict=True)
-    return model
+    return model_with_encoder(config_name, encoder)
+
+
+def seed_train_config(
+    steps: int,
+    masks_per_image: int = 8,
+    correction_points: int = 2,
+    no_point_iterations: int = 1,
+    lr: float = 1e-3,
+    focal_weight: float = 1.0,
+    cache_embeddings: bool = True,
+    seed: int = 0,
+    metadata: dict | None = None,
+):
+    """The trainer's config for a seed model: a short run with a tenth of it warming up."""
+    from sam_core.train import TrainConfig
+
+    return TrainConfig(
+        model="tiny",
+        steps=steps,
+        masks_per_image=masks_per_image,
+        correction_points=correction_points,
+        no_point_iterations=no_point_iterations,
+        lr=lr,
+        # 1:1 rather than the paper's 20:1: from a fresh decoder, 20:1 makes "predict nothing" a plateau
+        # (sam_core/weights/MODEL_CARD.md).
+        focal_weight=focal_weight,
+        warmup_steps=max(1, steps // 10),
+        cache_embeddings=cache_embeddings,
+        seed=seed,
+        log_every=0,
+        metadata=metadata or {},
+    )
 
 
 @task(name="train-seed-model")
@@ -67,7 +107,7 @@ def train_seed_model(
     row."""
     import torch
 
-    from sam_core.train import TrainConfig, train
+    from sam_core.train import train
     from stores import Store
     from stores.fsio import atomic_write
     from tasks.models import register_model
@@ -75,19 +115,14 @@ def train_seed_model(
     store = Store(store_url)
     dataset = labelled_split(store, split, ground_truth)
     model = model_with_encoder_of(store, "tiny", encoder_from)
-    config = TrainConfig(
-        model="tiny",
-        steps=steps,
+    config = seed_train_config(
+        steps,
         masks_per_image=masks_per_image,
         correction_points=correction_points,
         no_point_iterations=no_point_iterations,
         lr=lr,
-        # 1:1 rather than the paper's 20:1: from a fresh decoder, 20:1 makes "predict nothing" a plateau
-        # (sam_core/weights/MODEL_CARD.md).
         focal_weight=focal_weight,
-        warmup_steps=max(1, steps // 10),
         cache_embeddings=encoder_from is not None,
-        log_every=0,
         metadata={"model_version": model_version, "seed_set": f"{len(dataset)} {split!r} images"},
     )
     run_logger().info("training seed model %s: %d steps on %d images", model_version, steps, len(dataset))

@@ -7,7 +7,9 @@ is `{"results": [{"result": [brushlabels result], "score", "model_version"}]}`.
 
 Each task names its engine image by `data.image_id`. The backend takes that image's embedding from the store (and
 on a first visit computes it once with the image encoder and stores it), keeps the last few in memory, and answers a
-click with the prompt encoder + mask decoder only. A token protects it: Label Studio sends it as the HTTP basic-auth
+click with the prompt encoder + mask decoder only. As in the SAM paper's interactive protocol (and the simulated
+annotator), a click that extends the previous request's clicks feeds that request's low-resolution logits back as
+the mask prompt, so each click refines the mask the annotator sees. A token protects it: Label Studio sends it as the HTTP basic-auth
 password (register the backend with auth_method=BASIC_AUTH); `Authorization: Bearer <token>` works too.
 The server is the standard library's threaded HTTP server: one decoder pass per click needs nothing more, and the
 predictor is guarded by a lock because it holds one image at a time.
@@ -100,6 +102,9 @@ class SamBackend:
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = int(cache_size)
         self._current: str | None = None
+        # (image_id, prompts) -> the low-res logits (1 x 4h x 4w) answered for them, the next click's mask prompt.
+        self._answered: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._answered_size = 64
         self._images: dict[str, tuple[str, int, int]] | None = None
 
     def __repr__(self) -> str:
@@ -197,6 +202,7 @@ class SamBackend:
 
     def _predict_one(self, image_id: str, task_id, prompts: list) -> dict:
         points, labels, box, label = [], [], None, DEFAULT_LABELS[0]
+        used = []  # the prompts in the order given, as hashable tuples: the key of this answer
         with self._lock:
             height, width = self._use_image(image_id)
             for prompt in prompts:
@@ -207,8 +213,10 @@ class SamBackend:
                         points.append(percent_to_pixels(float(value["x"]), float(value["y"]), width, height))
                         positive = prompt.get("is_positive", value.get("is_positive", True))
                         labels.append(1 if positive in (True, 1, "true", "1") else 0)
+                        used.append(("point", *points[-1], labels[-1]))
                     elif kind == "rectanglelabels":
                         box = rect_percent_to_box(value, width, height)
+                        used.append(("box", *box))
                     else:
                         continue
                 except (KeyError, TypeError, ValueError) as exc:
@@ -225,15 +233,19 @@ class SamBackend:
             # One point is ambiguous (part or whole): ask for three masks and keep the one the model rates best.
             multimask = len(points) == 1 and box is None
             extra = {"best_only": True} if multimask and self._best_only else {}
+            # One more click than a request already answered: that answer is this one's mask prompt.
+            previous = self._answered.get((image_id, tuple(used[:-1]))) if len(used) > 1 else None
             with torch.inference_mode():  # thread-local: the server thread needs its own
-                masks, scores, _ = self.predictor.predict(
+                masks, scores, low_res = self.predictor.predict(
                     point_coords=np.asarray(points, dtype=np.float32) if points else None,
                     point_labels=np.asarray(labels, dtype=np.int64) if points else None,
                     box=np.asarray(box, dtype=np.float32) if box is not None else None,
+                    mask_input=previous,
                     multimask_output=multimask,
                     **extra,
                 )
-        best = int(np.argmax(scores))
+            best = int(np.argmax(scores))
+            self._remember((image_id, tuple(used)), np.asarray(low_res[best : best + 1]))
         score = float(scores[best])
         result = {
             "id": uuid.uuid4().hex[:10],
@@ -248,6 +260,12 @@ class SamBackend:
             "readonly": False,
         }
         return {"result": [result], "score": score, "model_version": self.model_version}
+
+    def _remember(self, key: tuple, low_res: np.ndarray) -> None:
+        self._answered[key] = low_res
+        self._answered.move_to_end(key)
+        while len(self._answered) > self._answered_size:
+            self._answered.popitem(last=False)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -196,3 +196,17 @@ def test_calibrated_filters_and_a_replayed_split(engine):
     assert "amg_pred_iou_thresh" in figures and 0.0 <= figures["amg_precision"] <= 1.0
     row = store.models().set_index("model_version").loc["r1"]
     assert row["metrics"]["replay_images"] == 2 and row["metrics"]["train_images"] == 3
+
+
+def test_the_evaluation_scores_automatic_masks_on_its_first_amg_max_images(engine):
+    from tasks.evaluate import evaluate
+    from tasks.ingest import ingest
+
+    ingest.fn(engine["store"], [engine["test_images"]], split="test")
+    common = dict(ground_truth=engine["ground_truth"], max_images=2, max_clicks=1, autogen=OPEN_AUTOGEN)
+    every = evaluate.fn(engine["store"], engine["model"], **common)
+    first = evaluate.fn(engine["store"], engine["model"], amg_max_images=1, **common)
+    assert every["eval_images"] == first["eval_images"] == 2 and every["amg_images"] == 2
+    assert first["amg_images"] == 1
+    # the interactive part still sees every image
+    assert first["eval_masks"] == every["eval_masks"] and first["miou@1"] == every["miou@1"]

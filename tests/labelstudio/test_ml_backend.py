@@ -131,3 +131,35 @@ def test_mask_matches_a_direct_decoder_call(backend, store, tiny_sam):
     predictor.set_image(load_image(store.images().set_index("image_id").loc["img1", "uri"]))
     masks, scores, _ = predictor.predict(point_coords=np.array([[16.0, 36.0]]), point_labels=np.array([1]))
     assert np.array_equal(got, masks[int(np.argmax(scores))])
+
+
+def test_a_further_click_feeds_the_previous_answer_back_as_the_mask_prompt(backend, store, tiny_sam):
+    be, _ = backend
+    seen = []
+    predict = be.predictor.predict
+
+    def spy(**kwargs):
+        seen.append(kwargs.get("mask_input"))
+        return predict(**kwargs)
+
+    be.predictor.predict = spy
+    one, two = [_click(25, 75)], [_click(25, 75), _click(60, 30, positive=False)]
+    be.predict(_body("img1", one))
+    got = be.predict(_body("img1", two))["results"][0]["result"][0]["value"]["rle"]
+    be.predict(_body("img0", two))  # another image's clicks never reuse this one's answer
+    assert seen[0] is None and seen[1] is not None and seen[2] is None
+    from tasks.labelstudio.ml_backend import load_image, make_predictor
+
+    # The same two clicks by hand: the first click's best low-res logits, then both clicks with them as the prompt.
+    predictor = make_predictor(tiny_sam)
+    predictor.set_image(load_image(store.images().set_index("image_id").loc["img1", "uri"]))
+    _, scores, low_res = predictor.predict(point_coords=np.array([[16.0, 36.0]]), point_labels=np.array([1]))
+    best = int(np.argmax(scores))
+    assert np.allclose(seen[1], low_res[best : best + 1], atol=1e-5)
+    masks, _, _ = predictor.predict(
+        point_coords=np.array([[16.0, 36.0], [38.4, 14.4]]),
+        point_labels=np.array([1, 0]),
+        mask_input=low_res[best : best + 1],
+        multimask_output=False,
+    )
+    assert np.array_equal(brush_rle_to_mask(got, 48, 64), masks[0])

@@ -14,12 +14,14 @@ def _brute_force(table: pd.DataFrame, target: float, match_iou: float, min_kept:
     """Every (predicted-IoU threshold, stability threshold) pair, checked one by one; a right mask is one that
     matches an object no other kept mask matches better-rated."""
     best = None
-    good = table.best_iou >= match_iou
+    predicted, stability = table.predicted_iou.to_numpy(), table.stability_score.to_numpy()
+    good = table.best_iou.to_numpy() >= match_iou
+    objects = list(zip(table.image_id, table.best_gt, strict=True))
     for s in STABILITY_GRID:
-        for t in sorted(set(table.predicted_iou)):
-            kept = (table.predicted_iou >= t) & (table.stability_score >= s)
+        for t in sorted(set(predicted)):
+            kept = (predicted >= t) & (stability >= s)
             n = int(kept.sum())
-            m = table[kept & good].groupby(["image_id", "best_gt"]).ngroups  # distinct objects found
+            m = len({objects[i] for i in np.flatnonzero(kept & good)})  # distinct objects found
             if n >= min_kept and wilson_lower(m, n) >= target:
                 key = (m, m / n)
                 if best is None or key > best[0]:
