@@ -24,6 +24,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROUNDS = ((1, "assisted_manual"), (2, "semi_automatic"), (3, "fully_automatic"))
+# How the seed and every retrain train the decoder: 8 masks an image, each seen with its first prompt and one
+# correction click (no mask-only pass), focal:dice 1:1 (20:1 stalls a fresh decoder at empty masks).
+DECODER_RECIPE = {"masks_per_image": 8, "correction_points": 1, "no_point_iterations": 0, "focal_weight": 1.0}
 TABLE_COLUMNS = (
     ("round", "round"),
     ("stage", "stage"),
@@ -125,6 +128,10 @@ class DemoConfig:
             filter=self.stage3_filter(),
         )
 
+    def seed_training(self) -> dict:
+        """The seed model's training settings: keywords of tasks.seed.train_seed_model and seed_train_config."""
+        return {"steps": self.seed_steps, "lr": self.seed_lr, **DECODER_RECIPE}
+
     def calibration(self, ground_truth: str):
         from tasks.calibrate import CalibrationSettings
 
@@ -221,11 +228,8 @@ def seed_round(store_url: str, data: dict, config: DemoConfig, console) -> dict:
             "seed",
             ground_truth=data["ground_truth"],
             split="seed",
-            steps=config.seed_steps,
-            correction_points=1,
-            no_point_iterations=0,
-            lr=config.seed_lr,
             encoder_from=encoder_from,
+            **config.seed_training(),
         )
     settings = config.evaluation(data["ground_truth"])
     with console.status("calibrating the seed model's automatic masks on the validation images"):
@@ -272,13 +276,10 @@ def round_params(store_url: str, data: dict, config: DemoConfig, round: int, sta
         filter=config.stage3_filter(),
         retrain=TrainSettings(
             steps=config.retrain_steps,
-            masks_per_image=8,
             lr=config.retrain_lr,
             cache_embeddings=True,
-            correction_points=1,
-            no_point_iterations=0,
-            focal_weight=1.0,
             seed=round,
+            **DECODER_RECIPE,
             replay_split="seed" if config.replay_seed_set else None,
             replay_ground_truth=data["ground_truth"] if config.replay_seed_set else None,
         ),

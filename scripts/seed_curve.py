@@ -32,15 +32,16 @@ def seed_curve(
     test_images: int,
     clicks: int,
     lr: float,
-    masks_per_image: int = 8,
 ) -> list[dict]:
     """One row per (scenes, steps, seed): held-out mIoU@1 (confident and oracle), mIoU@``clicks`` and seconds."""
+    from flows.demo import DemoConfig
     from sam_core.embedded import load_embedded
     from sam_core.evaluate import evaluate_interactive
     from sam_core.synthetic import scene, split_seeds
     from sam_core.train import train
     from tasks.seed import model_with_encoder, seed_train_config
 
+    recipe = DemoConfig().seed_training()  # the demo's seed recipe; only steps and lr vary here
     encoder = load_embedded().image_encoder.state_dict()
     test = [scene(s, 256) for s in split_seeds("test", test_images)]
     rows = []
@@ -49,15 +50,7 @@ def seed_curve(
         for s in steps:
             for seed in seeds:
                 started = time.monotonic()
-                # As the demo's seed: one correction click, no mask-only pass (tasks.seed via flows.demo).
-                config = seed_train_config(
-                    s,
-                    masks_per_image=masks_per_image,
-                    correction_points=1,
-                    no_point_iterations=0,
-                    lr=lr,
-                    seed=seed,
-                )
+                config = seed_train_config(**{**recipe, "steps": s, "lr": lr}, seed=seed)
                 model = train(config, data, model=model_with_encoder("tiny", encoder)).model
                 result = evaluate_interactive(model, test, max_clicks=clicks)
                 rows.append(

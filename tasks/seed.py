@@ -58,11 +58,12 @@ def model_with_encoder_of(store, config_name: str, encoder_from: str | None):
 
 def seed_train_config(
     steps: int,
-    masks_per_image: int = 8,
-    correction_points: int = 2,
-    no_point_iterations: int = 1,
-    lr: float = 1e-3,
-    focal_weight: float = 1.0,
+    *,
+    masks_per_image: int,
+    correction_points: int,
+    no_point_iterations: int,
+    lr: float,
+    focal_weight: float,
     cache_embeddings: bool = True,
     seed: int = 0,
     metadata: dict | None = None,

@@ -83,6 +83,10 @@ def load_image(uri: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
+# Answers kept for the next click's mask prompt: one 1 x 256 x 256 float32 logits array each (256 KiB).
+ANSWERS_KEPT = 64
+
+
 class SamBackend:
     """The backend's logic, without HTTP (tests and the benchmark call it directly too).
 
@@ -104,7 +108,6 @@ class SamBackend:
         self._current: str | None = None
         # (image_id, prompts) -> the low-res logits (1 x 4h x 4w) answered for them, the next click's mask prompt.
         self._answered: OrderedDict[tuple, np.ndarray] = OrderedDict()
-        self._answered_size = 64
         self._images: dict[str, tuple[str, int, int]] | None = None
 
     def __repr__(self) -> str:
@@ -264,7 +267,7 @@ class SamBackend:
     def _remember(self, key: tuple, low_res: np.ndarray) -> None:
         self._answered[key] = low_res
         self._answered.move_to_end(key)
-        while len(self._answered) > self._answered_size:
+        while len(self._answered) > ANSWERS_KEPT:
             self._answered.popitem(last=False)
 
 

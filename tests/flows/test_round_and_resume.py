@@ -14,23 +14,31 @@ OPEN_FILTER = FilterSettings(
 )
 
 
+def _round_one(engine, **fields) -> RoundParams:
+    """Round 1 of the fully automatic stage on the engine's images, retrained into r1; ``fields`` do the rest."""
+    return RoundParams(
+        store=engine["store"],
+        round=1,
+        stage="fully_automatic",
+        model_version=engine["model"],
+        ingest=[engine["images"]],
+        embed={"backend": "local"},
+        new_model_version="r1",
+        **fields,
+    )
+
+
 def test_round_runs_the_stage_then_retrains_and_evaluates(engine):
     from flows.data_engine_round import data_engine_round
     from stores import Store
     from tasks.ingest import ingest
 
     ingest.fn(engine["store"], [engine["test_images"]], split="test")
-    params = RoundParams(
-        store=engine["store"],
-        round=1,
-        stage="fully_automatic",
-        model_version=engine["model"],
-        ingest=[engine["images"]],
+    params = _round_one(
+        engine,
         autogen=OPEN_AUTOGEN,
         filter=OPEN_FILTER,
-        embed={"backend": "local"},
         retrain=TrainSettings(steps=1, masks_per_image=2, cache_embeddings=True, correction_points=1),
-        new_model_version="r1",
         evaluation=EvalSettings(
             ground_truth=engine["ground_truth"], max_images=1, max_clicks=2, autogen=OPEN_AUTOGEN
         ),
@@ -127,15 +135,10 @@ def test_calibrated_filters_and_a_replayed_split(engine):
     ingest.fn(engine["store"], [engine["test_images"]], split="test")
     calibrated = FilterSettings(target_precision=0.5, match_iou=0.5, min_area=1, max_area_fraction=1.0)
     calibration = CalibrationSettings(ground_truth=engine["ground_truth"], split="test", points_per_side=4)
-    params = RoundParams(
-        store=engine["store"],
-        round=1,
-        stage="fully_automatic",
-        model_version=engine["model"],
-        ingest=[engine["images"]],
+    params = _round_one(
+        engine,
         autogen=AutogenSettings(points_per_side=4),
         filter=calibrated,
-        embed={"backend": "local"},
         retrain=TrainSettings(
             steps=2,
             masks_per_image=2,
@@ -144,7 +147,6 @@ def test_calibrated_filters_and_a_replayed_split(engine):
             replay_split="test",
             replay_ground_truth=engine["ground_truth"],
         ),
-        new_model_version="r1",
         calibration=calibration,
         evaluation=EvalSettings(
             ground_truth=engine["ground_truth"],

@@ -133,7 +133,9 @@ def test_mask_matches_a_direct_decoder_call(backend, store, tiny_sam):
     assert np.array_equal(got, masks[int(np.argmax(scores))])
 
 
-def test_a_further_click_feeds_the_previous_answer_back_as_the_mask_prompt(backend, store, tiny_sam):
+def test_a_further_click_feeds_the_previous_answer_back_as_the_mask_prompt(
+    backend, store, tiny_sam, monkeypatch
+):
     be, _ = backend
     seen = []
     predict = be.predictor.predict
@@ -163,3 +165,13 @@ def test_a_further_click_feeds_the_previous_answer_back_as_the_mask_prompt(backe
         multimask_output=False,
     )
     assert np.array_equal(brush_rle_to_mask(got, 48, 64), masks[0])
+
+    # Only the latest ANSWERS_KEPT answers are kept, the oldest dropped first.
+    from tasks.labelstudio import ml_backend
+
+    monkeypatch.setattr(ml_backend, "ANSWERS_KEPT", 2)
+    newest = []
+    for x in (10, 20, 30):
+        be.predict(_body("img1", [_click(x, 50)]))
+        newest.append(next(reversed(be._answered)))
+    assert list(be._answered) == newest[1:]
