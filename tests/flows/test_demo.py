@@ -1,15 +1,29 @@
 """The demo (`make demo`) end to end at its quick size: seed, three stages with retrains, the figures it writes."""
 
+import importlib.util
 import json
+from pathlib import Path
 
+import pytest
 from rich.console import Console
 
+SPREAD_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "retrain_spread.py"
 
-def test_quick_demo_runs_every_stage_and_writes_its_figures(prefect_harness, tmp_path):
+
+@pytest.fixture(scope="module")
+def quick_demo(prefect_harness, tmp_path_factory):
+    """(output directory, figures) of one quick demo run, shared by this module's tests."""
     from flows.demo import DemoConfig, run_demo
 
-    out = tmp_path / "demo"
-    figures = run_demo(out, DemoConfig.quick(), console=Console(file=open(tmp_path / "console.txt", "w")))
+    root = tmp_path_factory.mktemp("quick_demo")
+    out = root / "demo"
+    with open(root / "console.txt", "w") as console:
+        figures = run_demo(out, DemoConfig.quick(), console=Console(file=console))
+    return out, figures
+
+
+def test_quick_demo_runs_every_stage_and_writes_its_figures(quick_demo):
+    out, figures = quick_demo
     assert [(f["round"], f["stage"]) for f in figures] == [
         (0, "seed"),
         (1, "assisted_manual"),
@@ -37,3 +51,39 @@ def test_quick_demo_runs_every_stage_and_writes_its_figures(prefect_harness, tmp
         assert len(read_calibration(store, version)) > 0
     models = store.models().set_index("model_version")
     assert models.loc["r1", "metrics"]["replay_images"] == 4  # the seed set, replayed in every retrain
+
+
+def _spread_script():
+    spec = importlib.util.spec_from_file_location("retrain_spread", SPREAD_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_retrain_spread_reruns_the_demo_chain_with_other_seeds_and_leaves_the_demo_alone(quick_demo, capsys):
+    out, figures = quick_demo
+    from stores import Store
+
+    store = Store((out / "engine" / "store").as_uri())
+    before = sorted(store.models()["model_version"])
+    script = _spread_script()
+    rows = script.main(["--demo", str(out), "--quick", "--chains", "3", "--threads", "1"])
+    demo_rows = [r for r in rows if r["chain"] == "demo"]
+    assert [(r["round"], r["miou@1"]) for r in demo_rows] == [(f["round"], f["miou@1"]) for f in figures]
+    chains = [(r["chain"], r["round"], r["model_version"]) for r in rows if r["chain"] != "demo"]
+    assert chains == [(3, n, f"r{n}-chain3") for n in (1, 2, 3)]
+    for r in rows:
+        assert 0.0 <= r["miou@1"] <= 1.0 and 0.0 <= r["miou@5"] <= 1.0
+    assert set(script.spread(rows, "miou@1")) == {1, 2, 3}
+    assert "spread of miou@1 per round" in capsys.readouterr().out
+    assert sorted(store.models()["model_version"]) == before  # the chains trained in a scratch copy
+
+
+def test_retrain_spread_refuses_what_is_not_a_finished_demo(tmp_path, capsys):
+    script = _spread_script()
+    with pytest.raises(SystemExit):
+        script.main(["--demo", str(tmp_path), "--quick", "--chains", "1"])
+    assert "not a demo's output directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        script.main(["--demo", str(tmp_path), "--chains", "0"])
+    assert "--chains must be >= 1" in capsys.readouterr().err
