@@ -71,16 +71,15 @@ class AnnotatorSettings(BaseModel):
         )
 
 
-def annotation_request(store, predictor, image_id, image, model_version, ground_truth, prefilled=()):
-    """Set the image's cached embedding on ``predictor`` and wrap everything the annotator needs."""
+def annotation_request(
+    store, predictor, image_id, image, model_version, ground_truth, prefilled=(), embeddings=None
+):
+    """Set the image's cached embedding (stored under ``embeddings``, default ``model_version``) on
+    ``predictor`` and wrap everything the annotator needs."""
     from tasks.annotators import AnnotationRequest
+    from tasks.autogen import cached_embedding
 
-    try:
-        embedding = store.get_embedding(image_id, model_version)
-    except KeyError:
-        raise KeyError(
-            f"image {image_id} has no embedding for model {model_version}: run embed first"
-        ) from None
+    embedding = cached_embedding(store, image_id, model_version, embeddings)
     size = (int(image["height"]), int(image["width"]))
     predictor.set_embedding(embedding, size)
     truth = None
@@ -133,16 +132,19 @@ def annotate(
     from sam_core.predictor import SamPredictor
     from stores import Store
     from tasks.ground_truth import load_ground_truth
-    from tasks.models import load_model
+    from tasks.models import embedding_version, load_model
     from tasks.shards import run_shard
 
     store = Store(store_url)
     who = annotator.build()
     predictor = SamPredictor(load_model(store, model_version, device))
     truth = load_ground_truth(annotator.ground_truth) if annotator.ground_truth else None
+    embeddings = embedding_version(store, model_version)
 
     def per_image(image_id, image):
-        request = annotation_request(store, predictor, image_id, image, model_version, truth)
+        request = annotation_request(
+            store, predictor, image_id, image, model_version, truth, embeddings=embeddings
+        )
         annotated = who.annotate(request)
         return annotated_rows(annotated, image_id, round=round, stage=stage, model_version=model_version)
 

@@ -35,16 +35,32 @@ def make_generator(model, settings: AutogenSettings | dict):
 
 
 def generate_records(
-    store, generator, image_id: str, model_version: str, height: int, width: int
+    store,
+    generator,
+    image_id: str,
+    model_version: str,
+    height: int,
+    width: int,
+    embeddings: str | None = None,
 ) -> list[dict]:
-    """AMG records of one image from its cached embedding. KeyError (naming the image) if it was not embedded."""
-    try:
-        embedding = store.get_embedding(image_id, model_version)
-    except KeyError:
-        raise KeyError(
-            f"image {image_id} has no embedding for model {model_version}: run embed first"
-        ) from None
+    """AMG records of one image from its cached embedding, stored under ``embeddings`` (the model's
+    ``tasks.models.embedding_version``; default ``model_version``). KeyError (naming the image) if it was not
+    embedded."""
+    embedding = cached_embedding(store, image_id, model_version, embeddings)
     return generator.generate_from_embedding(embedding, (int(height), int(width)))
+
+
+def cached_embedding(store, image_id: str, model_version: str, embeddings: str | None = None):
+    """The stored C x H x W embedding of ``image_id`` for ``model_version`` (kept under ``embeddings`` when its
+    encoder is another version's). KeyError naming the image and the versions when it was not embedded."""
+    key = embeddings or model_version
+    try:
+        return store.get_embedding(image_id, key)
+    except KeyError:
+        under = f" (its encoder's embeddings are kept under {key!r})" if key != model_version else ""
+        raise KeyError(
+            f"image {image_id} has no embedding for model {model_version}{under}: run embed first"
+        ) from None
 
 
 def records_to_rows(
@@ -86,15 +102,17 @@ def autogen(
     """
     from stores import Store
     from tasks.calibrate import calibrated_settings
-    from tasks.models import load_model
+    from tasks.models import embedding_version, load_model
     from tasks.shards import run_shard
 
     store = Store(store_url)
     settings, filter, _ = calibrated_settings(store, model_version, settings, filter)
     generator = make_generator(load_model(store, model_version, device), settings)
+    embeddings = embedding_version(store, model_version)
 
     def per_image(image_id, image):
-        records = generate_records(store, generator, image_id, model_version, image["height"], image["width"])
+        size = (image["height"], image["width"])
+        records = generate_records(store, generator, image_id, model_version, *size, embeddings=embeddings)
         kept = filter_records(records, (int(image["height"]), int(image["width"])), filter)
         return records_to_rows(
             kept, image_id, round=round, stage=stage, source="auto", model_version=model_version

@@ -44,13 +44,15 @@ class ImageEncoderActor:
         import torch
 
         from stores import Store
-        from tasks.models import load_model
+        from tasks.models import embedding_version, load_model
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.store = Store(store_url, storage_options=storage_options)
         self.model_version = model_version
+        # Written under the version that owns this model's image encoder (itself unless it kept another's).
+        self.embeddings = embedding_version(self.store, model_version)
         self.dtype = dtype
         self.model = load_model(self.store, model_version, self.device)
 
@@ -79,7 +81,7 @@ class ImageEncoderActor:
                 embeddings = self.model.image_encoder(torch.stack([inputs[i] for i in ready]))
             for i, embedding in zip(ready, embeddings, strict=True):
                 array = embedding.float().cpu().numpy()
-                self.store.put_embedding(ids[i], self.model_version, array, dtype=self.dtype)
+                self.store.put_embedding(ids[i], self.embeddings, array, dtype=self.dtype)
         return {"image_id": np.asarray(ids, dtype=object), "error": np.asarray(errors, dtype=object)}
 
 
@@ -93,9 +95,12 @@ def embed(
     backend: str = "ray",
     dtype: str = "float32",
 ) -> EmbedResult:
-    """Encode the images (all of the store's, or ``image_ids``) that lack an embedding for ``model_version``."""
+    """Encode the images (all of the store's, or ``image_ids``) that lack an embedding for ``model_version``.
+
+    Embeddings go under ``tasks.models.embedding_version``: a version that kept another's image encoder (a
+    decoder-only retrain) finds that version's embeddings already there and encodes nothing again."""
     from stores import Store
-    from tasks.models import check_model
+    from tasks.models import check_model, embedding_version
 
     if backend not in ("ray", "local"):
         raise ValueError(f"backend must be 'ray' or 'local', got {backend!r}")
@@ -109,7 +114,7 @@ def embed(
         if unknown:
             raise ValueError(f"image ids not in the store's images table: {unknown[:5]}")
         images = images[images["image_id"].isin(image_ids)]
-    done = store.embedded_image_ids(model_version)
+    done = store.embedded_image_ids(embedding_version(store, model_version))
     todo = images[~images["image_id"].isin(done)].sort_values("image_id")
     result = EmbedResult(skipped_existing=len(images) - len(todo))
     if todo.empty:

@@ -3,7 +3,13 @@
 A model version names one set of weights. ``embedded`` is always known: the tiny model shipped in
 ``sam_core/weights``; ``latest`` means the newest registered version. Every other version is a row of the models table: its ``config`` holds the SAM config name
 (``{"name": "vit_b"}``) and ``checkpoint_uri`` the weights (any fsspec URL; Meta's ``sam_vit_*.pth`` files load
-as they are). Embeddings are keyed by model version, so a new version re-embeds and an old one reuses its cache.
+as they are).
+
+Embeddings are keyed by the version that owns the image encoder (``embedding_version``). A version trained with
+its encoder frozen (a decoder-only retrain, the demo's seed) records in ``config["embeddings_of"]`` the version
+whose encoder it kept, after checking that the two encoders' weights are identical (``encoder_digest``), and reads
+and writes that version's embeddings: the images need not be encoded again, which is most of a round's compute.
+Any other new version (one trained end to end, a checkpoint registered by hand) re-embeds.
 """
 
 from __future__ import annotations
@@ -48,6 +54,51 @@ def model_row(store, model_version: str) -> dict:
             f"unknown model_version {model_version!r} in store {store.url}; known versions: {known}"
         )
     return rows.iloc[-1].to_dict()
+
+
+def embedding_version(store, model_version: str) -> str:
+    """The version whose stored embeddings ``model_version`` uses: the one whose image encoder it kept
+    (``config["embeddings_of"]``), or itself. An unregistered name is its own key (the ML backend may label a
+    model the store does not know)."""
+    if model_version == EMBEDDED_VERSION:
+        return model_version
+    models = store.models()
+    rows = models[models["model_version"] == model_version]
+    if rows.empty:
+        return model_version
+    config = rows.iloc[-1]["config"] or {}
+    return str(config.get("embeddings_of") or model_version)
+
+
+def encoder_digest(state: dict) -> str:
+    """sha256 of a state dict's ``image_encoder.*`` tensors (names, shapes and values as float32, so an fp16-stored
+    checkpoint and an fp32 copy of the same weights agree). ValueError when the state has no image encoder."""
+    import hashlib
+
+    import torch
+
+    names = sorted(k for k in state if k.startswith("image_encoder."))
+    if not names:
+        raise ValueError("state dict has no image_encoder.* tensors")
+    digest = hashlib.sha256()
+    for name in names:
+        tensor = state[name].detach().cpu()
+        if tensor.is_floating_point():
+            tensor = tensor.to(torch.float32)
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def shared_embeddings(store, parent_version: str, state: dict) -> str | None:
+    """The embedding version a new model with ``state`` (a state dict) may share: its parent's, when the two
+    image encoders are identical; else None (the new version must re-embed)."""
+    from sam_core.embedded import read_checkpoint
+
+    parent = read_checkpoint(model_row(store, parent_version)["checkpoint_uri"])["model"]
+    if encoder_digest(parent) != encoder_digest(state):
+        return None
+    return embedding_version(store, parent_version)
 
 
 def check_model(store, model_version: str) -> dict:

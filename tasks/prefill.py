@@ -34,7 +34,7 @@ def prefill(
     from stores import Store
     from tasks.calibrate import calibrated_settings
     from tasks.ground_truth import load_ground_truth
-    from tasks.models import load_model
+    from tasks.models import embedding_version, load_model
     from tasks.records import decode_mask
     from tasks.shards import run_shard
 
@@ -45,16 +45,19 @@ def prefill(
     predictor = SamPredictor(model)
     who = annotator.build()
     truth = load_ground_truth(annotator.ground_truth) if annotator.ground_truth else None
+    embeddings = embedding_version(store, model_version)
 
     def per_image(image_id, image):
         size = (int(image["height"]), int(image["width"]))
-        records = generate_records(store, generator, image_id, model_version, *size)
+        records = generate_records(store, generator, image_id, model_version, *size, embeddings=embeddings)
         kept = filter_records(records, size, confident)
         prefilled = records_to_rows(
             kept, image_id, round=round, stage=stage, source="model", model_version=model_version
         )
         masks = [decode_mask(r.counts, r.height, r.width) for r in prefilled.itertuples(index=False)]
-        request = annotation_request(store, predictor, image_id, image, model_version, truth, prefilled=masks)
+        request = annotation_request(
+            store, predictor, image_id, image, model_version, truth, prefilled=masks, embeddings=embeddings
+        )
         added = annotated_rows(
             who.annotate(request), image_id, round=round, stage=stage, model_version=model_version
         )

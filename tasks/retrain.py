@@ -91,7 +91,7 @@ def retrain(
     from sam_core.train import TrainConfig
     from stores import Store
     from stores.fsio import atomic_write
-    from tasks.models import EMBEDDED_VERSION, check_model, register_model
+    from tasks.models import EMBEDDED_VERSION, check_model, register_model, shared_embeddings
 
     if backend not in ("ray", "local"):
         raise ValueError(f"backend must be 'ray' or 'local', got {backend!r}")
@@ -144,6 +144,11 @@ def retrain(
     uri = store.fs.unstrip_protocol(path)
     config_dict = dataclasses.asdict(config)
     config_dict.pop("init_checkpoint", None)
+    shared = None
+    if freeze_image_encoder or cache_embeddings:  # the encoder was frozen: the parent's embeddings still hold
+        from sam_core.embedded import read_checkpoint
+
+        shared = shared_embeddings(store, parent_version, read_checkpoint(checkpoint)["model"])
     return register_model(
         store,
         model_version,
@@ -157,7 +162,7 @@ def retrain(
             "replay_images": len(dataset) - engine_images,
             **extra,
         },
-        extra_config={"train": config_dict},
+        extra_config={"train": config_dict, **({"embeddings_of": shared} if shared else {})},
     )
 
 

@@ -111,7 +111,7 @@ def train_seed_model(
     from sam_core.train import train
     from stores import Store
     from stores.fsio import atomic_write
-    from tasks.models import register_model
+    from tasks.models import register_model, shared_embeddings
 
     store = Store(store_url)
     dataset = labelled_split(store, split, ground_truth)
@@ -133,6 +133,8 @@ def train_seed_model(
     buffer = io.BytesIO()
     torch.save(trainer.checkpoint(metrics), buffer)
     path = atomic_write(store.fs, store.path("checkpoints", f"{model_version}.pt"), buffer.getvalue())
+    # The encoder, copied from encoder_from, stayed frozen (cached embeddings): its stored embeddings still hold.
+    shared = shared_embeddings(store, encoder_from, trainer.model.state_dict()) if encoder_from else None
     return register_model(
         store,
         model_version,
@@ -140,4 +142,5 @@ def train_seed_model(
         store.fs.unstrip_protocol(path),
         parent_version=encoder_from,
         metrics={**metrics, "seed_images": len(dataset), "encoder_from": encoder_from},
+        extra_config={"embeddings_of": shared} if shared else None,
     )

@@ -96,8 +96,12 @@ class SamBackend:
     """
 
     def __init__(self, store, model, model_version: str, token: str | None = None, cache_size: int = 8):
+        from tasks.models import embedding_version
+
         self.store = store
         self.model_version = model_version
+        # Embeddings are read and written under the version that owns the model's image encoder.
+        self._embeddings = embedding_version(store, model_version)
         self._token = token
         self.predictor = make_predictor(model)
         # sam_core's predictor can upsample only the best of the three masks: a third of the post-processing.
@@ -151,13 +155,13 @@ class SamBackend:
         if image_id in self._cache:
             self._cache.move_to_end(image_id)
             return self._cache[image_id]
-        if self.store.has_embedding(image_id, self.model_version):
-            emb = self.store.get_embedding(image_id, self.model_version)
+        if self.store.has_embedding(image_id, self._embeddings):
+            emb = self.store.get_embedding(image_id, self._embeddings)
         else:  # first visit: pay the image encoder once, then every click is decoder-only
             with torch.inference_mode():
                 self.predictor.set_image(load_image(uri))
             emb = self.predictor.get_image_embedding()[0].cpu().numpy()
-            self.store.put_embedding(image_id, self.model_version, emb)
+            self.store.put_embedding(image_id, self._embeddings, emb)
         self._cache[image_id] = emb
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
