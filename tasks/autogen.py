@@ -111,9 +111,9 @@ def autogen(
     embeddings = embedding_version(store, model_version)
 
     def per_image(image_id, image):
-        size = (image["height"], image["width"])
+        size = (int(image["height"]), int(image["width"]))
         records = generate_records(store, generator, image_id, model_version, *size, embeddings=embeddings)
-        kept = filter_records(records, (int(image["height"]), int(image["width"])), filter)
+        kept = filter_records(records, size, filter)
         return records_to_rows(
             kept, image_id, round=round, stage=stage, source="auto", model_version=model_version
         )

@@ -60,13 +60,10 @@ def embedding_version(store, model_version: str) -> str:
     """The version whose stored embeddings ``model_version`` uses: the one whose image encoder it kept
     (``config["embeddings_of"]``), or itself. An unregistered name is its own key (the ML backend may label a
     model the store does not know)."""
-    if model_version == EMBEDDED_VERSION:
+    try:
+        config = model_row(store, model_version)["config"] or {}
+    except ValueError:  # not registered
         return model_version
-    models = store.models()
-    rows = models[models["model_version"] == model_version]
-    if rows.empty:
-        return model_version
-    config = rows.iloc[-1]["config"] or {}
     return str(config.get("embeddings_of") or model_version)
 
 

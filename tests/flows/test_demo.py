@@ -1,13 +1,9 @@
 """The demo (`make demo`) end to end at its quick size: seed, three stages with retrains, the figures it writes."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 from rich.console import Console
-
-SPREAD_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "retrain_spread.py"
 
 
 @pytest.fixture(scope="module")
@@ -53,20 +49,15 @@ def test_quick_demo_runs_every_stage_and_writes_its_figures(quick_demo):
     assert models.loc["r1", "metrics"]["replay_images"] == 4  # the seed set, replayed in every retrain
 
 
-def _spread_script():
-    spec = importlib.util.spec_from_file_location("retrain_spread", SPREAD_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_retrain_spread_reruns_the_demo_chain_with_other_seeds_and_leaves_the_demo_alone(quick_demo, capsys):
+def test_retrain_spread_reruns_the_demo_chain_with_other_seeds_and_leaves_the_demo_alone(
+    quick_demo, capsys, load_script
+):
     out, figures = quick_demo
     from stores import Store
 
     store = Store((out / "engine" / "store").as_uri())
     before = sorted(store.models()["model_version"])
-    script = _spread_script()
+    script = load_script("retrain_spread")
     rows = script.main(["--demo", str(out), "--quick", "--chains", "3", "--threads", "1"])
     demo_rows = [r for r in rows if r["chain"] == "demo"]
     assert [(r["round"], r["miou@1"]) for r in demo_rows] == [(f["round"], f["miou@1"]) for f in figures]
@@ -79,8 +70,8 @@ def test_retrain_spread_reruns_the_demo_chain_with_other_seeds_and_leaves_the_de
     assert sorted(store.models()["model_version"]) == before  # the chains trained in a scratch copy
 
 
-def test_retrain_spread_refuses_what_is_not_a_finished_demo(tmp_path, capsys):
-    script = _spread_script()
+def test_retrain_spread_refuses_what_is_not_a_finished_demo(tmp_path, capsys, load_script):
+    script = load_script("retrain_spread")
     with pytest.raises(SystemExit):
         script.main(["--demo", str(tmp_path), "--quick", "--chains", "1"])
     assert "not a demo's output directory" in capsys.readouterr().err

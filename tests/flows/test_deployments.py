@@ -1,7 +1,6 @@
 """prefect.yaml deploys to a real local Prefect server; a run triggered through the REST API (what the UI does),
 with parameters, is executed by a process worker and leaves its masks in the store."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -17,14 +16,6 @@ ROOT = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 
 
-def _server_module():
-    spec = importlib.util.spec_from_file_location("prefect_server", ROOT / "scripts" / "prefect_server.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def _cli(env, *args, timeout=240):
     done = subprocess.run(
         [PREFECT, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
@@ -33,10 +24,10 @@ def _cli(env, *args, timeout=240):
     return done.stdout
 
 
-def test_deploy_trigger_with_parameters_and_worker_runs_it(engine, tmp_path):
+def test_deploy_trigger_with_parameters_and_worker_runs_it(engine, tmp_path, load_script):
     from stores import Store
 
-    server_mod = _server_module()
+    server_mod = load_script("prefect_server")
     server = server_mod.start_server(tmp_path / "prefect", timeout=120)
     worker = None
     try:

@@ -1,8 +1,6 @@
 """Fixtures for the stores tests: a Store on file://, memory:// and s3:// (moto's server over real HTTP)."""
 
-import importlib.util
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,20 +9,11 @@ from pycocotools import mask as mask_utils
 
 from stores import Store
 
-_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "s3_server.py"
-
-
-def _load_s3_server_module():
-    spec = importlib.util.spec_from_file_location("s3_server", _SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="session")
-def s3_endpoint():
+def s3_endpoint(load_script):
     """A moto S3 server on 127.0.0.1 for the whole session (a child process, stopped by its own pid)."""
-    module = _load_s3_server_module()
+    module = load_script("s3_server")
     with module.S3Server() as server:
         yield server.endpoint_url, module.FAKE_CREDENTIALS
 

@@ -1,22 +1,10 @@
 """scripts/seed_curve.py: the seed recipe's held-out figures per seed-set size and steps."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "seed_curve.py"
 
-
-def _script():
-    spec = importlib.util.spec_from_file_location("seed_curve", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_one_row_per_run_and_a_rerun_trains_the_same_model():
-    script = _script()
+def test_one_row_per_run_and_a_rerun_trains_the_same_model(load_script):
+    script = load_script("seed_curve")
     argv = ["--scenes", "1", "2", "--steps", "2", "--test-images", "1", "--clicks", "2", "--threads", "1"]
     rows = script.main(argv)
     assert [(r["scenes"], r["steps"], r["seed"]) for r in rows] == [(1, 2, 0), (2, 2, 0)]
@@ -29,7 +17,7 @@ def test_one_row_per_run_and_a_rerun_trains_the_same_model():
 
 
 @pytest.mark.parametrize("argv", [["--scenes", "0"], ["--clicks", "4"], ["--test-images", "0"]])
-def test_bad_sizes_are_refused(argv, capsys):
+def test_bad_sizes_are_refused(argv, capsys, load_script):
     with pytest.raises(SystemExit):
-        _script().main(argv)
+        load_script("seed_curve").main(argv)
     assert "--" in capsys.readouterr().err
