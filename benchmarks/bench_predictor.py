@@ -6,7 +6,11 @@ resolution (reference: predict(multimask_output=True) then the mask with the hig
 predict(..., best_only=True)). Warm-up, then the median of several repeats.
 The last line prints the ratios ours / reference.
 
-    .venv/bin/python benchmarks/bench_predictor.py [--encoder-repeats 3] [--click-repeats 30]
+Then the embedded model (sam_core/weights, its small convolutional encoder) on a 256 x 256 synthetic scene, against
+the tiny ViT config of the same input size and embedding (its peer, random weights), measured the same way:
+encoder time and one click's latency, with the ratio embedded / tiny ViT.
+
+    .venv/bin/python benchmarks/bench_predictor.py [--encoder-repeats 3] [--click-repeats 30] [--embedded-only]
 """
 
 from __future__ import annotations
@@ -30,11 +34,48 @@ def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def encoder_and_click(
+    predictor, image, point, label, encoder_repeats: int, click_repeats: int
+) -> tuple[float, float]:
+    """Median seconds of set_image and of one best-mask click on ``image``."""
+    encoder = median_seconds(lambda: predictor.set_image(image), encoder_repeats)
+    click = median_seconds(
+        lambda: predictor.predict(point, label, multimask_output=True, best_only=True),
+        click_repeats,
+        warmup=3,
+    )
+    return encoder, click
+
+
+def embedded_against_tiny_vit(encoder_repeats: int, click_repeats: int) -> None:
+    from sam_core import SamPredictor, build_sam, load_embedded
+    from sam_core.embedded import embedded_config_name
+    from sam_core.synthetic import make_scene, split_seeds
+
+    scene = make_scene(split_seeds("test", 1)[0])
+    point, label = np.array([[128.0, 128.0]]), np.array([1])
+    embedded, peer = SamPredictor(load_embedded()), SamPredictor(build_sam("tiny"))
+    times = {}
+    for name, predictor in (("embedded", embedded), ("tiny ViT", peer)):
+        times[name] = encoder_and_click(predictor, scene.image, point, label, encoder_repeats, click_repeats)
+    print(f"embedded model ({embedded_config_name()}) against the tiny ViT, 256 x 256 scene:")
+    for name, (encoder, click) in times.items():
+        print(f"{name:<10} encoder {encoder * 1e3:8.1f} ms   click {click * 1e3:8.1f} ms")
+    (emb_enc, emb_click), (vit_enc, vit_click) = times["embedded"], times["tiny ViT"]
+    print(f"ratio embedded/tiny_vit encoder={emb_enc / vit_enc:.2f} click={emb_click / vit_click:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--encoder-repeats", type=int, default=3)
     parser.add_argument("--click-repeats", type=int, default=30)
+    parser.add_argument(
+        "--embedded-only", action="store_true", help="only the embedded model against the tiny ViT"
+    )
     args = parser.parse_args()
+    embedded_against_tiny_vit(max(3, args.encoder_repeats), args.click_repeats)
+    if args.embedded_only:
+        return
 
     from segment_anything import SamPredictor as ReferencePredictor
     from segment_anything import sam_model_registry

@@ -446,6 +446,10 @@ def segment(
         _fail(exc)
     overlay(pixels, [r["segmentation"] for r in records]).save(out)
     typer.echo(f"{len(records)} masks -> {out}")
+    if not records:  # never an empty result in silence
+        typer.echo(
+            generator.funnel.why_empty(generator.pred_iou_thresh, generator.stability_score_thresh), err=True
+        )
 
 
 def _spinner(message: str):

@@ -213,7 +213,10 @@ def seed_round(store_url: str, data: dict, config: DemoConfig, console) -> dict:
     from tasks.models import register_model
 
     if config.encoder_checkpoint:
-        register_model(Store(store_url), "pretrained", "tiny", config.encoder_checkpoint)
+        from sam_core.embedded import config_name, read_checkpoint
+
+        name = config_name(read_checkpoint(config.encoder_checkpoint))
+        register_model(Store(store_url), "pretrained", name, config.encoder_checkpoint)
         encoder_from = "pretrained"
     elif data["embedded_available"]:
         encoder_from = "embedded"

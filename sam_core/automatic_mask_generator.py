@@ -144,6 +144,7 @@ class AutomaticMaskGenerator:
         self.output_mode = output_mode
         self.upsample_chunk = upsample_chunk
         self.predictor = SamPredictor(model)
+        self.funnel = Funnel()
 
     # -- public API -------------------------------------------------------------------------------------
 
@@ -155,6 +156,7 @@ class AutomaticMaskGenerator:
         if image.dtype != np.uint8:
             raise TypeError(f"image must be uint8, got dtype {image.dtype}")
         image_size = image.shape[:2]
+        self.funnel = Funnel()
         boxes, layers = crops.crop_boxes(image_size, self.crop_n_layers, self.crop_overlap_ratio)
         found = _Candidates()
         for crop_box, layer in zip(boxes, layers, strict=True):
@@ -177,6 +179,7 @@ class AutomaticMaskGenerator:
         if h < 1 or w < 1:
             raise ValueError(f"original_size must be positive (H, W), got {tuple(original_size)}")
         self.predictor.set_embedding(embedding, (h, w))
+        self.funnel = Funnel()
         found = self._process_crop([0, 0, w, h], 0, (h, w))
         self.predictor.reset_image()
         return self._finish(found, (h, w), n_crops=1)
@@ -216,15 +219,23 @@ class AutomaticMaskGenerator:
             iou > self.pred_iou_thresh if self.pred_iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
         )
         keep_idx = keep.nonzero().flatten()
+        self.funnel.candidates += len(iou)
+        self.funnel.max_predicted_iou = max(
+            self.funnel.max_predicted_iou, float(iou.max()) if len(iou) else 0.0
+        )
+        self.funnel.passed_iou += len(keep_idx)
         image_box = [0, 0, image_size[1], image_size[0]]
         threshold = self.model.mask_threshold
         for start in range(0, len(keep_idx), self.upsample_chunk):
             idx = keep_idx[start : start + self.upsample_chunk]
             logits = self._upsample(low_res[idx])  # n x H_crop x W_crop
             stability = mask_utils.stability_score(logits, threshold, self.stability_score_offset)
+            if len(stability):
+                self.funnel.max_stability_score = max(self.funnel.max_stability_score, float(stability.max()))
             if self.stability_score_thresh > 0:
                 stable = stability >= self.stability_score_thresh
                 idx, logits, stability = idx[stable], logits[stable], stability[stable]
+            self.funnel.passed_stability += len(idx)
             masks = logits > threshold
             del logits
             boxes = mask_utils.masks_to_boxes(masks)
@@ -303,6 +314,7 @@ class AutomaticMaskGenerator:
         """Records with the reference's fields: segmentation, area, bbox (XYWH), predicted_iou,
         point_coords ([[x, y]]), stability_score, crop_box (XYWH)."""
         records = []
+        self.funnel.kept = len(found)
         for i, mask in enumerate(masks):
             if self.output_mode == "binary_mask":
                 segmentation = mask
@@ -322,6 +334,41 @@ class AutomaticMaskGenerator:
                 }
             )
         return records
+
+
+@dataclass
+class Funnel:
+    """What the filters of the last ``generate`` call let through: candidate masks (3 per grid point), the
+    highest predicted IoU among them, how many passed the predicted-IoU filter, the highest stability score
+    among those, how many passed the stability filter, and how many masks were kept in the end (after the
+    crop-edge filter and NMS)."""
+
+    candidates: int = 0
+    max_predicted_iou: float = 0.0
+    passed_iou: int = 0
+    max_stability_score: float = 0.0
+    passed_stability: int = 0
+    kept: int = 0
+
+    def why_empty(self, pred_iou_thresh: float, stability_score_thresh: float) -> str:
+        """One sentence that says which filter removed every mask, with the best value against its threshold."""
+        if self.candidates == 0:
+            return "no candidate masks: the point grid produced no prompt"
+        if self.passed_iou == 0:
+            return (
+                f"no mask kept: the highest predicted IoU of {self.candidates} candidates was "
+                f"{self.max_predicted_iou:.3f}, not above pred_iou_thresh {pred_iou_thresh}"
+            )
+        if self.passed_stability == 0:
+            return (
+                f"no mask kept: {self.passed_iou} of {self.candidates} candidates passed pred_iou_thresh "
+                f"{pred_iou_thresh}, and their highest stability score was {self.max_stability_score:.3f}, "
+                f"below stability_score_thresh {stability_score_thresh}"
+            )
+        return (
+            f"no mask kept: {self.passed_stability} candidates passed predicted IoU and stability, and all touched "
+            "a crop edge"
+        )
 
 
 class _MaskSource:

@@ -1,7 +1,9 @@
 """Build SAM from a named configuration and load checkpoints safely.
 
 Configurations (`SamConfig`): "vit_b", "vit_l", "vit_h" are Meta's official ones (1024 px input, patch 16,
-64 x 64 x 256 image embedding, 256 x 256 low-res masks); "tiny" is ours, sized for a CPU: 256 px input,
+64 x 64 x 256 image embedding, 256 x 256 low-res masks). Ours, sized for a CPU: "tiny_conv", the embedded
+default, swaps the ViT for a small convolutional encoder (sam_core.conv_encoder: 256 px input, stride 8, the same
+32 x 32 x 256 embedding and decoder as "tiny"); "tiny" keeps SAM's ViT at 256 px input,
 patch 8 (32 x 32 x 256 embedding, 128 x 128 low-res masks), ViT width 192, depth 6, 6 heads, window 8,
 global blocks (2, 5), decoder MLP 1024 (prompt encoder and the rest of the decoder as official).
 Tiny's size and cost, measured on this project's machine (AMD EPYC with AVX2, torch 2.14.1, float32):
@@ -29,19 +31,27 @@ from typing import Any
 
 import torch
 
+from .conv_encoder import ImageEncoderConv
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 from .sam import PIXEL_MEAN, PIXEL_STD, Sam
 from .transformer import TwoWayTransformer
 
+IMAGE_ENCODERS = ("vit", "conv")
+
 
 @dataclass
 class SamConfig:
-    """All the dimensions of a SAM model. Defaults are vit_b."""
+    """All the dimensions of a SAM model. Defaults are vit_b.
+
+    image_encoder: "vit" (SAM's, the encoder_* and window fields apply) or "conv" (sam_core.conv_encoder, the
+    conv_* fields apply; patch_size is then its stride, 8).
+    """
 
     img_size: int = 1024
     patch_size: int = 16
+    image_encoder: str = "vit"
     encoder_embed_dim: int = 768
     encoder_depth: int = 12
     encoder_num_heads: int = 12
@@ -56,6 +66,9 @@ class SamConfig:
     num_multimask_outputs: int = 3
     iou_head_depth: int = 3
     iou_head_hidden_dim: int = 256
+    conv_channels: tuple[int, ...] = (32, 64, 128, 256)
+    conv_depths: tuple[int, ...] = (1, 2, 2)
+    conv_attention_blocks: int = 2
     pixel_mean: tuple[float, ...] = field(default=PIXEL_MEAN)
     pixel_std: tuple[float, ...] = field(default=PIXEL_STD)
 
@@ -100,6 +113,12 @@ CONFIGS: dict[str, SamConfig] = {
         window_size=8,
         decoder_mlp_dim=1024,
     ),
+    "tiny_conv": SamConfig(
+        img_size=256,
+        patch_size=8,
+        image_encoder="conv",
+        decoder_mlp_dim=1024,
+    ),
 }
 
 
@@ -107,17 +126,7 @@ def build_sam_from_config(cfg: SamConfig) -> Sam:
     """A freshly initialised Sam (eval mode) with the dimensions of cfg."""
     grid = cfg.image_embedding_size
     model = Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=cfg.img_size,
-            patch_size=cfg.patch_size,
-            embed_dim=cfg.encoder_embed_dim,
-            depth=cfg.encoder_depth,
-            num_heads=cfg.encoder_num_heads,
-            mlp_ratio=cfg.mlp_ratio,
-            out_chans=cfg.prompt_embed_dim,
-            window_size=cfg.window_size,
-            global_attn_indexes=tuple(cfg.encoder_global_attn_indexes),
-        ),
+        image_encoder=_image_encoder(cfg),
         prompt_encoder=PromptEncoder(
             embed_dim=cfg.prompt_embed_dim,
             image_embedding_size=(grid, grid),
@@ -143,8 +152,34 @@ def build_sam_from_config(cfg: SamConfig) -> Sam:
     return model.eval()
 
 
+def _image_encoder(cfg: SamConfig) -> torch.nn.Module:
+    if cfg.image_encoder == "conv":
+        if cfg.patch_size != 8:
+            raise ValueError(f"the conv image encoder has stride 8; set patch_size=8, not {cfg.patch_size}")
+        return ImageEncoderConv(
+            img_size=cfg.img_size,
+            channels=tuple(cfg.conv_channels),
+            depths=tuple(cfg.conv_depths),
+            attention_blocks=cfg.conv_attention_blocks,
+            out_chans=cfg.prompt_embed_dim,
+        )
+    if cfg.image_encoder != "vit":
+        raise ValueError(f"unknown image_encoder {cfg.image_encoder!r}; choose one of {IMAGE_ENCODERS}")
+    return ImageEncoderViT(
+        img_size=cfg.img_size,
+        patch_size=cfg.patch_size,
+        embed_dim=cfg.encoder_embed_dim,
+        depth=cfg.encoder_depth,
+        num_heads=cfg.encoder_num_heads,
+        mlp_ratio=cfg.mlp_ratio,
+        out_chans=cfg.prompt_embed_dim,
+        window_size=cfg.window_size,
+        global_attn_indexes=tuple(cfg.encoder_global_attn_indexes),
+    )
+
+
 def build_sam(name: str, checkpoint: str | None = None) -> Sam:
-    """Sam for a named config ("vit_b", "vit_l", "vit_h", "tiny"), optionally loading a checkpoint from a
+    """Sam for a named config ("vit_b", "vit_l", "vit_h", "tiny", "tiny_conv"), optionally loading a checkpoint from a
     path or any fsspec URL (see the module docstring for the format)."""
     if name not in CONFIGS:
         raise ValueError(f"unknown SAM config {name!r}; choose one of {sorted(CONFIGS)}")
@@ -202,11 +237,34 @@ def read_checkpoint(checkpoint: str) -> dict[str, torch.Tensor]:
     return dict(loaded)
 
 
+def encoder_kind(state_dict: Mapping[str, Any]) -> str | None:
+    """Which image encoder a state dict holds ("vit" or "conv"), read from its tensor names; None if neither."""
+    if any(k.startswith("image_encoder.patch_embed.") for k in state_dict):
+        return "vit"
+    if any(k.startswith("image_encoder.stem.") for k in state_dict):
+        return "conv"
+    return None
+
+
+def model_encoder_kind(model: torch.nn.Module) -> str:
+    """The image encoder kind of a Sam ("vit" or "conv")."""
+    return "conv" if isinstance(getattr(model, "image_encoder", None), ImageEncoderConv) else "vit"
+
+
 def check_state_dict(
     model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint"
 ) -> None:
-    """Raise ValueError unless state_dict has exactly the model's keys with the model's shapes."""
+    """Raise ValueError unless state_dict has exactly the model's keys with the model's shapes.
+
+    A checkpoint of the other image encoder kind (ViT into conv or back) is refused first, naming both kinds."""
     expected = model.state_dict()
+    held, wanted = encoder_kind(state_dict), encoder_kind(expected)
+    if held is not None and wanted is not None and held != wanted:
+        raise ValueError(
+            f"{source}: holds a {held!r} image encoder but the model has a {wanted!r} image encoder; "
+            f"build the model with a config whose image_encoder is {held!r} "
+            f"(e.g. {'tiny_conv' if held == 'conv' else 'tiny / vit_b / vit_l / vit_h'})"
+        )
     missing = [k for k in expected if k not in state_dict]
     extra = [k for k in state_dict if k not in expected]
     key_problems = []
@@ -220,8 +278,8 @@ def check_state_dict(
             also = f" (also {'; '.join(key_problems)})" if key_problems else ""
             raise ValueError(
                 f"{source}: {key} has shape {tuple(state_dict[key].shape)} but the model expects "
-                f"{tuple(tensor.shape)}; is it a checkpoint for another architecture (vit_b / vit_l / vit_h / tiny)?"
-                + also
+                f"{tuple(tensor.shape)}; is it a checkpoint for another architecture (vit_b / vit_l / vit_h / tiny / "
+                "tiny_conv)?" + also
             )
     if key_problems:
         raise ValueError(f"{source} does not match the model: " + "; ".join(key_problems))

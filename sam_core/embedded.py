@@ -1,8 +1,10 @@
-"""The embedded default model: the tiny config trained by sam_core.train on the synthetic set, shipped in
-sam_core/weights/ (see MODEL_CARD.md there), plus the checkpoint reading both it and the trainer use."""
+"""The embedded default model: a small config (today "tiny_conv") trained by sam_core.train on the synthetic
+set, shipped in sam_core/weights/ (see MODEL_CARD.md there), plus the checkpoint reading both it and the trainer
+use. Which config it is, the checkpoint records (``config_name``)."""
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -41,12 +43,34 @@ def load_weights(model: torch.nn.Module, source) -> dict:
     return ckpt
 
 
+def config_name(ckpt: dict, default: str = "tiny") -> str:
+    """The sam_core.build.CONFIGS name a checkpoint dict records (the trainer's config "model"); ``default`` for
+    a bare state dict, which records nothing."""
+    return str((ckpt.get("config") or {}).get("model") or default)
+
+
+@lru_cache(maxsize=4)
+def _embedded_config_name(path: str, mtime: float) -> str:
+    return config_name(read_checkpoint(path))
+
+
+def embedded_config_name(checkpoint: str | Path | None = None) -> str:
+    """The config name of the embedded checkpoint (read once per file version)."""
+    path = Path(checkpoint) if checkpoint is not None else EMBEDDED_CHECKPOINT
+    if not path.exists():
+        raise FileNotFoundError(
+            f"embedded checkpoint {path} is missing; train it with scripts/train_embedded.py"
+        )
+    return _embedded_config_name(str(path), path.stat().st_mtime)
+
+
 def _name(source) -> str:
     return "<in memory>" if isinstance(source, dict | bytes | bytearray) else str(source)
 
 
 def load_embedded(checkpoint: str | Path | None = None) -> torch.nn.Module:
-    """The embedded tiny SAM, in eval mode, weights from sam_core/weights (or ``checkpoint``)."""
+    """The embedded SAM, in eval mode, weights from sam_core/weights (or ``checkpoint``), built in the config
+    its checkpoint records."""
     from sam_core.train import build_model
 
     path = Path(checkpoint) if checkpoint is not None else EMBEDDED_CHECKPOINT
@@ -54,6 +78,7 @@ def load_embedded(checkpoint: str | Path | None = None) -> torch.nn.Module:
         raise FileNotFoundError(
             f"embedded checkpoint {path} is missing; train it with scripts/train_embedded.py"
         )
-    model = build_model("tiny")
-    load_weights(model, path)
+    ckpt = read_checkpoint(path)
+    model = build_model(config_name(ckpt))
+    load_weights(model, ckpt)
     return model.eval()

@@ -172,6 +172,108 @@ def automatic_precision_recall(
     return out
 
 
+@torch.no_grad()
+def iou_head_reliability(
+    model, dataset: Sequence, bins: int = 10, min_area: int = 30, max_masks_per_image: int = 1000
+) -> list[dict]:
+    """How far to trust the IoU head: for the first click (farthest from the boundary) on every mask of
+    ``dataset``, each of the three outputs' predicted IoU against its true IoU, in ``bins`` equal bins of
+    predicted IoU over [0, 1]. Returns one row per non-empty bin: {"bin": "0.8-0.9", "outputs", "predicted",
+    "actual"} (means)."""
+    from sam_core.train import encode
+
+    model.eval()
+    size = int(model.image_encoder.img_size)
+    rng = np.random.default_rng(0)
+    predicted, actual = [], []
+    for i in range(len(dataset)):
+        image, masks = dataset[i]
+        sample = prepare_sample(image, masks, size, max_masks_per_image, rng, min_area=min_area)
+        if sample.masks.shape[0] == 0:
+            continue
+        gts = sample.masks.numpy() > 0.5
+        embedding = encode(model, sample.image[None])
+        clicks = np.asarray([first_click(gt)[:2] for gt in gts], np.float32)[:, None]
+        labels = np.ones((len(gts), 1), np.int64)
+        sparse, dense = model.prompt_encoder(
+            points=(torch.from_numpy(clicks), torch.from_numpy(labels)), boxes=None, masks=None
+        )
+        low_res, iou_pred = model.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+        )
+        outputs = F.interpolate(low_res, size=(size, size), mode="bilinear", align_corners=False) > 0
+        for j, gt in enumerate(gts):
+            for m in range(outputs.shape[1]):
+                predicted.append(float(iou_pred[j, m]))
+                actual.append(binary_iou(outputs[j, m].numpy(), gt))
+    predicted, actual = np.asarray(predicted), np.asarray(actual)
+    index = np.clip((predicted * bins).astype(int), 0, bins - 1)
+    rows = []
+    for b in range(bins):
+        chosen = index == b
+        if chosen.any():
+            rows.append(
+                {
+                    "bin": f"{b / bins:.1f}-{(b + 1) / bins:.1f}",
+                    "outputs": int(chosen.sum()),
+                    "predicted": float(predicted[chosen].mean()),
+                    "actual": float(actual[chosen].mean()),
+                }
+            )
+    return rows
+
+
+def evaluate_automatic(
+    model,
+    dataset: Sequence,
+    pred_iou_thresh: float = 0.88,
+    stability_score_thresh: float = 0.95,
+    points_per_side: int = 32,
+    min_gt_area: int = 100,
+    match_iou: float = 0.5,
+) -> dict:
+    """Automatic masks at the given thresholds over ``dataset`` (pooled over its images): precision at mask IoU
+    ``match_iou`` against every ground-truth mask, recall of the ground-truth masks of at least ``min_gt_area``
+    pixels, and masks kept per image."""
+    from sam_core.automatic_mask_generator import AutomaticMaskGenerator
+
+    generator = AutomaticMaskGenerator(
+        model,
+        points_per_side=points_per_side,
+        pred_iou_thresh=pred_iou_thresh,
+        stability_score_thresh=stability_score_thresh,
+    )
+    kept = matched_predictions = matched_gt = large_gt = 0
+    for i in range(len(dataset)):
+        image, masks = dataset[i]
+        predicted = [record["segmentation"] for record in generator.generate(image)]
+        large = [m for m in masks if m.sum() >= min_gt_area]
+        kept += len(predicted)
+        large_gt += len(large)
+        if predicted:
+            all_gt = automatic_precision_recall(predicted, masks, (match_iou,))
+            matched_predictions += round(all_gt[f"precision@{match_iou}"] * len(predicted))
+            if large:
+                matched_gt += round(
+                    automatic_precision_recall(predicted, large, (match_iou,))[f"recall@{match_iou}"]
+                    * len(large)
+                )
+    return {
+        "images": len(dataset),
+        "masks_per_image": kept / max(1, len(dataset)),
+        f"precision@{match_iou}": matched_predictions / kept if kept else 0.0,
+        f"recall@{match_iou}": matched_gt / large_gt if large_gt else 0.0,
+        "pred_iou_thresh": pred_iou_thresh,
+        "stability_score_thresh": stability_score_thresh,
+        "points_per_side": points_per_side,
+        "min_gt_area": min_gt_area,
+    }
+
+
 def format_table(metrics: dict) -> str:
     """The interactive metrics as a two-row text table (confident / oracle)."""
     cols = [f"miou@{k}" for k in CLICKS_REPORTED] + ["noc@85", "noc@90"]

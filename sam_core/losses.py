@@ -23,6 +23,14 @@ def focal_loss(
     return loss.flatten(-2).mean(-1)
 
 
+def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy averaged over pixels: logits, target ...xHxW -> ...."""
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(-2).mean(-1)
+
+
+PIXEL_LOSSES = {"focal": focal_loss, "bce": bce_loss}
+
+
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
     """Soft dice loss: logits, target ...xHxW -> ...; eps keeps an empty target and prediction finite."""
     prob = logits.sigmoid().flatten(-2)
@@ -36,9 +44,15 @@ def mask_loss(
     target: torch.Tensor,
     focal_weight: float = FOCAL_WEIGHT,
     dice_weight: float = DICE_WEIGHT,
+    pixel_loss: str = "focal",
 ) -> torch.Tensor:
-    """SAM's mask loss, 20 * focal + 1 * dice by default, per mask: ...xHxW -> ...."""
-    return focal_weight * focal_loss(logits, target) + dice_weight * dice_loss(logits, target)
+    """SAM's mask loss, 20 * focal + 1 * dice by default, per mask: ...xHxW -> ....
+
+    pixel_loss "bce" puts binary cross-entropy where focal loss stands (still weighted by focal_weight)."""
+    if pixel_loss not in PIXEL_LOSSES:
+        raise ValueError(f"unknown pixel_loss {pixel_loss!r}; choose one of {sorted(PIXEL_LOSSES)}")
+    pixel = PIXEL_LOSSES[pixel_loss](logits, target)
+    return focal_weight * pixel + dice_weight * dice_loss(logits, target)
 
 
 def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

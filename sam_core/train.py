@@ -4,7 +4,11 @@ Per image: encode once; per mask: a first prompt (a positive point or a noisy bo
 decoder passes, each fed the previous pass's logits as the mask prompt: 8 of them add a correction click drawn
 from the error region, 2 add none (one at a random place among them, one at the end) = 11 passes. Loss per pass:
 20 * focal + 1 * dice on the masks (for an ambiguous single-point prompt only the lowest-loss of the 3 outputs),
-plus MSE on the IoU head. AdamW with linear warmup and cosine decay.
+plus MSE on the IoU head. The mask fed to the next pass, and whose errors the next click corrects, is the one
+the IoU head ranks first (what a user is shown), so training practises correcting a wrong-level first mask.
+AdamW with linear warmup and cosine decay; optionally an exponential moving average of the weights (`ema_decay`),
+which is what checkpoints then hold. `Trainer.state()` / `Trainer.restore()` carry everything a run needs to go
+on where it stopped (weights, optimizer, EMA, step, random generators).
 
     python -m sam_core.train --steps 100 --out /tmp/sam_tiny.pt
 """
@@ -39,13 +43,19 @@ ATTENTION_INIT_GAIN = 2.0
 class TrainConfig:
     """Everything one training run depends on; the defaults run (a short synthetic run of the tiny model)."""
 
-    model: str = "tiny"
+    model: str = "tiny"  # a sam_core.build.CONFIGS name
     steps: int = 200
     images_per_step: int = 1
     masks_per_image: int = 16  # instances sampled per image; they share one image-encoder pass
     lr: float = 8e-4
     warmup_steps: int = 250  # capped at a fifth of `steps` so short runs still reach full lr
     min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
+    # The cosine decay spans this last fraction of the steps after warmup; before it the lr stays at its peak
+    # (warmup-stable-decay), so a long run can be resumed and extended before it starts to anneal.
+    decay_fraction: float = 1.0
+    # Exponential moving average of the weights (0 = off); checkpoints then hold the average, which behaves like
+    # an annealed model at any step of a long run.
+    ema_decay: float = 0.0
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float | None = (
@@ -57,8 +67,9 @@ class TrainConfig:
     iou_loss_weight: float = 1.0
     # The paper's 20:1. From scratch, 20:1 makes "predict nothing" a deep plateau (any imprecise positive costs
     # more focal loss than it saves dice), so a warm-up phase may lower the focal weight; see MODEL_CARD.md.
-    focal_weight: float = 20.0
+    focal_weight: float = 20.0  # weight of the pixel loss (focal, or BCE with pixel_loss="bce")
     dice_weight: float = 1.0
+    pixel_loss: str = "focal"  # "focal" (the paper's) or "bce"
     freeze_image_encoder: bool = False
     # From scratch at full lr the encoder collapses to spatially flat features (the quickest way to predict
     # "nothing"); a smaller encoder lr, after a decoder-only warm-up, avoids it.
@@ -101,6 +112,12 @@ class TrainConfig:
             raise ValueError("correction_points and no_point_iterations must be >= 0")
         if not 0.0 <= self.box_probability <= 1.0:
             raise ValueError(f"box_probability must be in [0, 1], got {self.box_probability}")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            raise ValueError(f"decay_fraction must be in (0, 1], got {self.decay_fraction}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.pixel_loss not in ("focal", "bce"):
+            raise ValueError(f"pixel_loss must be 'focal' or 'bce', got {self.pixel_loss!r}")
 
 
 def iteration_schedule(config: TrainConfig, rng: np.random.Generator) -> list[str]:
@@ -239,8 +256,8 @@ def interactive_loss(
     gt_bool = gt > 0.5
     target = gt[:, None]
     image_pe = model.prompt_encoder.get_dense_pe()
-    coords = torch.zeros((n, 0, 2))
-    labels = torch.zeros((n, 0), dtype=torch.long)
+    coords = torch.zeros((n, 0, 2), device=gt.device)
+    labels = torch.zeros((n, 0), dtype=torch.long, device=gt.device)
     mask_input = None
     pred = None
     schedule = iteration_schedule(config, rng)
@@ -250,7 +267,7 @@ def interactive_loss(
     for kind in schedule:
         if kind == "first" and not use_box:
             coords = sample_points_in(gt_bool, generator)[:, None]
-            labels = torch.ones((n, 1), dtype=torch.long)
+            labels = torch.ones((n, 1), dtype=torch.long, device=gt.device)
         elif kind == "point":
             new_coords, new_labels = sample_error_points(gt_bool, pred, generator)
             coords = torch.cat([coords, new_coords[:, None]], dim=1)
@@ -268,15 +285,19 @@ def interactive_loss(
             multimask_output=multimask,
         )
         logits = F.interpolate(low_res, size=(size, size), mode="bilinear", align_corners=False)
-        per_output = mask_loss(logits, target.expand_as(logits), config.focal_weight, config.dice_weight)
-        best, index = min_over_masks(per_output)
+        per_output = mask_loss(
+            logits, target.expand_as(logits), config.focal_weight, config.dice_weight, config.pixel_loss
+        )
+        best, _ = min_over_masks(per_output)
         iou_loss = iou_head_loss(iou_pred, logits, target).mean(dim=1)
         total = total + best.mean() + config.iou_loss_weight * iou_loss.mean()
-        chosen = logits[rows, index]
-        # The next pass sees this pass's raw logits as its mask prompt; no gradient flows back through them.
-        mask_input = low_res[rows, index][:, None].detach()
-        pred = chosen.detach() > 0
-        ious.append(mask_iou(chosen.detach(), gt).mean().item())
+        # The next pass sees the mask the IoU head ranks first (what a user is shown), as raw logits; no
+        # gradient flows back through them. Its errors are where the next click goes.
+        shown = iou_pred.detach().argmax(dim=1)
+        chosen = logits[rows, shown].detach()
+        mask_input = low_res[rows, shown][:, None].detach()
+        pred = chosen > 0
+        ious.append(mask_iou(chosen, gt).mean().item())
     loss = total / len(schedule)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"non-finite loss {loss.item()} (passes: {schedule})")
@@ -284,11 +305,13 @@ def interactive_loss(
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
-    """Linear warmup, then cosine decay to lr * min_lr_ratio at the last step."""
+    """Linear warmup, the peak lr held until the last ``decay_fraction`` of the remaining steps, then cosine
+    decay to lr * min_lr_ratio at the last step."""
     warmup = min(config.warmup_steps, max(1, config.steps // 5))
     if step < warmup:
         return config.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, config.steps - warmup)
+    decay_steps = max(1, round((config.steps - warmup) * config.decay_fraction))
+    progress = max(0.0, (step - (config.steps - decay_steps)) / decay_steps)
     cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
 
@@ -296,13 +319,22 @@ def lr_at(step: int, config: TrainConfig) -> float:
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """AdamW with weight decay on matrices only (norms, biases, positional embeddings are not decayed); the
     image encoder's groups run at lr * encoder_lr_scale (each group's "lr_scale" is applied by the schedule)."""
+    # Learned tokens (nn.Embedding: the IoU and mask tokens, point-type and no-mask embeddings) are vectors to
+    # be placed, not weights to be shrunk: like norms and biases they are not decayed.
+    token_params = {
+        id(p)
+        for module in model.modules()
+        if isinstance(module, torch.nn.Embedding)
+        for p in module.parameters()
+    }
     groups = []
     for scale, prefix_match in ((config.encoder_lr_scale, True), (1.0, False)):
         decay, no_decay = [], []
         for name, p in model.named_parameters():
             if not p.requires_grad or name.startswith("image_encoder.") != prefix_match:
                 continue
-            (decay if p.ndim >= 2 and "pos_embed" not in name else no_decay).append(p)
+            decayed = p.ndim >= 2 and "pos_embed" not in name and id(p) not in token_params
+            (decay if decayed else no_decay).append(p)
         groups += [
             {"params": decay, "weight_decay": config.weight_decay, "lr_scale": scale},
             {"params": no_decay, "weight_decay": 0.0, "lr_scale": scale},
@@ -316,6 +348,7 @@ class Trainer:
     dataset: a sequence of (image HxWx3 uint8, masks list of HxW bool). Bad masks (empty, wrong shape) are
     skipped and counted in ``skipped``; an image with no usable mask is skipped and counted too.
     after_backward: called with the model after each backward pass (Ray uses it to average gradients).
+    device: where the model trains ("cpu", "cuda"); samples are prepared on the CPU and moved there.
     """
 
     def __init__(
@@ -324,6 +357,7 @@ class Trainer:
         dataset: Sequence | None = None,
         model: torch.nn.Module | None = None,
         after_backward: Callable[[torch.nn.Module], None] | None = None,
+        device: str | torch.device = "cpu",
     ):
         config.validate()
         self.config = config
@@ -341,22 +375,35 @@ class Trainer:
             fresh = build_model(config.model, config.attention_init_gain)
             self.model.prompt_encoder.load_state_dict(fresh.prompt_encoder.state_dict())
             self.model.mask_decoder.load_state_dict(fresh.mask_decoder.state_dict())
-        if config.freeze_image_encoder or config.cache_embeddings:
+        if self.encoder_frozen:
             self.model.image_encoder.requires_grad_(False)
+        self.device = torch.device(device)
+        self.model.to(self.device)
         self.optimizer = make_optimizer(self.model, config)
+        # The moving average of every float tensor of the state dict (BatchNorm statistics included).
+        self.ema: dict[str, torch.Tensor] | None = None
+        if config.ema_decay > 0:
+            self.ema = {
+                k: v.detach().clone() for k, v in self.model.state_dict().items() if v.is_floating_point()
+            }
         self.after_backward = after_backward
         self.rng = np.random.default_rng(config.seed)
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.step_index = 0
         self.skipped = {"empty_masks": 0, "shape_mismatch": 0, "images_without_masks": 0}
         self.embedding_cache: dict[int, torch.Tensor] = {}
         self.encoder_key: str | None = None
         self.history: list[dict] = []
         self.started = time.monotonic()
+        self.seconds_before = 0.0  # wall time of earlier sessions of a resumed run
 
     @property
     def img_size(self) -> int:
         return int(self.model.image_encoder.img_size)
+
+    @property
+    def encoder_frozen(self) -> bool:
+        return self.config.freeze_image_encoder or self.config.cache_embeddings
 
     def _next_sample(self) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
         for _ in range(100):
@@ -372,7 +419,8 @@ class Trainer:
                     gt_bool = sample.masks.numpy() > 0.5
                     extra = [noisy_box(m, self.rng) for _ in range(repeat - 1) for m in gt_bool]
                     boxes = torch.cat([boxes, torch.from_numpy(np.stack(extra))])
-                return index, sample.image, sample.masks.repeat(repeat, 1, 1), boxes
+                masks = sample.masks.repeat(repeat, 1, 1)
+                return index, sample.image.to(self.device), masks.to(self.device), boxes.to(self.device)
             self.skipped["images_without_masks"] += 1
         raise ValueError(f"100 images in a row had no usable mask (skipped so far: {self.skipped})")
 
@@ -394,23 +442,31 @@ class Trainer:
     def step(self) -> dict:
         """One optimisation step over ``images_per_step`` images; returns the logged stats."""
         self.model.train()
+        if self.encoder_frozen:  # a frozen encoder keeps its BatchNorm statistics (if it has any)
+            self.model.image_encoder.eval()
         lr = lr_at(self.step_index, self.config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
         self.optimizer.zero_grad(set_to_none=True)
         stats = {"loss": 0.0, "iou_first": 0.0, "iou_last": 0.0, "masks": 0}
-        for _ in range(self.config.images_per_step):
-            index, image, gt, boxes = self._next_sample()
-            embedding = self._embedding(index, image)
+        samples = [self._next_sample() for _ in range(self.config.images_per_step)]
+        if self.config.cache_embeddings:
+            embeddings = [self._embedding(index, image) for index, image, _, _ in samples]
+        else:  # one batched encoder pass: cheaper, and BatchNorm sees every image of the step
+            embeddings = list(encode(self.model, torch.stack([image for _, image, _, _ in samples])).split(1))
+        per_image = self.config.images_per_step
+        total = None
+        for (_, _, gt, boxes), embedding in zip(samples, embeddings, strict=True):
             use_box = bool(self.rng.random() < self.config.box_probability)
             loss, s = interactive_loss(
                 self.model, embedding, gt, use_box, boxes, self.config, self.rng, self.generator
             )
-            (loss / self.config.images_per_step).backward()
-            stats["loss"] += loss.item() / self.config.images_per_step
-            stats["iou_first"] += s["iou_first"] / self.config.images_per_step
-            stats["iou_last"] += s["iou_last"] / self.config.images_per_step
+            total = loss / per_image if total is None else total + loss / per_image
+            stats["loss"] += loss.item() / per_image
+            stats["iou_first"] += s["iou_first"] / per_image
+            stats["iou_last"] += s["iou_last"] / per_image
             stats["masks"] += gt.shape[0]
+        total.backward()
         if self.after_backward is not None:
             self.after_backward(self.model)
         params = [p for p in self.model.parameters() if p.grad is not None]
@@ -419,25 +475,87 @@ class Trainer:
             raise FloatingPointError(f"non-finite gradient norm at step {self.step_index}")
         self.optimizer.step()
         self.step_index += 1
-        stats.update(step=self.step_index, lr=lr, seconds=time.monotonic() - self.started)
+        self._update_ema()
+        stats.update(step=self.step_index, lr=lr, seconds=self.elapsed_seconds())
         self.history.append(stats)
         return stats
 
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.ema is None:
+            return
+        # Early on the average follows the weights closely (decay (1 + t) / (10 + t)), so it is never
+        # dominated by the random initialisation.
+        decay = min(self.config.ema_decay, (1 + self.step_index) / (10 + self.step_index))
+        for name, value in self.model.state_dict().items():
+            if name in self.ema:
+                self.ema[name].lerp_(value.detach(), 1 - decay)
+
+    def elapsed_seconds(self) -> float:
+        """Training wall time of this run, across resumes."""
+        return self.seconds_before + time.monotonic() - self.started
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The state dict a checkpoint holds: the moving average where ema_decay > 0, else the weights."""
+        state = self.model.state_dict()
+        if self.ema is not None:
+            state = {k: self.ema.get(k, v) for k, v in state.items()}
+        return state
+
     def checkpoint(self, metrics: dict | None = None, half: bool = False) -> dict:
-        """{"model": state_dict, "config": dict, "metadata": dict}; ``half`` stores floats as fp16."""
+        """{"model": state_dict, "config": dict, "sam_config": dict, "metadata": dict}; ``half`` stores floats
+        as fp16. The model config (sam_config) names the image encoder, so a loader can refuse another kind."""
         state = {
-            k: (v.half() if half and v.is_floating_point() else v).clone()
-            for k, v in self.model.state_dict().items()
+            k: (v.half() if half and v.is_floating_point() else v).clone() for k, v in self.weights().items()
         }
         metadata = {
             **self.config.metadata,
             "steps": self.step_index,
-            "wall_seconds": round(time.monotonic() - self.started, 1),
+            "wall_seconds": round(self.elapsed_seconds(), 1),
             "skipped": dict(self.skipped),
             "metrics": metrics or {},
             "torch": str(torch.__version__),
         }
-        return {"model": state, "config": dataclasses.asdict(self.config), "metadata": metadata}
+        sam_config = getattr(self.model, "config", None)
+        return {
+            "model": state,
+            "config": dataclasses.asdict(self.config),
+            "sam_config": sam_config.to_dict() if sam_config is not None else None,
+            "metadata": metadata,
+        }
+
+    def state(self) -> dict:
+        """Everything needed to go on from this step: weights, optimizer, moving average, step, generators,
+        history. torch.load(weights_only=True) reads it back (only tensors and plain containers)."""
+        rng_state = self.rng.bit_generator.state
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema,
+            "step": self.step_index,
+            "seconds": self.elapsed_seconds(),
+            "rng": json.dumps(rng_state),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "skipped": dict(self.skipped),
+            "history": list(self.history),
+            "config": dataclasses.asdict(self.config),
+        }
+
+    def restore(self, state: dict) -> None:
+        """Go on from ``state()`` of an earlier run of the same recipe (steps may have been extended)."""
+        self.model.load_state_dict(state["model"], strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("ema") is not None and self.ema is not None:
+            self.ema = {k: v.to(self.device).clone() for k, v in state["ema"].items()}
+        self.step_index = int(state["step"])
+        self.seconds_before = float(state["seconds"])
+        self.started = time.monotonic()
+        self.rng.bit_generator.state = json.loads(state["rng"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.skipped = dict(state["skipped"])
+        self.history = list(state["history"])
 
     def save(self, path: str | Path, metrics: dict | None = None, half: bool = False) -> None:
         """Write the checkpoint atomically (temporary name, then rename) so a reader never sees half of it."""

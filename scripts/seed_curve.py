@@ -35,7 +35,7 @@ def seed_curve(
 ) -> list[dict]:
     """One row per (scenes, steps, seed): held-out mIoU@1 (confident and oracle), mIoU@``clicks`` and seconds."""
     from flows.demo import DemoConfig
-    from sam_core.embedded import load_embedded
+    from sam_core.embedded import embedded_config_name, load_embedded
     from sam_core.evaluate import evaluate_interactive
     from sam_core.synthetic import scene, split_seeds
     from sam_core.train import train
@@ -43,6 +43,7 @@ def seed_curve(
 
     recipe = DemoConfig().seed_training()  # the demo's seed recipe; only steps and lr vary here
     encoder = load_embedded().image_encoder.state_dict()
+    config_name = embedded_config_name()
     test = [scene(s, 256) for s in split_seeds("test", test_images)]
     rows = []
     for n in scenes:
@@ -50,8 +51,10 @@ def seed_curve(
         for s in steps:
             for seed in seeds:
                 started = time.monotonic()
-                config = seed_train_config(**{**recipe, "steps": s, "lr": lr}, seed=seed)
-                model = train(config, data, model=model_with_encoder("tiny", encoder)).model
+                config = seed_train_config(
+                    **{**recipe, "steps": s, "lr": lr}, config_name=config_name, seed=seed
+                )
+                model = train(config, data, model=model_with_encoder(config_name, encoder)).model
                 result = evaluate_interactive(model, test, max_clicks=clicks)
                 rows.append(
                     {

@@ -1,19 +1,29 @@
-"""Reproduce the embedded default model (sam_core/weights/sam_tiny_synthetic.pt) with one command:
+"""Train the embedded default model (sam_core/weights/sam_tiny_synthetic.pt): one recipe, resumable at any step.
 
-    .venv/bin/python scripts/train_embedded.py --out-dir /tmp/sam_embedded --install
+    .venv/bin/python scripts/train_embedded.py --run-dir ~/.cache/sam-engine/embedded --hours 2 > train.log 2>&1 &
+    .venv/bin/python scripts/train_embedded.py --install-from ~/.cache/sam-engine/embedded/best.pt
 
-Trains the tiny config from scratch on the synthetic train seeds with the interactive trainer, on one CPU
-thread, in the phases below (the second starts from the first's weights with a fresh optimizer), writing a
-full-precision checkpoint every 25 steps so a partial run is usable. ``--install`` then evaluates the result on
-the held-out test seeds and writes the fp16 weights and MODEL_CARD.md into sam_core/weights/.
-``--install-from CKPT`` does only that last part for an existing checkpoint.
+The run directory holds ``state.pt`` (weights, optimizer, moving average, step, random generators: written every
+``checkpoint_every`` steps and on stop, atomically), ``best.pt`` (the moving-average weights that scored best on
+the validation scenes so far, with the validation curve) and ``curve.jsonl`` (one line per validation). Run the
+same command again and it goes on from ``state.pt``; with no state there it starts from the installed weights'
+recorded step when ``--from-installed`` is given (the optimizer starts afresh), else from scratch.
+``--install-from`` scores a checkpoint on the held-out test scenes (interactive clicks, automatic masks at the
+paper's thresholds, the IoU head's reliability), writes its fp16 weights with every figure into sam_core/weights
+and regenerates MODEL_CARD.md from what the checkpoint records. ``--card`` regenerates only the card.
+
+On a GPU: ``--device cuda --bf16`` (autocast to bfloat16; the weights and optimizer stay float32).
+Experiments are overrides of the recipe, e.g. ``--set pixel_loss=focal focal_weight=20 steps=300``.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import contextlib
+import dataclasses
+import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -22,375 +32,433 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sam_core.train import TrainConfig, train  # noqa: E402
-
-META = {"name": "sam_tiny_synthetic", "data": "sam_core.synthetic train seeds", "parent_version": None}
-
-# Budget: about an hour of one CPU core shared with four other jobs. From scratch, the paper's 20:1 focal:dice
-# makes "predict nothing" a deep plateau (an imprecise positive costs more focal loss than it saves dice), and at
-# full lr the encoder reaches it by flattening its features. So phases 1-2 train the prompt encoder and decoder on
-# the frozen (random) encoder, then phase 3 trains everything with the encoder at 0.1x lr; all at focal:dice 1:1
-# (a switch to 20:1 after phase 1 pushed the masks straight back to empty). Both use 3 decoder
-# passes per mask (first prompt, 1 correction click, 1 mask-only pass) and 4 masks per image: the paper's 11
-# passes (TrainConfig's default) would cost 3x per mask, and images are what this budget lacks.
-_COMMON = dict(
-    model="tiny",
-    images_per_step=1,
-    masks_per_image=4,
-    correction_points=1,
-    no_point_iterations=1,
-    box_probability=0.5,
-    checkpoint_every=25,
-    log_every=5,
+from sam_core.embedded import EMBEDDED_CHECKPOINT, read_checkpoint  # noqa: E402
+from sam_core.evaluate import (  # noqa: E402
+    evaluate_automatic,
+    evaluate_interactive,
+    format_table,
+    iou_head_reliability,
 )
-# What phases 4-7 share: one image a step, no mask-only passes, cosine decay to 0.1 x lr, focal:dice 1:1.
-_PHASES_4_TO_7 = dict(
-    model="tiny",
-    images_per_step=1,
+from sam_core.synthetic import scene, split_seeds  # noqa: E402
+from sam_core.train import TrainConfig, Trainer, build_model  # noqa: E402
+
+log = logging.getLogger("train_embedded")
+
+# The embedded model's recipe. Each choice and the measurement behind it is in MODEL_CARD.md ("Recipe").
+RECIPE = TrainConfig(
+    model="tiny_conv",
+    steps=12_000,  # about eight CPU hours on 2 cores; the lr holds its peak until the last quarter
+    images_per_step=2,
+    masks_per_image=12,
+    correction_points=2,  # 3 decoder passes a mask: the first prompt, then 2 clicks on the shown mask's errors
     no_point_iterations=0,
-    min_lr_ratio=0.1,
+    box_probability=0.25,  # the evaluation and the annotators click; boxes still get trained
+    lr=5e-4,
+    warmup_steps=200,
+    min_lr_ratio=0.05,
+    decay_fraction=0.25,
+    ema_decay=0.998,
+    weight_decay=0.05,
+    pixel_loss="bce",
     focal_weight=1.0,
+    dice_weight=1.0,
+    attention_init_gain=2.0,
+    seed=0,
+    checkpoint_every=50,
+    log_every=10,
+    metadata={"name": "sam_tiny_synthetic", "data": "sam_core.synthetic train seeds"},
 )
-PHASES: list[tuple[TrainConfig, int]] = [
-    (
-        TrainConfig(
-            **_COMMON,
-            steps=100,
-            lr=8e-4,
-            warmup_steps=20,
-            min_lr_ratio=1.0,  # constant after warmup: the last phase does the decay
-            focal_weight=1.0,
-            freeze_image_encoder=True,  # decoder first: it learns to read the random encoder's spatial features
-            seed=0,
-            metadata={**META, "phase": 1},
-        ),
-        100,  # steps actually run of this phase's schedule
-    ),
-    (
-        TrainConfig(
-            **_COMMON,
-            steps=150,
-            lr=8e-4,
-            warmup_steps=5,
-            min_lr_ratio=1.0,
-            focal_weight=1.0,
-            freeze_image_encoder=True,
-            seed=1,
-            metadata={**META, "phase": 2},
-        ),
-        150,
-    ),
-    (
-        TrainConfig(
-            **_COMMON,
-            steps=800,
-            lr=2e-4,  # at 8e-4 (the paper's lr for batches of 256 images) 4 masks a step kept falling back to empty
-            warmup_steps=20,
-            min_lr_ratio=0.05,
-            focal_weight=1.0,
-            encoder_lr_scale=0.25,
-            seed=2,
-            metadata={**META, "phase": 3},
-        ),
-        300,  # the time budget ran out here; the schedule still spans 800 steps
-    ),
-    (
-        # Phase 4 fine-tunes the decoder on frozen, cached embeddings with every mask of a scene (up to 16) in one
-        # batched decoder pass, so each step compares many prompts on the same image: the first three phases
-        # (4 masks a step) had learnt a prompt-independent foreground map. 300 scenes are reused so each
-        # embedding is computed once (encoding is about a third of a step on this CPU).
-        TrainConfig(
-            **_PHASES_4_TO_7,
-            steps=400,
-            masks_per_image=16,
-            dataset_size=300,
-            correction_points=1,
-            box_probability=0.2,
-            lr=3e-4,
-            warmup_steps=5,
-            cache_embeddings=True,
-            seed=11,
-            checkpoint_every=25,
-            log_every=5,
-            metadata={**META, "phase": 4},
-        ),
-        275,  # the time budget ran out here; the schedule spans 400 steps
-    ),
-    (
-        # Phase 5 keeps phase 4's image encoder (frozen; embeddings of 3,000 scenes cached) and trains a fresh prompt
-        # encoder and mask decoder with the location-aware attention init (sam_core.train.locality_init): phases
-        # 1-4's decoder had learnt a prompt-independent foreground map and did not unlearn it.
-        TrainConfig(
-            **_PHASES_4_TO_7,
-            steps=3000,
-            masks_per_image=16,
-            dataset_size=3000,
-            correction_points=1,
-            box_probability=0.5,
-            lr=5e-4,
-            warmup_steps=50,
-            cache_embeddings=True,
-            fresh_decoder=True,
-            attention_init_gain=2.0,
-            seed=12,
-            checkpoint_every=100,
-            log_every=25,
-            metadata={**META, "phase": 5},
-        ),
-        2500,  # stopped here to leave the session time for the demo and CI; the schedule spans 3000 steps
-    ),
-    (
-        # Phase 6 trains everything end to end from phase 5 (the encoder at half the lr): phase 5's decoder
-        # follows the click, and what limits it is phase 4's encoder (about 550 steps from random, then frozen).
-        # New scenes every step (no cache), since the encoder's output changes as it trains.
-        TrainConfig(
-            **_PHASES_4_TO_7,
-            steps=2000,
-            masks_per_image=16,
-            correction_points=1,
-            box_probability=0.5,
-            lr=2e-4,
-            warmup_steps=100,
-            encoder_lr_scale=0.5,
-            seed=13,
-            checkpoint_every=100,
-            log_every=25,
-            metadata={**META, "phase": 6},
-        ),
-        2000,
-    ),
-    (
-        # Phase 7 freezes phase 6's encoder again (new scenes every step) and trains the decoder with
-        # 3 correction clicks a mask instead of 1: phases 4-6 showed the decoder at most two points, and the
-        # evaluation clicks up to 20 times.
-        TrainConfig(
-            **_PHASES_4_TO_7,
-            steps=600,
-            masks_per_image=8,
-            correction_points=3,
-            box_probability=0.5,
-            lr=2e-4,
-            warmup_steps=25,
-            freeze_image_encoder=True,
-            seed=14,
-            checkpoint_every=50,
-            log_every=25,
-            metadata={**META, "phase": 7},
-        ),
-        600,
-    ),
-]
+VAL_SCENES = 16
+VAL_CLICKS = 5
+MIN_AREA = 30  # the evaluator's smallest scored mask, in pixels
+TEST_SCENES = 50
+AUTO_SCENES = 20
 
 
-def run_phases(out_dir: Path, first_phase: int = 1) -> Path:
-    """Train the phases in order; returns the last phase's checkpoint path."""
-    out = out_dir / "phase0.pt"
-    for number, (config, stop_after) in enumerate(PHASES, start=1):
-        previous, out = out, out_dir / f"phase{number}.pt"
-        if number < first_phase:
-            continue
-        config = copy.deepcopy(config)
-        if number > 1:
-            config.init_checkpoint = str(previous)
-        torch.manual_seed(config.seed)
-        logging.info("phase %d: %s (stop after %d)", number, config, stop_after)
-        train(config, out=out, stop_after=stop_after)
+def validation_score(metrics: dict) -> float:
+    """One number to rank checkpoints: the three floors of the model's targets, summed."""
+    return metrics["miou@1_confident"] + metrics["miou@1_oracle"] + metrics[f"miou@{VAL_CLICKS}_confident"]
+
+
+def validate(trainer: Trainer, scenes: list) -> dict:
+    """Interactive mIoU of the moving-average weights on the validation scenes (up to VAL_CLICKS clicks)."""
+    model = build_model(trainer.config.model)
+    model.load_state_dict({k: v.cpu() for k, v in trainer.weights().items()})
+    return evaluate_interactive(model, scenes, max_clicks=VAL_CLICKS, min_area=MIN_AREA)
+
+
+def atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def run(
+    run_dir: Path,
+    recipe: TrainConfig,
+    hours: float | None,
+    val_every: int,
+    from_installed: bool,
+    device: str,
+    bf16: bool,
+    stop_at: int | None = None,
+    val_scenes: int = VAL_SCENES,
+) -> Path:
+    """Train (or go on training) until the recipe's last step, ``stop_at`` or ``hours`` of wall time; returns
+    best.pt."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_path, best_path, curve_path = run_dir / "state.pt", run_dir / "best.pt", run_dir / "curve.jsonl"
+    recipe = dataclasses.replace(
+        recipe, metadata={**recipe.metadata, "threads": torch.get_num_threads(), "device": device}
+    )
+    trainer = Trainer(recipe, device=device)
+    if state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        trainer.restore(state)
+        log.info(
+            "resumed %s at step %d (%.0f s trained so far)", state_path, trainer.step_index, state["seconds"]
+        )
+    elif from_installed:
+        installed = read_checkpoint(EMBEDDED_CHECKPOINT)
+        trainer.model.load_state_dict(installed["model"])
+        if trainer.ema is not None:
+            trainer.ema = {k: v.to(device).clone() for k, v in installed["model"].items() if k in trainer.ema}
+        trainer.step_index = int(installed["metadata"].get("steps", 0))
+        trainer.seconds_before = float(installed["metadata"].get("wall_seconds", 0.0))
+        log.info("started from the installed weights at their step %d (fresh optimizer)", trainer.step_index)
+    curve = [json.loads(line) for line in curve_path.read_text().splitlines()] if curve_path.exists() else []
+    best = max((validation_score(row) for row in curve), default=float("-inf"))
+    val_set = [scene(seed, 256) for seed in split_seeds("val", val_scenes)]
+    cpu_before = curve[-1]["cpu_seconds"] if curve else 0.0
+    cpu_started = time.process_time()
+    deadline = time.monotonic() + hours * 3600 if hours else None
+    autocast = torch.autocast(device_type=device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+    def save_state() -> None:
+        atomic_save(trainer.state(), state_path)
+
+    try:
+        while trainer.step_index < recipe.steps:
+            with autocast:
+                stats = trainer.step()
+            step = trainer.step_index
+            if step % recipe.log_every == 0 or step == 1:
+                left = (recipe.steps - step) * stats["seconds"] / max(1, len(trainer.history))
+                log.info(
+                    "step %d/%d loss %.4f iou_first %.3f iou_last %.3f lr %.2e (%.1f s/step, %.1f h to the end)",
+                    step,
+                    recipe.steps,
+                    stats["loss"],
+                    stats["iou_first"],
+                    stats["iou_last"],
+                    stats["lr"],
+                    _seconds_per_step(trainer),
+                    left / 3600,
+                )
+            if step % recipe.checkpoint_every == 0:
+                save_state()
+            if step % val_every == 0 or step == recipe.steps:
+                metrics = validate(trainer, val_set)
+                row = {
+                    "step": step,
+                    "wall_seconds": round(trainer.elapsed_seconds(), 1),
+                    "cpu_seconds": round(cpu_before + time.process_time() - cpu_started, 1),
+                    **{k: v for k, v in metrics.items() if k.startswith("miou@")},
+                }
+                curve.append(row)
+                with curve_path.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                score = validation_score(metrics)
+                log.info(
+                    "validation at step %d: %s (score %.3f, best %.3f)", step, json.dumps(row), score, best
+                )
+                if score > best:
+                    best = score
+                    ckpt = trainer.checkpoint(metrics={"validation": row})
+                    ckpt["metadata"]["curve"] = list(curve)
+                    atomic_save(ckpt, best_path)
+                    log.info("new best: %s", best_path)
+            if deadline and time.monotonic() > deadline:
+                log.info("time budget reached at step %d", trainer.step_index)
+                break
+            if stop_at is not None and step >= stop_at:
+                log.info("stopped at step %d as asked", step)
+                break
+    finally:  # a kill between checkpoints loses at most checkpoint_every steps; a clean stop loses none
+        save_state()
+    return best_path
+
+
+def _seconds_per_step(trainer: Trainer) -> float:
+    recent = trainer.history[-20:]
+    if len(recent) < 2:
+        return recent[-1]["seconds"] if recent else 0.0
+    return (recent[-1]["seconds"] - recent[0]["seconds"]) / (len(recent) - 1)
+
+
+def install(
+    checkpoint: Path,
+    test_scenes: int = TEST_SCENES,
+    auto_scenes: int = AUTO_SCENES,
+    target: Path = EMBEDDED_CHECKPOINT,
+) -> dict:
+    """Score ``checkpoint`` on the held-out test seeds and install it (fp16) at ``target`` with its figures, and
+    MODEL_CARD.md beside it."""
+    ckpt = read_checkpoint(checkpoint)
+    config = TrainConfig(**{**ckpt["config"], "betas": tuple(ckpt["config"]["betas"])})
+    model = build_model(config.model)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    test = [scene(seed, 256) for seed in split_seeds("test", test_scenes)]
+    started = time.monotonic()
+    interactive = evaluate_interactive(model, test, max_clicks=20, min_area=MIN_AREA)
+    print(format_table(interactive))
+    reliability = iou_head_reliability(model, test, min_area=MIN_AREA)
+    automatic = evaluate_automatic(model, test[:auto_scenes])
+    print(json.dumps(automatic))
+    test_record = {
+        "split": "test",
+        "scenes": test_scenes,
+        "min_area": MIN_AREA,
+        "interactive": interactive,
+        "reliability": reliability,
+        "automatic": automatic,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    half = {k: (v.half() if v.is_floating_point() else v) for k, v in ckpt["model"].items()}
+    metadata = {**ckpt["metadata"], "test": test_record, "step_seconds": _step_seconds(checkpoint)}
+    installed = {
+        "model": half,
+        "config": ckpt["config"],
+        "sam_config": ckpt.get("sam_config"),
+        "metadata": metadata,
+    }
+    atomic_save(installed, target)
+    write_card(installed, target)
+    print(f"installed {target} ({target.stat().st_size / 1e6:.1f} MB)")
+    return test_record
+
+
+def _step_seconds(checkpoint: Path) -> float | None:
+    """Wall seconds per training step of the run that wrote ``checkpoint`` (from its curve)."""
+    curve = read_checkpoint(checkpoint)["metadata"].get("curve") or []
+    if len(curve) < 2:
+        return None
+    first, last = curve[0], curve[-1]
+    return (last["wall_seconds"] - first["wall_seconds"]) / max(1, last["step"] - first["step"])
+
+
+def write_card(ckpt: dict, weights: Path = EMBEDDED_CHECKPOINT) -> Path:
+    """MODEL_CARD.md beside ``weights``, generated from what their checkpoint records."""
+    path = weights.parent / "MODEL_CARD.md"
+    path.write_text(model_card(ckpt))
+    return path
+
+
+# The floors and aims the embedded model is held to (held-out test scenes, masks of at least MIN_AREA px).
+TARGETS = {
+    "miou@5_confident": (0.85, 0.90),
+    "miou@1_oracle": (0.75, 0.85),
+    "miou@1_confident": (0.60, 0.75),
+}
+AUTOMATIC_TARGETS = {"precision@0.5": 0.8, "recall@0.5": 0.5}
+
+
+def model_card(ckpt: dict) -> str:
+    """The model card, every figure read from the checkpoint dict (its config, sam_config and metadata)."""
+    config, meta = ckpt["config"], ckpt["metadata"]
+    sam = ckpt.get("sam_config") or {}
+    params = sum(v.numel() for v in ckpt["model"].values() if v.is_floating_point())
+    encoder_params = sum(
+        v.numel()
+        for k, v in ckpt["model"].items()
+        if k.startswith("image_encoder.") and v.is_floating_point()
+    )
+    test = meta.get("test") or {}
+    interactive, automatic = test.get("interactive") or {}, test.get("automatic") or {}
+    curve = meta.get("curve") or []
+    lines = [
+        f"# Model card: {meta.get('name', 'sam_tiny_synthetic')} (the embedded default)",
+        "",
+        "Generated by `scripts/train_embedded.py --card` from what `sam_tiny_synthetic.pt` records; edit the",
+        "generator, not this file. `sam_core.embedded.load_embedded()` loads the weights (stored fp16, loaded fp32).",
+        "",
+        "## Model",
+        f"SAM with its image encoder swapped for a small one (config `{config['model']}`, image encoder "
+        f"`{sam.get('image_encoder', '?')}`, `sam_core/conv_encoder.py`): {sam.get('img_size')} px input, stage widths "
+        f"{sam.get('conv_channels')} at strides 2-16, residual blocks {sam.get('conv_depths')}, "
+        f"{sam.get('conv_attention_blocks')} global attention blocks at stride 16, stride-4 detail folded into the "
+        f"stride-8 embedding; a {sam.get('img_size', 0) // max(1, sam.get('patch_size', 1))} x "
+        f"{sam.get('img_size', 0) // max(1, sam.get('patch_size', 1))} x {sam.get('prompt_embed_dim')} image "
+        f"embedding. SAM's prompt encoder and mask decoder (two-way transformer depth {sam.get('decoder_depth')}, "
+        f"MLP {sam.get('decoder_mlp_dim')}, {sam.get('decoder_num_heads')} heads). {params / 1e6:.2f} M parameters "
+        f"({encoder_params / 1e6:.2f} M in the image encoder). Trained from scratch: no pre-trained weights can be "
+        "downloaded here.",
+        "",
+        "## Data",
+        "`sam_core.synthetic`: procedurally generated 256 x 256 scenes (textured backgrounds, 2-5 occluding objects "
+        "with parts and subparts, every level an instance), train seeds drawn at random from 0..999,999. "
+        f"Validation: the first {VAL_SCENES} val seeds; test: the first {test.get('scenes', '?')} test seeds "
+        f"(held out; masks of at least {test.get('min_area', MIN_AREA)} px).",
+        "",
+        "## Recipe (`RECIPE` in scripts/train_embedded.py)",
+        _recipe_line(config),
+        "",
+        f"Trained {meta.get('steps')} steps in {meta.get('wall_seconds', 0) / 3600:.2f} h of wall time"
+        + (
+            f" ({1000 * meta['step_seconds'] / 60:.0f} min per 1,000 steps"
+            if meta.get("step_seconds")
+            else " ("
+        )
+        + f" on {config.get('metadata', {}).get('threads', '?')} threads of a 2-core CPU, "
+        f"device {config.get('metadata', {}).get('device', 'cpu')}).",
+        "",
+        "## Held-out figures (test seeds)",
+    ]
+    if interactive:
+        lines += [
+            "Interactive clicks as in the paper's protocol: the first at the point farthest from the boundary, each "
+            'next on the error of the mask shown; "confident" keeps the first click\'s highest-predicted-IoU mask '
+            'of three (what a user sees), "oracle" the best of three.',
+            "",
+            "```",
+            format_table(interactive),
+            "```",
+            "",
+            "| target | floor | aim | reached | |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for key, (floor, aim) in TARGETS.items():
+            value = interactive.get(key)
+            verdict = "met" if value is not None and value >= floor else "below the floor"
+            shown = f"{value:.3f}" if value is not None else "-"
+            lines.append(f"| {key} | {floor} | {aim} | {shown} | {verdict} |")
+    if automatic:
+        lines += [
+            "",
+            f"Automatic masks (`AutomaticMaskGenerator`, {automatic['points_per_side']}x{automatic['points_per_side']} "
+            f"grid, predicted IoU > {automatic['pred_iou_thresh']}, stability >= {automatic['stability_score_thresh']})"
+            f" on {automatic['images']} test scenes: {automatic['masks_per_image']:.1f} masks per image, precision "
+            f"{automatic['precision@0.5']:.3f} at mask IoU 0.5 (target >= {AUTOMATIC_TARGETS['precision@0.5']}), "
+            f"recall {automatic['recall@0.5']:.3f} of the ground-truth masks of at least {automatic['min_gt_area']} px "
+            f"(target >= {AUTOMATIC_TARGETS['recall@0.5']}).",
+        ]
+    if test.get("reliability"):
+        lines += [
+            "",
+            "Reliability of the IoU head (first click, all three outputs, binned by predicted IoU):",
+            "",
+            "| predicted IoU | outputs | mean predicted | mean true IoU |",
+            "| --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {r['bin']} | {r['outputs']} | {r['predicted']:.3f} | {r['actual']:.3f} |"
+            for r in test["reliability"]
+        ]
+    if curve:
+        lines += [
+            "",
+            f"## Validation curve ({VAL_SCENES} val scenes, moving-average weights)",
+            "",
+            "| step | wall h | CPU h | mIoU@1 confident | mIoU@1 oracle | mIoU@5 |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        every = max(1, len(curve) // 20)
+        shown = curve[::every] + ([curve[-1]] if (len(curve) - 1) % every else [])
+        lines += [
+            f"| {r['step']} | {r['wall_seconds'] / 3600:.2f} | {r['cpu_seconds'] / 3600:.2f} "
+            f"| {r['miou@1_confident']:.3f} | {r['miou@1_oracle']:.3f} | {r[f'miou@{VAL_CLICKS}_confident']:.3f} |"
+            for r in shown
+        ]
+    lines += [
+        "",
+        "## Reproduce",
+        "```",
+        ".venv/bin/python scripts/train_embedded.py --run-dir RUN_DIR --hours H   # resumes from RUN_DIR/state.pt",
+        ".venv/bin/python scripts/train_embedded.py --install-from RUN_DIR/best.pt",
+        "```",
+        'Use the official checkpoints (`build_sam("vit_b", checkpoint=...)`) for real work; this model exists so '
+        "that every flow, test and demo runs offline.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _recipe_line(config: dict) -> str:
+    return (
+        f"{config['images_per_step']} images x {config['masks_per_image']} masks a step; per mask a first prompt "
+        f"(a point, or a noisy box with odds {config['box_probability']}) then {config['correction_points']} "
+        "correction clicks on the errors of the mask the IoU head ranks first, its logits fed back as the mask "
+        f"prompt; {config['pixel_loss']}:dice {config['focal_weight']:g}:{config['dice_weight']:g}, the lowest-loss of "
+        f"three outputs for a single point; MSE on the IoU head. AdamW lr {config['lr']:g} (weight decay "
+        f"{config['weight_decay']:g}, not on norms, biases and tokens), {config['warmup_steps']} warmup steps, "
+        f"the peak held until the last {config['decay_fraction']:.0%} of {config['steps']} steps, then cosine to "
+        f"{config['min_lr_ratio']:g}x; weights averaged (EMA {config['ema_decay']}); the decoder's cross-attention "
+        f"starts location-aware (gain {config['attention_init_gain']:g}, `sam_core.train.locality_init`)."
+    )
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """["key=value", ...] -> {key: value} typed like the recipe's fields."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"--set {pair!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
+        current = getattr(RECIPE, key)
+        if isinstance(current, bool):
+            out[key] = value.lower() in ("1", "true", "yes")
+        elif isinstance(current, int | float) and current is not None:
+            out[key] = type(current)(value)
+        else:
+            out[key] = None if value == "None" else value
     return out
 
 
-def install(checkpoint: Path, scenes: int, max_clicks: int) -> dict:
-    """Evaluate ``checkpoint`` on the held-out test seeds; write fp16 weights + MODEL_CARD.md to sam_core/weights."""
-    from sam_core.embedded import EMBEDDED_CHECKPOINT, load_weights, read_checkpoint
-    from sam_core.evaluate import evaluate_interactive, format_table
-    from sam_core.train import build_model
-    from sam_core.train_data import SyntheticDataset
-
-    ckpt = read_checkpoint(checkpoint)
-    model = build_model("tiny")
-    load_weights(model, ckpt)
-    started = time.monotonic()
-    metrics = evaluate_interactive(model, SyntheticDataset("test", count=scenes), max_clicks=max_clicks)
-    eval_seconds = time.monotonic() - started
-    table = format_table(metrics)
-    print(table)
-    # Steps and wall time per phase: from each phase's checkpoint in the out dir, and for the phases before the
-    # first one rerun here, from the "phases" the checkpoint they started from recorded (when installed).
-    recorded = {}
-    for number in range(1, len(PHASES) + 1):
-        path = checkpoint.parent / f"phase{number}.pt"
-        if path.exists():
-            meta = read_checkpoint(path)["metadata"]
-            for earlier in meta.get("phases", []):
-                recorded.setdefault(earlier["phase"], earlier)
-            if meta.get("phase") == number:
-                recorded[number] = {
-                    "phase": number,
-                    "steps": meta["steps"],
-                    "wall_seconds": meta["wall_seconds"],
-                }
-    phases = [recorded[number] for number in sorted(recorded)]
-    half = {k: (v.half() if v.is_floating_point() else v) for k, v in ckpt["model"].items()}
-    metadata = {
-        **ckpt["metadata"],
-        "metrics": metrics,
-        "phases": phases,
-        "eval": {"split": "test", "scenes": scenes},
-    }
-    EMBEDDED_CHECKPOINT.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": half, "config": ckpt["config"], "metadata": metadata}, EMBEDDED_CHECKPOINT)
-    card = _model_card(ckpt["config"], phases, table, metrics, scenes, max_clicks, eval_seconds)
-    (EMBEDDED_CHECKPOINT.parent / "MODEL_CARD.md").write_text(card)
-    print(f"installed {EMBEDDED_CHECKPOINT} ({EMBEDDED_CHECKPOINT.stat().st_size / 1e6:.1f} MB)")
-    return metrics
-
-
-BELOW_TARGET = """Below target. Phases 1-4 had learnt a prompt-independent
-"objectness" map: over an image's objects their masks had the same area to within 2-5% whatever was clicked,
-so one click scored about the IoU of the prompted instance with all foreground (test mIoU@1 0.101, mIoU@5 0.106
-on 20 scenes), and more clicks did not help. Phase 5's fresh decoder with the location-aware attention init
-follows the click (test mIoU@1 0.322, oracle 0.483, mIoU@5 0.475). Phase 6 then trained the encoder end to end
-(validation mIoU@1 / @5 on 10 scenes, 5 clicks: 0.299 / 0.416 after phase 5, 0.388 / 0.536 after phase 6) and
-phase 7 the decoder with more clicks (0.402 / 0.587); at phase 7's peak lr the same figures dipped to 0.313 /
-0.525 before its decay brought them back. Two things limit the model now. The budget: about 6,000 steps of one
-image each, against SAM's 90k steps of 256 images (phase 6's figures were flat over its last 800 steps, 0.391 /
-0.540 at step 1,200, as its lr decayed; a longer schedule at full lr is the next thing to try). And
-the IoU head: its predictions barely vary (std 0.05 over the three masks of the first clicks on 10 validation
-scenes, correlation 0.35 with their true IoU; 7% of its first layer's ReLU inputs are positive), so the
-"confident" mask is often not the best one (mIoU@1 confident against oracle in the table). In two 150-step trials
-on phase 6's weights at step 600, re-initialising the head revived its units but not the spread, and a 10x IoU
-loss weight did not help either; neither is in the recipe. Use the official
-checkpoints (`build_sam("vit_b", checkpoint=...)`) for real work; this model exists so that every flow, test and
-demo runs offline."""
-
-
-def _model_card(config, phases, table, metrics, scenes, max_clicks, eval_seconds) -> str:
-    total_steps = sum(p["steps"] for p in phases)
-    total_seconds = sum(p["wall_seconds"] for p in phases)
-    phase_lines = "\n".join(
-        f"| {number} | {stop} of {c.steps} | {c.masks_per_image} | {1 + c.correction_points + c.no_point_iterations} "
-        f"| {c.lr:g} | {c.warmup_steps} | {c.focal_weight:g}:{c.dice_weight:g} "
-        f"| {'frozen' if c.freeze_image_encoder or c.cache_embeddings else f'{c.encoder_lr_scale:g}x lr'} "
-        f"| {c.seed} |"
-        for number, (c, stop) in enumerate(PHASES, start=1)
-    )
-    miou1 = max(metrics["miou@1_confident"], metrics["miou@1_oracle"])
-    numbers = {p["phase"] for p in phases}
-    # The installed model's phases 1-3 ran before checkpoints recorded their phase; their figures are these.
-    unrecorded = (
-        "" if 1 in numbers else ", plus phases 1-3 (550 steps in 23 min, not recorded in checkpoints)"
-    )
-    return f"""# Model card: sam_tiny_synthetic (the embedded default)
-
-`sam_core.embedded.load_embedded()` loads it; `sam_tiny_synthetic.pt` holds fp16 weights (loaded as fp32),
-the training config and metadata (metrics, phases).
-
-## Model
-SAM architecture, "tiny" config: 256 px input, ViT patch 8, embed 192, depth 6, 6 heads, global attention in
-blocks 2 and 5, window 8; 32x32x256 image embedding; prompt encoder and two-way mask decoder at dim 256
-(depth 2, MLP 1024, 8 heads); 128x128 low-res masks. About 6.6 M parameters. Trained from scratch (no
-pre-trained encoder: none can be downloaded here).
-
-## Data
-`sam_core.synthetic`: procedurally generated 256x256 scenes (textured backgrounds, 2-5 occluding objects with
-parts and subparts, every level an instance), train seeds 0..999,999, drawn at random. Evaluated on the held-out
-test seeds 2,000,000.. ({scenes} scenes, every mask of at least 16 px).
-
-## Training
-Interactive trainer `sam_core.train`: first prompt a positive point or a noisy box (at equal odds; 20% boxes
-in phase 4), then correction clicks from the error region with the previous logits as mask prompt, min loss over
-the 3 outputs of a single point, MSE IoU head, AdamW (weight decay 0.1), warmup, cosine decay. One image per step, on one CPU
-thread of a 2-core machine shared with four other jobs: phases 1-3 take 4 of its masks, phase 4 (the decoder on
-frozen, cached embeddings of the first 300 train scenes, `dataset_size`) all of them (up to 16) in one batched
-decoder pass with 2 passes per mask (first prompt, 1 correction click). Phase 5 (two threads of a 2-core machine
-shared with the project's other work) keeps phase 4's image encoder, frozen, and trains a *fresh* prompt encoder and
-mask decoder (`fresh_decoder`) with the location-aware attention init (`attention_init_gain`, see below) on cached
-embeddings of 3,000 train scenes. Phase 6 then trains everything end to end from phase 5 (encoder at half the lr,
-a new scene every step), and phase 7 the decoder alone on phase 6's frozen encoder with 3 correction clicks a
-mask (4 passes), since phases 4-6 never showed the decoder more than two points.
-
-| phase | steps run | masks/image | passes/mask | lr | warmup | focal:dice | encoder | seed |
-| --- | --- | --- | --- | --- | --- | --- | --- | --- |
-{phase_lines}
-
-Total: {total_steps} steps in {total_seconds / 60:.0f} min wall time (contended CPU) for phases
-{", ".join(str(p["phase"]) for p in phases)}{unrecorded}. Each phase starts from the previous one's weights with a
-fresh optimizer.
-
-Deviations from the paper, and why (each is a `TrainConfig` field; the defaults are the paper's):
-- 2-4 decoder passes per mask instead of 11 (the "passes/mask" column: phases 1-3 first prompt, 1 correction
-  click and 1 mask-only pass; 4-6 first prompt and 1 correction; 7 first prompt and 3 corrections): an 11-pass
-  step costs 5.4x a single-prompt step (`benchmarks/bench_train.py`) and this budget is short of images, not
-  passes. Phase 7 (3 corrections) raised validation mIoU@5 from 0.536 to 0.587 (see Metrics); whether the
-  extra clicks or simply more decoder steps did it was not separated.
-- focal:dice 1:1 instead of 20:1. From scratch, 20:1 makes "predict nothing" a deep plateau: an imprecise
-  positive costs more focal loss than it saves dice. Switching to 20:1 once masks had appeared pushed them back
-  to empty within 5 steps.
-- The image encoder is frozen (at its random initialisation) for the first 250 steps and then trained at 0.25x
-  lr: at full lr it reached the plateau by flattening its features (spatial std of the embedding fell from 0.55
-  to 0.09 of its total std within 75 steps). No gradient clipping (a max norm of 1.0 stalled training).
-- lr 2e-4 in the last phase: the paper's 8e-4 is for batches of 256 images x 64 masks; with 4 masks a step it
-  kept knocking the model back to empty masks (mean IoU fell from 0.12 to 0.00 over 150 steps).
-- Tried in this session and dropped (each from scratch, frozen random encoder, 16 masks a step, 100-300 steps
-  on a CPU shared with load average 5-8): focal:dice 1:1 stayed at empty masks (train IoU 0.00 after 100 steps);
-  dice only made masks appear within 20 steps but saturated the logits (std ~27) and, after 150 steps, scored
-  test mIoU@1 0.056 (10 scenes), below this model; attention projections initialised tied (q = k, so a click's
-  positional encoding attends to its own location) made no measurable difference in 100 steps.
-- Phase 5's fresh decoder starts with the q and k projections of every prompt/image cross-attention tied
-  (`sam_core.train.locality_init`: one orthogonal matrix x 2 for both), so a click's positional encoding
-  attends to its own cell from the first step; only the init differs from SAM, not the architecture. With the
-  default init, phases 1-4's decoder ignored the click: over the objects of a validation image its masks had
-  the same area to within 2-5% (coefficient of variation), whatever was clicked. On a toy task (a disk around
-  a click on a blank image, 16 clicks a step) the default init reached IoU 0.00 in 150 steps and the tied init
-  0.82 in 100. The earlier "tied" trial above tied only one direction at the default scale.
-- A phase may stop before its schedule's last step (the "steps run" column) when the time budget ran out.
-
-## Metrics (held-out test seeds, `python -m sam_core.evaluate --split test --count {scenes}`)
-Clicks as in the paper's protocol; "confident" keeps the first click's highest-predicted-IoU mask of three,
-"oracle" the best of three; NoC with a budget of {max_clicks} clicks (evaluation took {eval_seconds:.0f} s).
-
-```
-{table}
-```
-
-Targets were mIoU@1 >= 0.75 and mIoU@5 >= 0.90. Reached: mIoU@1 {miou1:.3f} (best choice),
-mIoU@5 {metrics["miou@5_confident"]:.3f}. {"Targets met." if miou1 >= 0.75 and metrics["miou@5_confident"] >= 0.90 else BELOW_TARGET}
-
-## Reproduce
-```
-.venv/bin/python scripts/train_embedded.py --out-dir /tmp/sam_embedded --install
-```
-Single-threaded CPU training is deterministic given the seeds (phases 5-7 ran on 2 threads, which can reorder
-float sums). The installed model's phase 4 started from the previous embedded model's fp16 weights (phases 1-3
-as in the table), not a fresh phase3.pt, phase 5 from the fp16 weights of phase 4 (only its image encoder
-is kept) and phase 6 from the fp16 weights of phase 5, so a rerun matches up to that rounding. `--first-phase N`
-with the checkpoint of phase N-1 at OUT_DIR/phase{{N-1}}.pt reruns phases N and later: phases 6-7 of this model ran as
-`--first-phase 6 --threads 2` with the previous `sam_tiny_synthetic.pt` copied to OUT_DIR/phase5.pt
-(5,300 s on a 2-core machine).
-"""
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train the embedded tiny SAM on synthetic scenes.")
-    parser.add_argument("--out-dir", default="/tmp/sam_embedded")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--first-phase", type=int, default=1, help="resume: skip earlier (finished) phases")
-    parser.add_argument("--install", action="store_true", help="evaluate and install into sam_core/weights")
-    parser.add_argument("--install-from", default=None, help="only install this checkpoint")
-    parser.add_argument("--eval-scenes", type=int, default=30)
-    parser.add_argument("--max-clicks", type=int, default=20)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", type=Path, default=Path.home() / ".cache/sam-engine/embedded")
+    parser.add_argument("--hours", type=float, default=None, help="stop after this much wall time")
+    parser.add_argument(
+        "--stop-at", type=int, default=None, help="stop at this step (the schedule is unchanged)"
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--val-every", type=int, default=100, help="steps between validations")
+    parser.add_argument(
+        "--from-installed", action="store_true", help="no state yet: go on from the installed weights"
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bf16", action="store_true", help="autocast to bfloat16 (GPU)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override recipe fields")
+    parser.add_argument("--install-from", type=Path, default=None, help="score and install this checkpoint")
+    parser.add_argument(
+        "--card", action="store_true", help="regenerate MODEL_CARD.md from the installed weights"
+    )
     args = parser.parse_args(argv)
+    # A stop (SIGTERM from a session's end, `kill`) unwinds like Ctrl-C, so the run saves its state on the way out;
+    # a background job started from a script ignores SIGINT, so TERM is the signal to use.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if args.install_from:
-        install(Path(args.install_from), args.eval_scenes, args.max_clicks)
+    if args.card:
+        print(write_card(torch.load(EMBEDDED_CHECKPOINT, map_location="cpu", weights_only=True)))
         return
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    final = run_phases(out_dir, args.first_phase)
-    logging.info("trained: %s in %.0f s", final, time.monotonic() - started)
-    if args.install:
-        install(final, args.eval_scenes, args.max_clicks)
+    if args.install_from:
+        install(args.install_from)
+        return
+    recipe = dataclasses.replace(RECIPE, **parse_overrides(args.set))
+    best = run(
+        args.run_dir,
+        recipe,
+        args.hours,
+        args.val_every,
+        args.from_installed,
+        args.device,
+        args.bf16,
+        args.stop_at,
+    )
+    log.info("best checkpoint so far: %s", best)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ from __future__ import annotations
 from prefect import task
 from pydantic import BaseModel, Field
 
-from tasks.filter import FilterSettings, filter_records
+from tasks.filter import FilterSettings, filter_records, why_none_kept
+from tasks.runlog import run_logger
 
 
 class AutogenSettings(BaseModel):
@@ -114,6 +115,15 @@ def autogen(
         size = (int(image["height"]), int(image["width"]))
         records = generate_records(store, generator, image_id, model_version, *size, embeddings=embeddings)
         kept = filter_records(records, size, filter)
+        if (
+            not kept
+        ):  # an empty result says why: the bar that removed every mask, and the best value against it
+            why = (
+                generator.funnel.why_empty(settings.pred_iou_thresh, settings.stability_score_thresh)
+                if not records
+                else why_none_kept(records, size, filter)
+            )
+            run_logger().info("image %s: %s", image_id, why)
         return records_to_rows(
             kept, image_id, round=round, stage=stage, source="auto", model_version=model_version
         )

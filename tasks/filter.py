@@ -69,3 +69,30 @@ def filter_records(records: list[dict], image_size: tuple[int, int], settings: F
     boxes = np.asarray([[x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in kept)], dtype=np.float32)
     scores = np.asarray([r["predicted_iou"] for r in kept], dtype=np.float32)
     return [kept[i] for i in box_nms(boxes, scores, settings.nms_iou)]
+
+
+def why_none_kept(records: list[dict], image_size: tuple[int, int], settings: FilterSettings) -> str:
+    """Why ``filter_records`` kept none of ``records``: the best value of the first bar that removed them all,
+    against its threshold."""
+    if not records:
+        return "the generator kept no mask"
+    height, width = image_size
+    limit = settings.max_area_fraction * height * width
+    best_iou = max(r["predicted_iou"] for r in records)
+    if best_iou < settings.min_predicted_iou:
+        return (
+            f"the stage filter kept none of {len(records)} masks: the highest predicted IoU was {best_iou:.3f}, "
+            f"below min_predicted_iou {settings.min_predicted_iou:.3f}"
+        )
+    confident = [r for r in records if r["predicted_iou"] >= settings.min_predicted_iou]
+    best_stability = max(r["stability_score"] for r in confident)
+    if best_stability < settings.min_stability_score:
+        return (
+            f"the stage filter kept none of {len(records)} masks: {len(confident)} reached min_predicted_iou "
+            f"{settings.min_predicted_iou:.3f}, and their highest stability score was {best_stability:.3f}, below "
+            f"min_stability_score {settings.min_stability_score:.3f}"
+        )
+    return (
+        f"the stage filter kept none of {len(records)} masks: every confident and stable mask was outside the area "
+        f"limits ({settings.min_area} px to {limit:.0f} px)"
+    )

@@ -1,7 +1,7 @@
 """Model versions: register checkpoints in the store's models table and load them by version.
 
-A model version names one set of weights. ``embedded`` is always known: the tiny model shipped in
-``sam_core/weights``; ``latest`` means the newest registered version. Every other version is a row of the models table: its ``config`` holds the SAM config name
+A model version names one set of weights. ``embedded`` is always known: the small model shipped in
+``sam_core/weights`` (its config name read from the checkpoint); ``latest`` means the newest registered version. Every other version is a row of the models table: its ``config`` holds the SAM config name
 (``{"name": "vit_b"}``) and ``checkpoint_uri`` the weights (any fsspec URL; Meta's ``sam_vit_*.pth`` files load
 as they are).
 
@@ -36,12 +36,12 @@ def resolve_version(store, model_version: str) -> str:
 def model_row(store, model_version: str) -> dict:
     """The models-table row of ``model_version`` as a dict. Raises ValueError naming the known versions."""
     if model_version == EMBEDDED_VERSION:
-        from sam_core.embedded import EMBEDDED_CHECKPOINT
+        from sam_core.embedded import EMBEDDED_CHECKPOINT, embedded_config_name
 
         return {
             "model_version": EMBEDDED_VERSION,
             "parent_version": None,
-            "config": {"name": "tiny"},
+            "config": {"name": embedded_config_name()},
             "checkpoint_uri": str(EMBEDDED_CHECKPOINT),
             "trained_on_round": None,
             "metrics": {},

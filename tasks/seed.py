@@ -56,9 +56,21 @@ def model_with_encoder_of(store, config_name: str, encoder_from: str | None):
     return model_with_encoder(config_name, encoder)
 
 
+def seed_config_name(store, encoder_from: str | None) -> str:
+    """The SAM config of a seed model: that of the version whose encoder it starts from (the embedded model's
+    when it starts from scratch)."""
+    from sam_core.embedded import embedded_config_name
+    from tasks.models import model_row
+
+    if encoder_from is None:
+        return embedded_config_name()
+    return str(model_row(store, encoder_from)["config"]["name"])
+
+
 def seed_train_config(
     steps: int,
     *,
+    config_name: str,
     masks_per_image: int,
     correction_points: int,
     no_point_iterations: int,
@@ -72,7 +84,7 @@ def seed_train_config(
     from sam_core.train import TrainConfig
 
     return TrainConfig(
-        model="tiny",
+        model=config_name,
         steps=steps,
         masks_per_image=masks_per_image,
         correction_points=correction_points,
@@ -115,9 +127,11 @@ def train_seed_model(
 
     store = Store(store_url)
     dataset = labelled_split(store, split, ground_truth)
-    model = model_with_encoder_of(store, "tiny", encoder_from)
+    config_name = seed_config_name(store, encoder_from)
+    model = model_with_encoder_of(store, config_name, encoder_from)
     config = seed_train_config(
         steps,
+        config_name=config_name,
         masks_per_image=masks_per_image,
         correction_points=correction_points,
         no_point_iterations=no_point_iterations,
@@ -138,7 +152,7 @@ def train_seed_model(
     return register_model(
         store,
         model_version,
-        "tiny",
+        config_name,
         store.fs.unstrip_protocol(path),
         parent_version=encoder_from,
         metrics={**metrics, "seed_images": len(dataset), "encoder_from": encoder_from},

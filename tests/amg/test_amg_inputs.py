@@ -87,3 +87,24 @@ def test_all_masks_filtered_gives_empty_list(output_mode, blob_model, images):
     # The same generator is not left in a bad state: relaxed, it finds masks.
     generator.pred_iou_thresh = 0.5
     assert len(generator.generate(images[0])) > 0
+
+
+def test_an_empty_result_says_which_filter_removed_everything_and_the_best_value(blob_model, images):
+    generator = AutomaticMaskGenerator(blob_model, points_per_side=4, pred_iou_thresh=1.0)
+    assert generator.generate(images[0]) == []
+    funnel = generator.funnel
+    assert funnel.candidates == 48 and funnel.passed_iou == 0 and funnel.kept == 0
+    why = funnel.why_empty(generator.pred_iou_thresh, generator.stability_score_thresh)
+    assert f"highest predicted IoU of 48 candidates was {funnel.max_predicted_iou:.3f}" in why
+    assert "pred_iou_thresh 1.0" in why
+
+    from sam_core.automatic_mask_generator import Funnel
+
+    unstable = Funnel(candidates=48, max_predicted_iou=0.95, passed_iou=7, max_stability_score=0.91)
+    why = unstable.why_empty(0.88, 0.95)
+    assert "7 of 48 candidates passed pred_iou_thresh 0.88" in why
+    assert "highest stability score was 0.910, below stability_score_thresh 0.95" in why
+
+    generator.pred_iou_thresh = 0.0
+    kept = generator.generate(images[0])
+    assert generator.funnel.kept == len(kept) > 0  # the funnel is per call, not left over from the last one

@@ -166,3 +166,25 @@ def test_calibrated_settings_apply_the_point_and_an_unreachable_one_keeps_nothin
     assert not point["feasible"] and autogen.pred_iou_thresh == 1.0
     record = {"predicted_iou": 1.5, "stability_score": 1.0, "area": 50, "bbox": [0, 0, 5, 10]}
     assert filter_records([record], (64, 64), filter) == []  # even an over-confident mask is dropped
+
+
+def test_the_stage_filter_says_why_it_kept_nothing():
+    from tasks.filter import FilterSettings, filter_records, why_none_kept
+
+    records = [
+        {"predicted_iou": 0.7, "stability_score": 0.99, "area": 400, "bbox": [0, 0, 20, 20]},
+        {"predicted_iou": 0.9, "stability_score": 0.80, "area": 400, "bbox": [5, 5, 20, 20]},
+    ]
+    strict = FilterSettings(min_predicted_iou=0.95)
+    assert filter_records(records, (64, 64), strict) == []
+    assert "highest predicted IoU was 0.900, below min_predicted_iou 0.950" in why_none_kept(
+        records, (64, 64), strict
+    )
+    unstable = FilterSettings(min_predicted_iou=0.85, min_stability_score=0.9)
+    assert "1 reached min_predicted_iou 0.850, and their highest stability score was 0.800" in why_none_kept(
+        records, (64, 64), unstable
+    )
+    tiny_area = FilterSettings(min_predicted_iou=0.5, min_stability_score=0.5, min_area=1000)
+    assert filter_records(records, (64, 64), tiny_area) == []
+    assert "outside the area limits (1000 px" in why_none_kept(records, (64, 64), tiny_area)
+    assert why_none_kept([], (64, 64), strict) == "the generator kept no mask"

@@ -1,0 +1,59 @@
+"""scripts/train_embedded.py: a run that validates, keeps its best, resumes where it stopped, and installs
+weights whose model card is generated from what the checkpoint records."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sam_core.embedded import EMBEDDED_CHECKPOINT, read_checkpoint
+
+TINY = ["steps=4", "images_per_step=1", "masks_per_image=2", "correction_points=1", "warmup_steps=1"]
+
+
+@pytest.fixture(scope="module")
+def script(load_script):
+    return load_script("train_embedded")
+
+
+def test_a_run_keeps_its_best_resumes_and_installs_with_a_generated_card(script, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    recipe = script.RECIPE.__class__(**{**script.RECIPE.__dict__, **script.parse_overrides(TINY)})
+    script.run(run_dir, recipe, None, 2, False, "cpu", False, stop_at=2, val_scenes=1)
+    state = torch.load(run_dir / "state.pt", weights_only=True)
+    assert state["step"] == 2 and (run_dir / "best.pt").exists()
+    script.run(run_dir, recipe, None, 2, False, "cpu", False, val_scenes=1)  # goes on from step 2
+    curve = [json.loads(line) for line in (run_dir / "curve.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in curve] == [2, 4]
+    assert curve[1]["cpu_seconds"] > curve[0]["cpu_seconds"] > 0
+    best = read_checkpoint(run_dir / "best.pt")
+    assert best["metadata"]["steps"] in (2, 4) and best["sam_config"]["image_encoder"] == "conv"
+
+    target = tmp_path / "weights" / "model.pt"
+    target.parent.mkdir()
+    record = script.install(run_dir / "best.pt", test_scenes=1, auto_scenes=1, target=target)
+    assert set(record) >= {"interactive", "reliability", "automatic"}
+    installed = torch.load(target, weights_only=True)
+    assert installed["model"]["mask_decoder.iou_token.weight"].dtype == torch.float16
+    card = (target.parent / "MODEL_CARD.md").read_text()
+    assert card == script.model_card(installed)
+    assert (
+        f"{record['interactive']['miou@1_confident']:.3f}" in card and "Reliability of the IoU head" in card
+    )
+
+
+def test_overrides_are_typed_and_unknown_fields_refused(script):
+    assert script.parse_overrides(["steps=10", "pixel_loss=focal", "ema_decay=0.5"]) == {
+        "steps": 10,
+        "pixel_loss": "focal",
+        "ema_decay": 0.5,
+    }
+    with pytest.raises(SystemExit, match="FIELD=VALUE"):
+        script.parse_overrides(["stepz=10"])
+
+
+def test_the_committed_model_card_is_what_the_committed_checkpoint_generates(script):
+    installed = torch.load(EMBEDDED_CHECKPOINT, map_location="cpu", weights_only=True)
+    assert (EMBEDDED_CHECKPOINT.parent / "MODEL_CARD.md").read_text() == script.model_card(installed)
