@@ -52,13 +52,42 @@ MODEL = typer.Option("embedded", "--model-version", "-m", help="model version ('
 
 
 def _store(url: str | None) -> str:
+    """The store URL: --store, else SAM_ENGINE_STORE, else file://$SAM_ENGINE_HOME/store."""
     from tasks.settings import EngineSettings
 
     return url or EngineSettings.from_env().store_url
 
 
+def _store_url(url: str | None) -> str:
+    """The store URL of a command that may create the store, its protocol checked; creates nothing yet."""
+    from stores.fsio import resolve_filesystem
+
+    resolved = _store(url)
+    try:
+        resolve_filesystem(resolved)
+    except (OSError, ValueError) as exc:
+        _fail(exc)
+    return resolved
+
+
+def _existing_store(url: str | None):
+    """The Store of a command that reads: one that is not there is an error (exit 2), and no folder is made."""
+    from stores import Store
+
+    try:
+        return Store(_store(url), create=False)
+    except (OSError, ValueError) as exc:
+        _fail(exc)
+
+
 def _fail(exc: Exception) -> None:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    """One line on stderr and exit code 2: bad input is the user's to fix, not a traceback to read."""
+    from stores import StoreNotFoundError
+
+    message = f"error: {exc}"
+    if isinstance(exc, StoreNotFoundError):
+        message += " (`sam-engine ingest` or `sam-engine model add` creates a store)"
+    typer.secho(message, fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
 
 
@@ -95,16 +124,38 @@ def ingest(
     split: str = typer.Option("train", help="split the new images belong to (train, val, test, ...)"),
     store: str = STORE,
 ) -> None:
-    """Register images in the store (image id = sha256 of the bytes); unreadable files are listed and skipped."""
+    """Register images in the store (image id = sha256 of the bytes); unreadable files are listed and skipped.
+
+    Exits with code 2 when nothing could be registered (then no store is created)."""
+    from tasks.ingest import IMAGE_EXTENSIONS
     from tasks.ingest import ingest as ingest_task
 
+    url = _store_url(store)
     try:
-        result = ingest_task.fn(_store(store), uris, split=split)
+        result = ingest_task.fn(url, uris, split=split)
     except (OSError, ValueError) as exc:
         _fail(exc)
-    typer.echo(f"{len(result.image_ids)} images ({result.new} new) in {_store(store)}")
+    for unmatched in result.unmatched if result.image_ids else []:  # else the error line says it
+        typer.secho(f"warning: {unmatched['reason']}", fg=typer.colors.YELLOW, err=True)
     for skipped in result.skipped:
-        typer.secho(f"skipped {skipped['uri']}: {skipped['reason']}", fg=typer.colors.YELLOW)
+        detail = f" ({skipped['detail']})" if skipped["detail"] else ""
+        typer.secho(
+            f"skipped {skipped['uri']}: {skipped['reason']}{detail}", fg=typer.colors.YELLOW, err=True
+        )
+    counts = ", ".join(f"{n} {reason}" for reason, n in result.skipped_by_reason().items())
+    skipped = f"{_files(len(result.skipped))} skipped ({counts})" if result.skipped else ""
+    if not result.image_ids:
+        causes = [u["reason"] for u in result.unmatched] + ([skipped] if skipped else [])
+        _fail(ValueError(f"no image registered from {' '.join(uris)}: {'; '.join(causes)}"))
+    if skipped:
+        typer.secho(skipped, fg=typer.colors.YELLOW, err=True)
+    if result.ignored:
+        typer.echo(f"ignored {_files(result.ignored)} not ending in {', '.join(IMAGE_EXTENSIONS)}", err=True)
+    typer.echo(f"{len(result.image_ids)} images ({result.new} new) in {url}")
+
+
+def _files(n: int) -> str:
+    return f"{n} file" if n == 1 else f"{n} files"
 
 
 @app.command()
@@ -116,13 +167,13 @@ def embed(
     actors: int = typer.Option(1, min=1, help="encoder actors on Ray"),
 ) -> None:
     """Compute image embeddings for every image that has none for the model version (cached ones are kept)."""
-    from stores import Store
     from tasks.embed import embed as embed_task
     from tasks.models import resolve_version
 
-    url = _store(store)
+    store_obj = _existing_store(store)
+    url = store_obj.url
     try:
-        version = resolve_version(Store(url), model_version)
+        version = resolve_version(store_obj, model_version)
         with _spinner(f"embedding images with {version}"):
             result = embed_task.fn(url, version, batch_size=batch_size, actors=actors, backend=backend)
     except (OSError, ValueError, KeyError) as exc:
@@ -166,7 +217,7 @@ def round_(
     try:
         stage3 = FilterSettings(**calibrated)
         params = RoundParams(
-            store=_store(store),
+            store=_existing_store(store).url,
             round=round,
             stage=stage,
             model_version=model_version,
@@ -205,7 +256,7 @@ def train(
 
     try:
         params = RetrainParams(
-            store=_store(store),
+            store=_existing_store(store).url,
             parent_version=parent_version,
             model_version=model_version,
             round=round,
@@ -227,13 +278,13 @@ def eval_(
     store: str = STORE,
 ) -> None:
     """mIoU after 1..9 clicks, NoC@85/90 and automatic-mask precision/recall of a model version."""
-    from stores import Store
     from tasks.evaluate import evaluate
     from tasks.models import resolve_version
 
-    url = _store(store)
+    store_obj = _existing_store(store)
+    url = store_obj.url
     try:
-        version = resolve_version(Store(url), model_version)
+        version = resolve_version(store_obj, model_version)
         with _spinner(f"evaluating {version}"):
             metrics = evaluate.fn(url, version, ground_truth, split=split, max_images=max_images)
     except (OSError, ValueError, KeyError) as exc:
@@ -256,22 +307,22 @@ def calibrate(
 ) -> None:
     """Score a version's automatic masks against ground truth and store them, so that filters can ask for a
     target precision (FilterSettings.target_precision) instead of fixed thresholds; prints the operating points."""
-    from stores import Store
     from tasks.autogen import AutogenSettings
     from tasks.calibrate import CalibrationSettings, filter_operating_point, read_calibration
     from tasks.calibrate import calibrate as calibrate_task
     from tasks.filter import FilterSettings
     from tasks.models import resolve_version
 
-    url = _store(store)
+    store_obj = _existing_store(store)
+    url = store_obj.url
     try:
-        version = resolve_version(Store(url), model_version)
+        version = resolve_version(store_obj, model_version)
         settings = CalibrationSettings(
             ground_truth=ground_truth, split=split, max_images=max_images, points_per_side=points_per_side
         )
         with _spinner(f"calibrating {version}"):
             summary = calibrate_task.fn(url, version, settings)
-        table = read_calibration(Store(url), version)
+        table = read_calibration(store_obj, version)
         # As a stage with the default generator and filter (their NMS and area limits) would apply them.
         summary["operating_points"] = {
             str(p): filter_operating_point(
@@ -294,9 +345,12 @@ def export_coco(
     """COCO instances JSON (RLE segmentations) of the current masks."""
     from tasks.export import export
 
-    _print_json(
-        export.fn(_store(store), destination, "coco", round=round, stage=stage) | {"files": [destination]}
-    )
+    url = _existing_store(store).url
+    try:
+        result = export.fn(url, destination, "coco", round=round, stage=stage)
+    except (OSError, ValueError) as exc:
+        _fail(exc)
+    _print_json(result | {"files": [destination]})
 
 
 @export_app.command("sa1b")
@@ -309,7 +363,11 @@ def export_sa1b(
     """SA-1B per-image JSON files of the current masks."""
     from tasks.export import export
 
-    result = export.fn(_store(store), destination, "sa1b", round=round, stage=stage)
+    url = _existing_store(store).url
+    try:
+        result = export.fn(url, destination, "sa1b", round=round, stage=stage)
+    except (OSError, ValueError) as exc:
+        _fail(exc)
     result["files"] = len(result["files"])
     _print_json(result)
 
@@ -317,9 +375,7 @@ def export_sa1b(
 @query_app.command("images")
 def query_images(store: str = STORE) -> None:
     """Images per split."""
-    from stores import Store
-
-    images = Store(_store(store)).images()
+    images = _read(_existing_store(store).images)
     typer.echo(images.groupby("split").size().to_string() if len(images) else "no images")
 
 
@@ -331,9 +387,7 @@ def query_masks(
     store: str = STORE,
 ) -> None:
     """Masks per round, stage and source, with mean clicks and seconds per mask."""
-    from stores import Store
-
-    masks = Store(_store(store)).masks(round=round, stage=stage, source=source)
+    masks = _read(_existing_store(store).masks, round=round, stage=stage, source=source)
     if masks.empty:
         typer.echo("no masks")
         return
@@ -349,9 +403,7 @@ def query_masks(
 @query_app.command("models")
 def query_models(store: str = STORE) -> None:
     """Registered model versions with their lineage."""
-    from stores import Store
-
-    models = Store(_store(store)).models()
+    models = _read(_existing_store(store).models)
     cols = ["model_version", "parent_version", "trained_on_round", "checkpoint_uri", "created_at"]
     typer.echo(models[cols].to_string(index=False) if len(models) else "no models (only 'embedded')")
 
@@ -359,9 +411,7 @@ def query_models(store: str = STORE) -> None:
 @query_app.command("rounds")
 def query_rounds(store: str = STORE) -> None:
     """The figures of every round and stage."""
-    from stores import Store
-
-    rounds = Store(_store(store)).rounds()
+    rounds = _read(_existing_store(store).rounds)
     if rounds.empty:
         typer.echo("no rounds")
         return
@@ -388,10 +438,9 @@ def query_rounds(store: str = STORE) -> None:
 @app.command()
 def upgrade(store: str = STORE) -> None:
     """Rewrite a store's masks files of an older schema version in the current one (rows unchanged)."""
-    from stores import Store
-
+    store_obj = _existing_store(store)
     try:
-        paths = Store(_store(store)).upgrade_masks()
+        paths = store_obj.upgrade_masks()
     except (OSError, ValueError) as exc:
         _fail(exc)
     typer.echo(f"upgraded {len(paths)} masks file(s)" if paths else "every masks file is current")
@@ -408,12 +457,13 @@ def model_add(
 ) -> None:
     """Register a checkpoint as a model version, so flows can use it by name."""
     from stores import Store
-    from tasks.models import check_model, register_model
+    from tasks.models import check_checkpoint, check_new_model, register_model
 
-    try:
-        store_obj = Store(_store(store))
-        register_model(store_obj, model_version, config, checkpoint)
-        check_model(store_obj, model_version)
+    url = _store_url(store)
+    try:  # every check before the store is opened, so a refused version leaves no folder and no row behind
+        check_new_model(model_version, config)
+        check_checkpoint(checkpoint, model_version)
+        register_model(Store(url), model_version, config, checkpoint)
     except (OSError, ValueError) as exc:
         _fail(exc)
     typer.echo(f"registered {model_version} ({config}) from {checkpoint}")
@@ -428,16 +478,25 @@ def segment(
     store: str = STORE,
 ) -> None:
     """Automatic masks of one image, drawn over it (no store writes; the embedded model by default)."""
-    from stores import Store
+    from stores import Store, StoreNotFoundError
     from tasks.autogen import AutogenSettings, make_generator
     from tasks.ingest import load_image
-    from tasks.models import load_model, resolve_version
+    from tasks.models import EMBEDDED_VERSION, LATEST, load_model, resolve_version
     from tasks.overlays import overlay
 
+    if store is not None:
+        store_obj = _existing_store(store)
+    else:
+        try:
+            store_obj = Store(_store(None), create=False)
+        except (OSError, ValueError) as exc:
+            if not isinstance(exc, StoreNotFoundError) or model_version not in (EMBEDDED_VERSION, LATEST):
+                _fail(exc)
+            store_obj = None  # the shipped model needs no store, and a first try should not make one
     try:
         pixels = load_image(image)
-        store_obj = Store(_store(store))
-        model = load_model(store_obj, resolve_version(store_obj, model_version))
+        version = resolve_version(store_obj, model_version) if store_obj else EMBEDDED_VERSION
+        model = load_model(store_obj, version)
         generator = make_generator(model, AutogenSettings(points_per_side=points_per_side))
         generator.output_mode = "binary_mask"
         with _spinner(f"segmenting {image}"):
@@ -450,6 +509,14 @@ def segment(
         typer.echo(
             generator.funnel.why_empty(generator.pred_iou_thresh, generator.stability_score_thresh), err=True
         )
+
+
+def _read(table, **filters):
+    """``table(**filters)`` (a Store reader); a damaged or foreign file is one line and exit 2."""
+    try:
+        return table(**filters)
+    except (OSError, ValueError) as exc:
+        _fail(exc)
 
 
 def _spinner(message: str):
