@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import typer
+import typer.core
 
 import flows  # noqa: F401  (sets the Prefect defaults before anything imports prefect)
+from flows.stages import STAGES, Stage
 
 app = typer.Typer(
     help="The SAM data engine: ingest images, embed them, run annotation rounds (assisted-manual, "
@@ -33,6 +36,27 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+
+def _option_type(param, ctx) -> str | None:
+    """What --help prints after an option: its metavar (URI, N, VERSION, ...), a Literal's choices, or nothing (a
+    flag). Typer would print the Python type (<str>, <list[str]>, <bool>), which tells a newcomer nothing."""
+    if param.metavar:
+        return param.metavar
+    if param.type_descriptor.is_choice:
+        return "|".join(str(choice) for choice in param.type_descriptor.choices)
+    return None
+
+
+def _argument_type(param, ctx) -> str | None:
+    """An argument's name column already shows its metavar (URI, GROUND_TRUTH, ...): no type after it."""
+    return None
+
+
+# typer (0.29) has no setting for this; every option and argument of this CLI names its value with a metavar.
+typer.core.TyperOption.display_type_rich = _option_type
+typer.core.TyperArgument.display_type_rich = _argument_type
+
 export_app = typer.Typer(help="Export the current masks (superseded and deleted ones left out).")
 query_app = typer.Typer(help="Look at the store's tables (pandas underneath; see stores.query for more).")
 model_app = typer.Typer(help="The models registry: register checkpoints as model versions.")
@@ -47,8 +71,14 @@ try:  # helper F's Label Studio commands, when that part is installed
 except ImportError:  # pragma: no cover - the engine works without Label Studio
     pass
 
-STORE = typer.Option(None, "--store", help="store URL (default: SAM_ENGINE_STORE or ./.engine/store)")
-MODEL = typer.Option("embedded", "--model-version", "-m", help="model version ('latest': the newest)")
+STORE = typer.Option(
+    None, "--store", metavar="URI", help="store URL or path (default: SAM_ENGINE_STORE or ./.engine/store)"
+)
+MODEL = typer.Option(
+    "embedded", "--model-version", "-m", metavar="VERSION", help="model version ('latest': the newest)"
+)
+STAGE_HELP = f"one of {', '.join(STAGES)}"
+Backend = Literal["ray", "local"]
 
 
 def _store(url: str | None) -> str:
@@ -93,11 +123,12 @@ def _fail(exc: Exception) -> None:
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("demo_output"), help="output directory (overwritten)"),
+    out: Path = typer.Option(Path("demo_output"), metavar="DIR", help="output directory (overwritten)"),
     quick: bool = typer.Option(False, help="tiny sizes: a smoke test of the same path (about a minute)"),
-    train_backend: str = typer.Option("local", help="'local' (in process) or 'ray' (Ray Train)"),
+    train_backend: Backend = typer.Option("local", help="'local' (in process) or 'ray' (Ray Train)"),
     encoder_checkpoint: str = typer.Option(
         None,
+        metavar="PATH",
         help="tiny checkpoint whose image encoder the seed model starts from (default: the embedded model)",
     ),
 ) -> None:
@@ -120,8 +151,12 @@ def demo(
 
 @app.command()
 def ingest(
-    uris: list[str] = typer.Argument(..., help="image files, folders or glob patterns (any fsspec URL)"),
-    split: str = typer.Option("train", help="split the new images belong to (train, val, test, ...)"),
+    uris: list[str] = typer.Argument(
+        ..., metavar="URI", help="image files, folders or glob patterns (any fsspec URL)"
+    ),
+    split: str = typer.Option(
+        "train", metavar="SPLIT", help="split the new images belong to (train, val, test, ...)"
+    ),
     store: str = STORE,
 ) -> None:
     """Register images in the store (image id = sha256 of the bytes); unreadable files are listed and skipped.
@@ -162,9 +197,11 @@ def _files(n: int) -> str:
 def embed(
     model_version: str = MODEL,
     store: str = STORE,
-    backend: str = typer.Option("ray", help="'ray' (actor pool; GPUs when the cluster has them) or 'local'"),
-    batch_size: int = typer.Option(4, min=1),
-    actors: int = typer.Option(1, min=1, help="encoder actors on Ray"),
+    backend: Backend = typer.Option(
+        "ray", help="'ray' (actor pool; GPUs when the cluster has them) or 'local'"
+    ),
+    batch_size: int = typer.Option(4, min=1, metavar="N", help="images per encoder batch"),
+    actors: int = typer.Option(1, min=1, metavar="N", help="encoder actors on Ray"),
 ) -> None:
     """Compute image embeddings for every image that has none for the model version (cached ones are kept)."""
     from tasks.embed import embed as embed_task
@@ -185,26 +222,38 @@ def embed(
 
 @app.command("round")
 def round_(
-    stage: str = typer.Option(..., help="assisted_manual, semi_automatic or fully_automatic"),
-    round: int = typer.Option(..., "--round", "-r", min=0, help="round number"),
+    stage: Stage = typer.Option(..., metavar="STAGE", help=STAGE_HELP),
+    round: int = typer.Option(..., "--round", "-r", min=0, metavar="N", help="round number"),
     model_version: str = MODEL,
     store: str = STORE,
-    ground_truth: str = typer.Option(None, help="COCO JSON for the simulated annotator and evaluation"),
-    max_images: int = typer.Option(None, min=1, help="at most this many images of the split"),
-    split: str = typer.Option("train"),
-    new_model_version: str = typer.Option(None, help="name of the retrained version (default r<round>)"),
-    retrain_steps: int = typer.Option(200, min=0, help="0: no retrain"),
-    train_backend: str = typer.Option("ray", help="'ray' (Ray Train) or 'local'"),
+    ground_truth: str = typer.Option(
+        None, metavar="PATH", help="COCO JSON for the simulated annotator and evaluation"
+    ),
+    max_images: int = typer.Option(None, min=1, metavar="N", help="at most this many images of the split"),
+    split: str = typer.Option("train", metavar="SPLIT", help="the images the stage works on"),
+    new_model_version: str = typer.Option(
+        None, metavar="VERSION", help="name of the retrained version (default r<round>)"
+    ),
+    retrain_steps: int = typer.Option(200, min=0, metavar="N", help="0: no retrain"),
+    train_backend: Backend = typer.Option("ray", help="'ray' (Ray Train) or 'local'"),
     target_precision: float = typer.Option(
         None,
+        min=0.0,
+        max=1.0,
+        metavar="P",
         help="automatic masks: thresholds from the model's calibration at this precision (sam-engine calibrate) "
         "instead of the paper's fixed ones; the new version is calibrated on the --calibration-split images",
     ),
     confident_precision: float = typer.Option(
         None,
+        min=0.0,
+        max=1.0,
+        metavar="P",
         help="the same for the semi-automatic stage's pre-filled masks (set it above --target-precision)",
     ),
-    calibration_split: str = typer.Option("val", help="labelled images (in --ground-truth) to calibrate on"),
+    calibration_split: str = typer.Option(
+        "val", metavar="SPLIT", help="labelled images (in --ground-truth) to calibrate on"
+    ),
 ) -> None:
     """One data-engine round: the stage, then a retrain on all accepted masks, then a held-out evaluation."""
     from flows.data_engine_round import data_engine_round
@@ -242,13 +291,19 @@ def round_(
 
 @app.command()
 def train(
-    parent_version: str = typer.Option("latest", help="weights to start from"),
-    model_version: str = typer.Option(None, help="new version name (default <parent>-r<round>)"),
-    round: int = typer.Option(..., "--round", "-r", min=0, help="train on masks of rounds up to this"),
-    steps: int = typer.Option(200, min=1),
+    parent_version: str = typer.Option("latest", metavar="VERSION", help="weights to start from"),
+    model_version: str = typer.Option(
+        None, metavar="VERSION", help="new version name (default <parent>-r<round>)"
+    ),
+    round: int = typer.Option(
+        ..., "--round", "-r", min=0, metavar="N", help="train on masks of rounds up to this"
+    ),
+    steps: int = typer.Option(200, min=1, metavar="N", help="training steps"),
     store: str = STORE,
-    backend: str = typer.Option("ray", help="'ray' (Ray Train) or 'local'"),
-    ground_truth: str = typer.Option(None, help="COCO JSON to evaluate the new version on (optional)"),
+    backend: Backend = typer.Option("ray", help="'ray' (Ray Train) or 'local'"),
+    ground_truth: str = typer.Option(
+        None, metavar="PATH", help="COCO JSON to evaluate the new version on (optional)"
+    ),
 ) -> None:
     """Retrain on every accepted mask so far and register the new model version."""
     from flows.params import EvalSettings, RetrainParams, TrainSettings
@@ -271,10 +326,12 @@ def train(
 
 @app.command("eval")
 def eval_(
-    ground_truth: str = typer.Argument(..., help="COCO JSON with the evaluation images' ground truth"),
+    ground_truth: str = typer.Argument(
+        ..., metavar="GROUND_TRUTH", help="COCO JSON with the evaluation images' ground truth"
+    ),
     model_version: str = MODEL,
-    split: str = typer.Option("test"),
-    max_images: int = typer.Option(16, min=1),
+    split: str = typer.Option("test", metavar="SPLIT", help="the held-out images to evaluate on"),
+    max_images: int = typer.Option(16, min=1, metavar="N", help="at most this many images"),
     store: str = STORE,
 ) -> None:
     """mIoU after 1..9 clicks, NoC@85/90 and automatic-mask precision/recall of a model version."""
@@ -294,15 +351,21 @@ def eval_(
 
 @app.command()
 def calibrate(
-    ground_truth: str = typer.Argument(..., help="COCO JSON with the calibration images' ground truth"),
-    model_version: str = MODEL,
-    split: str = typer.Option("val", help="the labelled images to calibrate on (not train, not test)"),
-    max_images: int = typer.Option(8, min=1),
-    points_per_side: int = typer.Option(16, min=1, help="grid density of the candidate masks"),
-    target_precision: list[float] = typer.Option(
-        [0.8, 0.9], help="print the operating point for these precisions (repeatable)"
+    ground_truth: str = typer.Argument(
+        ..., metavar="GROUND_TRUTH", help="COCO JSON with the calibration images' ground truth"
     ),
-    match_iou: float = typer.Option(0.75, help="IoU with ground truth at which a mask counts as right"),
+    model_version: str = MODEL,
+    split: str = typer.Option(
+        "val", metavar="SPLIT", help="the labelled images to calibrate on (not train, not test)"
+    ),
+    max_images: int = typer.Option(8, min=1, metavar="N", help="at most this many images"),
+    points_per_side: int = typer.Option(16, min=1, metavar="N", help="grid density of the candidate masks"),
+    target_precision: list[float] = typer.Option(
+        [0.8, 0.9], metavar="P", help="print the operating point for these precisions (repeatable)"
+    ),
+    match_iou: float = typer.Option(
+        0.75, min=0.0, max=1.0, metavar="IOU", help="IoU with ground truth at which a mask counts as right"
+    ),
     store: str = STORE,
 ) -> None:
     """Score a version's automatic masks against ground truth and store them, so that filters can ask for a
@@ -337,9 +400,9 @@ def calibrate(
 
 @export_app.command("coco")
 def export_coco(
-    destination: str = typer.Argument(..., help="JSON file (path or URL)"),
-    round: int = typer.Option(None, help="only this round"),
-    stage: str = typer.Option(None, help="only this stage"),
+    destination: str = typer.Argument(..., metavar="FILE", help="JSON file (path or URL)"),
+    round: int = typer.Option(None, metavar="N", help="only this round"),
+    stage: Stage = typer.Option(None, metavar="STAGE", help=f"only this stage: {STAGE_HELP}"),
     store: str = STORE,
 ) -> None:
     """COCO instances JSON (RLE segmentations) of the current masks."""
@@ -355,9 +418,9 @@ def export_coco(
 
 @export_app.command("sa1b")
 def export_sa1b(
-    destination: str = typer.Argument(..., help="directory (path or URL): one JSON per image"),
-    round: int = typer.Option(None),
-    stage: str = typer.Option(None),
+    destination: str = typer.Argument(..., metavar="DIR", help="directory (path or URL): one JSON per image"),
+    round: int = typer.Option(None, metavar="N", help="only this round"),
+    stage: Stage = typer.Option(None, metavar="STAGE", help=f"only this stage: {STAGE_HELP}"),
     store: str = STORE,
 ) -> None:
     """SA-1B per-image JSON files of the current masks."""
@@ -381,9 +444,11 @@ def query_images(store: str = STORE) -> None:
 
 @query_app.command("masks")
 def query_masks(
-    round: int = typer.Option(None),
-    stage: str = typer.Option(None),
-    source: str = typer.Option(None, help="auto, model or human"),
+    round: int = typer.Option(None, metavar="N", help="only this round"),
+    stage: Stage = typer.Option(None, metavar="STAGE", help=f"only this stage: {STAGE_HELP}"),
+    source: str = typer.Option(
+        None, metavar="SOURCE", help="only masks of this source: auto, model or human"
+    ),
     store: str = STORE,
 ) -> None:
     """Masks per round, stage and source, with mean clicks and seconds per mask."""
@@ -448,10 +513,12 @@ def upgrade(store: str = STORE) -> None:
 
 @model_app.command("add")
 def model_add(
-    model_version: str = typer.Argument(..., help="name of the version"),
-    config: str = typer.Argument(..., help="SAM config: vit_b, vit_l, vit_h or tiny"),
+    model_version: str = typer.Argument(..., metavar="VERSION", help="name of the version"),
+    config: str = typer.Argument(
+        ..., metavar="CONFIG", help="SAM config: vit_b, vit_l, vit_h, tiny or tiny_conv"
+    ),
     checkpoint: str = typer.Argument(
-        ..., help="checkpoint path or URL (Meta's sam_vit_*.pth load as they are)"
+        ..., metavar="CHECKPOINT", help="checkpoint path or URL (Meta's sam_vit_*.pth load as they are)"
     ),
     store: str = STORE,
 ) -> None:
@@ -471,10 +538,10 @@ def model_add(
 
 @app.command()
 def segment(
-    image: str = typer.Argument(..., help="image file or URL"),
-    out: Path = typer.Option(Path("segment.png"), help="overlay PNG to write"),
+    image: str = typer.Argument(..., metavar="IMAGE", help="image file or URL"),
+    out: Path = typer.Option(Path("segment.png"), metavar="PATH", help="overlay PNG to write"),
     model_version: str = MODEL,
-    points_per_side: int = typer.Option(32, min=1, help="automatic grid density"),
+    points_per_side: int = typer.Option(32, min=1, metavar="N", help="automatic grid density"),
     store: str = STORE,
 ) -> None:
     """Automatic masks of one image, drawn over it (no store writes; the embedded model by default)."""

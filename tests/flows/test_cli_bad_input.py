@@ -5,6 +5,7 @@ These tests need no Prefect server and no model: each command stops before any w
 """
 
 import hashlib
+import re
 from pathlib import Path
 
 import fsspec
@@ -258,3 +259,40 @@ def test_segment_of_a_file_that_is_not_an_image_says_so(engine, tmp_path):
     result = invoke(args, unchanged=tmp_path)
     assert result.exit_code == 2
     assert result.output == f"error: {letter}: not an image PIL can read\n"
+
+
+# ---- help --------------------------------------------------------------------------------------------------------
+
+
+def _help(*args: str) -> str:
+    result = runner.invoke(app, [*args, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_help_names_each_value_in_words_not_as_a_python_type():
+    commands = [[], ["demo"], ["ingest"], ["embed"], ["round"], ["train"], ["eval"], ["calibrate"]]
+    commands += [["export", "coco"], ["export", "sa1b"], ["query", "masks"], ["segment"], ["model", "add"]]
+    for args in commands:
+        text = _help(*args)
+        assert not re.search(r"<(str|int|float|bool|path|list)", text), (args, text)
+    ingest = _help("ingest")
+    assert re.search(r"\* +URI +image files, folders or glob patterns", ingest)
+    assert re.search(r"--store +URI +store URL or path", ingest)
+    assert re.search(r"--split +SPLIT .*\[default: train\]", ingest)
+
+
+def test_help_of_round_lists_the_stages_and_shows_defaults():
+    text = _help("round")
+    assert re.search(r"--stage +STAGE +one of assisted_manual, semi_automatic, fully_automatic", text)
+    assert re.search(r"--round +-r +N \[x>=0\]", text)
+    assert re.search(r"--retrain-steps +N \[x>=0\] +0: no retrain \[default: 200\]", text)
+    assert re.search(r"--train-backend +ray\|local .*\[default: ray\]", text)
+
+
+def test_a_stage_that_does_not_exist_is_refused_with_the_choices(tmp_path):
+    args = ["round", "--stage", "manual", "--round", "0", "--store", str(tmp_path / "store")]
+    before = listing(tmp_path)
+    result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and listing(tmp_path) == before
+    assert "'manual' is not one of 'assisted_manual', 'semi_automatic', 'fully_automatic'" in result.output
