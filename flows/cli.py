@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import typer
+import typer.core
 
 import flows  # noqa: F401  (sets the Prefect defaults before anything imports prefect)
+from flows.stages import STAGES, Stage
 
 app = typer.Typer(
     help="The SAM data engine: ingest images, embed them, run annotation rounds (assisted-manual, "
@@ -33,6 +36,27 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+
+def _option_type(param, ctx) -> str | None:
+    """What --help prints after an option: its metavar (URI, N, VERSION, ...), a Literal's choices, or nothing (a
+    flag). Typer would print the Python type (<str>, <list[str]>, <bool>), which tells a newcomer nothing."""
+    if param.metavar:
+        return param.metavar
+    if param.type_descriptor.is_choice:
+        return "|".join(str(choice) for choice in param.type_descriptor.choices)
+    return None
+
+
+def _argument_type(param, ctx) -> str | None:
+    """An argument's name column already shows its metavar (URI, GROUND_TRUTH, ...): no type after it."""
+    return None
+
+
+# typer (0.29) has no setting for this; every option and argument of this CLI names its value with a metavar.
+typer.core.TyperOption.display_type_rich = _option_type
+typer.core.TyperArgument.display_type_rich = _argument_type
+
 export_app = typer.Typer(help="Export the current masks (superseded and deleted ones left out).")
 query_app = typer.Typer(help="Look at the store's tables (pandas underneath; see stores.query for more).")
 model_app = typer.Typer(help="The models registry: register checkpoints as model versions.")
@@ -47,28 +71,64 @@ try:  # helper F's Label Studio commands, when that part is installed
 except ImportError:  # pragma: no cover - the engine works without Label Studio
     pass
 
-STORE = typer.Option(None, "--store", help="store URL (default: SAM_ENGINE_STORE or ./.engine/store)")
-MODEL = typer.Option("embedded", "--model-version", "-m", help="model version ('latest': the newest)")
+STORE = typer.Option(
+    None, "--store", metavar="URI", help="store URL or path (default: SAM_ENGINE_STORE or ./.engine/store)"
+)
+MODEL = typer.Option(
+    "embedded", "--model-version", "-m", metavar="VERSION", help="model version ('latest': the newest)"
+)
+STAGE_HELP = f"one of {', '.join(STAGES)}"
+Backend = Literal["ray", "local"]
 
 
 def _store(url: str | None) -> str:
+    """The store URL: --store, else SAM_ENGINE_STORE, else file://$SAM_ENGINE_HOME/store."""
     from tasks.settings import EngineSettings
 
     return url or EngineSettings.from_env().store_url
 
 
+def _store_url(url: str | None) -> str:
+    """The store URL of a command that may create the store, its protocol checked; creates nothing yet."""
+    from stores.fsio import resolve_filesystem
+
+    resolved = _store(url)
+    try:
+        resolve_filesystem(resolved)
+    except (OSError, ValueError) as exc:
+        _fail(exc)
+    return resolved
+
+
+def _existing_store(url: str | None):
+    """The Store of a command that reads: one that is not there is an error (exit 2), and no folder is made."""
+    from stores import Store
+
+    try:
+        return Store(_store(url), create=False)
+    except (OSError, ValueError) as exc:
+        _fail(exc)
+
+
 def _fail(exc: Exception) -> None:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    """One line on stderr and exit code 2: bad input is the user's to fix, not a traceback to read."""
+    from stores import StoreNotFoundError
+
+    message = f"error: {exc}"
+    if isinstance(exc, StoreNotFoundError):
+        message += " (`sam-engine ingest` or `sam-engine model add` creates a store)"
+    typer.secho(message, fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
 
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("demo_output"), help="output directory (overwritten)"),
+    out: Path = typer.Option(Path("demo_output"), metavar="DIR", help="output directory (overwritten)"),
     quick: bool = typer.Option(False, help="tiny sizes: a smoke test of the same path (about a minute)"),
-    train_backend: str = typer.Option("local", help="'local' (in process) or 'ray' (Ray Train)"),
+    train_backend: Backend = typer.Option("local", help="'local' (in process) or 'ray' (Ray Train)"),
     encoder_checkpoint: str = typer.Option(
         None,
+        metavar="PATH",
         help="tiny checkpoint whose image encoder the seed model starts from (default: the embedded model)",
     ),
 ) -> None:
@@ -91,38 +151,66 @@ def demo(
 
 @app.command()
 def ingest(
-    uris: list[str] = typer.Argument(..., help="image files, folders or glob patterns (any fsspec URL)"),
-    split: str = typer.Option("train", help="split the new images belong to (train, val, test, ...)"),
+    uris: list[str] = typer.Argument(
+        ..., metavar="URI", help="image files, folders or glob patterns (any fsspec URL)"
+    ),
+    split: str = typer.Option(
+        "train", metavar="SPLIT", help="split the new images belong to (train, val, test, ...)"
+    ),
     store: str = STORE,
 ) -> None:
-    """Register images in the store (image id = sha256 of the bytes); unreadable files are listed and skipped."""
+    """Register images in the store (image id = sha256 of the bytes); unreadable files are listed and skipped.
+
+    Exits with code 2 when nothing could be registered (then no store is created)."""
+    from tasks.ingest import IMAGE_EXTENSIONS
     from tasks.ingest import ingest as ingest_task
 
+    url = _store_url(store)
     try:
-        result = ingest_task.fn(_store(store), uris, split=split)
+        result = ingest_task.fn(url, uris, split=split)
     except (OSError, ValueError) as exc:
         _fail(exc)
-    typer.echo(f"{len(result.image_ids)} images ({result.new} new) in {_store(store)}")
+    for unmatched in result.unmatched if result.image_ids else []:  # else the error line says it
+        typer.secho(f"warning: {unmatched['reason']}", fg=typer.colors.YELLOW, err=True)
     for skipped in result.skipped:
-        typer.secho(f"skipped {skipped['uri']}: {skipped['reason']}", fg=typer.colors.YELLOW)
+        detail = f" ({skipped['detail']})" if skipped["detail"] else ""
+        typer.secho(
+            f"skipped {skipped['uri']}: {skipped['reason']}{detail}", fg=typer.colors.YELLOW, err=True
+        )
+    counts = ", ".join(f"{n} {reason}" for reason, n in result.skipped_by_reason().items())
+    skipped = f"{_files(len(result.skipped))} skipped ({counts})" if result.skipped else ""
+    if not result.image_ids:
+        causes = [u["reason"] for u in result.unmatched] + ([skipped] if skipped else [])
+        _fail(ValueError(f"no image registered from {' '.join(uris)}: {'; '.join(causes)}"))
+    if skipped:
+        typer.secho(skipped, fg=typer.colors.YELLOW, err=True)
+    if result.ignored:
+        typer.echo(f"ignored {_files(result.ignored)} not ending in {', '.join(IMAGE_EXTENSIONS)}", err=True)
+    typer.echo(f"{len(result.image_ids)} images ({result.new} new) in {url}")
+
+
+def _files(n: int) -> str:
+    return f"{n} file" if n == 1 else f"{n} files"
 
 
 @app.command()
 def embed(
     model_version: str = MODEL,
     store: str = STORE,
-    backend: str = typer.Option("ray", help="'ray' (actor pool; GPUs when the cluster has them) or 'local'"),
-    batch_size: int = typer.Option(4, min=1),
-    actors: int = typer.Option(1, min=1, help="encoder actors on Ray"),
+    backend: Backend = typer.Option(
+        "ray", help="'ray' (actor pool; GPUs when the cluster has them) or 'local'"
+    ),
+    batch_size: int = typer.Option(4, min=1, metavar="N", help="images per encoder batch"),
+    actors: int = typer.Option(1, min=1, metavar="N", help="encoder actors on Ray"),
 ) -> None:
     """Compute image embeddings for every image that has none for the model version (cached ones are kept)."""
-    from stores import Store
     from tasks.embed import embed as embed_task
     from tasks.models import resolve_version
 
-    url = _store(store)
+    store_obj = _existing_store(store)
+    url = store_obj.url
     try:
-        version = resolve_version(Store(url), model_version)
+        version = resolve_version(store_obj, model_version)
         with _spinner(f"embedding images with {version}"):
             result = embed_task.fn(url, version, batch_size=batch_size, actors=actors, backend=backend)
     except (OSError, ValueError, KeyError) as exc:
@@ -134,26 +222,38 @@ def embed(
 
 @app.command("round")
 def round_(
-    stage: str = typer.Option(..., help="assisted_manual, semi_automatic or fully_automatic"),
-    round: int = typer.Option(..., "--round", "-r", min=0, help="round number"),
+    stage: Stage = typer.Option(..., metavar="STAGE", help=STAGE_HELP),
+    round: int = typer.Option(..., "--round", "-r", min=0, metavar="N", help="round number"),
     model_version: str = MODEL,
     store: str = STORE,
-    ground_truth: str = typer.Option(None, help="COCO JSON for the simulated annotator and evaluation"),
-    max_images: int = typer.Option(None, min=1, help="at most this many images of the split"),
-    split: str = typer.Option("train"),
-    new_model_version: str = typer.Option(None, help="name of the retrained version (default r<round>)"),
-    retrain_steps: int = typer.Option(200, min=0, help="0: no retrain"),
-    train_backend: str = typer.Option("ray", help="'ray' (Ray Train) or 'local'"),
+    ground_truth: str = typer.Option(
+        None, metavar="PATH", help="COCO JSON for the simulated annotator and evaluation"
+    ),
+    max_images: int = typer.Option(None, min=1, metavar="N", help="at most this many images of the split"),
+    split: str = typer.Option("train", metavar="SPLIT", help="the images the stage works on"),
+    new_model_version: str = typer.Option(
+        None, metavar="VERSION", help="name of the retrained version (default r<round>)"
+    ),
+    retrain_steps: int = typer.Option(200, min=0, metavar="N", help="0: no retrain"),
+    train_backend: Backend = typer.Option("ray", help="'ray' (Ray Train) or 'local'"),
     target_precision: float = typer.Option(
         None,
+        min=0.0,
+        max=1.0,
+        metavar="P",
         help="automatic masks: thresholds from the model's calibration at this precision (sam-engine calibrate) "
         "instead of the paper's fixed ones; the new version is calibrated on the --calibration-split images",
     ),
     confident_precision: float = typer.Option(
         None,
+        min=0.0,
+        max=1.0,
+        metavar="P",
         help="the same for the semi-automatic stage's pre-filled masks (set it above --target-precision)",
     ),
-    calibration_split: str = typer.Option("val", help="labelled images (in --ground-truth) to calibrate on"),
+    calibration_split: str = typer.Option(
+        "val", metavar="SPLIT", help="labelled images (in --ground-truth) to calibrate on"
+    ),
 ) -> None:
     """One data-engine round: the stage, then a retrain on all accepted masks, then a held-out evaluation."""
     from flows.data_engine_round import data_engine_round
@@ -166,7 +266,7 @@ def round_(
     try:
         stage3 = FilterSettings(**calibrated)
         params = RoundParams(
-            store=_store(store),
+            store=_existing_store(store).url,
             round=round,
             stage=stage,
             model_version=model_version,
@@ -191,13 +291,19 @@ def round_(
 
 @app.command()
 def train(
-    parent_version: str = typer.Option("latest", help="weights to start from"),
-    model_version: str = typer.Option(None, help="new version name (default <parent>-r<round>)"),
-    round: int = typer.Option(..., "--round", "-r", min=0, help="train on masks of rounds up to this"),
-    steps: int = typer.Option(200, min=1),
+    parent_version: str = typer.Option("latest", metavar="VERSION", help="weights to start from"),
+    model_version: str = typer.Option(
+        None, metavar="VERSION", help="new version name (default <parent>-r<round>)"
+    ),
+    round: int = typer.Option(
+        ..., "--round", "-r", min=0, metavar="N", help="train on masks of rounds up to this"
+    ),
+    steps: int = typer.Option(200, min=1, metavar="N", help="training steps"),
     store: str = STORE,
-    backend: str = typer.Option("ray", help="'ray' (Ray Train) or 'local'"),
-    ground_truth: str = typer.Option(None, help="COCO JSON to evaluate the new version on (optional)"),
+    backend: Backend = typer.Option("ray", help="'ray' (Ray Train) or 'local'"),
+    ground_truth: str = typer.Option(
+        None, metavar="PATH", help="COCO JSON to evaluate the new version on (optional)"
+    ),
 ) -> None:
     """Retrain on every accepted mask so far and register the new model version."""
     from flows.params import EvalSettings, RetrainParams, TrainSettings
@@ -205,7 +311,7 @@ def train(
 
     try:
         params = RetrainParams(
-            store=_store(store),
+            store=_existing_store(store).url,
             parent_version=parent_version,
             model_version=model_version,
             round=round,
@@ -220,20 +326,22 @@ def train(
 
 @app.command("eval")
 def eval_(
-    ground_truth: str = typer.Argument(..., help="COCO JSON with the evaluation images' ground truth"),
+    ground_truth: str = typer.Argument(
+        ..., metavar="GROUND_TRUTH", help="COCO JSON with the evaluation images' ground truth"
+    ),
     model_version: str = MODEL,
-    split: str = typer.Option("test"),
-    max_images: int = typer.Option(16, min=1),
+    split: str = typer.Option("test", metavar="SPLIT", help="the held-out images to evaluate on"),
+    max_images: int = typer.Option(16, min=1, metavar="N", help="at most this many images"),
     store: str = STORE,
 ) -> None:
     """mIoU after 1..9 clicks, NoC@85/90 and automatic-mask precision/recall of a model version."""
-    from stores import Store
     from tasks.evaluate import evaluate
     from tasks.models import resolve_version
 
-    url = _store(store)
+    store_obj = _existing_store(store)
+    url = store_obj.url
     try:
-        version = resolve_version(Store(url), model_version)
+        version = resolve_version(store_obj, model_version)
         with _spinner(f"evaluating {version}"):
             metrics = evaluate.fn(url, version, ground_truth, split=split, max_images=max_images)
     except (OSError, ValueError, KeyError) as exc:
@@ -243,35 +351,41 @@ def eval_(
 
 @app.command()
 def calibrate(
-    ground_truth: str = typer.Argument(..., help="COCO JSON with the calibration images' ground truth"),
-    model_version: str = MODEL,
-    split: str = typer.Option("val", help="the labelled images to calibrate on (not train, not test)"),
-    max_images: int = typer.Option(8, min=1),
-    points_per_side: int = typer.Option(16, min=1, help="grid density of the candidate masks"),
-    target_precision: list[float] = typer.Option(
-        [0.8, 0.9], help="print the operating point for these precisions (repeatable)"
+    ground_truth: str = typer.Argument(
+        ..., metavar="GROUND_TRUTH", help="COCO JSON with the calibration images' ground truth"
     ),
-    match_iou: float = typer.Option(0.75, help="IoU with ground truth at which a mask counts as right"),
+    model_version: str = MODEL,
+    split: str = typer.Option(
+        "val", metavar="SPLIT", help="the labelled images to calibrate on (not train, not test)"
+    ),
+    max_images: int = typer.Option(8, min=1, metavar="N", help="at most this many images"),
+    points_per_side: int = typer.Option(16, min=1, metavar="N", help="grid density of the candidate masks"),
+    target_precision: list[float] = typer.Option(
+        [0.8, 0.9], metavar="P", help="print the operating point for these precisions (repeatable)"
+    ),
+    match_iou: float = typer.Option(
+        0.75, min=0.0, max=1.0, metavar="IOU", help="IoU with ground truth at which a mask counts as right"
+    ),
     store: str = STORE,
 ) -> None:
     """Score a version's automatic masks against ground truth and store them, so that filters can ask for a
     target precision (FilterSettings.target_precision) instead of fixed thresholds; prints the operating points."""
-    from stores import Store
     from tasks.autogen import AutogenSettings
     from tasks.calibrate import CalibrationSettings, filter_operating_point, read_calibration
     from tasks.calibrate import calibrate as calibrate_task
     from tasks.filter import FilterSettings
     from tasks.models import resolve_version
 
-    url = _store(store)
+    store_obj = _existing_store(store)
+    url = store_obj.url
     try:
-        version = resolve_version(Store(url), model_version)
+        version = resolve_version(store_obj, model_version)
         settings = CalibrationSettings(
             ground_truth=ground_truth, split=split, max_images=max_images, points_per_side=points_per_side
         )
         with _spinner(f"calibrating {version}"):
             summary = calibrate_task.fn(url, version, settings)
-        table = read_calibration(Store(url), version)
+        table = read_calibration(store_obj, version)
         # As a stage with the default generator and filter (their NMS and area limits) would apply them.
         summary["operating_points"] = {
             str(p): filter_operating_point(
@@ -286,30 +400,37 @@ def calibrate(
 
 @export_app.command("coco")
 def export_coco(
-    destination: str = typer.Argument(..., help="JSON file (path or URL)"),
-    round: int = typer.Option(None, help="only this round"),
-    stage: str = typer.Option(None, help="only this stage"),
+    destination: str = typer.Argument(..., metavar="FILE", help="JSON file (path or URL)"),
+    round: int = typer.Option(None, metavar="N", help="only this round"),
+    stage: Stage = typer.Option(None, metavar="STAGE", help=f"only this stage: {STAGE_HELP}"),
     store: str = STORE,
 ) -> None:
     """COCO instances JSON (RLE segmentations) of the current masks."""
     from tasks.export import export
 
-    _print_json(
-        export.fn(_store(store), destination, "coco", round=round, stage=stage) | {"files": [destination]}
-    )
+    url = _existing_store(store).url
+    try:
+        result = export.fn(url, destination, "coco", round=round, stage=stage)
+    except (OSError, ValueError) as exc:
+        _fail(exc)
+    _print_json(result | {"files": [destination]})
 
 
 @export_app.command("sa1b")
 def export_sa1b(
-    destination: str = typer.Argument(..., help="directory (path or URL): one JSON per image"),
-    round: int = typer.Option(None),
-    stage: str = typer.Option(None),
+    destination: str = typer.Argument(..., metavar="DIR", help="directory (path or URL): one JSON per image"),
+    round: int = typer.Option(None, metavar="N", help="only this round"),
+    stage: Stage = typer.Option(None, metavar="STAGE", help=f"only this stage: {STAGE_HELP}"),
     store: str = STORE,
 ) -> None:
     """SA-1B per-image JSON files of the current masks."""
     from tasks.export import export
 
-    result = export.fn(_store(store), destination, "sa1b", round=round, stage=stage)
+    url = _existing_store(store).url
+    try:
+        result = export.fn(url, destination, "sa1b", round=round, stage=stage)
+    except (OSError, ValueError) as exc:
+        _fail(exc)
     result["files"] = len(result["files"])
     _print_json(result)
 
@@ -317,23 +438,21 @@ def export_sa1b(
 @query_app.command("images")
 def query_images(store: str = STORE) -> None:
     """Images per split."""
-    from stores import Store
-
-    images = Store(_store(store)).images()
+    images = _read(_existing_store(store).images)
     typer.echo(images.groupby("split").size().to_string() if len(images) else "no images")
 
 
 @query_app.command("masks")
 def query_masks(
-    round: int = typer.Option(None),
-    stage: str = typer.Option(None),
-    source: str = typer.Option(None, help="auto, model or human"),
+    round: int = typer.Option(None, metavar="N", help="only this round"),
+    stage: Stage = typer.Option(None, metavar="STAGE", help=f"only this stage: {STAGE_HELP}"),
+    source: str = typer.Option(
+        None, metavar="SOURCE", help="only masks of this source: auto, model or human"
+    ),
     store: str = STORE,
 ) -> None:
     """Masks per round, stage and source, with mean clicks and seconds per mask."""
-    from stores import Store
-
-    masks = Store(_store(store)).masks(round=round, stage=stage, source=source)
+    masks = _read(_existing_store(store).masks, round=round, stage=stage, source=source)
     if masks.empty:
         typer.echo("no masks")
         return
@@ -349,9 +468,7 @@ def query_masks(
 @query_app.command("models")
 def query_models(store: str = STORE) -> None:
     """Registered model versions with their lineage."""
-    from stores import Store
-
-    models = Store(_store(store)).models()
+    models = _read(_existing_store(store).models)
     cols = ["model_version", "parent_version", "trained_on_round", "checkpoint_uri", "created_at"]
     typer.echo(models[cols].to_string(index=False) if len(models) else "no models (only 'embedded')")
 
@@ -359,9 +476,7 @@ def query_models(store: str = STORE) -> None:
 @query_app.command("rounds")
 def query_rounds(store: str = STORE) -> None:
     """The figures of every round and stage."""
-    from stores import Store
-
-    rounds = Store(_store(store)).rounds()
+    rounds = _read(_existing_store(store).rounds)
     if rounds.empty:
         typer.echo("no rounds")
         return
@@ -388,10 +503,9 @@ def query_rounds(store: str = STORE) -> None:
 @app.command()
 def upgrade(store: str = STORE) -> None:
     """Rewrite a store's masks files of an older schema version in the current one (rows unchanged)."""
-    from stores import Store
-
+    store_obj = _existing_store(store)
     try:
-        paths = Store(_store(store)).upgrade_masks()
+        paths = store_obj.upgrade_masks()
     except (OSError, ValueError) as exc:
         _fail(exc)
     typer.echo(f"upgraded {len(paths)} masks file(s)" if paths else "every masks file is current")
@@ -399,21 +513,24 @@ def upgrade(store: str = STORE) -> None:
 
 @model_app.command("add")
 def model_add(
-    model_version: str = typer.Argument(..., help="name of the version"),
-    config: str = typer.Argument(..., help="SAM config: vit_b, vit_l, vit_h or tiny"),
+    model_version: str = typer.Argument(..., metavar="VERSION", help="name of the version"),
+    config: str = typer.Argument(
+        ..., metavar="CONFIG", help="SAM config: vit_b, vit_l, vit_h, tiny or tiny_conv"
+    ),
     checkpoint: str = typer.Argument(
-        ..., help="checkpoint path or URL (Meta's sam_vit_*.pth load as they are)"
+        ..., metavar="CHECKPOINT", help="checkpoint path or URL (Meta's sam_vit_*.pth load as they are)"
     ),
     store: str = STORE,
 ) -> None:
     """Register a checkpoint as a model version, so flows can use it by name."""
     from stores import Store
-    from tasks.models import check_model, register_model
+    from tasks.models import check_checkpoint, check_new_model, register_model
 
-    try:
-        store_obj = Store(_store(store))
-        register_model(store_obj, model_version, config, checkpoint)
-        check_model(store_obj, model_version)
+    url = _store_url(store)
+    try:  # every check before the store is opened, so a refused version leaves no folder and no row behind
+        check_new_model(model_version, config)
+        check_checkpoint(checkpoint, model_version)
+        register_model(Store(url), model_version, config, checkpoint)
     except (OSError, ValueError) as exc:
         _fail(exc)
     typer.echo(f"registered {model_version} ({config}) from {checkpoint}")
@@ -421,23 +538,32 @@ def model_add(
 
 @app.command()
 def segment(
-    image: str = typer.Argument(..., help="image file or URL"),
-    out: Path = typer.Option(Path("segment.png"), help="overlay PNG to write"),
+    image: str = typer.Argument(..., metavar="IMAGE", help="image file or URL"),
+    out: Path = typer.Option(Path("segment.png"), metavar="PATH", help="overlay PNG to write"),
     model_version: str = MODEL,
-    points_per_side: int = typer.Option(32, min=1, help="automatic grid density"),
+    points_per_side: int = typer.Option(32, min=1, metavar="N", help="automatic grid density"),
     store: str = STORE,
 ) -> None:
     """Automatic masks of one image, drawn over it (no store writes; the embedded model by default)."""
-    from stores import Store
+    from stores import Store, StoreNotFoundError
     from tasks.autogen import AutogenSettings, make_generator
     from tasks.ingest import load_image
-    from tasks.models import load_model, resolve_version
+    from tasks.models import EMBEDDED_VERSION, LATEST, load_model, resolve_version
     from tasks.overlays import overlay
 
+    if store is not None:
+        store_obj = _existing_store(store)
+    else:
+        try:
+            store_obj = Store(_store(None), create=False)
+        except (OSError, ValueError) as exc:
+            if not isinstance(exc, StoreNotFoundError) or model_version not in (EMBEDDED_VERSION, LATEST):
+                _fail(exc)
+            store_obj = None  # the shipped model needs no store, and a first try should not make one
     try:
         pixels = load_image(image)
-        store_obj = Store(_store(store))
-        model = load_model(store_obj, resolve_version(store_obj, model_version))
+        version = resolve_version(store_obj, model_version) if store_obj else EMBEDDED_VERSION
+        model = load_model(store_obj, version)
         generator = make_generator(model, AutogenSettings(points_per_side=points_per_side))
         generator.output_mode = "binary_mask"
         with _spinner(f"segmenting {image}"):
@@ -450,6 +576,14 @@ def segment(
         typer.echo(
             generator.funnel.why_empty(generator.pred_iou_thresh, generator.stability_score_thresh), err=True
         )
+
+
+def _read(table, **filters):
+    """``table(**filters)`` (a Store reader); a damaged or foreign file is one line and exit 2."""
+    try:
+        return table(**filters)
+    except (OSError, ValueError) as exc:
+        _fail(exc)
 
 
 def _spinner(message: str):

@@ -11,14 +11,12 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from flows.stages import Stage
 from tasks.annotate import AnnotatorSettings
 from tasks.autogen import AutogenSettings
 from tasks.calibrate import CalibrationSettings
 from tasks.filter import CONFIDENT, FilterSettings
 from tasks.settings import EngineSettings
-
-Stage = Literal["assisted_manual", "semi_automatic", "fully_automatic"]
-STAGES: tuple[str, ...] = ("assisted_manual", "semi_automatic", "fully_automatic")
 
 
 def _default_store() -> str:

@@ -10,10 +10,10 @@ from flows.params import StageParams
 
 def open_store(url: str, must_exist: bool = True):
     """The Store at ``url``. With ``must_exist``, a store without an images table (a wrong path, a missing bucket)
-    raises FileNotFoundError naming the URL, before any work starts."""
+    raises FileNotFoundError naming the URL, before any work starts, and no folder is created at ``url``."""
     from stores import Store
 
-    store = Store(url)
+    store = Store(url, create=not must_exist)
     if must_exist and not store.fs.exists(store.path("images")):
         raise FileNotFoundError(
             f"store {url} does not exist or holds no images: check the URL, or ingest images first "

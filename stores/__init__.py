@@ -11,7 +11,15 @@ A local S3 for trying it out: `python scripts/s3_server.py` (moto on 127.0.0.1).
 """
 
 from .coco import export_coco, import_coco
-from .errors import BadRecordError, CorruptFileError, PathEscapeError, SchemaMismatchError, StoreError
+from .errors import (
+    BadRecordError,
+    CorruptFileError,
+    PathEscapeError,
+    SchemaMismatchError,
+    StoreError,
+    StoreNotFoundError,
+    UnknownProtocolError,
+)
 from .masks import mask_id_for
 from .query import decode_image_masks, masks_of_round, masks_per_image
 from .sa1b import export_sa1b, import_sa1b
@@ -28,6 +36,8 @@ __all__ = [
     "SchemaMismatchError",
     "Store",
     "StoreError",
+    "StoreNotFoundError",
+    "UnknownProtocolError",
     "decode_image_masks",
     "export_coco",
     "export_sa1b",

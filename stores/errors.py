@@ -19,3 +19,13 @@ class PathEscapeError(StoreError):
 
 class BadRecordError(StoreError):
     """One input record (a mask row, a COCO annotation, ...) is invalid; the message names it."""
+
+
+class UnknownProtocolError(StoreError):
+    """A URL names an fsspec protocol that fsspec does not know (a typo such as ``fiel://``)."""
+
+
+class StoreNotFoundError(StoreError, FileNotFoundError):
+    """No store at a URL that a reader was asked to open: the folder is missing or holds none of the tables.
+
+    Also a FileNotFoundError, so callers that treat a missing store as a missing file still catch it."""

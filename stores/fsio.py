@@ -20,12 +20,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from .errors import CorruptFileError, PathEscapeError
+from .errors import CorruptFileError, PathEscapeError, StoreError, UnknownProtocolError
 from .schemas import check_file_schema
 
 # Keys become directory and file names: keep them to a portable alphabet so no key can climb out of the root.
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
 TEMP_PREFIX = "_tmp-"
+_UNKNOWN_PROTOCOL = re.compile(r"^Protocol not known: (.+)$")
 
 
 def check_key(name: str, value) -> str:
@@ -36,17 +37,46 @@ def check_key(name: str, value) -> str:
     return text
 
 
-def open_filesystem(url: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """(filesystem, root path without protocol) for a URL or plain path; the root is created if missing."""
+def resolve_filesystem(
+    url: str, storage_options: dict | None = None
+) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, root path without protocol) for a URL or plain path; touches nothing on the filesystem."""
     if "://" not in url:
         url = "file://" + os.path.abspath(url)
-    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    fs, root = url_to_fs(url, **(storage_options or {}))
     root = root.rstrip("/")
     if isinstance(fs, LocalFileSystem):
         root = os.path.abspath(root)
     elif fs.protocol in ("memory",) or "memory" in fs.protocol:
         root = "/" + root.lstrip("/")  # the memory filesystem needs /-rooted paths
-    fs.makedirs(root, exist_ok=True)
+    return fs, root
+
+
+def url_to_fs(url: str, **storage_options) -> tuple[fsspec.AbstractFileSystem, str]:
+    """fsspec.core.url_to_fs with errors a user can act on: UnknownProtocolError for a protocol fsspec does not
+    know, listing the ones it does; StoreError naming the package a known protocol needs (s3 without s3fs)."""
+    try:
+        return fsspec.core.url_to_fs(url, **storage_options)
+    except ImportError as exc:  # a known protocol whose implementation is not installed
+        raise StoreError(f"{url}: {exc}") from exc
+    except ValueError as exc:
+        unknown = _UNKNOWN_PROTOCOL.match(str(exc))  # fsspec's own words; any other ValueError is not ours
+        if unknown is None:
+            raise
+        known = ", ".join(fsspec.available_protocols())
+        raise UnknownProtocolError(
+            f"unknown protocol {unknown.group(1)!r} in {url}; known protocols: {known}"
+        ) from exc
+
+
+def open_filesystem(
+    url: str, storage_options: dict | None = None, create: bool = True
+) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, root path without protocol) for a URL or plain path; with ``create`` the root is made if
+    missing (a reader passes create=False, so a mistyped URL leaves no folder behind)."""
+    fs, root = resolve_filesystem(url, storage_options)
+    if create:
+        fs.makedirs(root, exist_ok=True)
     return fs, root
 
 

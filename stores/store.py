@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import BadRecordError, CorruptFileError, SchemaMismatchError
+from .errors import BadRecordError, CorruptFileError, SchemaMismatchError, StoreNotFoundError
 from .fsio import (
     atomic_write,
     check_key,
@@ -43,6 +43,8 @@ from .schemas import (
 )
 
 _EMBED_DTYPES = ("float32", "float16")
+# The top-level folders a store may hold; a folder with none of them is not a store (see Store(create=False)).
+TABLES = ("images", "embeddings", "masks", "models", "rounds", "state", "calibration")
 _FLOAT16_MAX = 65504.0
 _MASKS_V1_LISTS = ("bbox", "crop_box", "point_coords")  # list columns of masks schema version 1
 _MASK_FILE_OPTIONS = dict(
@@ -67,11 +69,24 @@ def _partition_values(path: str, base: str) -> dict[str, str]:
 class Store(KeyedTables):
     """Parquet tables under `url` (file:///abs, a plain path, memory://name, s3://bucket/prefix)."""
 
-    def __init__(self, url: str, storage_options: dict | None = None):
+    def __init__(self, url: str, storage_options: dict | None = None, create: bool = True):
+        """With ``create`` (writers), the root folder is made if missing. Without it (readers), a URL whose root
+        is missing or holds none of the store's tables raises StoreNotFoundError and nothing is created, so a
+        mistyped URL is an error instead of an empty store."""
         self.url = url
         self.storage_options = dict(storage_options or {})
-        self.fs, self.root = open_filesystem(url, self.storage_options)
+        self.fs, self.root = open_filesystem(url, self.storage_options, create=create)
         self._sizes = None  # (images files, their size tables, merged sizes): see _image_sizes
+        if not create:
+            self._check_exists()
+
+    def _check_exists(self) -> None:
+        self.fs.invalidate_cache(self.root)  # another process may have created it since this fs listed
+        if not self.fs.isdir(self.root):
+            what = "a file, not a folder" if self.fs.isfile(self.root) else "no such folder"
+            raise StoreNotFoundError(f"no store at {self.url}: {what}")
+        if not any(self.fs.isdir(self.path(table)) for table in TABLES):
+            raise StoreNotFoundError(f"no store at {self.url}: no images, models or masks table in it")
 
     def __repr__(self) -> str:
         return f"Store({self.url!r})"

@@ -100,14 +100,37 @@ def shared_embeddings(store, parent_version: str, state: dict) -> str | None:
 
 def check_model(store, model_version: str) -> dict:
     """Fail fast: the version is registered and its checkpoint file exists. Returns the row."""
+    row = model_row(store, model_version)
+    check_checkpoint(row["checkpoint_uri"], model_version)
+    return row
+
+
+def check_new_model(model_version: str, config_name: str) -> None:
+    """ValueError unless ``model_version`` may name a new row and ``config_name`` is a SAM config; writes nothing."""
+    from sam_core.build import CONFIGS
+    from stores.fsio import check_key
+
+    if config_name not in CONFIGS:
+        raise ValueError(f"unknown SAM config {config_name!r}; choose one of {sorted(CONFIGS)}")
+    if model_version in (EMBEDDED_VERSION, LATEST):
+        raise ValueError(
+            f"model_version {model_version!r} is reserved ({EMBEDDED_VERSION}: the shipped model, "
+            f"{LATEST}: the newest registered one)"
+        )
+    check_key("model_version", model_version)
+
+
+def check_checkpoint(uri: str, model_version: str) -> None:
+    """FileNotFoundError naming ``uri`` when no checkpoint file is there (any fsspec URL or path)."""
     import fsspec
 
-    row = model_row(store, model_version)
-    uri = row["checkpoint_uri"]
     fs, path = fsspec.core.url_to_fs(uri)
     if not fs.exists(path):
         raise FileNotFoundError(f"model {model_version!r}: checkpoint {uri} does not exist")
-    return row
+    if fs.isdir(path):
+        raise IsADirectoryError(
+            f"model {model_version!r}: checkpoint {uri} is a folder, not a checkpoint file"
+        )
 
 
 def register_model(
@@ -121,12 +144,7 @@ def register_model(
     extra_config: dict | None = None,
 ) -> dict:
     """Add (or replace) a models-table row; returns it."""
-    from sam_core.build import CONFIGS
-
-    if config_name not in CONFIGS:
-        raise ValueError(f"unknown SAM config {config_name!r}; choose one of {sorted(CONFIGS)}")
-    if model_version == EMBEDDED_VERSION:
-        raise ValueError(f"model_version {EMBEDDED_VERSION!r} is reserved for the shipped model")
+    check_new_model(model_version, config_name)
     row = {
         "model_version": model_version,
         "parent_version": parent_version,

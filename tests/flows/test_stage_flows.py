@@ -107,6 +107,7 @@ def test_missing_store_or_model_fails_before_any_work(engine, tmp_path):
     missing = (tmp_path / "no-such-store").as_uri()
     with pytest.raises(FileNotFoundError, match="no-such-store"):
         fully_automatic(FullyAutomaticParams(store=missing, model_version=engine["model"]))
+    assert not (tmp_path / "no-such-store").exists()  # a mistyped store URL leaves no folder behind
     with pytest.raises(ValueError, match="unknown model_version 'nope'"):
         fully_automatic(
             FullyAutomaticParams(store=engine["store"], model_version="nope", ingest=[engine["images"]])

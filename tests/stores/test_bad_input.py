@@ -1,6 +1,7 @@
 """Bad input gets a clear error naming the file or record, and leaves the store exactly as it was."""
 
 import json
+import re
 
 import pandas as pd
 import pyarrow as pa
@@ -12,6 +13,9 @@ from stores import (
     CorruptFileError,
     PathEscapeError,
     SchemaMismatchError,
+    Store,
+    StoreNotFoundError,
+    UnknownProtocolError,
     import_coco,
     import_sa1b,
 )
@@ -207,3 +211,25 @@ def test_a_box_in_both_forms_is_refused(seeded, make_masks):
         seeded.write_masks(both, 0, "fully_automatic", 1)
     with pytest.raises(BadRecordError, match=r"give 'point_coords' or 'point_coords_json', not both"):
         seeded.write_masks(df.assign(point_coords_json="[]"), 0, "fully_automatic", 1)
+
+
+def test_a_reader_refuses_a_store_that_is_not_there_and_creates_nothing(seeded):
+    missing = seeded.url.rstrip("/") + "-mistyped"
+    with pytest.raises(StoreNotFoundError, match=rf"^no store at {re.escape(missing)}: no such folder$"):
+        Store(missing, storage_options=seeded.storage_options, create=False)
+    assert not seeded.fs.exists(seeded.root + "-mistyped")
+    assert len(Store(seeded.url, storage_options=seeded.storage_options, create=False).images()) == 1
+
+
+def test_a_reader_refuses_a_folder_without_tables(store):
+    # s3 has no empty folders: a prefix with no object under it is not there at all
+    expected = "no such folder" if store.url.startswith("s3://") else "no images, models or masks table in it"
+    with pytest.raises(StoreNotFoundError, match=expected):
+        Store(store.url, storage_options=store.storage_options, create=False)
+
+
+def test_an_unknown_protocol_is_named_with_the_known_ones(tmp_path):
+    with pytest.raises(
+        UnknownProtocolError, match=r"^unknown protocol 'fiel' in fiel:///x; known protocols: .*file"
+    ):
+        Store("fiel:///x")

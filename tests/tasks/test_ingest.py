@@ -25,7 +25,7 @@ def test_ingest_registers_by_content_hash_and_skips_corrupt(tmp_path):
     result = ingest.fn(store_url, [str(images)], split="train")
     assert len(result.image_ids) == 2 and result.new == 2
     assert [s["uri"].rsplit("/", 1)[-1] for s in result.skipped] == ["broken.png"]
-    assert "broken.png" in result.skipped[0]["reason"]
+    assert result.skipped[0]["reason"] == "truncated or damaged image"
     table = Store(store_url).images()
     assert sorted(table.image_id) == sorted(result.image_ids)
     assert set(table.width) == {24} and set(table.height) == {16} and set(table.split) == {"train"}
