@@ -246,11 +246,6 @@ def encoder_kind(state_dict: Mapping[str, Any]) -> str | None:
     return None
 
 
-def model_encoder_kind(model: torch.nn.Module) -> str:
-    """The image encoder kind of a Sam ("vit" or "conv")."""
-    return "conv" if isinstance(getattr(model, "image_encoder", None), ImageEncoderConv) else "vit"
-
-
 def check_state_dict(
     model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint"
 ) -> None:

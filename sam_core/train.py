@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -67,6 +68,9 @@ class TrainConfig:
     iou_loss_weight: float = 1.0
     # The paper's 20:1. From scratch, 20:1 makes "predict nothing" a deep plateau (any imprecise positive costs
     # more focal loss than it saves dice), so a warm-up phase may lower the focal weight; see MODEL_CARD.md.
+    # Weight of the auxiliary loss that shapes the image embedding to group each instance's cells
+    # (grouping_loss); 0 = off. Only while the encoder trains.
+    grouping_loss_weight: float = 0.0
     focal_weight: float = 20.0  # weight of the pixel loss (focal, or BCE with pixel_loss="bce")
     dice_weight: float = 1.0
     pixel_loss: str = "focal"  # "focal" (the paper's) or "bce"
@@ -168,6 +172,42 @@ def locality_init(mask_decoder: torch.nn.Module, gain: float = 2.0) -> None:
         for projection in (attention.q_proj, attention.k_proj):
             projection.weight.copy_(weight * gain)
             projection.bias.zero_()
+
+
+class Sample(NamedTuple):
+    """One training image: its index in the dataset, pixels 3xSxS, the prompted masks NxSxS with their noisy
+    boxes Nx4, and every instance mask of the image MxSxS (for the grouping loss; None when it is off)."""
+
+    index: int
+    image: torch.Tensor
+    masks: torch.Tensor
+    boxes: torch.Tensor
+    instances: torch.Tensor | None
+
+
+def grouping_loss(embedding: torch.Tensor, instances: torch.Tensor) -> torch.Tensor:
+    """Teach the image embedding which cells belong together: the cosine similarity of every pair of embedding
+    cells regresses onto the overlap of the instances the two cells lie in.
+
+    embedding: 1xCxhxw; instances: MxSxS float 0/1, every instance mask of the image (nested levels included).
+    Each cell's membership is the fraction of it each instance covers, plus one "background" entry; the target
+    of a pair is the soft Jaccard index of their memberships (1 inside the same subpart, 2/3 for a subpart and
+    its part, 1/3 for a subpart and its whole, 0 across objects or against the background).
+
+    Why: the mask decoder reads a mask as the similarity of each cell's features to what the click's tokens
+    gathered, so it needs features that group the pixels of an instance. Learnt only through the decoder, a
+    from-scratch encoder on a CPU budget gives blobs of a fixed size around the click; this loss shapes the
+    features directly and costs one h*w x h*w matrix product a step (no decoder pass).
+    """
+    _, c, h, w = embedding.shape
+    membership = F.adaptive_avg_pool2d(instances[None].float(), (h, w))[0].flatten(1).T  # hw x M
+    background = (1 - membership.max(dim=1, keepdim=True).values).clamp(min=0)
+    membership = torch.cat([membership, background], dim=1)
+    inter = membership @ membership.T
+    size = membership.sum(dim=1)
+    target = inter / (size[:, None] + size[None, :] - inter).clamp(min=1e-6)
+    cells = F.normalize(embedding[0].reshape(c, h * w).T, dim=1)
+    return ((cells @ cells.T - target) ** 2).mean()
 
 
 class FrozenEmbeddings:
@@ -405,22 +445,36 @@ class Trainer:
     def encoder_frozen(self) -> bool:
         return self.config.freeze_image_encoder or self.config.cache_embeddings
 
-    def _next_sample(self) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _next_sample(self) -> Sample:
+        grouping = self.config.grouping_loss_weight > 0
         for _ in range(100):
             index = int(self.rng.integers(0, len(self.dataset)))
             image, masks = self.dataset[index]
-            sample = prepare_sample(image, masks, self.img_size, self.config.masks_per_image, self.rng)
+            # The grouping loss needs every instance of the image; the prompts still go to masks_per_image of them.
+            limit = len(masks) if grouping else self.config.masks_per_image
+            sample = prepare_sample(image, masks, self.img_size, limit, self.rng)
             for key, count in sample.skipped.items():
                 self.skipped[key] += count
             if sample.masks.shape[0] > 0:
+                instances = sample.masks if grouping else None
+                chosen, boxes = sample.masks, sample.boxes
+                if chosen.shape[0] > self.config.masks_per_image:
+                    keep = torch.from_numpy(
+                        np.sort(self.rng.choice(chosen.shape[0], self.config.masks_per_image, replace=False))
+                    )
+                    chosen, boxes = chosen[keep], boxes[keep]
                 repeat = self.config.prompts_per_mask
-                boxes = sample.boxes
                 if repeat > 1:  # fresh box noise for the repeats; points are drawn per row anyway
-                    gt_bool = sample.masks.numpy() > 0.5
+                    gt_bool = chosen.numpy() > 0.5
                     extra = [noisy_box(m, self.rng) for _ in range(repeat - 1) for m in gt_bool]
                     boxes = torch.cat([boxes, torch.from_numpy(np.stack(extra))])
-                masks = sample.masks.repeat(repeat, 1, 1)
-                return index, sample.image.to(self.device), masks.to(self.device), boxes.to(self.device)
+                return Sample(
+                    index,
+                    sample.image.to(self.device),
+                    chosen.repeat(repeat, 1, 1).to(self.device),
+                    boxes.to(self.device),
+                    None if instances is None else instances.to(self.device),
+                )
             self.skipped["images_without_masks"] += 1
         raise ValueError(f"100 images in a row had no usable mask (skipped so far: {self.skipped})")
 
@@ -451,16 +505,23 @@ class Trainer:
         stats = {"loss": 0.0, "iou_first": 0.0, "iou_last": 0.0, "masks": 0}
         samples = [self._next_sample() for _ in range(self.config.images_per_step)]
         if self.config.cache_embeddings:
-            embeddings = [self._embedding(index, image) for index, image, _, _ in samples]
+            embeddings = [self._embedding(sample.index, sample.image) for sample in samples]
         else:  # one batched encoder pass: cheaper, and BatchNorm sees every image of the step
-            embeddings = list(encode(self.model, torch.stack([image for _, image, _, _ in samples])).split(1))
+            embeddings = list(encode(self.model, torch.stack([sample.image for sample in samples])).split(1))
         per_image = self.config.images_per_step
         total = None
-        for (_, _, gt, boxes), embedding in zip(samples, embeddings, strict=True):
+        if self.config.grouping_loss_weight > 0 and not self.encoder_frozen:
+            stats["grouping"] = 0.0
+        for sample, embedding in zip(samples, embeddings, strict=True):
+            gt, boxes = sample.masks, sample.boxes
             use_box = bool(self.rng.random() < self.config.box_probability)
             loss, s = interactive_loss(
                 self.model, embedding, gt, use_box, boxes, self.config, self.rng, self.generator
             )
+            if "grouping" in stats:
+                grouping = grouping_loss(embedding, sample.instances)
+                stats["grouping"] += grouping.item() / per_image
+                loss = loss + self.config.grouping_loss_weight * grouping
             total = loss / per_image if total is None else total + loss / per_image
             stats["loss"] += loss.item() / per_image
             stats["iou_first"] += s["iou_first"] / per_image

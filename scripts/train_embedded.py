@@ -23,7 +23,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import signal
 import sys
 import time
 from pathlib import Path
@@ -61,6 +60,7 @@ RECIPE = TrainConfig(
     weight_decay=0.05,
     pixel_loss="bce",
     focal_weight=1.0,
+    grouping_loss_weight=5.0,
     dice_weight=1.0,
     attention_init_gain=2.0,
     seed=0,
@@ -112,12 +112,18 @@ def run(
         recipe, metadata={**recipe.metadata, "threads": torch.get_num_threads(), "device": device}
     )
     trainer = Trainer(recipe, device=device)
+    changes_path = run_dir / "changes.jsonl"
     if state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         trainer.restore(state)
         log.info(
             "resumed %s at step %d (%.0f s trained so far)", state_path, trainer.step_index, state["seconds"]
         )
+        changed = recipe_changes(state["config"], dataclasses.asdict(recipe))
+        if changed:  # a run that goes on under another recipe says so, and its checkpoints carry the record
+            with changes_path.open("a") as f:
+                f.write(json.dumps({"step": trainer.step_index, "fields": changed}) + "\n")
+            log.info("recipe changed at step %d: %s", trainer.step_index, changed)
     elif from_installed:
         installed = read_checkpoint(EMBEDDED_CHECKPOINT)
         trainer.model.load_state_dict(installed["model"])
@@ -145,10 +151,12 @@ def run(
             if step % recipe.log_every == 0 or step == 1:
                 left = (recipe.steps - step) * stats["seconds"] / max(1, len(trainer.history))
                 log.info(
-                    "step %d/%d loss %.4f iou_first %.3f iou_last %.3f lr %.2e (%.1f s/step, %.1f h to the end)",
+                    "step %d/%d loss %.4f grouping %.4f iou_first %.3f iou_last %.3f lr %.2e (%.1f s/step, "
+                    "%.1f h to the end)",
                     step,
                     recipe.steps,
                     stats["loss"],
+                    stats.get("grouping", 0.0),
                     stats["iou_first"],
                     stats["iou_last"],
                     stats["lr"],
@@ -176,6 +184,10 @@ def run(
                     best = score
                     ckpt = trainer.checkpoint(metrics={"validation": row})
                     ckpt["metadata"]["curve"] = list(curve)
+                    if changes_path.exists():
+                        ckpt["metadata"]["recipe_changes"] = [
+                            json.loads(line) for line in changes_path.read_text().splitlines()
+                        ]
                     atomic_save(ckpt, best_path)
                     log.info("new best: %s", best_path)
             if deadline and time.monotonic() > deadline:
@@ -184,9 +196,25 @@ def run(
             if stop_at is not None and step >= stop_at:
                 log.info("stopped at step %d as asked", step)
                 break
-    finally:  # a kill between checkpoints loses at most checkpoint_every steps; a clean stop loses none
+    finally:
+        # Ctrl-C or an error saves where the run stands; a kill (SIGTERM, SIGKILL) loses at most the steps since the
+        # last checkpoint_every, and never leaves a half-written state (atomic_save).
+        # (A SIGTERM handler that unwound like Ctrl-C hung a 2-thread run twice here, so there is none.)
         save_state()
     return best_path
+
+
+def recipe_changes(before: dict, after: dict) -> dict:
+    """{field: [old, new]} for the recipe fields that differ (metadata aside)."""
+    return {
+        k: [before.get(k), v]
+        for k, v in after.items()
+        if k != "metadata" and _plain(before.get(k)) != _plain(v)
+    }
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _seconds_per_step(trainer: Trainer) -> float:
@@ -313,8 +341,11 @@ def model_card(ckpt: dict) -> str:
         + f" on {config.get('metadata', {}).get('threads', '?')} threads of a 2-core CPU, "
         f"device {config.get('metadata', {}).get('device', 'cpu')}).",
         "",
-        "## Held-out figures (test seeds)",
     ]
+    for change in meta.get("recipe_changes") or []:
+        fields = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in change["fields"].items())
+        lines.append(f"The run went on under a changed recipe from step {change['step']}: {fields}.")
+    lines += ["", "## Held-out figures (test seeds)"]
     if interactive:
         lines += [
             "Interactive clicks as in the paper's protocol: the first at the point farthest from the boundary, each "
@@ -436,9 +467,6 @@ def main(argv: list[str] | None = None) -> None:
         "--card", action="store_true", help="regenerate MODEL_CARD.md from the installed weights"
     )
     args = parser.parse_args(argv)
-    # A stop (SIGTERM from a session's end, `kill`) unwinds like Ctrl-C, so the run saves its state on the way out;
-    # a background job started from a script ignores SIGINT, so TERM is the signal to use.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.card:

@@ -20,7 +20,8 @@ def test_dataset_size_limits_the_scenes_so_cached_embeddings_are_reused(small_co
 def test_prompts_per_mask_repeats_each_mask_with_its_own_prompts(small_config):
     small_config.prompts_per_mask = 3
     trainer = Trainer(small_config)
-    _, _, masks, boxes = trainer._next_sample()
+    sample = trainer._next_sample()
+    masks, boxes = sample.masks, sample.boxes
     n = masks.shape[0] // 3
     assert masks.shape[0] == boxes.shape[0] == 3 * n and n >= 1
     assert torch.equal(masks[:n], masks[n : 2 * n]) and torch.equal(masks[:n], masks[2 * n :])

@@ -140,3 +140,30 @@ def test_lr_holds_its_peak_until_the_decay_fraction_then_anneals():
     assert lr_at(0, config) < lr_at(9, config) == 1e-3
     assert lr_at(30, config) == lr_at(77, config) == 1e-3
     assert lr_at(90, config) < 1e-3 and abs(lr_at(100, config) - 1e-4) < 1e-9
+
+
+def test_grouping_loss_is_zero_for_features_that_group_instances_and_trains_the_encoder():
+    from sam_core.train import grouping_loss
+
+    # Two side-by-side objects on background, one with a part in it, on a 4x4 cell grid of a 32x32 image.
+    instances = torch.zeros((3, 32, 32))
+    instances[0, :, :16] = 1  # object A: left half
+    instances[1, :16, :8] = 1  # part of A
+    instances[2, :, 24:] = 1  # object B; the columns 16-23 are background
+    cells = torch.zeros((4, 4, 4))  # C=4 features per cell: A-only, A-part, B, background
+    cells[:, :2, 0] = 1
+    cells[:2, :1, 0] = 1 / np.sqrt(2)
+    cells[:2, :1, 1] = 1 / np.sqrt(2)
+    cells[:, 3, 2] = 1
+    cells[:, 2, 3] = 1
+    # A part cell and an A-only cell overlap in 1 of 2 instances (Jaccard 1/2): cosine 1/sqrt(2) is off by 0.21,
+    # every other pair is exact.
+    grouped = grouping_loss(cells.permute(2, 0, 1)[None], instances)
+    assert grouped < 0.01
+    shuffled = grouping_loss(torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0)), instances)
+    assert shuffled > 10 * grouped
+
+    data = [SyntheticDataset("train")[0]]
+    trainer = Trainer(_conv_config(grouping_loss_weight=1.0), data)
+    sample = trainer._next_sample()
+    assert sample.instances.shape[0] >= sample.masks.shape[0] and 0 < trainer.step()["grouping"] < 1
