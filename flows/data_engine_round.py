@@ -16,6 +16,13 @@ from flows.assisted_manual import assisted_manual
 from flows.fully_automatic import fully_automatic
 from flows.params import RoundParams
 from flows.semi_automatic import semi_automatic
+from flows.steps import check_inputs, now, why_no_retrain
+from tasks.calibrate import calibrate
+from tasks.evaluate import evaluate
+from tasks.ground_truth import load_ground_truth
+from tasks.report import publish_report, record_round
+from tasks.retrain import retrain
+from tasks.runlog import run_logger
 
 STAGE_FLOWS = {
     "assisted_manual": assisted_manual,
@@ -28,15 +35,10 @@ STAGE_FLOWS = {
 def data_engine_round(params: RoundParams | None = None, train_backend: str = "ray") -> dict:
     """Run ``params.stage``, then retrain from ``params.model_version``, calibrate and evaluate the new version.
 
-    Returns the stage's figures with "new_model_version" and the evaluation metrics merged in.
+    Returns the stage's figures with "new_model_version" and the evaluation metrics merged in. When there is
+    nothing to train on (the stage kept no mask and no earlier round left one), the retrain is skipped, its
+    reason is under "retrain_skipped", and the calibration and evaluation take ``params.model_version``.
     """
-    from flows.steps import check_inputs, now
-    from tasks.calibrate import calibrate
-    from tasks.evaluate import evaluate
-    from tasks.ground_truth import load_ground_truth
-    from tasks.report import publish_report, record_round
-    from tasks.retrain import retrain
-
     params = params or RoundParams()
     started = now()
     params = check_inputs(
@@ -46,7 +48,11 @@ def data_engine_round(params: RoundParams | None = None, train_backend: str = "r
     if params.evaluation is not None:
         load_ground_truth(params.evaluation.ground_truth)
     figures = STAGE_FLOWS[params.stage](params.stage_params())
-    if params.retrain is not None:
+    skip = why_no_retrain(params, figures) if params.retrain is not None else None
+    if skip is not None:
+        run_logger().warning("retrain skipped: %s", skip)
+        figures["retrain_skipped"] = skip
+    elif params.retrain is not None:
         version = params.new_model_version or f"r{params.round}"
         retrain(
             params.store,

@@ -6,13 +6,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from flows.params import StageParams
+from stores import Store
+from tasks.retrain import nothing_to_train_on, training_masks
 
 
 def open_store(url: str, must_exist: bool = True):
     """The Store at ``url``. With ``must_exist``, a store without an images table (a wrong path, a missing bucket)
     raises FileNotFoundError naming the URL, before any work starts, and no folder is created at ``url``."""
-    from stores import Store
-
     store = Store(url, create=not must_exist)
     if must_exist and not store.fs.exists(store.path("images")):
         raise FileNotFoundError(
@@ -147,7 +147,6 @@ def finish_stage(
     params: StageParams, stage: str, summaries: list[dict], started: datetime, skipped: list[dict]
 ) -> dict:
     """The stage's figures (also written to the rounds table) and its report artifacts."""
-    from stores import Store
     from tasks.report import publish_report, record_round, stage_figures
 
     figures = stage_figures(Store(params.store), params.round, stage, summaries, params.model_version)
@@ -157,6 +156,20 @@ def finish_stage(
     record_round(params.store, figures, started, datetime.now(UTC))
     publish_report(params.store, figures, params.overlay_images)
     return figures
+
+
+def why_no_retrain(params, figures: dict) -> str | None:
+    """Why a round's retrain would have nothing to train on, or None when it has data.
+
+    A fully automatic stage on a model that predicts no confident mask keeps nothing; on a store with no earlier
+    round the retrain would then fail after the stage's work is done, so the round skips it and says why.
+    """
+    store = Store(params.store)
+    sources = params.retrain.sources
+    if not training_masks(store, params.round, sources).empty:
+        return None
+    kept = f"the {figures['stage']} stage kept {figures['masks']} masks in round {figures['round']}"
+    return f"{kept}, and there are {nothing_to_train_on(store, params.round, sources)}"
 
 
 def now() -> datetime:

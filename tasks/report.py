@@ -112,6 +112,8 @@ def stage_markdown(store_url: str, figures: dict, overlay_images: int = 3) -> st
             lines.append(f"| {name} | {figures[name]} |")
     if figures.get("masks_by_source"):
         lines.append(f"| masks by source | {figures['masks_by_source']} |")
+    if figures.get("retrain_skipped"):
+        lines += ["", f"**Retrain skipped**: {figures['retrain_skipped']}"]
     if figures.get("skipped_images"):
         lines += ["", "## Skipped images", ""]
         lines += [f"- `{s['uri']}`: {s['reason']}" for s in figures["skipped_images"][:20]]

@@ -16,7 +16,25 @@ import tempfile
 
 from prefect import task
 
+from tasks.ingest import load_image
+from tasks.records import decode_rows
 from tasks.runlog import run_logger
+
+
+def training_masks(store, round: int, sources: list[str], split: str = "train"):
+    """The current masks (a frame, possibly empty) of ``sources`` from rounds <= round on the split's images:
+    what a retrain trains on, before any replayed split."""
+    masks = store.masks(source=list(sources))
+    if len(masks):
+        masks = masks[masks["round"].astype(int) <= int(round)]
+    images = store.images()
+    ids = images.loc[images["split"] == split, "image_id"]
+    return masks[masks["image_id"].isin(ids)]
+
+
+def nothing_to_train_on(store, round: int, sources: list[str], split: str = "train") -> str:
+    """Why a retrain has no data: the words of training_set's error and of a round's skipped retrain."""
+    return f"no {split!r} masks of sources {list(sources)} in rounds <= {round} in store {store.url}: nothing to train on"
 
 
 def training_set(store, round: int, sources: list[str], split: str = "train") -> list[tuple]:
@@ -24,19 +42,10 @@ def training_set(store, round: int, sources: list[str], split: str = "train") ->
 
     Raises ValueError when there is nothing to train on.
     """
-    from tasks.ingest import load_image
-    from tasks.records import decode_rows
-
-    masks = store.masks(source=list(sources))
-    if len(masks):
-        masks = masks[masks["round"].astype(int) <= int(round)]
-    images = store.images()
-    images = images[images["split"] == split].set_index("image_id")
-    masks = masks[masks["image_id"].isin(images.index)]
+    masks = training_masks(store, round, sources, split)
     if masks.empty:
-        raise ValueError(
-            f"no {split!r} masks of sources {sources} in rounds <= {round} in store {store.url}: nothing to train on"
-        )
+        raise ValueError(nothing_to_train_on(store, round, sources, split))
+    images = store.images().set_index("image_id")
     out = []
     for image_id, group in masks.groupby("image_id", sort=True, observed=True):
         out.append((load_image(images.loc[image_id, "uri"]), decode_rows(group)))

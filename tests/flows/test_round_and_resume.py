@@ -49,6 +49,7 @@ def test_round_runs_the_stage_then_retrains_and_evaluates(engine):
     assert models.loc["r1", "parent_version"] == engine["model"]
     assert models.loc["r1", "trained_on_round"] == 1
     assert figures["new_model_version"] == "r1" and figures["evaluated_model_version"] == "r1"
+    assert "retrain_skipped" not in figures
     assert 0.0 <= figures["miou@1"] <= 1.0 and "amg_recall" in figures
     row = store.rounds().iloc[0]
     assert row["stage"] == "fully_automatic" and row["metrics"]["new_model_version"] == "r1"
@@ -67,6 +68,37 @@ def test_round_runs_the_stage_then_retrains_and_evaluates(engine):
         backend="local",
     )
     assert retrained["model_version"] == "r1-r1" and retrained["parent_version"] == "r1"
+
+
+def test_a_round_that_kept_nothing_skips_its_retrain_and_says_why(engine):
+    """A fully automatic round whose filter keeps no mask, on a store with no earlier masks, used to fail in its
+    retrain ("nothing to train on") after the stage's work; it now skips the retrain, records why, and still
+    evaluates the model it started from."""
+    from flows.data_engine_round import data_engine_round
+    from stores import Store
+    from tasks.ingest import ingest
+    from tasks.report import stage_markdown
+
+    ingest.fn(engine["store"], [engine["test_images"]], split="test")
+    params = _round_one(
+        engine,
+        autogen=OPEN_AUTOGEN,
+        filter=OPEN_FILTER.model_copy(update={"min_predicted_iou": 1.0}),
+        retrain=TrainSettings(steps=1, masks_per_image=2, cache_embeddings=True, correction_points=1),
+        evaluation=EvalSettings(ground_truth=engine["ground_truth"], max_images=1, max_clicks=1),
+    )
+    figures = data_engine_round(params, train_backend="local")
+    assert figures["masks"] == 0
+    assert figures["retrain_skipped"] == (
+        "the fully_automatic stage kept 0 masks in round 1, and there are no 'train' masks of sources "
+        f"['human', 'model', 'auto'] in rounds <= 1 in store {engine['store']}: nothing to train on"
+    )
+    assert "new_model_version" not in figures
+    assert figures["evaluated_model_version"] == engine["model"] and "miou@1" in figures
+    store = Store(engine["store"])
+    assert "r1" not in set(store.models()["model_version"])
+    assert store.rounds().iloc[0]["metrics"]["retrain_skipped"] == figures["retrain_skipped"]
+    assert f"**Retrain skipped**: {figures['retrain_skipped']}" in stage_markdown(engine["store"], figures, 0)
 
 
 def _auto_params(store_url, engine):
