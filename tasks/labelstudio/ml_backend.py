@@ -32,6 +32,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import torch
 
+from sam_core.build import build_sam
+from tasks.models import (
+    EMBEDDED_VERSION,
+    check_checkpoint,
+    check_model,
+    embedding_version,
+    load_model,
+    resolve_version,
+)
+
 from .convert import mask_to_brush_rle, percent_to_pixels, rect_percent_to_box
 from .project import BRUSH_NAME, DEFAULT_LABELS, IMAGE_NAME
 
@@ -96,8 +106,6 @@ class SamBackend:
     """
 
     def __init__(self, store, model, model_version: str, token: str | None = None, cache_size: int = 8):
-        from tasks.models import embedding_version
-
         self.store = store
         self.model_version = model_version
         # Embeddings are read and written under the version that owns the model's image encoder.
@@ -338,9 +346,27 @@ def serve_in_thread(backend: SamBackend, host: str = "127.0.0.1", port: int = 0)
 
 
 def build_model(name: str = "tiny", checkpoint: str | None = None):
-    """A Sam from sam_core by config name (and checkpoint path/URL; None: random weights for "tiny")."""
-    try:
-        from sam_core import build_sam
-    except ImportError:
-        from sam_core.build import build_sam
+    """A Sam from sam_core by config name and checkpoint path/URL (None: random weights, for tests and benchmarks
+    of the protocol; the CLI serves ``serving_model``)."""
     return build_sam(name, checkpoint)
+
+
+def serving_model(
+    store, model_version: str | None = None, config: str | None = None, checkpoint: str | None = None
+):
+    """(the Sam the backend serves, in eval mode; the model version its answers and embeddings carry).
+
+    Without ``checkpoint``: the store's ``model_version`` (default ``embedded``, the shipped model; ``latest``,
+    or any registered version), so a backend started with no options answers with trained weights, never random
+    ones. With ``checkpoint`` (a path or fsspec URL): that file built as SAM config ``config`` (default tiny),
+    labelled ``model_version`` (default the config name). An unknown version raises ValueError naming the known
+    ones; a missing checkpoint raises FileNotFoundError naming it.
+    """
+    if checkpoint is None:
+        version = resolve_version(store, model_version or EMBEDDED_VERSION)
+        check_model(store, version)
+        return load_model(store, version), version
+    config = config or "tiny"
+    version = model_version or config
+    check_checkpoint(checkpoint, version)
+    return build_sam(config, checkpoint).eval(), version

@@ -18,3 +18,88 @@ def test_status_and_down_without_a_server(tmp_path):
     assert result.exit_code == 0 and json.loads(result.output)["running"] is False
     result = runner.invoke(app, ["down", "--home", str(tmp_path)])
     assert result.exit_code == 0 and "not running" in result.output
+
+
+class _NoServer:
+    """Stands in for the HTTP server: records the backend it would serve and returns at once."""
+
+    server_address = ("127.0.0.1", 9090)
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def serve_forever(self):
+        pass
+
+    def server_close(self):
+        pass
+
+
+def _backend(monkeypatch, *args):
+    """Run `labelstudio backend ARGS` without serving; returns (result, the SamBackend it built or None)."""
+    import flows.labelstudio_cli
+
+    served = []
+    monkeypatch.setattr(
+        flows.labelstudio_cli,
+        "make_server",
+        lambda backend, host, port: served.append(backend) or _NoServer(backend),
+    )
+    result = CliRunner().invoke(app, ["backend", *args])
+    return result, (served[0] if served else None)
+
+
+def _same_weights(a, b) -> bool:
+    import torch
+
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_backend_serves_the_embedded_model_when_not_told_otherwise(monkeypatch, tmp_path):
+    """Without --checkpoint it used to build a tiny SAM with random weights; now it serves the shipped model."""
+    from sam_core.embedded import load_embedded
+
+    result, backend = _backend(monkeypatch, "--store", (tmp_path / "store").as_uri())
+    assert result.exit_code == 0, result.output
+    assert "serving embedded" in result.output
+    assert backend.model_version == "embedded"
+    assert _same_weights(backend.predictor.model, load_embedded())
+
+
+def test_backend_serves_a_registered_version_or_a_checkpoint(monkeypatch, tmp_path):
+    import torch
+
+    from sam_core.build import build_sam
+    from stores import Store
+    from tasks.models import register_model
+
+    torch.manual_seed(1)
+    tiny = build_sam("tiny")
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save({"model": tiny.state_dict()}, checkpoint)
+    store = (tmp_path / "store").as_uri()
+    register_model(Store(store), "mine", "tiny", str(checkpoint))
+
+    result, backend = _backend(monkeypatch, "--store", store, "-m", "latest")
+    assert result.exit_code == 0, result.output
+    assert backend.model_version == "mine" and _same_weights(backend.predictor.model, tiny)
+
+    result, backend = _backend(monkeypatch, "--store", store, "--checkpoint", str(checkpoint))
+    assert result.exit_code == 0, result.output
+    assert backend.model_version == "tiny" and _same_weights(backend.predictor.model, tiny)
+
+
+def test_backend_refuses_a_bad_model_in_one_line(monkeypatch, tmp_path):
+    store = (tmp_path / "store").as_uri()
+    missing = tmp_path / "missing.pt"
+    cases = {
+        ("-m", "nope"): f"error: unknown model_version 'nope' in store {store}; known versions: ['embedded']",
+        ("--checkpoint", str(missing)): f"error: model 'tiny': checkpoint {missing} does not exist",
+        ("--model", "vit_b"): "error: --model vit_b needs --checkpoint; without one the backend serves "
+        "--model-version (default embedded) from the store",
+    }
+    for args, message in cases.items():
+        result, backend = _backend(monkeypatch, "--store", store, *args)
+        assert result.exit_code == 2 and backend is None
+        assert result.output.strip().splitlines()[-1] == message
