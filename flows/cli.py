@@ -27,6 +27,7 @@ import typer
 import typer.core
 
 import flows  # noqa: F401  (sets the Prefect defaults before anything imports prefect)
+from flows.progress import progress_bar
 from flows.stages import STAGES, Stage
 
 app = typer.Typer(
@@ -167,7 +168,8 @@ def ingest(
 
     url = _store_url(store)
     try:
-        result = ingest_task.fn(url, uris, split=split)
+        with progress_bar("reading files") as report:
+            result = ingest_task.fn(url, uris, split=split, on_progress=report)
     except (OSError, ValueError) as exc:
         _fail(exc)
     for unmatched in result.unmatched if result.image_ids else []:  # else the error line says it
@@ -211,8 +213,14 @@ def embed(
     url = store_obj.url
     try:
         version = resolve_version(store_obj, model_version)
-        with _spinner(f"embedding images with {version}"):
-            result = embed_task.fn(url, version, batch_size=batch_size, actors=actors, backend=backend)
+        if backend == "local":
+            with progress_bar(f"embedding images with {version}") as report:
+                result = embed_task.fn(
+                    url, version, batch_size=batch_size, backend="local", on_progress=report
+                )
+        else:  # Ray's actors report nothing back until they finish
+            with _spinner(f"embedding images with {version}"):
+                result = embed_task.fn(url, version, batch_size=batch_size, actors=actors, backend=backend)
     except (OSError, ValueError, KeyError) as exc:
         _fail(exc)
     typer.echo(f"embedded {len(result.embedded)}, already cached {result.skipped_existing}")
@@ -342,8 +350,10 @@ def eval_(
     url = store_obj.url
     try:
         version = resolve_version(store_obj, model_version)
-        with _spinner(f"evaluating {version}"):
-            metrics = evaluate.fn(url, version, ground_truth, split=split, max_images=max_images)
+        with progress_bar(f"evaluating {version}") as report:
+            metrics = evaluate.fn(
+                url, version, ground_truth, split=split, max_images=max_images, on_progress=report
+            )
     except (OSError, ValueError, KeyError) as exc:
         _fail(exc)
     _print_json(metrics)
@@ -383,8 +393,8 @@ def calibrate(
         settings = CalibrationSettings(
             ground_truth=ground_truth, split=split, max_images=max_images, points_per_side=points_per_side
         )
-        with _spinner(f"calibrating {version}"):
-            summary = calibrate_task.fn(url, version, settings)
+        with progress_bar(f"calibrating {version}") as report:
+            summary = calibrate_task.fn(url, version, settings, on_progress=report)
         table = read_calibration(store_obj, version)
         # As a stage with the default generator and filter (their NMS and area limits) would apply them.
         summary["operating_points"] = {

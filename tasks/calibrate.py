@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -98,9 +99,15 @@ def best_matches(
     return ious, index
 
 
-def candidate_table(model, samples: list[tuple], settings: CalibrationSettings) -> pd.DataFrame:
+def candidate_table(
+    model,
+    samples: list[tuple],
+    settings: CalibrationSettings,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> pd.DataFrame:
     """Every automatic candidate of ``samples`` [(image_id, HxWx3 uint8, [HxW bool GT])], one row each
-    (CANDIDATE_COLUMNS: area and image_area in pixels, box x0, y0, x1, y1 in pixels)."""
+    (CANDIDATE_COLUMNS: area and image_area in pixels, box x0, y0, x1, y1 in pixels).
+    ``on_progress(images done, images)`` is called after each image."""
     from sam_core.automatic_mask_generator import AutomaticMaskGenerator
 
     # No thresholds and no NMS: the thresholds are what we are choosing, and NMS depends on them
@@ -115,7 +122,7 @@ def candidate_table(model, samples: list[tuple], settings: CalibrationSettings) 
         output_mode="binary_mask",
     )
     frames = []
-    for image_id, image, masks in samples:
+    for done, (image_id, image, masks) in enumerate(samples, start=1):
         records = generator.generate(image)
         boxes = np.asarray([r["bbox"] for r in records], np.float32).reshape(-1, 4)  # XYWH
         best_iou, best_gt = best_matches([r["segmentation"] for r in records], masks)
@@ -136,6 +143,8 @@ def candidate_table(model, samples: list[tuple], settings: CalibrationSettings) 
                 }
             )
         )
+        if on_progress is not None:
+            on_progress(done, len(samples))
     if not frames:
         return pd.DataFrame(columns=list(CANDIDATE_COLUMNS))
     return pd.concat(frames, ignore_index=True)[list(CANDIDATE_COLUMNS)]
@@ -318,8 +327,16 @@ def calibrated_settings(store, model_version: str, autogen, filter):
 
 
 @task(name="calibrate", retries=1, retry_delay_seconds=2, task_run_name="calibrate-{model_version}")
-def calibrate(store_url: str, model_version: str, settings: CalibrationSettings, device: str = "cpu") -> dict:
+def calibrate(
+    store_url: str,
+    model_version: str,
+    settings: CalibrationSettings,
+    device: str = "cpu",
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict:
     """Score ``model_version``'s automatic candidates on the calibration split and store them.
+
+    ``on_progress(images done, images)`` is called after each image (the CLI's progress bar).
 
     Returns {"model_version", "images", "candidates", "path"}.
     """
@@ -330,7 +347,7 @@ def calibrate(store_url: str, model_version: str, settings: CalibrationSettings,
     store = Store(store_url)
     model = load_model(store, model_version, device)
     samples = evaluation_set(store, settings.ground_truth, settings.split, settings.max_images)
-    candidates = candidate_table(model, samples, settings)
+    candidates = candidate_table(model, samples, settings, on_progress)
     path = write_calibration(store, model_version, candidates)
     run_logger().info(
         "calibrated %s on %d %s images (%d candidates)",

@@ -11,6 +11,7 @@ embedding is its own atomic file, so a killed run loses at most the batch in fli
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -94,8 +95,12 @@ def embed(
     actors: int = 1,
     backend: str = "ray",
     dtype: str = "float32",
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> EmbedResult:
     """Encode the images (all of the store's, or ``image_ids``) that lack an embedding for ``model_version``.
+
+    ``on_progress(images encoded, images to encode)`` is called after each batch of the local backend (the CLI's
+    progress bar; Ray's actors report nothing back until they finish).
 
     Embeddings go under ``tasks.models.embedding_version``: a version that kept another's image encoder (a
     decoder-only retrain) finds that version's embeddings already there and encodes nothing again."""
@@ -130,10 +135,13 @@ def embed(
         encoder = ImageEncoderActor(
             store_url, model_version, dtype=dtype, storage_options=store.storage_options
         )
-        outputs = [
-            encoder({"image_id": [r["image_id"] for r in chunk], "uri": [r["uri"] for r in chunk]})
-            for chunk in _chunks(items, batch_size)
-        ]
+        outputs = []
+        for chunk in _chunks(items, batch_size):
+            outputs.append(
+                encoder({"image_id": [r["image_id"] for r in chunk], "uri": [r["uri"] for r in chunk]})
+            )
+            if on_progress is not None:
+                on_progress(sum(len(out["image_id"]) for out in outputs), len(items))
     else:
         outputs = _embed_on_ray(store, model_version, items, batch_size, actors, dtype)
     uris = dict(zip(todo["image_id"], todo["uri"], strict=True))

@@ -9,6 +9,8 @@ which the stage flows never annotate, so no round trains on them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prefect import task
 
 from tasks.autogen import AutogenSettings
@@ -40,6 +42,25 @@ def evaluation_set(store, ground_truth_uri: str, split: str, max_images: int | N
     return out
 
 
+class _Reporting:
+    """A dataset that reports how many items came before each one read: sam_core's evaluate_interactive reads its
+    dataset by index, one image at a time, and takes no callback."""
+
+    def __init__(self, items: list, report: Callable[[int], None]):
+        self.items, self.report = items, report
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        self.report(index)
+        return self.items[index]
+
+
+def _no_report(done: int, total: int) -> None:
+    pass
+
+
 @task(name="evaluate", retries=1, retry_delay_seconds=2)
 def evaluate(
     store_url: str,
@@ -52,6 +73,7 @@ def evaluate(
     filter: FilterSettings | None = None,
     amg_max_images: int | None = None,
     device: str = "cpu",
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Metrics of ``model_version``: {"miou@1", "miou@5", ..., "noc@90", "amg_precision", "amg_recall", ...}.
 
@@ -60,6 +82,8 @@ def evaluate(
     (None: skip the automatic part). ``filter``: the fully automatic stage's filter on top of the generator (its
     calibrated thresholds included), so that precision/recall measure the masks that stage would keep.
     ``amg_max_images``: score the automatic masks on the first this many images only (None: all).
+    ``on_progress(images done, images in all)``: each image counts once for the clicks and once for the automatic
+    masks (the CLI's progress bar).
     """
     from sam_core.evaluate import automatic_precision_recall, evaluate_interactive
     from stores import Store
@@ -71,9 +95,15 @@ def evaluate(
     store = Store(store_url)
     model = load_model(store, model_version, device)
     samples = evaluation_set(store, ground_truth, split, max_images)
+    automatic = (samples[:amg_max_images] if amg_max_images else samples) if autogen is not None else []
+    report = on_progress or _no_report
+    total = len(samples) + len(automatic)
     interactive = evaluate_interactive(
-        model, [(image, masks) for _, image, masks in samples], max_clicks=max_clicks
+        model,
+        _Reporting([(image, masks) for _, image, masks in samples], lambda done: report(done, total)),
+        max_clicks=max_clicks,
     )
+    report(len(samples), total)
     metrics = {
         "model_version": model_version,
         "eval_images": len(samples),
@@ -94,8 +124,7 @@ def evaluate(
         generator = make_generator(model, autogen)
         generator.output_mode = "binary_mask"
         matched = predicted = truth = 0
-        automatic = samples[:amg_max_images] if amg_max_images else samples
-        for _, image, masks in automatic:
+        for done, (_, image, masks) in enumerate(automatic, start=len(samples) + 1):
             records = generator.generate(image)
             if filter is not None:
                 records = filter_records(records, image.shape[:2], filter)
@@ -104,6 +133,7 @@ def evaluate(
             matched += round(pr["recall@0.5"] * len(masks))
             predicted += len(found)
             truth += len(masks)
+            report(done, total)
         metrics["amg_precision"] = matched / predicted if predicted else 0.0
         metrics["amg_recall"] = matched / truth if truth else 0.0
         metrics["amg_masks_per_image"] = predicted / len(automatic)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import fsspec
@@ -149,8 +150,15 @@ def inspect_image(uri: str) -> dict:
 
 
 @task(name="ingest", retries=2, retry_delay_seconds=2)
-def ingest(store_url: str, uris: list[str], split: str = "train") -> IngestResult:
+def ingest(
+    store_url: str,
+    uris: list[str],
+    split: str = "train",
+    on_progress: Callable[[int, int], None] | None = None,
+) -> IngestResult:
     """Register every readable image under ``uris`` (files, folders or globs) with ``split``.
+
+    ``on_progress(files read, files found)`` is called after each file (the CLI's progress bar).
 
     Idempotent: images already in the store keep their row (and their split). When nothing readable is found the
     store is not opened, so a mistyped path leaves no store folder behind.
@@ -169,7 +177,10 @@ def ingest(store_url: str, uris: list[str], split: str = "train") -> IngestResul
         else:
             result.ignored += others
     rows: dict[str, dict] = {}
-    for uri in dict.fromkeys(files):
+    unique = list(dict.fromkeys(files))
+    for done, uri in enumerate(unique, start=1):
+        if on_progress is not None:
+            on_progress(done - 1, len(unique))
         try:
             row = inspect_image(uri)
         except (OSError, ValueError) as exc:
@@ -180,6 +191,8 @@ def ingest(store_url: str, uris: list[str], split: str = "train") -> IngestResul
             result.skipped.append({"uri": uri, "reason": reason, "detail": detail})
             continue
         rows.setdefault(row["image_id"], {**row, "split": split})
+    if on_progress is not None:
+        on_progress(len(unique), len(unique))
     if not rows:
         return result
     store = Store(store_url)
