@@ -205,12 +205,11 @@ def run(
 
 
 def recipe_changes(before: dict, after: dict) -> dict:
-    """{field: [old, new]} for the recipe fields that differ (metadata aside)."""
-    return {
-        k: [before.get(k), v]
-        for k, v in after.items()
-        if k != "metadata" and _plain(before.get(k)) != _plain(v)
-    }
+    """{field: [old, new]} for the recipe fields that differ (metadata aside); a field the earlier recipe did not
+    have yet counts as its default."""
+    defaults = dataclasses.asdict(TrainConfig())
+    old = {k: before.get(k, defaults.get(k)) for k in after}
+    return {k: [old[k], v] for k, v in after.items() if k != "metadata" and _plain(old[k]) != _plain(v)}
 
 
 def _plain(value):

@@ -57,3 +57,10 @@ def test_overrides_are_typed_and_unknown_fields_refused(script):
 def test_the_committed_model_card_is_what_the_committed_checkpoint_generates(script):
     installed = torch.load(EMBEDDED_CHECKPOINT, map_location="cpu", weights_only=True)
     assert (EMBEDDED_CHECKPOINT.parent / "MODEL_CARD.md").read_text() == script.model_card(installed)
+
+
+def test_a_recipe_change_of_a_resumed_run_is_recorded_against_the_old_value_or_its_default(script):
+    before = {"steps": 100, "lr": 5e-4, "metadata": {"a": 1}}  # written before grouping_loss_weight existed
+    after = {"steps": 100, "lr": 1e-3, "grouping_loss_weight": 5.0, "metadata": {"a": 2}}
+    assert script.recipe_changes(before, after) == {"lr": [5e-4, 1e-3], "grouping_loss_weight": [0.0, 5.0]}
+    assert script.recipe_changes(after, after) == {}
