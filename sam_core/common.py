@@ -22,6 +22,17 @@ class LayerNorm2d(nn.Module):
         return y.permute(0, 3, 1, 2)
 
 
+def sam_neck(in_chans: int, out_chans: int) -> nn.Sequential:
+    """SAM's encoder neck: 1x1 conv, channel LayerNorm, 3x3 conv, channel LayerNorm (B x in x h x w ->
+    B x out x h x w). An nn.Sequential so the state-dict names are the official ``neck.0`` ... ``neck.3``."""
+    return nn.Sequential(
+        nn.Conv2d(in_chans, out_chans, kernel_size=1, bias=False),
+        LayerNorm2d(out_chans),
+        nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
+        LayerNorm2d(out_chans),
+    )
+
+
 class MLPBlock(nn.Module):
     """Transformer feed-forward: Linear(dim -> mlp_dim), activation, Linear(mlp_dim -> dim)."""
 

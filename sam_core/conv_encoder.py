@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d, MLPBlock
+from .common import MLPBlock, sam_neck
 
 
 class ConvNormAct(nn.Sequential):
@@ -115,13 +115,7 @@ class ImageEncoderConv(nn.Module):
         self.lateral16 = nn.Conv2d(c16, out_chans, 1)
         self.lateral8 = nn.Conv2d(c8, out_chans, 1)
         self.lateral4 = nn.Conv2d(4 * c4, out_chans, 1)
-        # SAM's neck: 1x1 conv, channel LayerNorm, 3x3 conv, channel LayerNorm.
-        self.neck = nn.Sequential(
-            nn.Conv2d(out_chans, out_chans, kernel_size=1, bias=False),
-            LayerNorm2d(out_chans),
-            nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
-            LayerNorm2d(out_chans),
-        )
+        self.neck = sam_neck(out_chans, out_chans)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f4 = self.stage4(self.stem(x))
