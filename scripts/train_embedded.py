@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sam_core.embedded import EMBEDDED_CHECKPOINT, read_checkpoint  # noqa: E402
+from sam_core.embedded import EMBEDDED_CHECKPOINT, config_name, load_weights, read_checkpoint  # noqa: E402
 from sam_core.evaluate import (  # noqa: E402
     evaluate_automatic,
     evaluate_interactive,
@@ -238,9 +238,8 @@ def install(
     """Score ``checkpoint`` on the held-out test seeds and install it (fp16) at ``target`` with its figures, and
     MODEL_CARD.md beside it."""
     ckpt = read_checkpoint(checkpoint)
-    config = TrainConfig(**{**ckpt["config"], "betas": tuple(ckpt["config"]["betas"])})
-    model = build_model(config.model)
-    model.load_state_dict(ckpt["model"])
+    model = build_model(config_name(ckpt))
+    load_weights(model, ckpt)
     model.eval()
     test = [scene(seed, 256) for seed in split_seeds("test", test_scenes)]
     started = time.monotonic()
@@ -259,7 +258,7 @@ def install(
         "seconds": round(time.monotonic() - started, 1),
     }
     half = {k: (v.half() if v.is_floating_point() else v) for k, v in ckpt["model"].items()}
-    metadata = {**ckpt["metadata"], "test": test_record, "step_seconds": _step_seconds(checkpoint)}
+    metadata = {**ckpt["metadata"], "test": test_record, "step_seconds": _step_seconds(ckpt["metadata"])}
     installed = {
         "model": half,
         "config": ckpt["config"],
@@ -272,9 +271,9 @@ def install(
     return test_record
 
 
-def _step_seconds(checkpoint: Path) -> float | None:
-    """Wall seconds per training step of the run that wrote ``checkpoint`` (from its curve)."""
-    curve = read_checkpoint(checkpoint)["metadata"].get("curve") or []
+def _step_seconds(metadata: dict) -> float | None:
+    """Wall seconds per training step of the run whose checkpoint metadata this is (from its curve)."""
+    curve = metadata.get("curve") or []
     if len(curve) < 2:
         return None
     first, last = curve[0], curve[-1]

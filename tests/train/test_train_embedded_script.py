@@ -44,6 +44,17 @@ def test_a_run_keeps_its_best_resumes_and_installs_with_a_generated_card(script,
     )
 
 
+def test_with_no_state_a_run_goes_on_from_the_installed_weights_and_their_step(script, tmp_path):
+    installed = read_checkpoint(EMBEDDED_CHECKPOINT)
+    step = installed["metadata"]["steps"]
+    overrides = script.parse_overrides([*TINY[1:], f"steps={step + 10}"])
+    recipe = script.RECIPE.__class__(**{**script.RECIPE.__dict__, **overrides})
+    # hours bounds a broken resume that would start from step 0 instead
+    script.run(tmp_path / "run", recipe, 0.01, 1000, True, "cpu", False, stop_at=step + 1, val_scenes=1)
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
+    assert state["step"] == step + 1 and state["seconds"] > installed["metadata"]["wall_seconds"]
+
+
 def test_overrides_are_typed_and_unknown_fields_refused(script):
     assert script.parse_overrides(["steps=10", "pixel_loss=focal", "ema_decay=0.5"]) == {
         "steps": 10,
