@@ -26,6 +26,8 @@ from sam_core.prompts import first_click, next_click
 from sam_core.train_data import prepare_sample
 
 CLICKS_REPORTED = (1, 2, 3, 5, 9)
+# Mask areas in pixels (lower bounds) for the breakdown of interactive mIoU by object size.
+AREA_BINS = (30, 100, 300, 1000, 3000)
 
 
 def binary_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -97,18 +99,25 @@ def noc(ious: Sequence[float], threshold: float) -> int:
 
 @torch.no_grad()
 def evaluate_interactive(
-    model, dataset: Sequence, max_clicks: int = 20, max_masks_per_image: int = 1000, min_area: int = 16
+    model,
+    dataset: Sequence,
+    max_clicks: int = 20,
+    max_masks_per_image: int = 1000,
+    min_area: int = 16,
+    by_area: bool = False,
 ) -> dict:
     """mIoU after 1, 2, 3, 5, 9 clicks and NoC@85/90 over every usable mask of ``dataset``.
 
     dataset: a sequence of (image HxWx3 uint8, masks list of HxW bool). Unusable masks (empty, wrong shape) are
-    counted in "skipped", never scored.
+    counted in "skipped", never scored. ``by_area`` adds "by_area": the same mIoUs per bin of mask area
+    (``area_breakdown``), which shows whether small objects or ambiguity hold the mean down.
     """
     from sam_core.train import encode
 
     model.eval()
     size = int(model.image_encoder.img_size)
     per_mask = {"confident": [], "oracle": []}
+    areas = []
     skipped = {"empty_masks": 0, "shape_mismatch": 0}
     rng = np.random.default_rng(0)
     for i in range(len(dataset)):
@@ -119,7 +128,9 @@ def evaluate_interactive(
         if sample.masks.shape[0] == 0:
             continue
         embedding = encode(model, sample.image[None])
-        result = click_ious(model, embedding, sample.masks.numpy() > 0.5, max_clicks)
+        gts = sample.masks.numpy() > 0.5
+        result = click_ious(model, embedding, gts, max_clicks)
+        areas.extend(gts.sum(axis=(1, 2)).tolist())
         for key in per_mask:
             per_mask[key].extend(result[key].tolist())
     if not per_mask["oracle"]:
@@ -132,7 +143,37 @@ def evaluate_interactive(
                 out[f"miou@{k}_{key}"] = float(arr[:, k - 1].mean())
         out[f"noc@85_{key}"] = float(np.mean([noc(r, 0.85) for r in rows]))
         out[f"noc@90_{key}"] = float(np.mean([noc(r, 0.90) for r in rows]))
+    if by_area:
+        out["by_area"] = area_breakdown(
+            np.asarray(areas), np.asarray(per_mask["confident"]), np.asarray(per_mask["oracle"])
+        )
     return out
+
+
+def area_breakdown(areas: np.ndarray, confident: np.ndarray, oracle: np.ndarray) -> list[dict]:
+    """Interactive mIoU per bin of mask area.
+
+    areas: N pixel counts (at the encoder's input size); confident, oracle: NxK IoUs after each of K clicks (as
+    ``click_ious`` returns). One row per non-empty bin of ``AREA_BINS``: its pixel range, the number of masks,
+    confident and oracle mIoU@1 and confident mIoU after each reported click count within K.
+    """
+    rows = []
+    edges = [*AREA_BINS, np.inf]
+    for low, high in zip(edges[:-1], edges[1:], strict=True):
+        inside = (areas >= low) & (areas < high)
+        if not inside.any():
+            continue
+        row = {
+            "min_area": int(low),
+            "max_area": None if np.isinf(high) else int(high),
+            "masks": int(inside.sum()),
+        }
+        row["miou@1_oracle"] = float(oracle[inside, 0].mean())
+        for k in CLICKS_REPORTED:
+            if k <= confident.shape[1]:
+                row[f"miou@{k}_confident"] = float(confident[inside, k - 1].mean())
+        rows.append(row)
+    return rows
 
 
 def automatic_precision_recall(

@@ -137,6 +137,22 @@ def run(
             trainer.ema = {k: v.to(device).clone() for k, v in installed["model"].items() if k in trainer.ema}
         trainer.step_index = int(installed["metadata"].get("steps", 0))
         trainer.seconds_before = float(installed["metadata"].get("wall_seconds", 0.0))
+        # The run goes on where the installed one left off, so its curve (against CPU hours) and its recipe
+        # changes go on too: the next best.pt, and the model card made from it, carry the whole history.
+        if not curve_path.exists():
+            curve_path.write_text(
+                "".join(json.dumps(row) + "\n" for row in installed["metadata"].get("curve", []))
+            )
+        if not changes_path.exists():
+            earlier = installed["metadata"].get("recipe_changes", [])
+            changes_path.write_text("".join(json.dumps(row) + "\n" for row in earlier))
+        changed = (
+            recipe_changes(installed["config"], dataclasses.asdict(recipe)) if "config" in installed else {}
+        )
+        if changed:
+            with changes_path.open("a") as f:
+                f.write(json.dumps({"step": trainer.step_index, "fields": changed}) + "\n")
+            log.info("recipe changed at step %d: %s", trainer.step_index, changed)
         log.info("started from the installed weights at their step %d (fresh optimizer)", trainer.step_index)
     curve = [json.loads(line) for line in curve_path.read_text().splitlines()] if curve_path.exists() else []
     best = max((validation_score(row) for row in curve), default=float("-inf"))
@@ -155,7 +171,10 @@ def run(
                 stats = trainer.step()
             step = trainer.step_index
             if step % recipe.log_every == 0 or step == 1:
-                left = (recipe.steps - step) * stats["seconds"] / max(1, len(trainer.history))
+                per_step = _seconds_per_step(
+                    trainer
+                )  # recent steps only: a resumed run's earlier hours don't count
+                left = (recipe.steps - step) * per_step
                 log.info(
                     "step %d/%d loss %.4f grouping %.4f iou_first %.3f iou_last %.3f lr %.2e (%.1f s/step, "
                     "%.1f h to the end)",
@@ -166,7 +185,7 @@ def run(
                     stats["iou_first"],
                     stats["iou_last"],
                     stats["lr"],
-                    _seconds_per_step(trainer),
+                    per_step,
                     left / 3600,
                 )
             if step % recipe.checkpoint_every == 0:
@@ -243,7 +262,7 @@ def install(
     model.eval()
     test = [scene(seed, 256) for seed in split_seeds("test", test_scenes)]
     started = time.monotonic()
-    interactive = evaluate_interactive(model, test, max_clicks=20, min_area=MIN_AREA)
+    interactive = evaluate_interactive(model, test, max_clicks=20, min_area=MIN_AREA, by_area=True)
     print(format_table(interactive))
     reliability = iou_head_reliability(model, test, min_area=MIN_AREA)
     automatic = evaluate_automatic(model, test[:auto_scenes])
@@ -377,6 +396,19 @@ def model_card(ckpt: dict) -> str:
             f"{automatic['precision@0.5']:.3f} at mask IoU 0.5 (target >= {AUTOMATIC_TARGETS['precision@0.5']}), "
             f"recall {automatic['recall@0.5']:.3f} of the ground-truth masks of at least {automatic['min_gt_area']} px "
             f"(target >= {AUTOMATIC_TARGETS['recall@0.5']}).",
+        ]
+    if interactive.get("by_area"):
+        lines += [
+            "",
+            "By mask area (pixels of the 256 px scene): where the mean is held down.",
+            "",
+            "| area px | masks | mIoU@1 confident | mIoU@1 oracle | mIoU@5 | mIoU@9 |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {r['min_area']}-{r['max_area'] or ''} | {r['masks']} | {r['miou@1_confident']:.3f} "
+            f"| {r['miou@1_oracle']:.3f} | {r['miou@5_confident']:.3f} | {r['miou@9_confident']:.3f} |"
+            for r in interactive["by_area"]
         ]
     if test.get("reliability"):
         lines += [

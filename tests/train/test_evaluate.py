@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from sam_core.evaluate import automatic_precision_recall, click_ious, evaluate_interactive, format_table, noc
+from sam_core.evaluate import (
+    area_breakdown,
+    automatic_precision_recall,
+    click_ious,
+    evaluate_interactive,
+    format_table,
+    noc,
+)
 from sam_core.train import build_model
 
 
@@ -61,3 +68,31 @@ def test_evaluate_interactive_reports_every_click_count_and_counts_skips():
     assert "noc@90_confident" in metrics and "miou@1" in format_table(metrics)
     with pytest.raises(ValueError, match="no usable mask"):
         evaluate_interactive(model, [(image, [np.zeros((64, 64), bool)])], max_clicks=2)
+
+
+def test_area_breakdown_bins_masks_by_area_and_averages_each_bin():
+    areas = np.array([50, 60, 150, 5000])
+    confident = np.array([[0.1, 0.2, 0.3], [0.3, 0.4, 0.5], [0.6, 0.7, 0.8], [0.2, 0.9, 0.95]])
+    oracle = confident + 0.05
+    rows = area_breakdown(areas, confident, oracle)
+    assert [(r["min_area"], r["max_area"], r["masks"]) for r in rows] == [
+        (30, 100, 2),
+        (100, 300, 1),
+        (3000, None, 1),
+    ]
+    assert rows[0]["miou@1_confident"] == pytest.approx(0.2) and rows[0]["miou@1_oracle"] == pytest.approx(
+        0.25
+    )
+    assert rows[0]["miou@3_confident"] == pytest.approx(0.4) and "miou@5_confident" not in rows[0]
+    assert rows[2]["miou@2_confident"] == pytest.approx(0.9)
+
+
+def test_evaluate_interactive_by_area_counts_every_scored_mask():
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    image = np.zeros((64, 64, 3), np.uint8)
+    small, large = np.zeros((64, 64), bool), np.zeros((64, 64), bool)
+    small[5:12, 5:12], large[20:60, 20:60] = True, True
+    metrics = evaluate_interactive(model, [(image, [small, large])], max_clicks=2, by_area=True)
+    assert sum(r["masks"] for r in metrics["by_area"]) == metrics["masks"] == 2
+    assert "by_area" not in evaluate_interactive(model, [(image, [small, large])], max_clicks=2)

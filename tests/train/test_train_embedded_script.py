@@ -53,6 +53,12 @@ def test_with_no_state_a_run_goes_on_from_the_installed_weights_and_their_step(s
     script.run(tmp_path / "run", recipe, 0.01, 1000, True, "cpu", False, stop_at=step + 1, val_scenes=1)
     state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
     assert state["step"] == step + 1 and state["seconds"] > installed["metadata"]["wall_seconds"]
+    # The installed run's history goes on in this one: its curve, its recipe changes, then what changed now.
+    curve = [json.loads(line) for line in (tmp_path / "run" / "curve.jsonl").read_text().splitlines()]
+    assert curve == installed["metadata"]["curve"]
+    changes = [json.loads(line) for line in (tmp_path / "run" / "changes.jsonl").read_text().splitlines()]
+    assert changes[:-1] == installed["metadata"]["recipe_changes"]
+    assert changes[-1]["step"] == step and changes[-1]["fields"]["steps"][1] == step + 10
 
 
 def test_overrides_are_typed_and_unknown_fields_refused(script):
