@@ -107,10 +107,10 @@ def make_scene(seed: int, size: int = 256) -> Scene:
 
     image += rng.normal(0.0, rng.uniform(2.0, 8.0), size=image.shape).astype(np.float32)
     image_u8 = np.clip(image, 0, 255).astype(np.uint8)
-    return _visible_instances(image_u8, owner, shapes, parents, levels)
+    return visible_instances(image_u8, owner, shapes, parents, levels)
 
 
-def _visible_instances(image, owner, shapes, parents, levels) -> Scene:
+def visible_instances(image, owner, shapes, parents, levels) -> Scene:
     """Turn painted shapes into visible masks (an instance includes its descendants) and drop tiny ones."""
     n = len(shapes)
     ancestors = []

@@ -15,17 +15,26 @@ SEED_SET_START = 500_000  # seed-model scenes: train seeds from here on, disjoin
 
 
 def write_synthetic_images(
-    root: Path, train: int, test: int, corrupt: int = 1, size: int = 256, val: int = 0, seed: int = 0
+    root: Path,
+    train: int,
+    test: int,
+    corrupt: int = 1,
+    size: int = 256,
+    val: int = 0,
+    seed: int = 0,
+    domain: str = "shapes",
 ) -> dict:
     """Write ``train``, ``test``, ``val`` and ``seed`` scenes (and ``corrupt`` truncated PNGs among the train
     images) under ``root``/images/<split>, and all their ground truth in one COCO file. The validation scenes are
-    for calibrating automatic-mask thresholds (tasks.calibrate), the seed scenes for the seed model.
+    for calibrating automatic-mask thresholds (tasks.calibrate), the seed scenes for the seed model. ``domain``
+    names the synthetic world (``sam_core.domains``: "shapes", or "cells" for microscopy-like images).
 
     Returns {"<split>_dir" for each split, "ground_truth" (COCO JSON path), "embedded_available" (whether the
     shipped model's weights exist)}.
     """
+    from sam_core.domains import domain_scene
     from sam_core.embedded import EMBEDDED_CHECKPOINT
-    from sam_core.synthetic import scene, split_seeds
+    from sam_core.synthetic import split_seeds
     from tasks.ground_truth import write_coco
 
     root = Path(root)
@@ -40,7 +49,7 @@ def write_synthetic_images(
     for split, numbers in seeds.items():
         dirs[split].mkdir(parents=True, exist_ok=True)
         for number in numbers:
-            image, masks = scene(number, size)
+            image, masks = domain_scene(domain, number, size)
             name = f"{split}-{number:07d}.png"
             Image.fromarray(image).save(dirs[split] / name)
             entries.append((name, masks))

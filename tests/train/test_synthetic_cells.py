@@ -1,0 +1,63 @@
+import cv2
+import numpy as np
+import pytest
+
+from sam_core.domains import DOMAINS, domain_scene, make_domain_scene
+from sam_core.synthetic import MIN_AREA, make_scene
+from sam_core.synthetic_cells import make_cell_scene
+
+
+def test_cell_scene_is_deterministic_by_seed_and_differs_across_seeds():
+    a, b, c = make_cell_scene(3), make_cell_scene(3), make_cell_scene(4)
+    assert a.image.shape == (256, 256, 3) and a.image.dtype == np.uint8
+    assert np.array_equal(a.image, b.image) and len(a.masks) == len(b.masks)
+    assert all(np.array_equal(x, y) for x, y in zip(a.masks, b.masks, strict=True))
+    assert not np.array_equal(a.image, c.image)
+
+
+def test_nuclei_lie_inside_their_cells_and_every_level_occurs():
+    levels = set()
+    for seed in range(12):
+        s = make_cell_scene(seed)
+        for i, (mask, parent) in enumerate(zip(s.masks, s.parents, strict=True)):
+            assert mask.dtype == bool and mask.sum() >= MIN_AREA
+            levels.add(s.levels[i])
+            if parent >= 0:
+                assert s.levels[parent] == s.levels[i] - 1
+                assert not (mask & ~s.masks[parent]).any(), "a nucleus leaks out of its cell"
+    assert levels == {0, 1, 2}
+
+
+def test_cells_are_many_small_and_mostly_touching():
+    """What makes the domain new for the embedded model: many more, smaller objects than its training scenes,
+    with neighbours one membrane apart."""
+    cells, touching, areas, shape_objects = 0, 0, [], 0
+    for seed in range(10):
+        s = make_cell_scene(seed)
+        wholes = [m for m, level in zip(s.masks, s.levels, strict=True) if level == 0]
+        shape_objects += sum(1 for level in make_scene(seed).levels if level == 0)
+        for i, cell in enumerate(wholes):
+            grown = cv2.dilate(cell.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+            touching += any((grown & other).any() for j, other in enumerate(wholes) if j != i)
+            areas.append(cell.sum())
+        cells += len(wholes)
+    assert cells >= 4 * shape_objects
+    assert touching / cells > 0.5
+    assert np.median(areas) < 0.02 * 256 * 256
+
+
+def test_cell_masks_are_disjoint_between_cells():
+    s = make_cell_scene(5)
+    wholes = np.stack([m for m, level in zip(s.masks, s.levels, strict=True) if level == 0])
+    assert wholes.sum(axis=0).max() == 1
+
+
+def test_domains_by_name():
+    assert set(DOMAINS) == {"shapes", "cells"}
+    image, masks = domain_scene("cells", 2, 128)
+    assert image.shape == (128, 128, 3) and np.array_equal(masks[0], make_cell_scene(2, 128).masks[0])
+    assert np.array_equal(make_domain_scene("shapes", 2).image, make_scene(2).image)
+    with pytest.raises(ValueError, match="unknown synthetic domain 'tissue'.*cells"):
+        make_domain_scene("tissue", 0)
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        make_cell_scene(-1)
