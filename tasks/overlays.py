@@ -55,9 +55,17 @@ def line_plot(
     title: str,
     panel: tuple[int, int] = (300, 180),
     columns: int = 3,
+    ranges: dict[str, tuple[float, float]] | None = None,
+    bands: dict[str, list[float | None]] | None = None,
 ) -> Image.Image:
-    """Small multiples: one panel per series, each a line over the x ``labels`` with its own y range and every
-    point's value written beside it (series of different units never share an axis)."""
+    """Small multiples: one panel per series, each a line over the x ``labels`` with its own y axis (three labelled
+    ticks) and every point's value written beside it (series of different units never share an axis).
+
+    ``ranges``: a fixed (low, high) y range per series (e.g. (0, 1) for an IoU); otherwise the axis runs from 0 (or
+    the lowest value, if negative) to a little above the highest, so a small change looks small. ``bands``: per
+    series, a +- half-width per point (e.g. the spread between training seeds), drawn as a shaded band.
+    """
+    ranges, bands = ranges or {}, bands or {}
     names = list(series)
     rows = max(1, -(-len(names) // columns))
     pw, ph = panel
@@ -66,7 +74,7 @@ def line_plot(
     draw.text((10, 8), title, fill="black")
     for k, name in enumerate(names):
         x0, y0 = (k % columns) * pw, 30 + (k // columns) * ph
-        left, top, width, height = x0 + 30, y0 + 22, pw - 50, ph - 50
+        left, top, width, height = x0 + 40, y0 + 22, pw - 60, ph - 50
         colour = tuple(int(c) for c in PALETTE[k % len(PALETTE)])
         draw.text((x0 + 10, y0 + 4), name, fill=colour)
         draw.rectangle([left, top, left + width, top + height], outline=(170, 170, 170))
@@ -79,17 +87,46 @@ def line_plot(
         if not known:
             draw.text((left + 8, top + height / 2 - 6), "no data", fill=(150, 150, 150))
             continue
-        lo, hi = min(known), max(known)
-        pad = (hi - lo) * 0.15 or (abs(hi) * 0.1 or 1.0)
-        lo, hi = lo - pad, hi + pad
-        points = [
-            (xs[i], top + height - height * (v - lo) / (hi - lo), v)
-            for i, v in enumerate(values)
-            if v is not None and np.isfinite(v)
+        half_widths = bands.get(name) or [None] * len(values)
+        lo, hi = ranges.get(name) or _axis_range(values, half_widths)
+
+        def y_of(v: float, top=top, height=height, lo=lo, hi=hi) -> float:
+            return top + height - height * (v - lo) / (hi - lo)
+
+        for tick in (lo, (lo + hi) / 2, hi):
+            y = y_of(tick)
+            draw.line([(left, y), (left + width, y)], fill=(235, 235, 235))
+            draw.text((x0 + 4, y - 6), f"{tick:.3g}", fill=(110, 110, 110))
+        band = [
+            (xs[i], v, b)
+            for i, (v, b) in enumerate(zip(values, half_widths, strict=True))
+            if v is not None and b is not None and np.isfinite(v) and np.isfinite(b)
         ]
+        if band:
+            shade = tuple(int(255 - 0.25 * (255 - c)) for c in colour)
+            upper = [(x, y_of(min(hi, v + b))) for x, v, b in band]
+            lower = [(x, y_of(max(lo, v - b))) for x, v, b in reversed(band)]
+            if len(band) == 1:
+                x, y_up, y_down = upper[0][0], upper[0][1], lower[0][1]
+                draw.rectangle([x - 6, y_up, x + 6, y_down], fill=shade)
+            else:
+                draw.polygon(upper + lower, fill=shade)
+        points = [(xs[i], y_of(v), v) for i, v in enumerate(values) if v is not None and np.isfinite(v)]
         if len(points) > 1:
             draw.line([(x, y) for x, y, _ in points], fill=colour, width=2)
         for x, y, v in points:
             draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
             draw.text((x + 5, y - 14), f"{v:.3g}", fill="black")
     return picture
+
+
+def _axis_range(values: list[float | None], half_widths: list[float | None]) -> tuple[float, float]:
+    """(low, high) of a y axis that starts at 0 (or below, for negative values) and leaves room above the highest
+    value and its band. ``values`` holds at least one finite number."""
+    pairs = [
+        (v, b or 0.0) for v, b in zip(values, half_widths, strict=True) if v is not None and np.isfinite(v)
+    ]
+    lo = min(0.0, min(v for v, _ in pairs))
+    hi = max(v + b for v, b in pairs)
+    hi = hi + 0.15 * (hi - lo) if hi > lo else lo + 1.0
+    return lo, hi

@@ -1,6 +1,7 @@
 """Overlays tint exactly the masked pixels; the plot draws one panel per series."""
 
 import numpy as np
+import pytest
 
 from tasks.overlays import line_plot, overlay, png_data_uri
 
@@ -22,3 +23,18 @@ def test_plot_has_a_panel_per_series_and_tolerates_missing_values():
     )
     assert picture.size == (900, 210)
     assert (np.asarray(picture) != 255).any()
+
+
+def test_plot_axis_starts_at_zero_so_a_small_change_looks_small_and_draws_the_band():
+    # 0.50 -> 0.54 on a 0..1 axis moves a point by a few pixels, not the whole panel height.
+    flat = np.asarray(
+        line_plot({"mIoU": [0.50, 0.54]}, ["r0", "r1"], "t", columns=1, ranges={"mIoU": (0, 1)})
+    )
+    plot_area = flat[52:]  # below the title and the series name, drawn in the same colour
+    red = np.argwhere((plot_area[..., 0] > 200) & (plot_area[..., 1] < 60) & (plot_area[..., 2] < 100))
+    assert 0 < red[:, 0].max() - red[:, 0].min() < 16
+    default = line_plot({"masks": [3.0, 4.0]}, ["r0", "r1"], "t", columns=1)
+    banded = line_plot({"masks": [3.0, 4.0]}, ["r0", "r1"], "t", columns=1, bands={"masks": [0.5, 0.5]})
+    assert (np.asarray(banded) != np.asarray(default)).any()
+    with pytest.raises(ValueError):
+        line_plot({"masks": [3.0, 4.0]}, ["r0", "r1"], "t", bands={"masks": [0.5]})
