@@ -108,6 +108,13 @@ class TrainSettings(BaseModel):
         20.0, ge=0.0, description="focal share of the mask loss (paper 20:1 with dice)"
     )
     dice_weight: float = Field(1.0, ge=0.0)
+    pixel_loss: Literal["focal", "bce"] = Field(
+        "focal",
+        description="pixel term of the mask loss: the paper's focal, or BCE (what the embedded model used)",
+    )
+    box_probability: float = Field(
+        0.5, ge=0.0, le=1.0, description="odds that a mask's first prompt is a noisy box rather than a click"
+    )
     correction_points: int = Field(
         8, ge=0, le=20, description="clicks from the error region per mask (paper: 8)"
     )
