@@ -27,7 +27,7 @@ import typer
 import typer.core
 
 import flows  # noqa: F401  (sets the Prefect defaults before anything imports prefect)
-from flows.progress import progress_bar
+from flows.progress import progress_bar, step_bar, watching
 from flows.stages import STAGES, Stage
 
 app = typer.Typer(
@@ -291,7 +291,8 @@ def round_(
             if ground_truth
             else None,
         )
-        figures = data_engine_round(params, train_backend=train_backend)
+        with step_bar() as show, watching(show):
+            figures = data_engine_round(params, train_backend=train_backend)
     except (OSError, ValueError, KeyError) as exc:
         _fail(exc)
     _print_json({k: v for k, v in figures.items() if k != "skipped_images"})
@@ -326,7 +327,8 @@ def train(
             train=TrainSettings(steps=steps),
             evaluation=EvalSettings(ground_truth=ground_truth) if ground_truth else None,
         )
-        row = retrain_flow(params, backend=backend)
+        with step_bar() as show, watching(show):
+            row = retrain_flow(params, backend=backend)
     except (OSError, ValueError, KeyError) as exc:
         _fail(exc)
     _print_json(row)
@@ -576,8 +578,8 @@ def segment(
         model = load_model(store_obj, version)
         generator = make_generator(model, AutogenSettings(points_per_side=points_per_side))
         generator.output_mode = "binary_mask"
-        with _spinner(f"segmenting {image}"):
-            records = generator.generate(pixels)
+        with progress_bar(f"segmenting {image.rsplit('/', 1)[-1]}: grid points") as report:
+            records = generator.generate(pixels, on_progress=report)
     except (OSError, ValueError, KeyError) as exc:
         _fail(exc)
     overlay(pixels, [r["segmentation"] for r in records]).save(out)

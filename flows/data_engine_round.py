@@ -15,6 +15,7 @@ from prefect import flow
 from flows.assisted_manual import assisted_manual
 from flows.fully_automatic import fully_automatic
 from flows.params import RoundParams
+from flows.progress import flow_step
 from flows.semi_automatic import semi_automatic
 from flows.steps import check_inputs, now, why_no_retrain
 from tasks.calibrate import calibrate
@@ -54,20 +55,24 @@ def data_engine_round(params: RoundParams | None = None, train_backend: str = "r
         figures["retrain_skipped"] = skip
     elif params.retrain is not None:
         version = params.new_model_version or f"r{params.round}"
-        retrain(
-            params.store,
-            params.model_version,
-            version,
-            params.round,
-            backend=train_backend,
-            **params.retrain.model_dump(),
-        )
+        with flow_step(f"retraining {version}: steps") as report:
+            retrain(
+                params.store,
+                params.model_version,
+                version,
+                params.round,
+                backend=train_backend,
+                **params.retrain.model_dump(),
+                on_progress=report,
+            )
         figures["new_model_version"] = version
     evaluated = figures.get("new_model_version", params.model_version)
     if params.calibration is not None:
-        calibrate(params.store, evaluated, params.calibration)
+        with flow_step(f"calibrating {evaluated}: images") as report:
+            calibrate(params.store, evaluated, params.calibration, on_progress=report)
     if params.evaluation is not None:
-        metrics = evaluate(params.store, evaluated, **dict(params.evaluation))
+        with flow_step(f"evaluating {evaluated}: images") as report:
+            metrics = evaluate(params.store, evaluated, **dict(params.evaluation), on_progress=report)
         figures.update({k: v for k, v in metrics.items() if k != "model_version"})
         figures["evaluated_model_version"] = evaluated
     record_round(params.store, figures, started, now())

@@ -8,7 +8,8 @@
 3. Round 1, assisted-manual; round 2, semi-automatic; round 3, fully automatic; each on new images, each
    followed by a retrain on every mask accepted so far and a held-out evaluation (flows.data_engine_round).
 4. After each round: a table of the figures so far, mask overlays, and a plot of the figures per round in
-   the output directory.
+   the output directory. While a round runs, a bar on a terminal says which round and step it is in, with
+   its count (steps, images) and the time left of the step.
 
 Everything lives under the output directory (images, store, Prefect state), so a rerun starts clean.
 """
@@ -22,6 +23,8 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from flows.progress import Watcher, step_bar, watched_step, watching
 
 ROUNDS = ((1, "assisted_manual"), (2, "semi_automatic"), (3, "fully_automatic"))
 # How the seed and every retrain train the decoder: 8 masks an image, each seen with its first prompt and one
@@ -179,21 +182,29 @@ def run_demo(out_dir: Path, config: DemoConfig | None = None, console=None) -> l
         shutil.rmtree(engine)
     engine.mkdir(parents=True)
     started = time.monotonic()
-    with console.status("writing synthetic images and their ground truth"):
-        data = make_data(engine, config)
     store_url = (engine / "store").as_uri()
-    figures = [seed_round(store_url, data, config, console)]
-    show(console, figures, started)
-    version = "seed"
-    for round, stage in ROUNDS:
-        with console.status(f"round {round}: {stage.replace('_', '-')}, then retrain and evaluate"):
-            result = run_round(store_url, data, config, round, stage, version)
-        figures.append(result)
-        version = result.get("new_model_version", version)
-        write_outputs(out_dir, store_url, figures)
+    with step_bar(console) as bar:
+        with watching(in_round(bar, 0)):
+            with watched_step("writing synthetic images and their ground truth"):
+                data = make_data(engine, config)
+            figures = [seed_round(store_url, data, config, console)]
         show(console, figures, started)
+        version = "seed"
+        for round, stage in ROUNDS:
+            with watching(in_round(bar, round)):  # the round's flow reports each of its steps
+                result = run_round(store_url, data, config, round, stage, version)
+            figures.append(result)
+            version = result.get("new_model_version", version)
+            write_outputs(out_dir, store_url, figures)
+            show(console, figures, started)
     console.print(f"[bold]demo finished in {time.monotonic() - started:.0f} s[/]; outputs in {out_dir}")
     return figures
+
+
+def in_round(bar: Watcher, round: int) -> Watcher:
+    """``bar`` with "round k of N" before each step's name: how far the whole demo is, not only the step."""
+    where = f"round {round} of {len(ROUNDS)}"
+    return lambda step, done, total: bar(f"{where} · {step}", done, total)
 
 
 def seed_round(store_url: str, data: dict, config: DemoConfig, console) -> dict:
@@ -204,11 +215,11 @@ def seed_round(store_url: str, data: dict, config: DemoConfig, console) -> dict:
     from tasks.report import record_round
     from tasks.seed import train_seed_model
 
-    with console.status("ingesting images"):
-        train = ingest.fn(store_url, [data["train_dir"]], split="train")
-        ingest.fn(store_url, [data["test_dir"]], split="test")
-        ingest.fn(store_url, [data["val_dir"]], split="val")
-        ingest.fn(store_url, [data["seed_dir"]], split="seed")
+    ingested = {}
+    for split in ("train", "test", "val", "seed"):
+        with watched_step(f"ingesting the {split} images: files") as report:
+            ingested[split] = ingest.fn(store_url, [data[f"{split}_dir"]], split=split, on_progress=report)
+    skipped = ingested["train"].skipped  # the corrupt file the demo writes among the train images
     from stores import Store
     from tasks.models import register_model
 
@@ -223,9 +234,7 @@ def seed_round(store_url: str, data: dict, config: DemoConfig, console) -> dict:
     else:
         encoder_from = None
         console.print("[yellow]no embedded weights: the seed model trains from scratch (slow, weak)[/]")
-    with console.status(
-        f"training the seed model ({config.seed_steps} steps on {config.seed_scenes} scenes)"
-    ):
+    with watched_step(f"training the seed model on {config.seed_scenes} scenes: steps") as report:
         train_seed_model.fn(
             store_url,
             "seed",
@@ -233,12 +242,13 @@ def seed_round(store_url: str, data: dict, config: DemoConfig, console) -> dict:
             split="seed",
             encoder_from=encoder_from,
             **config.seed_training(),
+            on_progress=report,
         )
     settings = config.evaluation(data["ground_truth"])
-    with console.status("calibrating the seed model's automatic masks on the validation images"):
-        calibrate.fn(store_url, "seed", config.calibration(data["ground_truth"]))
-    with console.status("evaluating the seed model on the held-out images"):
-        metrics = evaluate.fn(store_url, "seed", **dict(settings))
+    with watched_step("calibrating seed on the validation images: images") as report:
+        calibrate.fn(store_url, "seed", config.calibration(data["ground_truth"]), on_progress=report)
+    with watched_step("evaluating seed on the held-out images: images") as report:
+        metrics = evaluate.fn(store_url, "seed", **dict(settings), on_progress=report)
     figures = {
         "round": 0,
         "stage": "seed",
@@ -246,8 +256,8 @@ def seed_round(store_url: str, data: dict, config: DemoConfig, console) -> dict:
         "images": config.seed_scenes,
         "masks": 0,
         "masks_per_image": None,
-        "skipped": len(train.skipped),
-        "skipped_images": train.skipped,
+        "skipped": len(skipped),
+        "skipped_images": skipped,
         **{k: v for k, v in metrics.items() if k != "model_version"},
     }
     now = datetime.now(UTC)

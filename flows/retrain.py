@@ -9,6 +9,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.params import RetrainParams
+from flows.progress import flow_step
 
 
 @flow(name="retrain", log_prints=True)
@@ -33,16 +34,20 @@ def retrain_flow(params: RetrainParams | None = None, backend: str = "ray") -> d
         load_ground_truth(params.evaluation.ground_truth)
     check_calibrated(open_store(params.store), params.parent_version, params)
     version = params.model_version or f"{params.parent_version}-r{params.round}"
-    row = retrain(
-        params.store,
-        params.parent_version,
-        version,
-        params.round,
-        backend=backend,
-        **params.train.model_dump(),
-    )
+    with flow_step(f"retraining {version}: steps") as report:
+        row = retrain(
+            params.store,
+            params.parent_version,
+            version,
+            params.round,
+            backend=backend,
+            **params.train.model_dump(),
+            on_progress=report,
+        )
     if params.calibration is not None:
-        row["calibration"] = calibrate(params.store, version, params.calibration)
+        with flow_step(f"calibrating {version}: images") as report:
+            row["calibration"] = calibrate(params.store, version, params.calibration, on_progress=report)
     if params.evaluation is not None:
-        row["evaluation"] = evaluate(params.store, version, **dict(params.evaluation))
+        with flow_step(f"evaluating {version}: images") as report:
+            row["evaluation"] = evaluate(params.store, version, **dict(params.evaluation), on_progress=report)
     return row

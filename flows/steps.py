@@ -1,11 +1,12 @@
 """The few steps every stage flow shares: check inputs before any work, pick the images, run the shards with a
-progress artifact, and finish with the round's figures and report."""
+progress artifact per image, and finish with the round's figures and report."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
 from flows.params import StageParams
+from flows.progress import Report, flow_step
 from stores import Store
 from tasks.retrain import nothing_to_train_on, training_masks
 
@@ -80,7 +81,8 @@ def ingest_and_select(params: StageParams) -> tuple[list[str], list[dict]]:
 
     skipped: list[dict] = []
     if params.ingest:
-        result = ingest(params.store, params.ingest, split=params.images.split)
+        with flow_step("ingesting files") as report:
+            result = ingest(params.store, params.ingest, split=params.images.split, on_progress=report)
         skipped = result.skipped
     store = open_store(params.store)
     images = store.images()
@@ -107,40 +109,48 @@ def run_embed(params: StageParams, image_ids: list[str]) -> tuple[list[str], lis
     """
     from tasks.embed import embed
 
-    result = embed(params.store, params.model_version, image_ids, **params.embed.model_dump())
+    with flow_step(f"embedding images with {params.model_version}") as report:
+        result = embed(
+            params.store, params.model_version, image_ids, **params.embed.model_dump(), on_progress=report
+        )
     failed_ids = {f["image_id"] for f in result.failed}
     return sorted(set(image_ids) - failed_ids), result.failed
 
 
 def run_shards(task, params: StageParams, stage: str, image_ids: list[str], **kwargs) -> list[dict]:
     """Run ``task`` over the images shard by shard (sequentially: each shard already uses every core), with a
-    progress artifact. Returns the shard summaries."""
-    from prefect.artifacts import create_progress_artifact, update_progress_artifact
-
+    progress artifact that the task moves after each image. Returns the shard summaries."""
     from tasks.settings import EngineSettings
     from tasks.shards import plan_shards, shard_name
 
     shards = plan_shards(image_ids, params.shard_size)
-    progress = create_progress_artifact(
-        progress=0.0, description=f"round {params.round} {stage}: shards done"
-    )
+    images = sum(len(ids) for ids in shards)
     summaries = []
     device = EngineSettings.from_env().device
-    for index, ids in enumerate(shards):
-        summaries.append(
-            task(
-                params.store,
-                params.model_version,
-                ids,
-                params.round,
-                stage,
-                shard_name(index),
-                device=device,
-                **kwargs,
+    with flow_step(f"round {params.round} {stage}: images") as report:
+        done = 0
+        for index, ids in enumerate(shards):
+            summaries.append(
+                task(
+                    params.store,
+                    params.model_version,
+                    ids,
+                    params.round,
+                    stage,
+                    shard_name(index),
+                    device=device,
+                    on_progress=_after(done, images, report),
+                    **kwargs,
+                )
             )
-        )
-        update_progress_artifact(progress, 100.0 * (index + 1) / len(shards))
+            done += len(ids)
     return summaries
+
+
+def _after(before: int, total: int, report: Report) -> Report:
+    """A shard's ``on_progress(images done in the shard, its images)`` as counts of the stage's images, of which
+    ``before`` were done in the earlier shards."""
+    return lambda done, _: report(before + done, total)
 
 
 def finish_stage(

@@ -9,6 +9,7 @@ NMS runs before any run-length encoding; RLE is vectorised.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,20 @@ from sam_core import crops, mask_utils
 from sam_core.predictor import SamPredictor
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+
+
+@dataclass
+class _PointCount:
+    """Grid points decoded so far out of ``total``, told to ``on_progress(done, total)`` as they grow."""
+
+    total: int
+    on_progress: Callable[[int, int], None] | None
+    done: int = 0
+
+    def add(self, points: int) -> None:
+        self.done += points
+        if self.on_progress is not None:
+            self.on_progress(self.done, self.total)
 
 
 @dataclass
@@ -149,8 +164,13 @@ class AutomaticMaskGenerator:
     # -- public API -------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
-        """Masks for an H x W x 3 uint8 RGB image, as a list of records (see :meth:`_records`)."""
+    def generate(
+        self, image: np.ndarray, on_progress: Callable[[int, int], None] | None = None
+    ) -> list[dict[str, Any]]:
+        """Masks for an H x W x 3 uint8 RGB image, as a list of records (see :meth:`_records`).
+
+        ``on_progress(points decoded, points)`` is called after each batch of ``points_per_batch`` prompts, the
+        points of every crop's grid counted together (the decoding is most of the time of a large grid)."""
         if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"image must be an H x W x 3 numpy array, got {_describe(image)}")
         if image.dtype != np.uint8:
@@ -159,10 +179,11 @@ class AutomaticMaskGenerator:
         self.funnel = Funnel()
         boxes, layers = crops.crop_boxes(image_size, self.crop_n_layers, self.crop_overlap_ratio)
         found = _Candidates()
+        decoded = _PointCount(sum(len(self.point_grids[layer]) for layer in layers), on_progress)
         for crop_box, layer in zip(boxes, layers, strict=True):
             x0, y0, x1, y1 = crop_box
             self.predictor.set_image(image[y0:y1, x0:x1, :])
-            found.extend(self._process_crop(crop_box, layer, image_size))
+            found.extend(self._process_crop(crop_box, layer, image_size, decoded))
             self.predictor.reset_image()
         return self._finish(found, image_size, n_crops=len(boxes))
 
@@ -186,14 +207,20 @@ class AutomaticMaskGenerator:
 
     # -- one crop -------------------------------------------------------------------------------------------
 
-    def _process_crop(self, crop_box: list[int], layer: int, image_size: tuple[int, int]) -> _Candidates:
-        """Decode the layer's grid over the crop the predictor holds, filter, and NMS within the crop."""
+    def _process_crop(
+        self, crop_box: list[int], layer: int, image_size: tuple[int, int], decoded: _PointCount | None = None
+    ) -> _Candidates:
+        """Decode the layer's grid over the crop the predictor holds, filter, and NMS within the crop; each
+        batch's points are added to ``decoded``."""
         x0, y0, x1, y1 = crop_box
         crop_size = (y1 - y0, x1 - x0)
         points = self.point_grids[layer] * np.array([[crop_size[1], crop_size[0]]], dtype=np.float64)
         found = _Candidates()
         for start in range(0, len(points), self.points_per_batch):
-            self._process_batch(points[start : start + self.points_per_batch], crop_box, image_size, found)
+            batch = points[start : start + self.points_per_batch]
+            self._process_batch(batch, crop_box, image_size, found)
+            if decoded is not None:
+                decoded.add(len(batch))
         if len(found) == 0:
             return found
         keep = mask_utils.box_nms(np.stack(found.boxes), np.asarray(found.predicted_iou), self.box_nms_thresh)

@@ -634,12 +634,17 @@ def train(
     model: torch.nn.Module | None = None,
     after_backward: Callable[[torch.nn.Module], None] | None = None,
     stop_after: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> Trainer:
     """Run ``config.steps`` steps (or stop after ``stop_after``, the lr schedule still spanning config.steps);
-    save to ``out`` every ``checkpoint_every`` steps and at the end."""
+    save to ``out`` every ``checkpoint_every`` steps and at the end. ``on_progress(steps done, steps)`` is
+    called after each step, steps being those this call runs (the fewer of config.steps and ``stop_after``)."""
     trainer = Trainer(config, dataset, model, after_backward)
-    for _ in range(min(config.steps, stop_after or config.steps)):
+    steps = min(config.steps, stop_after or config.steps)
+    for _ in range(steps):
         stats = trainer.step()
+        if on_progress is not None:
+            on_progress(trainer.step_index, steps)
         if config.log_every and (trainer.step_index % config.log_every == 0 or trainer.step_index == 1):
             log.info(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in stats.items()}))
         if out and config.checkpoint_every and trainer.step_index % config.checkpoint_every == 0:

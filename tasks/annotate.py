@@ -14,6 +14,8 @@ from typing import Literal
 from prefect import task
 from pydantic import BaseModel, Field
 
+from tasks.progress import CACHE_POLICY, OnProgress
+
 
 class AnnotatorSettings(BaseModel):
     """Who annotates and, for the simulated annotator, how it behaves (see tasks.annotators)."""
@@ -117,7 +119,13 @@ def annotated_rows(annotated, image_id, *, round, stage, model_version):
     )
 
 
-@task(name="annotate", retries=1, retry_delay_seconds=2, task_run_name="annotate-r{round}-{stage}-{shard}")
+@task(
+    name="annotate",
+    retries=1,
+    retry_delay_seconds=2,
+    task_run_name="annotate-r{round}-{stage}-{shard}",
+    cache_policy=CACHE_POLICY,
+)
 def annotate(
     store_url: str,
     model_version: str,
@@ -127,8 +135,10 @@ def annotate(
     shard: str,
     annotator: AnnotatorSettings,
     device: str = "cpu",
+    on_progress: OnProgress | None = None,
 ) -> dict:
-    """Assisted-manual annotation of one shard of images; writes the shard and returns its summary."""
+    """Assisted-manual annotation of one shard of images; writes the shard and returns its summary.
+    ``on_progress(images done, images of the shard)`` is called after each image."""
     from sam_core.predictor import SamPredictor
     from stores import Store
     from tasks.ground_truth import load_ground_truth
@@ -157,4 +167,5 @@ def annotate(
         model_version=model_version,
         settings={"annotator": annotator.model_dump()},
         per_image=per_image,
+        on_progress=on_progress,
     )

@@ -12,6 +12,7 @@ from prefect import task
 from pydantic import BaseModel, Field
 
 from tasks.filter import FilterSettings, filter_records, why_none_kept
+from tasks.progress import CACHE_POLICY, OnProgress
 from tasks.runlog import run_logger
 
 
@@ -85,7 +86,13 @@ def records_to_rows(
     )
 
 
-@task(name="autogen", retries=1, retry_delay_seconds=2, task_run_name="autogen-r{round}-{stage}-{shard}")
+@task(
+    name="autogen",
+    retries=1,
+    retry_delay_seconds=2,
+    task_run_name="autogen-r{round}-{stage}-{shard}",
+    cache_policy=CACHE_POLICY,
+)
 def autogen(
     store_url: str,
     model_version: str,
@@ -96,8 +103,10 @@ def autogen(
     settings: AutogenSettings,
     filter: FilterSettings,
     device: str = "cpu",
+    on_progress: OnProgress | None = None,
 ) -> dict:
     """Generate, filter and write the automatic masks of one shard of images (see the module docstring).
+    ``on_progress(images done, images of the shard)`` is called after each image (a grid of decoder passes).
 
     Returns the shard summary {"shard", "images", "masks", "skipped", "resumed"}.
     """
@@ -137,4 +146,5 @@ def autogen(
         model_version=model_version,
         settings={"autogen": settings.model_dump(), "filter": filter.model_dump()},
         per_image=per_image,
+        on_progress=on_progress,
     )

@@ -26,6 +26,7 @@ import pandas as pd
 from prefect import task
 from pydantic import BaseModel, Field
 
+from tasks.progress import CACHE_POLICY
 from tasks.runlog import run_logger
 
 CANDIDATE_COLUMNS = (
@@ -326,7 +327,13 @@ def calibrated_settings(store, model_version: str, autogen, filter):
     return autogen, filter, point
 
 
-@task(name="calibrate", retries=1, retry_delay_seconds=2, task_run_name="calibrate-{model_version}")
+@task(
+    name="calibrate",
+    retries=1,
+    retry_delay_seconds=2,
+    task_run_name="calibrate-{model_version}",
+    cache_policy=CACHE_POLICY,
+)
 def calibrate(
     store_url: str,
     model_version: str,

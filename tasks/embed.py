@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from prefect import task
 
+from tasks.progress import CACHE_POLICY
 from tasks.runlog import run_logger
 
 
@@ -86,7 +87,7 @@ class ImageEncoderActor:
         return {"image_id": np.asarray(ids, dtype=object), "error": np.asarray(errors, dtype=object)}
 
 
-@task(name="embed", retries=1, retry_delay_seconds=5)
+@task(name="embed", retries=1, retry_delay_seconds=5, cache_policy=CACHE_POLICY)
 def embed(
     store_url: str,
     model_version: str,

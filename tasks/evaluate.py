@@ -15,6 +15,7 @@ from prefect import task
 
 from tasks.autogen import AutogenSettings
 from tasks.filter import FilterSettings
+from tasks.progress import CACHE_POLICY
 from tasks.runlog import run_logger
 
 
@@ -61,7 +62,7 @@ def _no_report(done: int, total: int) -> None:
     pass
 
 
-@task(name="evaluate", retries=1, retry_delay_seconds=2)
+@task(name="evaluate", retries=1, retry_delay_seconds=2, cache_policy=CACHE_POLICY)
 def evaluate(
     store_url: str,
     model_version: str,

@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from prefect import task
 
 from stores.fsio import url_to_fs
+from tasks.progress import CACHE_POLICY
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -149,7 +150,7 @@ def inspect_image(uri: str) -> dict:
     return {"image_id": digest, "uri": uri, "width": int(width), "height": int(height), "sha256": digest}
 
 
-@task(name="ingest", retries=2, retry_delay_seconds=2)
+@task(name="ingest", retries=2, retry_delay_seconds=2, cache_policy=CACHE_POLICY)
 def ingest(
     store_url: str,
     uris: list[str],

@@ -14,9 +14,16 @@ from prefect import task
 from tasks.annotate import AnnotatorSettings, annotated_rows, annotation_request
 from tasks.autogen import AutogenSettings, generate_records, make_generator, records_to_rows
 from tasks.filter import FilterSettings, filter_records
+from tasks.progress import CACHE_POLICY, OnProgress
 
 
-@task(name="prefill", retries=1, retry_delay_seconds=2, task_run_name="prefill-r{round}-{stage}-{shard}")
+@task(
+    name="prefill",
+    retries=1,
+    retry_delay_seconds=2,
+    task_run_name="prefill-r{round}-{stage}-{shard}",
+    cache_policy=CACHE_POLICY,
+)
 def prefill(
     store_url: str,
     model_version: str,
@@ -28,8 +35,10 @@ def prefill(
     confident: FilterSettings,
     annotator: AnnotatorSettings,
     device: str = "cpu",
+    on_progress: OnProgress | None = None,
 ) -> dict:
-    """Semi-automatic annotation of one shard of images; writes the shard and returns its summary."""
+    """Semi-automatic annotation of one shard of images; writes the shard and returns its summary.
+    ``on_progress(images done, images of the shard)`` is called after each image."""
     from sam_core.predictor import SamPredictor
     from stores import Store
     from tasks.calibrate import calibrated_settings
@@ -76,4 +85,5 @@ def prefill(
             "annotator": annotator.model_dump(),
         },
         per_image=per_image,
+        on_progress=on_progress,
     )

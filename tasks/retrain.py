@@ -17,6 +17,7 @@ import tempfile
 from prefect import task
 
 from tasks.ingest import load_image
+from tasks.progress import CACHE_POLICY, OnProgress
 from tasks.records import decode_rows
 from tasks.runlog import run_logger
 
@@ -69,7 +70,7 @@ def local_checkpoint(uri: str) -> tuple[str, str | None]:
     return path, path
 
 
-@task(name="retrain", retries=0, task_run_name="retrain-{model_version}")
+@task(name="retrain", retries=0, task_run_name="retrain-{model_version}", cache_policy=CACHE_POLICY)
 def retrain(
     store_url: str,
     parent_version: str,
@@ -92,8 +93,12 @@ def retrain(
     replay_split: str | None = None,
     replay_ground_truth: str | None = None,
     backend: str = "ray",
+    on_progress: OnProgress | None = None,
 ) -> dict:
     """Train ``model_version`` from ``parent_version`` on the store's masks; register and return its models row.
+
+    ``on_progress(steps done, steps)`` is called after each training step in this process (``backend="local"``);
+    Ray's workers report nothing back until they finish, so on Ray it is called once, at the end.
 
     ``replay_split``: also train on that split's images with their masks from the COCO file
     ``replay_ground_truth`` (the seed set the first model learnt from), so that a round's few masks, which are
@@ -149,7 +154,9 @@ def retrain(
         metadata={"model_version": model_version, "parent_version": parent_version, "data_round": round},
     )
     try:
-        checkpoint, metrics, extra = _train(config, dataset, workers, backend, parent_version, round)
+        checkpoint, metrics, extra = _train(
+            config, dataset, workers, backend, parent_version, round, on_progress
+        )
     finally:
         if temporary:
             os.remove(temporary)
@@ -179,7 +186,7 @@ def retrain(
     )
 
 
-def _train(config, dataset, workers: int, backend: str, parent_version: str, round: int):
+def _train(config, dataset, workers: int, backend: str, parent_version: str, round: int, on_progress=None):
     """(checkpoint bytes, final metrics, extra lineage) from Ray Train or an in-process run."""
     if backend == "local":
         import io
@@ -188,7 +195,7 @@ def _train(config, dataset, workers: int, backend: str, parent_version: str, rou
 
         from sam_core.train import train
 
-        trainer = train(config, dataset)
+        trainer = train(config, dataset, on_progress=on_progress)
         last = trainer.history[-1] if trainer.history else {}
         metrics = {"loss": last.get("loss"), "iou_last": last.get("iou_last"), "steps": trainer.step_index}
         buffer = io.BytesIO()
@@ -207,5 +214,7 @@ def _train(config, dataset, workers: int, backend: str, parent_version: str, rou
         parent_version=parent_version,
         data_round=round,
     )
+    if on_progress is not None:
+        on_progress(config.steps, config.steps)
     extra = {"backend": "ray", "workers": workers, "wall_seconds": result["lineage"].get("wall_seconds")}
     return result["checkpoint_bytes"], dict(result["metrics"]), extra

@@ -13,6 +13,7 @@ import io
 
 from prefect import task
 
+from tasks.progress import CACHE_POLICY, OnProgress
 from tasks.runlog import run_logger
 
 
@@ -101,7 +102,7 @@ def seed_train_config(
     )
 
 
-@task(name="train-seed-model")
+@task(name="train-seed-model", cache_policy=CACHE_POLICY)
 def train_seed_model(
     store_url: str,
     model_version: str,
@@ -114,10 +115,11 @@ def train_seed_model(
     lr: float = 1e-3,
     focal_weight: float = 1.0,
     encoder_from: str | None = "embedded",
+    on_progress: OnProgress | None = None,
 ) -> dict:
     """Train and register the seed model ``model_version`` on the store's ``split`` images with their masks from
     the COCO file ``ground_truth`` (the seed set: a public dataset's part in the real engine); returns its models
-    row."""
+    row. ``on_progress(steps done, steps)`` is called after each training step."""
     import torch
 
     from sam_core.train import train
@@ -141,7 +143,7 @@ def train_seed_model(
         metadata={"model_version": model_version, "seed_set": f"{len(dataset)} {split!r} images"},
     )
     run_logger().info("training seed model %s: %d steps on %d images", model_version, steps, len(dataset))
-    trainer = train(config, dataset, model=model)
+    trainer = train(config, dataset, model=model, on_progress=on_progress)
     last = trainer.history[-1] if trainer.history else {}
     metrics = {"loss": last.get("loss"), "iou_last": last.get("iou_last"), "steps": trainer.step_index}
     buffer = io.BytesIO()

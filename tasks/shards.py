@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 
 STATE_TABLE = "stage_shards"
 
@@ -59,9 +60,11 @@ def run_shard(
     model_version: str,
     settings: dict,
     per_image,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Run ``per_image(image_row) -> DataFrame of mask rows`` over a shard, write the rows as one atomic shard,
     and mark the shard done. A shard already done with the same fingerprint is skipped (its summary returned).
+    ``on_progress(images done, images of the shard)`` is called after each image (at once for a skipped shard).
 
     ``per_image`` may raise ValueError/KeyError/OSError for one image: the image is recorded in the summary's
     ``skipped`` list with the reason, and the shard goes on. Returns {"shard", "images", "masks", "skipped",
@@ -73,11 +76,13 @@ def run_shard(
 
     print_ = fingerprint(image_ids, model_version, settings)
     done = shard_done(store, round, stage, shard, print_)
+    report = on_progress or (lambda done, total: None)
     if done is not None:
+        report(len(image_ids), len(image_ids))
         return {**done, "resumed": True}
     images = store.images().set_index("image_id")
     frames, skipped = [], []
-    for image_id in image_ids:
+    for count, image_id in enumerate(image_ids, start=1):
         row = images.loc[image_id]
         try:
             frames.append(per_image(image_id, row))
@@ -85,6 +90,7 @@ def run_shard(
             skipped.append(
                 {"image_id": image_id, "uri": row["uri"], "reason": str(exc) or type(exc).__name__}
             )
+        report(count, len(image_ids))
     rows = [f for f in frames if len(f)]
     masks = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=MASK_COLUMNS)
     # An empty shard is written too: it replaces what an earlier run of this shard may have left.

@@ -108,3 +108,12 @@ def test_an_empty_result_says_which_filter_removed_everything_and_the_best_value
     generator.pred_iou_thresh = 0.0
     kept = generator.generate(images[0])
     assert generator.funnel.kept == len(kept) > 0  # the funnel is per call, not left over from the last one
+
+
+def test_generate_reports_the_grid_points_decoded_over_every_crop(blob_model, images):
+    calls = []
+    generator = AutomaticMaskGenerator(blob_model, points_per_side=4, points_per_batch=10, crop_n_layers=1)
+    generator.generate(images[0], on_progress=lambda done, total: calls.append((done, total)))
+    # 16 points on the whole image and 16 on each of its 4 crops, decoded 10 at a time per crop
+    assert calls[-1] == (80, 80) and {total for _, total in calls} == {80}
+    assert [done for done, _ in calls] == sorted({done for done, _ in calls}) and len(calls) == 2 + 4 * 2

@@ -4,6 +4,7 @@ import json
 
 import pytest
 from rich.console import Console
+from rich.text import Text
 
 
 @pytest.fixture(scope="module")
@@ -13,8 +14,10 @@ def quick_demo(prefect_harness, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("quick_demo")
     out = root / "demo"
-    with open(root / "console.txt", "w") as console:
-        figures = run_demo(out, DemoConfig.quick(), console=Console(file=console))
+    with open(root / "console.txt", "w") as console:  # a terminal's: the bar is drawn too
+        figures = run_demo(
+            out, DemoConfig.quick(), console=Console(file=console, force_terminal=True, width=150)
+        )
     return out, figures
 
 
@@ -47,6 +50,66 @@ def test_quick_demo_runs_every_stage_and_writes_its_figures(quick_demo):
         assert len(read_calibration(store, version)) > 0
     models = store.models().set_index("model_version")
     assert models.loc["r1", "metrics"]["replay_images"] == 4  # the seed set, replayed in every retrain
+    drawn = _plain((out.parent / "console.txt").read_text())
+    for step in (
+        "round 0 of 3 · training the seed model on 4 scenes: steps",
+        "round 1 of 3 · round 1 assisted_manual: images",
+        "round 2 of 3 · retraining r2: steps",
+        "round 3 of 3 · evaluating r3: images",
+    ):
+        assert step in drawn
+
+
+def _plain(printed: str) -> str:
+    """What a terminal showed, every frame of the bar included (each is drawn over the last after a "\\r")."""
+    return "\n".join(Text.from_ansi(frame).plain for frame in printed.split("\r"))
+
+
+def _pretend_rounds(monkeypatch):
+    """flows.demo with every step stood in for: each round reports its steps as the real ones do, in a moment."""
+    import flows.demo
+    from flows.progress import watched_step
+
+    def step(name: str, total: int) -> None:
+        with watched_step(name) as report:
+            for done in range(1, total + 1):
+                report(done, total)
+
+    def seed_round(store_url, data, config, console):
+        step("training the seed model on 4 scenes: steps", 2)
+        return {"round": 0, "stage": "seed"}
+
+    def run_round(store_url, data, config, round, stage, version):
+        step(f"round {round} {stage}: images", 2)
+        step(f"retraining r{round}: steps", 2)
+        return {"round": round, "stage": stage, "new_model_version": f"r{round}"}
+
+    monkeypatch.setattr(flows.demo, "make_data", lambda engine, config: {})
+    monkeypatch.setattr(flows.demo, "seed_round", seed_round)
+    monkeypatch.setattr(flows.demo, "run_round", run_round)
+    monkeypatch.setattr(flows.demo, "write_outputs", lambda out_dir, store_url, figures: None)
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_the_demo_shows_the_round_and_its_step_on_a_terminal_and_only_its_tables_elsewhere(
+    monkeypatch, tmp_path, terminal
+):
+    import io
+
+    from flows.demo import DemoConfig, run_demo
+
+    _pretend_rounds(monkeypatch)
+    out = io.StringIO()
+    run_demo(
+        tmp_path / "demo", DemoConfig.quick(), console=Console(file=out, force_terminal=terminal, width=150)
+    )
+    printed = _plain(out.getvalue())
+    assert printed.count("SAM data engine demo") == 4  # the table after each round
+    assert "demo finished" in printed
+    steps = ("round 0 of 3 · training the seed model", "round 2 of 3 · round 2 semi_automatic: images")
+    steps += ("round 3 of 3 · retraining r3: steps",)
+    for step in steps:
+        assert (step in printed) is terminal
 
 
 def test_retrain_spread_reruns_the_demo_chain_with_other_seeds_and_leaves_the_demo_alone(

@@ -194,3 +194,15 @@ def test_frozen_embeddings_are_shared_across_runs_only_for_the_same_encoder(smal
     for value in range(3):
         small.get("k", torch.full((3, 4, 4), float(value)), lambda v=value: torch.full((2,), float(v)))
     assert len(small._entries) == 1
+
+
+def test_training_reports_each_step_of_this_run(small_config):
+    small_config.steps = 3
+    small_config.correction_points = small_config.no_point_iterations = 0
+    dataset = [SyntheticDataset("train")[3]]
+    calls = []
+    train(small_config, dataset, on_progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(1, 3), (2, 3), (3, 3)]
+    calls.clear()
+    train(small_config, dataset, stop_after=2, on_progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(1, 2), (2, 2)]
