@@ -169,17 +169,37 @@ def finish_stage(
 
 
 def why_no_retrain(params, figures: dict) -> str | None:
-    """Why a round's retrain would have nothing to train on, or None when it has data.
+    """Why a round's retrain would have nothing (new) to train on, or None when it has.
 
     A fully automatic stage on a model that predicts no confident mask keeps nothing; on a store with no earlier
-    round the retrain would then fail after the stage's work is done, so the round skips it and says why.
+    round the retrain would then fail after the stage's work is done, so the round skips it and says why. When
+    earlier rounds left masks but none was added or edited since the parent version was trained, a retrain would
+    learn the same masks again (only its training noise would change the model): the round skips it too.
     """
     store = Store(params.store)
     sources = params.retrain.sources
-    if not training_masks(store, params.round, sources).empty:
-        return None
     kept = f"the {figures['stage']} stage kept {figures['masks']} masks in round {figures['round']}"
-    return f"{kept}, and there are {nothing_to_train_on(store, params.round, sources)}"
+    masks = training_masks(store, params.round, sources)
+    if masks.empty:
+        return f"{kept}, and there are {nothing_to_train_on(store, params.round, sources)}"
+    trained_at = parent_trained_at(store, params.model_version)
+    if trained_at is not None and masks["created_at"].max() <= trained_at:
+        return (
+            f"{kept}, and no mask of rounds <= {params.round} was added or edited since {params.model_version} "
+            f"was trained ({trained_at:%Y-%m-%d %H:%M:%S} UTC): nothing new to learn"
+        )
+    return None
+
+
+def parent_trained_at(store: Store, model_version: str):
+    """When ``model_version`` was registered (a pandas Timestamp, UTC), or None when it is not a version the
+    store trained (the embedded model, or a registered checkpoint that was not retrained here)."""
+    models = store.models()
+    row = models[models["model_version"] == model_version]
+    parent = None if row.empty else row.iloc[0]["parent_version"]
+    if not isinstance(parent, str) or not parent:
+        return None
+    return row.iloc[0]["created_at"]
 
 
 def now() -> datetime:

@@ -69,6 +69,25 @@ def test_round_runs_the_stage_then_retrains_and_evaluates(engine):
     )
     assert retrained["model_version"] == "r1-r1" and retrained["parent_version"] == "r1"
 
+    # a round whose stage adds nothing, on a parent trained after every mask there is: no retrain on old masks
+    quiet = params.model_copy(
+        update={
+            "round": 2,
+            "model_version": "r1-r1",
+            "new_model_version": "r2",
+            "filter": OPEN_FILTER.model_copy(update={"min_predicted_iou": 1.0}),
+            "evaluation": None,
+        }
+    )
+    figures = data_engine_round(quiet, train_backend="local")
+    assert figures["masks"] == 0 and "new_model_version" not in figures
+    assert figures["retrain_skipped"].startswith(
+        "the fully_automatic stage kept 0 masks in round 2, and no mask of rounds <= 2 was added or edited "
+        "since r1-r1 was trained ("
+    )
+    assert figures["retrain_skipped"].endswith("UTC): nothing new to learn")
+    assert "r2" not in set(Store(engine["store"]).models()["model_version"])
+
 
 def test_a_round_that_kept_nothing_skips_its_retrain_and_says_why(engine):
     """A fully automatic round whose filter keeps no mask, on a store with no earlier masks, used to fail in its
