@@ -80,6 +80,7 @@ MODEL = typer.Option(
 )
 STAGE_HELP = f"one of {', '.join(STAGES)}"
 Backend = Literal["ray", "local"]
+Domain = Literal["cells", "shapes"]  # sam_core.domains.DOMAINS
 
 
 def _store(url: str | None) -> str:
@@ -127,13 +128,15 @@ def demo(
     out: Path = typer.Option(Path("demo_output"), metavar="DIR", help="output directory (overwritten)"),
     quick: bool = typer.Option(False, help="tiny sizes: a smoke test of the same path (about a minute)"),
     train_backend: Backend = typer.Option("local", help="'local' (in process) or 'ray' (Ray Train)"),
-    encoder_checkpoint: str = typer.Option(
+    checkpoint: str = typer.Option(
         None,
         metavar="PATH",
-        help="tiny checkpoint whose image encoder the seed model starts from (default: the embedded model)",
+        help="the model to adapt (a SAM checkpoint; default: the embedded model as it ships)",
     ),
+    domain: Domain = typer.Option("cells", help="the generated images: microscopy-like 'cells' or 'shapes'"),
 ) -> None:
-    """Run the data engine on generated images: a seed model, then stages 1, 2 and 3 with retrains in between.
+    """Adapt a model to a new image domain with the data engine: the model as it ships, then stages 1, 2 and 3,
+    each followed by a retrain, a calibration and a held-out evaluation.
 
     Prints a table of figures after each round and writes figures.json, figures.png and mask overlays to OUT.
     """
@@ -141,7 +144,8 @@ def demo(
 
     config = DemoConfig.quick() if quick else DemoConfig()
     config.train_backend = train_backend
-    config.encoder_checkpoint = encoder_checkpoint
+    config.start_checkpoint = checkpoint
+    config.domain = domain
     try:
         run_demo(out, config)
     finally:
@@ -262,17 +266,52 @@ def round_(
     calibration_split: str = typer.Option(
         "val", metavar="SPLIT", help="labelled images (in --ground-truth) to calibrate on"
     ),
+    points_per_side: int = typer.Option(
+        32, min=1, max=128, metavar="N", help="automatic masks: an N x N grid of point prompts per image"
+    ),
+    pred_iou_thresh: float = typer.Option(
+        0.88,
+        min=0.0,
+        max=1.0,
+        metavar="T",
+        help="automatic masks: keep predicted IoU >= T (fixed thresholds)",
+    ),
+    stability_thresh: float = typer.Option(
+        0.95,
+        min=0.0,
+        max=1.0,
+        metavar="S",
+        help="automatic masks: keep stability score >= S (fixed thresholds)",
+    ),
+    match_iou: float = typer.Option(
+        0.75,
+        min=0.01,
+        max=1.0,
+        metavar="IOU",
+        help="with --target-precision / --confident-precision: the IoU at which a mask counts as right",
+    ),
 ) -> None:
     """One data-engine round: the stage, then a retrain on all accepted masks, then a held-out evaluation."""
     from flows.data_engine_round import data_engine_round
     from flows.params import EvalSettings, ImageSelection, RoundParams, TrainSettings
+    from tasks.autogen import AutogenSettings
     from tasks.calibrate import CalibrationSettings
     from tasks.filter import CONFIDENT, FilterSettings
 
     calibrated = {} if target_precision is None else {"target_precision": target_precision}
     confident = {} if confident_precision is None else {"target_precision": confident_precision}
     try:
-        stage3 = FilterSettings(**calibrated)
+        stage3 = FilterSettings(
+            min_predicted_iou=pred_iou_thresh,
+            min_stability_score=stability_thresh,
+            match_iou=match_iou,
+            **calibrated,
+        )
+        autogen = AutogenSettings(
+            points_per_side=points_per_side,
+            pred_iou_thresh=pred_iou_thresh,
+            stability_score_thresh=stability_thresh,
+        )
         params = RoundParams(
             store=_existing_store(store).url,
             round=round,
@@ -280,14 +319,21 @@ def round_(
             model_version=model_version,
             images=ImageSelection(split=split, max_images=max_images),
             annotator={"ground_truth": ground_truth},
+            autogen=autogen,
             filter=stage3,
-            confident=FilterSettings.model_validate({**CONFIDENT.model_dump(), **confident}),
+            confident=FilterSettings.model_validate(
+                {**CONFIDENT.model_dump(), "match_iou": match_iou, **confident}
+            ),
             retrain=TrainSettings(steps=retrain_steps) if retrain_steps else None,
             new_model_version=new_model_version,
-            calibration=CalibrationSettings(ground_truth=ground_truth, split=calibration_split)
+            calibration=CalibrationSettings(
+                ground_truth=ground_truth, split=calibration_split, points_per_side=points_per_side
+            )
             if (calibrated or confident) and ground_truth
             else None,
-            evaluation=EvalSettings(ground_truth=ground_truth, filter=stage3 if calibrated else None)
+            evaluation=EvalSettings(
+                ground_truth=ground_truth, filter=stage3 if calibrated else None, autogen=autogen
+            )
             if ground_truth
             else None,
         )

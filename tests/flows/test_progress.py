@@ -2,6 +2,7 @@
 
 import io
 import json
+import sys
 
 import pytest
 from rich.console import Console
@@ -320,3 +321,39 @@ def test_segment_shows_the_grid_points_decoded_on_a_terminal_only(engine, tmp_pa
     assert pipe.exit_code == 0, pipe.output
     assert pipe.stdout.endswith(f"masks -> {out}\n")
     assert pipe.stderr.startswith("no mask kept")  # why the random model kept nothing, and no bar
+
+
+def test_round_passes_its_grid_thresholds_and_match_iou_to_the_flow(engine, monkeypatch):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    seen = {}
+
+    def flow(params, **_):
+        seen["params"] = params
+        return {"round": 1}
+
+    monkeypatch.setattr("flows.data_engine_round.data_engine_round", flow)
+    args = ["round", "--stage", "fully_automatic", "--round", "1", "--store", engine["store"]]
+    args += ["--points-per-side", "8", "--pred-iou-thresh", "0.5", "--stability-thresh", "0.6"]
+    args += ["--match-iou", "0.5", "--target-precision", "0.8", "--ground-truth", engine["ground_truth"]]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    params = seen["params"]
+    assert params.autogen.points_per_side == 8 and params.calibration.points_per_side == 8
+    assert (params.autogen.pred_iou_thresh, params.autogen.stability_score_thresh) == (0.5, 0.6)
+    assert (params.filter.min_predicted_iou, params.filter.min_stability_score) == (0.5, 0.6)
+    assert params.filter.match_iou == params.confident.match_iou == 0.5
+    assert params.filter.target_precision == 0.8 and params.evaluation.autogen.points_per_side == 8
+
+
+def test_record_terminal_runs_a_command_in_a_terminal_and_keeps_each_redraw_as_a_line(load_script, tmp_path):
+    script = load_script("record_terminal")
+    code = "import sys; print(sys.stdout.isatty()); print('a 1/2', end='\\r'); print('a 2/2'); sys.exit(3)"
+    out = tmp_path / "rec"
+    assert script.main(["--out", str(out), "--", sys.executable, "-c", code]) == 3
+    lines = out.with_suffix(".txt").read_text().splitlines()
+    assert lines[1].startswith("# exit code 3,")
+    assert lines[2:] == ["True", "a 1/2", "a 2/2"]
+    assert b"a 1/2\ra 2/2" in out.with_suffix(".ansi").read_bytes()
