@@ -1,15 +1,23 @@
-"""The demo: the whole data engine on generated images, in minutes on a laptop CPU.
+"""The demo: the data engine adapts a model to a new domain, round by round, in minutes on a laptop CPU.
 
-1. Data: synthetic scenes (sam_core.synthetic) written as PNG files, their ground truth as a COCO file (for the
-   simulated annotator, for evaluation and for calibrating each version's automatic-mask thresholds on a few
-   validation images), plus one corrupt file that ingest must skip.
-2. A seed model, trained briefly on a separate seed set (tasks.seed), as SAM began from a model trained on
-   public data; then evaluated on the held-out test images (round 0).
-3. Round 1, assisted-manual; round 2, semi-automatic; round 3, fully automatic; each on new images, each
-   followed by a retrain on every mask accepted so far and a held-out evaluation (flows.data_engine_round).
+SAM's engine began from a model trained on public data and made it better at the images in front of it; teams do
+the same when they fine-tune SAM for microscopy. Here:
+
+1. Data: microscopy-like cell images (``sam_core.synthetic_cells``, a domain the embedded model never saw) written
+   as PNG files, their ground truth as a COCO file (for the simulated annotator, for evaluation and for
+   calibrating each version's automatic-mask thresholds on a few validation images), plus one corrupt file that
+   ingest must skip.
+2. Round 0: the model as it ships (the embedded model, or ``--checkpoint``), calibrated and evaluated on the
+   held-out images of the new domain. No training.
+3. Round 1, assisted-manual; round 2, semi-automatic (confident masks pre-filled); round 3, fully automatic; each
+   on new images, each followed by a retrain of the prompt encoder and mask decoder (on cached embeddings) on
+   every mask accepted so far, a calibration and a held-out evaluation (flows.data_engine_round).
 4. After each round: a table of the figures so far, mask overlays, and a plot of the figures per round in
    the output directory. While a round runs, a bar on a terminal says which round and step it is in, with
    its count (steps, images) and the time left of the step.
+
+``scripts/retrain_spread.py`` re-runs the retrains with other training seeds: the spread it measures is the noise
+a round's gain must clear, and it adds that band to the plot.
 
 Everything lives under the output directory (images, store, Prefect state), so a rerun starts clean.
 """
@@ -27,9 +35,16 @@ from pathlib import Path
 from flows.progress import Watcher, step_bar, watched_step, watching
 
 ROUNDS = ((1, "assisted_manual"), (2, "semi_automatic"), (3, "fully_automatic"))
-# How the seed and every retrain train the decoder: 8 masks an image, each seen with its first prompt and one
-# correction click (no mask-only pass), focal:dice 1:1 (20:1 stalls a fresh decoder at empty masks).
-DECODER_RECIPE = {"masks_per_image": 8, "correction_points": 1, "no_point_iterations": 0, "focal_weight": 1.0}
+# How every retrain trains the prompt encoder and mask decoder: the embedded model's own recipe (12 masks an
+# image, the first prompt then 2 correction clicks, a box a quarter of the time, BCE:dice 1:1).
+RETRAIN_RECIPE = {
+    "masks_per_image": 12,
+    "correction_points": 2,
+    "no_point_iterations": 0,
+    "focal_weight": 1.0,
+    "pixel_loss": "bce",
+    "box_probability": 0.25,
+}
 TABLE_COLUMNS = (
     ("round", "round"),
     ("stage", "stage"),
@@ -50,41 +65,36 @@ TABLE_COLUMNS = (
 class DemoConfig:
     """Sizes of the demo. The defaults fit in about 10 minutes on 2 CPU cores."""
 
+    # The new domain (sam_core.domains): "cells", or "shapes" for the embedded model's own world.
+    domain: str = "cells"
+    # The model of round 0, the one the engine adapts: a checkpoint path, registered as "pretrained"; None: the
+    # embedded model as it ships.
+    start_checkpoint: str | None = None
     images_per_round: int = 8
-    # Interactive mIoU on 20 held-out images: on 5 (about 40 masks) a retrain's change was within the noise
-    # (the same models: 0.259 -> 0.297 mIoU@1 on 20 images, 0.236 -> 0.280 on 5). Automatic masks are scored on
-    # the first amg_test_images only (a grid costs much more than a few clicks).
-    test_images: int = 20
+    # Interactive mIoU on 8 held-out images, about 400 masks (cells are many; the evaluation took 90 s a round on
+    # 20). Automatic masks are scored on the first amg_test_images only (a grid costs much more than clicks).
+    test_images: int = 8
     amg_test_images: int = 5
-    seed_scenes: int = 16
-    # The seed's fresh decoder needs about a hundred steps before its masks follow the click; each retrain then
-    # continues from the previous version on every mask accepted so far.
-    seed_steps: int = 150
-    seed_lr: float = 5e-4
-    retrain_steps: int = 80
-    # Each retrain also replays the seed set: without it, a retrain on a round's masks (the largest objects of
-    # each image, which the annotator labels first) lowered first-click mIoU on the held-out images.
-    replay_seed_set: bool = True
-    # Gentle: at 3e-4, a retrain's re-warmed lr undid some of what the seed knew (mIoU@5 on 20 held-out scenes
-    # 0.438 after round 1, 0.405 after round 2); at 1e-4 both rounds improved it (0.433, then 0.448).
-    retrain_lr: float = 1e-4
-    # A 12x12 grid (the engine's default is 32x32) keeps the demo within 10 minutes: the automatic masks of stages
-    # 2-3 and of each evaluation took about a third of its time at 16x16.
-    points_per_side: int = 12
-    eval_points_per_side: int = 12
+    # Each retrain continues from the previous version on every mask accepted so far, decoder only, on cached
+    # embeddings.
+    retrain_steps: int = 150
+    retrain_lr: float = 3e-4
+    # A 16x16 grid (the engine's default is 32x32) puts about one point on every cell (16 px apart; cells are
+    # 18-50 px across) and keeps the demo within 10 minutes.
+    points_per_side: int = 16
+    eval_points_per_side: int = 16
     # Automatic masks (stage 2's pre-fill, stage 3, the evaluations' AMG precision/recall) are kept at thresholds
     # measured for each model version on a few labelled validation images (tasks.calibrate), not at the paper's
     # 0.88 / 0.95, which no CPU-trained model reaches. A mask is right when it matches ground truth at match_iou.
     val_images: int = 4
-    calibration_points_per_side: int = 8
-    auto_precision: float = 0.5
-    confident_precision: float = 0.8
+    calibration_points_per_side: int = 16
+    auto_precision: float = 0.8
+    confident_precision: float = 0.9
     match_iou: float = 0.5
     # The table shows mIoU after 1 and 5 clicks: the evaluation stops at 5.
     eval_clicks: int = 5
     train_backend: str = "local"
     embed_backend: str = "ray"
-    encoder_checkpoint: str | None = None  # pretrained encoder for the seed (default: the embedded model's)
 
     @classmethod
     def quick(cls) -> DemoConfig:
@@ -93,8 +103,6 @@ class DemoConfig:
             images_per_round=2,
             test_images=2,
             amg_test_images=1,
-            seed_scenes=4,
-            seed_steps=2,
             retrain_steps=2,
             points_per_side=4,
             eval_points_per_side=4,
@@ -118,7 +126,7 @@ class DemoConfig:
         )
 
     def evaluation(self, ground_truth: str):
-        """The held-out evaluation after the seed and after every retrain."""
+        """The held-out evaluation of the start model and of every retrain."""
         from flows.params import EvalSettings
         from tasks.autogen import AutogenSettings
 
@@ -131,10 +139,6 @@ class DemoConfig:
             filter=self.stage3_filter(),
         )
 
-    def seed_training(self) -> dict:
-        """The seed model's training settings: keywords of tasks.seed.train_seed_model and seed_train_config."""
-        return {"steps": self.seed_steps, "lr": self.seed_lr, **DECODER_RECIPE}
-
     def calibration(self, ground_truth: str):
         from tasks.calibrate import CalibrationSettings
 
@@ -146,7 +150,7 @@ class DemoConfig:
 
 
 def make_data(root: Path, config: DemoConfig) -> dict:
-    """Write train/test scenes, a corrupt image and the ground-truth COCO file under ``root``."""
+    """Write the domain's train/test/val scenes, a corrupt image and the ground-truth COCO file under ``root``."""
     from tasks.demo_data import write_synthetic_images
 
     return write_synthetic_images(
@@ -154,7 +158,7 @@ def make_data(root: Path, config: DemoConfig) -> dict:
         train=config.images_per_round * len(ROUNDS),
         test=config.test_images,
         val=config.val_images,
-        seed=config.seed_scenes,
+        domain=config.domain,
     )
 
 
@@ -187,9 +191,9 @@ def run_demo(out_dir: Path, config: DemoConfig | None = None, console=None) -> l
         with watching(in_round(bar, 0)):
             with watched_step("writing synthetic images and their ground truth"):
                 data = make_data(engine, config)
-            figures = [seed_round(store_url, data, config, console)]
+            figures = [start_round(store_url, data, config)]
         show(console, figures, started)
-        version = "seed"
+        version = figures[0]["evaluated_model_version"]
         for round, stage in ROUNDS:
             with watching(in_round(bar, round)):  # the round's flow reports each of its steps
                 result = run_round(store_url, data, config, round, stage, version)
@@ -207,53 +211,37 @@ def in_round(bar: Watcher, round: int) -> Watcher:
     return lambda step, done, total: bar(f"{where} · {step}", done, total)
 
 
-def seed_round(store_url: str, data: dict, config: DemoConfig, console) -> dict:
-    """Ingest every image, train and evaluate the seed model: round 0 of the table."""
+def start_round(store_url: str, data: dict, config: DemoConfig) -> dict:
+    """Ingest every image, then calibrate and evaluate the model the demo starts from: round 0 of the table."""
+    from stores import Store
     from tasks.calibrate import calibrate
     from tasks.evaluate import evaluate
     from tasks.ingest import ingest
+    from tasks.models import EMBEDDED_VERSION, register_model
     from tasks.report import record_round
-    from tasks.seed import train_seed_model
 
     ingested = {}
-    for split in ("train", "test", "val", "seed"):
+    for split in ("train", "test", "val"):
         with watched_step(f"ingesting the {split} images: files") as report:
             ingested[split] = ingest.fn(store_url, [data[f"{split}_dir"]], split=split, on_progress=report)
     skipped = ingested["train"].skipped  # the corrupt file the demo writes among the train images
-    from stores import Store
-    from tasks.models import register_model
-
-    if config.encoder_checkpoint:
+    version = EMBEDDED_VERSION
+    if config.start_checkpoint:
         from sam_core.embedded import config_name, read_checkpoint
 
-        name = config_name(read_checkpoint(config.encoder_checkpoint))
-        register_model(Store(store_url), "pretrained", name, config.encoder_checkpoint)
-        encoder_from = "pretrained"
-    elif data["embedded_available"]:
-        encoder_from = "embedded"
-    else:
-        encoder_from = None
-        console.print("[yellow]no embedded weights: the seed model trains from scratch (slow, weak)[/]")
-    with watched_step(f"training the seed model on {config.seed_scenes} scenes: steps") as report:
-        train_seed_model.fn(
-            store_url,
-            "seed",
-            ground_truth=data["ground_truth"],
-            split="seed",
-            encoder_from=encoder_from,
-            **config.seed_training(),
-            on_progress=report,
-        )
-    settings = config.evaluation(data["ground_truth"])
-    with watched_step("calibrating seed on the validation images: images") as report:
-        calibrate.fn(store_url, "seed", config.calibration(data["ground_truth"]), on_progress=report)
-    with watched_step("evaluating seed on the held-out images: images") as report:
-        metrics = evaluate.fn(store_url, "seed", **dict(settings), on_progress=report)
+        version = "pretrained"
+        name = config_name(read_checkpoint(config.start_checkpoint))
+        register_model(Store(store_url), version, name, config.start_checkpoint)
+    with watched_step(f"calibrating {version} on the validation images: images") as report:
+        calibrate.fn(store_url, version, config.calibration(data["ground_truth"]), on_progress=report)
+    with watched_step(f"evaluating {version} on the held-out images: images") as report:
+        settings = config.evaluation(data["ground_truth"])
+        metrics = evaluate.fn(store_url, version, **dict(settings), on_progress=report)
     figures = {
         "round": 0,
-        "stage": "seed",
-        "evaluated_model_version": "seed",
-        "images": config.seed_scenes,
+        "stage": "start",
+        "evaluated_model_version": version,
+        "images": 0,
         "masks": 0,
         "masks_per_image": None,
         "skipped": len(skipped),
@@ -292,9 +280,7 @@ def round_params(store_url: str, data: dict, config: DemoConfig, round: int, sta
             lr=config.retrain_lr,
             cache_embeddings=True,
             seed=round,
-            **DECODER_RECIPE,
-            replay_split="seed" if config.replay_seed_set else None,
-            replay_ground_truth=data["ground_truth"] if config.replay_seed_set else None,
+            **RETRAIN_RECIPE,
         ),
         new_model_version=f"r{round}",
         calibration=config.calibration(data["ground_truth"]),
@@ -329,27 +315,27 @@ def _cell(value) -> str:
     return str(value)
 
 
+SPREAD_FILE = "spread.json"  # written by scripts/retrain_spread.py into the demo's output directory
+PLOTTED = (
+    ("masks/image", "masks_per_image"),
+    ("clicks/mask", "clicks_per_mask"),
+    ("seconds/mask", "seconds_per_mask"),
+    ("mIoU@1", "miou@1"),
+    ("mIoU@5", "miou@5"),
+    ("AMG recall", "amg_recall"),
+)
+UNIT_RANGE = {"mIoU@1", "mIoU@5", "AMG recall"}  # fractions: drawn on a 0..1 axis
+
+
 def write_outputs(out_dir: Path, store_url: str, figures: list[dict]) -> None:
     """figures.json, a plot of the figures per round, and overlays of each round's masks."""
     from stores import Store
     from tasks.ingest import load_image
-    from tasks.overlays import line_plot, overlay
+    from tasks.overlays import overlay
     from tasks.records import decode_rows
 
     (out_dir / "figures.json").write_text(json.dumps(figures, indent=2, default=str))
-    labels = [f"r{f['round']}" for f in figures]
-    series = {
-        name: [f.get(key) for f in figures]
-        for name, key in (
-            ("masks/image", "masks_per_image"),
-            ("clicks/mask", "clicks_per_mask"),
-            ("seconds/mask", "seconds_per_mask"),
-            ("mIoU@1", "miou@1"),
-            ("mIoU@5", "miou@5"),
-            ("AMG recall", "amg_recall"),
-        )
-    }
-    line_plot(series, labels, "SAM data engine: figures per round").save(out_dir / "figures.png")
+    plot_figures(out_dir, figures)
     store = Store(store_url)
     images = store.images().set_index("image_id")
     latest = figures[-1]
@@ -360,3 +346,24 @@ def write_outputs(out_dir: Path, store_url: str, figures: list[dict]) -> None:
         rows = masks[masks["image_id"] == image_id]
         picture = overlay(load_image(images.loc[image_id, "uri"]), decode_rows(rows))
         picture.save(out_dir / f"round{latest['round']}-{latest['stage']}-{i}.png")
+
+
+def plot_figures(out_dir: Path, figures: list[dict]) -> None:
+    """figures.png: one panel per figure over the rounds; mIoU panels carry the spread between training seeds as
+    a band (half of it either side of each retrain's point) when ``SPREAD_FILE`` holds it."""
+    from tasks.overlays import line_plot
+
+    spread_path = out_dir / SPREAD_FILE
+    spread = json.loads(spread_path.read_text()) if spread_path.is_file() else {}
+    labels = [f"r{f['round']}" for f in figures]
+    series = {name: [f.get(key) for f in figures] for name, key in PLOTTED}
+    bands = {
+        name: [
+            None if str(f["round"]) not in spread[key] else spread[key][str(f["round"])] / 2 for f in figures
+        ]
+        for name, key in PLOTTED
+        if key in spread
+    }
+    title = "SAM data engine: figures per round" + (" (band: spread between training seeds)" if bands else "")
+    ranges = {name: (0.0, 1.0) for name in UNIT_RANGE}
+    line_plot(series, labels, title, ranges=ranges, bands=bands).save(out_dir / "figures.png")

@@ -122,7 +122,7 @@ class TrainSettings(BaseModel):
     seed: int = Field(0, ge=0)
     replay_split: str | None = Field(
         None,
-        description="also train on this split's images (e.g. 'seed', the seed model's set) so that a round's "
+        description="also train on this split's images (a labelled set the parent learnt from) so that a round's "
         "few masks do not make the model forget it; their masks come from replay_ground_truth",
     )
     replay_ground_truth: str | None = Field(None, description="COCO JSON of the replayed split's masks")

@@ -2,13 +2,15 @@
 
 A retrain's training seed decides the order of images, masks and clicks, nothing else. This takes a finished
 demo (``make demo`` or ``sam-engine demo --out DIR``), copies its store to a scratch directory (the demo's own
-store is never written), and re-runs the demo's chain of retrains, seed -> r1 -> r2 -> r3, on the same stored
-masks and with the same settings, once per ``--chains`` offset k (each retrain's seed is its round + k; the demo
-used k = 0). Each new version is scored like the demo's (held-out interactive mIoU after 1 and
+store is never written), and re-runs the demo's chain of retrains, start model -> r1 -> r2 -> r3, on the same
+stored masks and with the same settings, once per ``--chains`` offset k (each retrain's seed is its round + k; the
+demo used k = 0). Each new version is scored like the demo's (held-out interactive mIoU after 1 and
 ``eval_clicks`` clicks, on the same test images). The demo's own figures are printed beside them, then the
-spread of each round across chains: a round-to-round change smaller than that spread is not the rounds' doing.
+spread of each round across chains (the demo's chain included) and the verdict: the last retrain's gain over
+round 0 against three times the largest spread. The spread goes to DIR/spread.json, and DIR/figures.png is
+redrawn with it as a band.
 
-    .venv/bin/python scripts/retrain_spread.py --demo /tmp/demo --chains 10 20
+    .venv/bin/python scripts/retrain_spread.py --demo demo_output --chains 10 20
 
 Pass ``--quick`` for a demo run at ``DemoConfig.quick()`` sizes (the test does).
 """
@@ -65,9 +67,16 @@ def retrain_spread(demo_dir: Path, chains: list[int], config, scratch: Path) -> 
     # pointing at the demo's image files.
     data = {"ground_truth": str(engine / "ground_truth.json")}
     versions = set(Store(store_url).models()["model_version"])
+    start = figures[0]["evaluated_model_version"]
     for chain in chains:
-        parent = "seed"
+        parent = start
+        # Where the demo skipped a retrain (its stage added no mask), the chain keeps its version too.
+        last = {**rows[0], "chain": chain}
         for round, stage in ROUNDS:
+            if "new_model_version" not in figures[round]:
+                last = {**last, "round": round, "seconds": 0.0}
+                rows.append(last)
+                continue
             started = time.monotonic()
             params = round_params(store_url, data, config, round, stage, parent)
             version = f"r{round}-chain{chain}"
@@ -88,12 +97,12 @@ def retrain_spread(demo_dir: Path, chains: list[int], config, scratch: Path) -> 
                 }
             )
             print(_row(rows[-1]), flush=True)
-            parent = version
+            parent, last = version, rows[-1]
     return rows
 
 
 def spread(rows: list[dict], key: str) -> dict[int, float]:
-    """{round: max - min of ``key`` over the chains} for the retrained rounds."""
+    """{round: max - min of ``key`` over the chains (the demo's included)} for the retrained rounds."""
     by_round: dict[int, list[float]] = {}
     for row in rows:
         if row["round"] > 0:
@@ -135,11 +144,30 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print("\nevery chain (the demo's first):")
     for row in rows:
         print(_row(row))
+    spreads = {}
     for key in ("miou@1", f"miou@{config.eval_clicks}"):
-        print(
-            f"spread of {key} per round: " + ", ".join(f"r{r} {v:.3f}" for r, v in spread(rows, key).items())
-        )
+        spreads[key] = spread(rows, key)
+        print(f"spread of {key} per round: " + ", ".join(f"r{r} {v:.3f}" for r, v in spreads[key].items()))
+        print(verdict(rows, key, spreads[key]))
+    write_spread(args.demo.resolve(), spreads)
     return rows
+
+
+def verdict(rows: list[dict], key: str, spreads: dict[int, float]) -> str:
+    """One line: the demo's last retrain against round 0 on ``key``, beside three times the largest spread."""
+    demo = {r["round"]: r[key] for r in rows if r["chain"] == "demo"}
+    last = max(demo)
+    gain, noise = demo[last] - demo[0], 3 * max(spreads.values())
+    word = "above" if gain > noise else "NOT above"
+    return f"{key}: r{last} - r0 = {gain:+.3f}, {word} 3 x the largest spread ({noise:.3f})"
+
+
+def write_spread(demo_dir: Path, spreads: dict[str, dict[int, float]]) -> None:
+    """DIR/spread.json ({figure: {round: spread}}) and DIR/figures.png redrawn with it as a band."""
+    from flows.demo import SPREAD_FILE, plot_figures
+
+    (demo_dir / SPREAD_FILE).write_text(json.dumps(spreads, indent=2))
+    plot_figures(demo_dir, json.loads((demo_dir / "figures.json").read_text()))
 
 
 if __name__ == "__main__":

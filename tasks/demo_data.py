@@ -1,8 +1,7 @@
 """Synthetic images for the demo and tests: PNG files, a COCO file of their ground truth, a corrupt file.
 
-Scenes come from sam_core.synthetic with its fixed seed splits: the engine's images are the first train seeds,
-the seed model's training set is taken far away in the train range (so no round ever sees a seed scene), and
-evaluation uses the test seeds and calibration the validation seeds.
+Scenes come from a synthetic domain (``sam_core.domains``) with its fixed seed splits: the engine's images are the
+first train seeds, evaluation uses the test seeds and calibration the validation seeds.
 """
 
 from __future__ import annotations
@@ -10,8 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from PIL import Image
-
-SEED_SET_START = 500_000  # seed-model scenes: train seeds from here on, disjoint from the engine's images
 
 
 def write_synthetic_images(
@@ -21,13 +18,12 @@ def write_synthetic_images(
     corrupt: int = 1,
     size: int = 256,
     val: int = 0,
-    seed: int = 0,
     domain: str = "shapes",
 ) -> dict:
-    """Write ``train``, ``test``, ``val`` and ``seed`` scenes (and ``corrupt`` truncated PNGs among the train
-    images) under ``root``/images/<split>, and all their ground truth in one COCO file. The validation scenes are
-    for calibrating automatic-mask thresholds (tasks.calibrate), the seed scenes for the seed model. ``domain``
-    names the synthetic world (``sam_core.domains``: "shapes", or "cells" for microscopy-like images).
+    """Write ``train``, ``test`` and ``val`` scenes of ``domain`` ("shapes", or "cells" for microscopy-like
+    images) under ``root``/images/<split>, with ``corrupt`` truncated PNGs among the train images, and all their
+    ground truth in one COCO file. The validation scenes are for calibrating automatic-mask thresholds
+    (tasks.calibrate).
 
     Returns {"<split>_dir" for each split, "ground_truth" (COCO JSON path), "embedded_available" (whether the
     shipped model's weights exist)}.
@@ -43,7 +39,6 @@ def write_synthetic_images(
         "train": split_seeds("train", train),
         "test": split_seeds("test", test),
         "val": split_seeds("val", val),
-        "seed": range(SEED_SET_START, SEED_SET_START + seed),
     }
     dirs = {split: root / "images" / split for split in seeds}
     for split, numbers in seeds.items():

@@ -1,8 +1,8 @@
 """Retrain: SAM's interactive training on every accepted mask so far, then a new model version in the registry.
 
 The training set is each training-split image with its current masks (superseded and deleted ones dropped) of
-the chosen sources from every round up to this one, plus (optionally) a replayed labelled split such as the
-seed set. Training runs on Ray Train (``tasks.ray_train.train_on_ray``,
+the chosen sources from every round up to this one, plus (optionally) a replayed labelled split that the
+parent learnt from. Training runs on Ray Train (``tasks.ray_train.train_on_ray``,
 data-parallel, one GPU per worker where the cluster has GPUs) or, with ``backend="local"``, in this process
 (``sam_core.train.train``). The checkpoint goes to ``<store>/checkpoints/<model_version>.pt`` (written
 atomically) and the models table gets the lineage: parent version, round, config, metrics.
@@ -53,6 +53,14 @@ def training_set(store, round: int, sources: list[str], split: str = "train") ->
     return out
 
 
+def labelled_split(store, split: str, ground_truth: str) -> list[tuple]:
+    """[(image HxWx3 uint8, masks list of HxW bool)] of the store's ``split`` images, with their masks from the
+    COCO file ``ground_truth`` (a replayed set). ValueError when the split has no image with ground truth."""
+    from tasks.evaluate import evaluation_set
+
+    return [(image, masks) for _, image, masks in evaluation_set(store, ground_truth, split, None)]
+
+
 def local_checkpoint(uri: str) -> tuple[str, str | None]:
     """A path other processes can read for ``uri``: memory:// checkpoints are copied to a temporary file.
 
@@ -101,8 +109,8 @@ def retrain(
     Ray's workers report nothing back until they finish, so on Ray it is called once, at the end.
 
     ``replay_split``: also train on that split's images with their masks from the COCO file
-    ``replay_ground_truth`` (the seed set the first model learnt from), so that a round's few masks, which are
-    the largest objects of each image, do not pull the model away from what it knew.
+    ``replay_ground_truth`` (a labelled set the parent learnt from), so that a round's few masks, which are the
+    largest objects of each image, do not pull the model away from what it knew.
     """
     from sam_core.train import TrainConfig
     from stores import Store
@@ -122,8 +130,6 @@ def retrain(
             raise ValueError(
                 f"replay_split={replay_split!r} needs replay_ground_truth (a COCO file of its masks)"
             )
-        from tasks.seed import labelled_split
-
         dataset = dataset + labelled_split(store, replay_split, replay_ground_truth)
     logger = run_logger()
     logger.info(

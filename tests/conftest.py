@@ -24,5 +24,5 @@ def _load_script(name: str):
 
 @pytest.fixture(scope="session")
 def load_script():
-    """``load_script("seed_curve")`` -> the module of scripts/seed_curve.py."""
+    """``load_script("retrain_spread")`` -> the module of scripts/retrain_spread.py."""
     return _load_script

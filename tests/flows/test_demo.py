@@ -1,4 +1,5 @@
-"""The demo (`make demo`) end to end at its quick size: seed, three stages with retrains, the figures it writes."""
+"""The demo (`make demo`) end to end at its quick size: the start model, three stages with retrains, the figures it
+writes."""
 
 import json
 
@@ -24,17 +25,21 @@ def quick_demo(prefect_harness, tmp_path_factory):
 def test_quick_demo_runs_every_stage_and_writes_its_figures(quick_demo):
     out, figures = quick_demo
     assert [(f["round"], f["stage"]) for f in figures] == [
-        (0, "seed"),
+        (0, "start"),
         (1, "assisted_manual"),
         (2, "semi_automatic"),
         (3, "fully_automatic"),
     ]
     assert figures[0]["skipped"] == 1  # the corrupt demo image, recorded with its reason
+    assert figures[0]["evaluated_model_version"] == "embedded"  # the model as it ships, not trained here
+    versions = ["embedded"]
     for f in figures[1:]:
-        assert (
-            f["new_model_version"] == f"r{f['round']}"
-            and f["evaluated_model_version"] == f["new_model_version"]
-        )
+        if "retrain_skipped" in f:  # the stage added no mask: the round evaluates the version it started from
+            assert f["masks"] == 0 and f["retrain_skipped"].endswith("nothing new to learn")
+            assert f["evaluated_model_version"] == versions[-1]
+        else:
+            assert f["new_model_version"] == f"r{f['round']}" == f["evaluated_model_version"]
+            versions.append(f["new_model_version"])
         assert 0.0 <= f["miou@1"] <= 1.0
     assert figures[1]["masks_per_image"] > 0  # the simulated annotator always finishes its masks
     assert json.loads((out / "figures.json").read_text())[-1]["round"] == 3
@@ -46,16 +51,20 @@ def test_quick_demo_runs_every_stage_and_writes_its_figures(quick_demo):
     assert sorted(rounds["round"].astype(int)) == [0, 1, 2, 3]
     from tasks.calibrate import read_calibration
 
-    for version in ("seed", "r1", "r2", "r3"):  # each version's automatic-mask thresholds were measured
+    assert versions[:3] == ["embedded", "r1", "r2"]  # stages 1 and 2 always add the annotator's masks
+    for version in versions:  # each version's automatic-mask thresholds were measured
         assert len(read_calibration(store, version)) > 0
     models = store.models().set_index("model_version")
-    assert models.loc["r1", "metrics"]["replay_images"] == 4  # the seed set, replayed in every retrain
+    assert [models.loc[v, "parent_version"] for v in versions[1:]] == versions[:-1]
+    assert models.loc["r2", "config"]["train"]["pixel_loss"] == "bce"  # the embedded model's own recipe
+    images = store.images()
+    assert set(images["split"]) == {"train", "test", "val"}
     drawn = _plain((out.parent / "console.txt").read_text())
     for step in (
-        "round 0 of 3 · training the seed model on 4 scenes: steps",
+        "round 0 of 3 · evaluating embedded on the held-out images: images",
         "round 1 of 3 · round 1 assisted_manual: images",
         "round 2 of 3 · retraining r2: steps",
-        "round 3 of 3 · evaluating r3: images",
+        "round 3 of 3 · evaluating r",
     ):
         assert step in drawn
 
@@ -75,9 +84,9 @@ def _pretend_rounds(monkeypatch):
             for done in range(1, total + 1):
                 report(done, total)
 
-    def seed_round(store_url, data, config, console):
-        step("training the seed model on 4 scenes: steps", 2)
-        return {"round": 0, "stage": "seed"}
+    def start_round(store_url, data, config):
+        step("evaluating embedded on the held-out images: images", 2)
+        return {"round": 0, "stage": "start", "evaluated_model_version": "embedded"}
 
     def run_round(store_url, data, config, round, stage, version):
         step(f"round {round} {stage}: images", 2)
@@ -85,7 +94,7 @@ def _pretend_rounds(monkeypatch):
         return {"round": round, "stage": stage, "new_model_version": f"r{round}"}
 
     monkeypatch.setattr(flows.demo, "make_data", lambda engine, config: {})
-    monkeypatch.setattr(flows.demo, "seed_round", seed_round)
+    monkeypatch.setattr(flows.demo, "start_round", start_round)
     monkeypatch.setattr(flows.demo, "run_round", run_round)
     monkeypatch.setattr(flows.demo, "write_outputs", lambda out_dir, store_url, figures: None)
 
@@ -106,7 +115,7 @@ def test_the_demo_shows_the_round_and_its_step_on_a_terminal_and_only_its_tables
     printed = _plain(out.getvalue())
     assert printed.count("SAM data engine demo") == 4  # the table after each round
     assert "demo finished" in printed
-    steps = ("round 0 of 3 · training the seed model", "round 2 of 3 · round 2 semi_automatic: images")
+    steps = ("round 0 of 3 · evaluating embedded", "round 2 of 3 · round 2 semi_automatic: images")
     steps += ("round 3 of 3 · retraining r3: steps",)
     for step in steps:
         assert (step in printed) is terminal
@@ -125,11 +134,21 @@ def test_retrain_spread_reruns_the_demo_chain_with_other_seeds_and_leaves_the_de
     demo_rows = [r for r in rows if r["chain"] == "demo"]
     assert [(r["round"], r["miou@1"]) for r in demo_rows] == [(f["round"], f["miou@1"]) for f in figures]
     chains = [(r["chain"], r["round"], r["model_version"]) for r in rows if r["chain"] != "demo"]
-    assert chains == [(3, n, f"r{n}-chain3") for n in (1, 2, 3)]
+    expected, version = [], "embedded"
+    for f in figures[1:]:  # a round whose retrain the demo skipped keeps its version in the chain too
+        version = f"r{f['round']}-chain3" if "new_model_version" in f else version
+        expected.append((3, f["round"], version))
+    assert chains == expected
     for r in rows:
         assert 0.0 <= r["miou@1"] <= 1.0 and 0.0 <= r["miou@5"] <= 1.0
     assert set(script.spread(rows, "miou@1")) == {1, 2, 3}
-    assert "spread of miou@1 per round" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "spread of miou@1 per round" in printed and "miou@1: r3 - r0 = " in printed
+    written = json.loads((out / "spread.json").read_text())
+    assert {key: set(per_round) for key, per_round in written.items()} == {
+        "miou@1": {"1", "2", "3"},
+        "miou@5": {"1", "2", "3"},
+    }
     assert sorted(store.models()["model_version"]) == before  # the chains trained in a scratch copy
 
 
@@ -141,3 +160,22 @@ def test_retrain_spread_refuses_what_is_not_a_finished_demo(tmp_path, capsys, lo
     with pytest.raises(SystemExit):
         script.main(["--demo", str(tmp_path), "--chains", "0"])
     assert "--chains must be >= 1" in capsys.readouterr().err
+
+
+def test_retrain_spread_verdict_weighs_the_last_gain_against_three_spreads(load_script):
+    script = load_script("retrain_spread")
+    rows = [
+        {"chain": "demo", "round": 0, "miou@1": 0.30},
+        {"chain": "demo", "round": 1, "miou@1": 0.40},
+        {"chain": "demo", "round": 2, "miou@1": 0.45},
+        {"chain": 5, "round": 1, "miou@1": 0.42},
+        {"chain": 5, "round": 2, "miou@1": 0.44},
+    ]
+    spreads = script.spread(rows, "miou@1")
+    assert spreads == pytest.approx({1: 0.02, 2: 0.01})
+    assert (
+        script.verdict(rows, "miou@1", spreads)
+        == "miou@1: r2 - r0 = +0.150, above 3 x the largest spread (0.060)"
+    )
+    wide = {1: 0.06, 2: 0.01}
+    assert "NOT above 3 x the largest spread (0.180)" in script.verdict(rows, "miou@1", wide)
