@@ -78,6 +78,16 @@ STORE = typer.Option(
 MODEL = typer.Option(
     "embedded", "--model-version", "-m", metavar="VERSION", help="model version ('latest': the newest)"
 )
+# The automatic mask generator's grid and fixed thresholds (the paper's defaults), wherever a command runs it.
+POINTS_PER_SIDE = typer.Option(
+    32, min=1, max=128, metavar="N", help="automatic masks: an N x N grid of point prompts per image"
+)
+PRED_IOU_THRESH = typer.Option(
+    0.88, min=0.0, max=1.0, metavar="T", help="automatic masks: keep predicted IoU > T (fixed thresholds)"
+)
+STABILITY_THRESH = typer.Option(
+    0.95, min=0.0, max=1.0, metavar="S", help="automatic masks: keep stability score >= S (fixed thresholds)"
+)
 STAGE_HELP = f"one of {', '.join(STAGES)}"
 Backend = Literal["ray", "local"]
 Domain = Literal["cells", "shapes"]  # sam_core.domains.DOMAINS
@@ -266,23 +276,9 @@ def round_(
     calibration_split: str = typer.Option(
         "val", metavar="SPLIT", help="labelled images (in --ground-truth) to calibrate on"
     ),
-    points_per_side: int = typer.Option(
-        32, min=1, max=128, metavar="N", help="automatic masks: an N x N grid of point prompts per image"
-    ),
-    pred_iou_thresh: float = typer.Option(
-        0.88,
-        min=0.0,
-        max=1.0,
-        metavar="T",
-        help="automatic masks: keep predicted IoU >= T (fixed thresholds)",
-    ),
-    stability_thresh: float = typer.Option(
-        0.95,
-        min=0.0,
-        max=1.0,
-        metavar="S",
-        help="automatic masks: keep stability score >= S (fixed thresholds)",
-    ),
+    points_per_side: int = POINTS_PER_SIDE,
+    pred_iou_thresh: float = PRED_IOU_THRESH,
+    stability_thresh: float = STABILITY_THRESH,
     match_iou: float = typer.Option(
         0.75,
         min=0.01,
@@ -599,7 +595,9 @@ def segment(
     image: str = typer.Argument(..., metavar="IMAGE", help="image file or URL"),
     out: Path = typer.Option(Path("segment.png"), metavar="PATH", help="overlay PNG to write"),
     model_version: str = MODEL,
-    points_per_side: int = typer.Option(32, min=1, metavar="N", help="automatic grid density"),
+    points_per_side: int = POINTS_PER_SIDE,
+    pred_iou_thresh: float = PRED_IOU_THRESH,
+    stability_thresh: float = STABILITY_THRESH,
     store: str = STORE,
 ) -> None:
     """Automatic masks of one image, drawn over it (no store writes; the embedded model by default)."""
@@ -622,7 +620,12 @@ def segment(
         pixels = load_image(image)
         version = resolve_version(store_obj, model_version) if store_obj else EMBEDDED_VERSION
         model = load_model(store_obj, version)
-        generator = make_generator(model, AutogenSettings(points_per_side=points_per_side))
+        settings = AutogenSettings(
+            points_per_side=points_per_side,
+            pred_iou_thresh=pred_iou_thresh,
+            stability_score_thresh=stability_thresh,
+        )
+        generator = make_generator(model, settings)
         generator.output_mode = "binary_mask"
         with progress_bar(f"segmenting {image.rsplit('/', 1)[-1]}: grid points") as report:
             records = generator.generate(pixels, on_progress=report)
