@@ -71,6 +71,10 @@ class DemoConfig:
     # embedded model as it ships.
     start_checkpoint: str | None = None
     images_per_round: int = 8
+    # The simulated annotator's time per image. SA-1B's stage 1 averaged about 20 masks an image at 34 s a mask,
+    # some 11 minutes; at 150 s a mask costing 55 s (10 clicks, then the brush) left 3 masks an image, the
+    # largest, too few for a retrain to learn the domain from.
+    annotator_seconds_per_image: float = 600.0
     # Interactive mIoU on 8 held-out images, about 400 masks (cells are many; the evaluation took 90 s a round on
     # 20). Automatic masks are scored on the first amg_test_images only (a grid costs much more than clicks).
     test_images: int = 8
@@ -271,7 +275,11 @@ def round_params(store_url: str, data: dict, config: DemoConfig, round: int, sta
         # The engine's default accepts a mask at IoU 0.9; the small CPU model never gets there within 10 clicks
         # (0% of validation masks for the embedded model, 18% reach 0.75), so every mask would be brushed and the
         # clicks per mask could not tell one model from the next.
-        annotator=AnnotatorSettings(ground_truth=data["ground_truth"], iou_target=0.75),
+        annotator=AnnotatorSettings(
+            ground_truth=data["ground_truth"],
+            iou_target=0.75,
+            seconds_per_image=config.annotator_seconds_per_image,
+        ),
         autogen=AutogenSettings(points_per_side=config.points_per_side),
         confident=config.confident_filter(),
         filter=config.stage3_filter(),
