@@ -48,7 +48,8 @@ def test_ingest_query_segment_and_export(engine, tmp_path):
     assert result.exit_code == 0, result.output
     assert out.exists() and out.stat().st_size > 0
     # the thresholds are the user's: none keeps every candidate that NMS leaves, the highest keeps none and says why
-    segment = ["segment", str(image), "--out", str(out), "-m", engine["model"], "--points-per-side", "4", *store]
+    segment = ["segment", str(image), "--out", str(out), "-m", engine["model"], "--points-per-side", "4"]
+    segment += store
     result = runner.invoke(app, [*segment, "--pred-iou-thresh", "0", "--stability-thresh", "0"])
     assert result.exit_code == 0 and not result.output.startswith("0 masks"), result.output
     result = runner.invoke(app, [*segment, "--pred-iou-thresh", "1"])
