@@ -227,14 +227,10 @@ def embed(
     url = store_obj.url
     try:
         version = resolve_version(store_obj, model_version)
-        if backend == "local":
-            with progress_bar(f"embedding images with {version}") as report:
-                result = embed_task.fn(
-                    url, version, batch_size=batch_size, backend="local", on_progress=report
-                )
-        else:  # Ray's actors report nothing back until they finish
-            with _spinner(f"embedding images with {version}"):
-                result = embed_task.fn(url, version, batch_size=batch_size, actors=actors, backend=backend)
+        with progress_bar(f"embedding images with {version}") as report:
+            result = embed_task.fn(
+                url, version, batch_size=batch_size, actors=actors, backend=backend, on_progress=report
+            )
     except (OSError, ValueError, KeyError) as exc:
         _fail(exc)
     typer.echo(f"embedded {len(result.embedded)}, already cached {result.skipped_existing}")
@@ -645,12 +641,6 @@ def _read(table, **filters):
         return table(**filters)
     except (OSError, ValueError) as exc:
         _fail(exc)
-
-
-def _spinner(message: str):
-    from rich.console import Console
-
-    return Console(stderr=True).status(message)
 
 
 def _print_json(data) -> None:

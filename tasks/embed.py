@@ -100,8 +100,8 @@ def embed(
 ) -> EmbedResult:
     """Encode the images (all of the store's, or ``image_ids``) that lack an embedding for ``model_version``.
 
-    ``on_progress(images encoded, images to encode)`` is called after each batch of the local backend (the CLI's
-    progress bar; Ray's actors report nothing back until they finish).
+    ``on_progress(images encoded, images to encode)`` is called after each batch, as the local encoder or Ray's
+    actor pool hands it back (the CLI's progress bar).
 
     Embeddings go under ``tasks.models.embedding_version``: a version that kept another's image encoder (a
     decoder-only retrain) finds that version's embeddings already there and encodes nothing again."""
@@ -144,7 +144,7 @@ def embed(
             if on_progress is not None:
                 on_progress(sum(len(out["image_id"]) for out in outputs), len(items))
     else:
-        outputs = _embed_on_ray(store, model_version, items, batch_size, actors, dtype)
+        outputs = _embed_on_ray(store, model_version, items, batch_size, actors, dtype, on_progress)
     uris = dict(zip(todo["image_id"], todo["uri"], strict=True))
     for out in outputs:
         for image_id, error in zip(out["image_id"], out["error"], strict=True):
@@ -155,7 +155,7 @@ def embed(
     return result
 
 
-def _embed_on_ray(store, model_version, items, batch_size, actors, dtype) -> list[dict]:
+def _embed_on_ray(store, model_version, items, batch_size, actors, dtype, on_progress=None) -> list[dict]:
     import ray
 
     from tasks.ray_cluster import cluster_gpus, ensure_ray
@@ -181,7 +181,14 @@ def _embed_on_ray(store, model_version, items, batch_size, actors, dtype) -> lis
         num_cpus=1,
         batch_format="numpy",
     )
-    return list(encoded.iter_batches(batch_size=None, batch_format="numpy"))
+    outputs, encoded_count = [], 0
+    # Ray Data streams: each batch arrives as soon as an actor has encoded it, so the count moves while they work.
+    for batch in encoded.iter_batches(batch_size=None, batch_format="numpy"):
+        outputs.append(batch)
+        encoded_count += len(batch["image_id"])
+        if on_progress is not None:
+            on_progress(encoded_count, len(items))
+    return outputs
 
 
 def _cpu_threads(cpus: int, actors: int) -> int:

@@ -37,10 +37,14 @@ def test_ray_actor_pool_and_local_give_the_same_embeddings(store_with_images, tm
     url = store_with_images
     store = Store(url)
     try:
-        on_ray = embed.fn(url, "tiny-random", backend="ray", batch_size=1)
+        counts = []
+        on_ray = embed.fn(
+            url, "tiny-random", backend="ray", batch_size=1, on_progress=lambda *done: counts.append(done)
+        )
     finally:
         shutdown_ray()
     assert len(on_ray.embedded) == 2 and not on_ray.failed
+    assert counts == [(1, 2), (2, 2)]  # one report per batch the actor pool hands back
     ids = sorted(on_ray.embedded)
     ray_arrays = [store.get_embedding(i, "tiny-random") for i in ids]
     assert ray_arrays[0].shape == (256, 32, 32)
