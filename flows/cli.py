@@ -151,7 +151,13 @@ def demo(
     Prints a table of figures after each round and writes figures.json, figures.png and mask overlays to OUT.
     """
     from flows.demo import DemoConfig, run_demo
+    from tasks.models import check_checkpoint
 
+    if checkpoint is not None:  # before minutes of work, not after
+        try:
+            check_checkpoint(checkpoint, "pretrained")
+        except OSError as exc:
+            _fail(exc)
     config = DemoConfig.quick() if quick else DemoConfig()
     config.train_backend = train_backend
     config.start_checkpoint = checkpoint

@@ -252,6 +252,16 @@ def test_model_add_refuses_bad_input_before_creating_the_store(tmp_path, args, m
     assert result.output == f"error: {message.format(**paths)}\n"
 
 
+def test_demo_from_a_checkpoint_that_is_not_there_says_so_before_it_starts(tmp_path):
+    out = tmp_path / "demo"
+    result = invoke(
+        ["demo", "--quick", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(out)], tmp_path
+    )
+    assert result.exit_code == 2
+    assert result.output == f"error: model 'pretrained': checkpoint {tmp_path / 'nope.pt'} does not exist\n"
+    assert not out.exists()
+
+
 def test_segment_of_a_file_that_is_not_an_image_says_so(engine, tmp_path):
     letter = tmp_path / "letter.png"
     letter.write_text("not a picture")
