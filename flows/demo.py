@@ -89,7 +89,7 @@ class DemoConfig:
     eval_points_per_side: int = 16
     # Automatic masks (stage 2's pre-fill, stage 3, the evaluations' AMG precision/recall) are kept at thresholds
     # measured for each model version on a few labelled validation images (tasks.calibrate), not at the paper's
-    # 0.88 / 0.95, which no CPU-trained model reaches. A mask is right when it matches ground truth at match_iou.
+    # 0.88 / 0.95, which the CPU-trained models' IoU heads rarely reach. A mask is right when it matches ground truth at match_iou.
     val_images: int = 4
     calibration_points_per_side: int = 16
     auto_precision: float = 0.8
@@ -272,9 +272,8 @@ def round_params(store_url: str, data: dict, config: DemoConfig, round: int, sta
             max_images=config.images_per_round, offset=(round - 1) * config.images_per_round
         ),
         embed={"backend": config.embed_backend},
-        # The engine's default accepts a mask at IoU 0.9; the small CPU model never gets there within 10 clicks
-        # (0% of validation masks for the embedded model, 18% reach 0.75), so every mask would be brushed and the
-        # clicks per mask could not tell one model from the next.
+        # The engine's default accepts a mask at IoU 0.9; the small CPU models rarely get there within 10 clicks,
+        # so nearly every mask would be brushed and the clicks per mask could not tell one model from the next.
         annotator=AnnotatorSettings(
             ground_truth=data["ground_truth"],
             iou_target=0.75,

@@ -20,7 +20,9 @@ from contextvars import ContextVar
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-Report = Callable[[int, int], None]
+from tasks.progress import OnProgress
+
+Report = OnProgress
 # show(step, done, total): total is None while a step has begun and its total is not known yet.
 Watcher = Callable[[str, int, int | None], None]
 

@@ -171,9 +171,8 @@ def run(
                 stats = trainer.step()
             step = trainer.step_index
             if step % recipe.log_every == 0 or step == 1:
-                per_step = _seconds_per_step(
-                    trainer
-                )  # recent steps only: a resumed run's earlier hours don't count
+                # Recent steps only: the earlier sessions of a resumed run do not count.
+                per_step = _seconds_per_step(trainer)
                 left = (recipe.steps - step) * per_step
                 log.info(
                     "step %d/%d loss %.4f grouping %.4f iou_first %.3f iou_last %.3f lr %.2e (%.1f s/step, "

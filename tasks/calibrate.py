@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 from prefect import task
 from pydantic import BaseModel, Field
 
-from tasks.progress import CACHE_POLICY
+from tasks.progress import CACHE_POLICY, OnProgress
 from tasks.runlog import run_logger
 
 CANDIDATE_COLUMNS = (
@@ -104,7 +103,7 @@ def candidate_table(
     model,
     samples: list[tuple],
     settings: CalibrationSettings,
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: OnProgress | None = None,
 ) -> pd.DataFrame:
     """Every automatic candidate of ``samples`` [(image_id, HxWx3 uint8, [HxW bool GT])], one row each
     (CANDIDATE_COLUMNS: area and image_area in pixels, box x0, y0, x1, y1 in pixels).
@@ -339,7 +338,7 @@ def calibrate(
     model_version: str,
     settings: CalibrationSettings,
     device: str = "cpu",
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: OnProgress | None = None,
 ) -> dict:
     """Score ``model_version``'s automatic candidates on the calibration split and store them.
 

@@ -25,11 +25,9 @@ def write_synthetic_images(
     ground truth in one COCO file. The validation scenes are for calibrating automatic-mask thresholds
     (tasks.calibrate).
 
-    Returns {"<split>_dir" for each split, "ground_truth" (COCO JSON path), "embedded_available" (whether the
-    shipped model's weights exist)}.
+    Returns {"<split>_dir" for each split, "ground_truth" (COCO JSON path)}.
     """
     from sam_core.domains import domain_scene
-    from sam_core.embedded import EMBEDDED_CHECKPOINT
     from sam_core.synthetic import split_seeds
     from tasks.ground_truth import write_coco
 
@@ -56,5 +54,4 @@ def write_synthetic_images(
     return {
         **{f"{split}_dir": str(path) for split, path in dirs.items()},
         "ground_truth": str(ground_truth),
-        "embedded_available": EMBEDDED_CHECKPOINT.exists(),
     }

@@ -11,13 +11,12 @@ embedding is its own atomic file, so a killed run loses at most the batch in fli
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from prefect import task
 
-from tasks.progress import CACHE_POLICY
+from tasks.progress import CACHE_POLICY, OnProgress
 from tasks.runlog import run_logger
 
 
@@ -96,7 +95,7 @@ def embed(
     actors: int = 1,
     backend: str = "ray",
     dtype: str = "float32",
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: OnProgress | None = None,
 ) -> EmbedResult:
     """Encode the images (all of the store's, or ``image_ids``) that lack an embedding for ``model_version``.
 

@@ -15,7 +15,7 @@ from prefect import task
 
 from tasks.autogen import AutogenSettings
 from tasks.filter import FilterSettings
-from tasks.progress import CACHE_POLICY
+from tasks.progress import CACHE_POLICY, OnProgress
 from tasks.runlog import run_logger
 
 
@@ -74,7 +74,7 @@ def evaluate(
     filter: FilterSettings | None = None,
     amg_max_images: int | None = None,
     device: str = "cpu",
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: OnProgress | None = None,
 ) -> dict:
     """Metrics of ``model_version``: {"miou@1", "miou@5", ..., "noc@90", "amg_precision", "amg_recall", ...}.
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import fsspec
@@ -20,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from prefect import task
 
 from stores.fsio import url_to_fs
-from tasks.progress import CACHE_POLICY
+from tasks.progress import CACHE_POLICY, OnProgress
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -155,7 +154,7 @@ def ingest(
     store_url: str,
     uris: list[str],
     split: str = "train",
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: OnProgress | None = None,
 ) -> IngestResult:
     """Register every readable image under ``uris`` (files, folders or globs) with ``split``.
 

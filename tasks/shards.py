@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+
+from tasks.progress import OnProgress
 
 STATE_TABLE = "stage_shards"
 
@@ -60,7 +61,7 @@ def run_shard(
     model_version: str,
     settings: dict,
     per_image,
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: OnProgress | None = None,
 ) -> dict:
     """Run ``per_image(image_row) -> DataFrame of mask rows`` over a shard, write the rows as one atomic shard,
     and mark the shard done. A shard already done with the same fingerprint is skipped (its summary returned).
