@@ -188,6 +188,8 @@ def run_demo(out_dir: Path, config: DemoConfig | None = None, console=None) -> l
     engine = out_dir / "engine"
     if engine.exists():
         shutil.rmtree(engine)
+    # The spread measured on an earlier demo's retrains is not this run's: its band must not reach this plot.
+    (out_dir / SPREAD_FILE).unlink(missing_ok=True)
     engine.mkdir(parents=True)
     started = time.monotonic()
     store_url = (engine / "store").as_uri()

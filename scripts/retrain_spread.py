@@ -164,9 +164,15 @@ def verdict(rows: list[dict], key: str, spreads: dict[int, float]) -> str:
 
 def write_spread(demo_dir: Path, spreads: dict[str, dict[int, float]]) -> None:
     """DIR/spread.json ({figure: {round: spread}}) and DIR/figures.png redrawn with it as a band."""
-    from flows.demo import SPREAD_FILE, plot_figures
+    import fsspec
 
-    (demo_dir / SPREAD_FILE).write_text(json.dumps(spreads, indent=2))
+    from flows.demo import SPREAD_FILE, plot_figures
+    from stores.fsio import atomic_write
+
+    # Atomic: the demo's plot reads it, and a half-written file would break the next redraw.
+    atomic_write(
+        fsspec.filesystem("file"), str(demo_dir / SPREAD_FILE), json.dumps(spreads, indent=2).encode()
+    )
     plot_figures(demo_dir, json.loads((demo_dir / "figures.json").read_text()))
 
 

@@ -109,9 +109,12 @@ def test_the_demo_shows_the_round_and_its_step_on_a_terminal_and_only_its_tables
 
     _pretend_rounds(monkeypatch)
     out = io.StringIO()
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "spread.json").write_text("{}")  # an earlier demo's, measured on other retrains
     run_demo(
         tmp_path / "demo", DemoConfig.quick(), console=Console(file=out, force_terminal=terminal, width=150)
     )
+    assert not (tmp_path / "demo" / "spread.json").exists()
     printed = _plain(out.getvalue())
     assert printed.count("SAM data engine demo") == 4  # the table after each round
     assert "demo finished" in printed
