@@ -173,8 +173,9 @@ def why_no_retrain(params, figures: dict) -> str | None:
 
     A fully automatic stage on a model that predicts no confident mask keeps nothing; on a store with no earlier
     round the retrain would then fail after the stage's work is done, so the round skips it and says why. When
-    earlier rounds left masks but none was added or edited since the parent version was trained, a retrain would
-    learn the same masks again (only its training noise would change the model): the round skips it too.
+    earlier rounds left masks but none was added, edited or deleted since the parent version was trained, a
+    retrain would learn the same masks again (only its training noise would change the model): the round skips
+    it too.
     """
     store = Store(params.store)
     sources = params.retrain.sources
@@ -183,10 +184,15 @@ def why_no_retrain(params, figures: dict) -> str | None:
     if masks.empty:
         return f"{kept}, and there are {nothing_to_train_on(store, params.round, sources)}"
     trained_at = parent_trained_at(store, params.model_version)
-    if trained_at is not None and masks["created_at"].max() <= trained_at:
+    if trained_at is None:
+        return None
+    # Every row that made the training set counts: an edit or a deletion writes a newer row (a tombstone for a
+    # deletion), which the current masks alone would not show.
+    history = training_masks(store, params.round, sources, current_only=False)
+    if history["created_at"].max() <= trained_at:
         return (
-            f"{kept}, and no mask of rounds <= {params.round} was added or edited since {params.model_version} "
-            f"was trained ({trained_at:%Y-%m-%d %H:%M:%S} UTC): nothing new to learn"
+            f"{kept}, and no mask of rounds <= {params.round} was added, edited or deleted since "
+            f"{params.model_version} was trained ({trained_at:%Y-%m-%d %H:%M:%S} UTC): nothing new to learn"
         )
     return None
 

@@ -22,10 +22,11 @@ from tasks.records import decode_rows
 from tasks.runlog import run_logger
 
 
-def training_masks(store, round: int, sources: list[str], split: str = "train"):
+def training_masks(store, round: int, sources: list[str], split: str = "train", current_only: bool = True):
     """The current masks (a frame, possibly empty) of ``sources`` from rounds <= round on the split's images:
-    what a retrain trains on, before any replayed split."""
-    masks = store.masks(source=list(sources))
+    what a retrain trains on, before any replayed split. ``current_only=False`` keeps every row that made them
+    (superseded masks and deletions' tombstones too): their history."""
+    masks = store.masks(source=list(sources), current_only=current_only)
     if len(masks):
         masks = masks[masks["round"].astype(int) <= int(round)]
     images = store.images()

@@ -82,11 +82,17 @@ def test_round_runs_the_stage_then_retrains_and_evaluates(engine):
     figures = data_engine_round(quiet, train_backend="local")
     assert figures["masks"] == 0 and "new_model_version" not in figures
     assert figures["retrain_skipped"].startswith(
-        "the fully_automatic stage kept 0 masks in round 2, and no mask of rounds <= 2 was added or edited "
-        "since r1-r1 was trained ("
+        "the fully_automatic stage kept 0 masks in round 2, and no mask of rounds <= 2 was added, edited or "
+        "deleted since r1-r1 was trained ("
     )
     assert figures["retrain_skipped"].endswith("UTC): nothing new to learn")
     assert "r2" not in set(Store(engine["store"]).models()["model_version"])
+    # a deletion after r1-r1 was trained changes its training set: then the retrain is not skipped
+    from flows.steps import why_no_retrain
+
+    deleted = store.masks(round=1)["mask_id"].iloc[0]
+    store.delete_masks([deleted], round=2, stage="fully_automatic", shard="review")
+    assert why_no_retrain(quiet, figures) is None
 
 
 def test_a_round_that_kept_nothing_skips_its_retrain_and_says_why(engine):
