@@ -344,16 +344,23 @@ def interactive_loss(
     return loss, {"iou_first": ious[0], "iou_last": ious[-1]}
 
 
-def lr_at(step: int, config: TrainConfig) -> float:
+def lr_at(step: int, config: TrainConfig, optimizer_start: int = 0) -> float:
     """Linear warmup, the peak lr held until the last ``decay_fraction`` of the remaining steps, then cosine
-    decay to lr * min_lr_ratio at the last step."""
+    decay to lr * min_lr_ratio at the last step.
+
+    ``optimizer_start`` is the step at which the optimizer began (0, or the step of weights a run went on from
+    with a fresh optimizer): the warmup counts from there, scaling the schedule's lr, because a fresh AdamW at
+    the full lr takes steps of about lr in every weight and undoes an annealed model's gains."""
     warmup = min(config.warmup_steps, max(1, config.steps // 5))
-    if step < warmup:
-        return config.lr * (step + 1) / warmup
     decay_steps = max(1, round((config.steps - warmup) * config.decay_fraction))
     progress = max(0.0, (step - (config.steps - decay_steps)) / decay_steps)
     cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+    scheduled = config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+    since_start = step - optimizer_start
+    if 0 <= since_start < warmup:
+        # From step 0 the decay never starts inside the warmup, so this is the plain linear warmup to lr.
+        return scheduled * (since_start + 1) / warmup
+    return scheduled
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -430,6 +437,7 @@ class Trainer:
         self.rng = np.random.default_rng(config.seed)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.step_index = 0
+        self.optimizer_start = 0  # the step the optimizer's state began at (see lr_at)
         self.skipped = {"empty_masks": 0, "shape_mismatch": 0, "images_without_masks": 0}
         self.embedding_cache: dict[int, torch.Tensor] = {}
         self.encoder_key: str | None = None
@@ -498,7 +506,7 @@ class Trainer:
         self.model.train()
         if self.encoder_frozen:  # a frozen encoder keeps its BatchNorm statistics (if it has any)
             self.model.image_encoder.eval()
-        lr = lr_at(self.step_index, self.config)
+        lr = lr_at(self.step_index, self.config, self.optimizer_start)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
         self.optimizer.zero_grad(set_to_none=True)
@@ -594,6 +602,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "ema": self.ema,
             "step": self.step_index,
+            "optimizer_start": self.optimizer_start,
             "seconds": self.elapsed_seconds(),
             "rng": json.dumps(rng_state),
             "generator": self.generator.get_state(),
@@ -610,6 +619,7 @@ class Trainer:
         if state.get("ema") is not None and self.ema is not None:
             self.ema = {k: v.to(self.device).clone() for k, v in state["ema"].items()}
         self.step_index = int(state["step"])
+        self.optimizer_start = int(state.get("optimizer_start", 0))
         self.seconds_before = float(state["seconds"])
         self.started = time.monotonic()
         self.rng.bit_generator.state = json.loads(state["rng"])

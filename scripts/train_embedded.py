@@ -136,6 +136,7 @@ def run(
         if trainer.ema is not None:
             trainer.ema = {k: v.to(device).clone() for k, v in installed["model"].items() if k in trainer.ema}
         trainer.step_index = int(installed["metadata"].get("steps", 0))
+        trainer.optimizer_start = trainer.step_index  # a fresh optimizer warms up again (lr_at)
         trainer.seconds_before = float(installed["metadata"].get("wall_seconds", 0.0))
         # The run goes on where the installed one left off, so its curve (against CPU hours) and its recipe
         # changes go on too: the next best.pt, and the model card made from it, carry the whole history.

@@ -142,6 +142,24 @@ def test_lr_holds_its_peak_until_the_decay_fraction_then_anneals():
     assert lr_at(90, config) < 1e-3 and abs(lr_at(100, config) - 1e-4) < 1e-9
 
 
+def test_a_fresh_optimizer_on_trained_weights_warms_up_again_within_the_schedule():
+    config = TrainConfig(steps=100, lr=1e-3, warmup_steps=10, decay_fraction=0.25, min_lr_ratio=0.1)
+    # Started at step 50 (stable phase): a warmup to the peak, then the schedule as from step 0.
+    assert lr_at(50, config, optimizer_start=50) == 1e-4
+    assert lr_at(50, config, optimizer_start=50) < lr_at(55, config, optimizer_start=50) < 1e-3
+    assert lr_at(59, config, optimizer_start=50) == lr_at(70, config, optimizer_start=50) == 1e-3
+    # Started inside the decay: the warmup scales the decaying lr, it never climbs back to the peak.
+    assert lr_at(85, config, optimizer_start=85) == lr_at(85, config) / 10
+    assert lr_at(94, config, optimizer_start=85) == lr_at(94, config) < 1e-3
+    # The start step travels with the run's state.
+    data = [SyntheticDataset("train")[0]]
+    trainer = Trainer(_conv_config(), data)
+    trainer.optimizer_start = 2
+    other = Trainer(_conv_config(), data)
+    other.restore(trainer.state())
+    assert other.optimizer_start == 2
+
+
 def test_grouping_loss_is_zero_for_features_that_group_instances_and_trains_the_encoder():
     from sam_core.train import grouping_loss
 
