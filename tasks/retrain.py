@@ -106,8 +106,8 @@ def retrain(
 ) -> dict:
     """Train ``model_version`` from ``parent_version`` on the store's masks; register and return its models row.
 
-    ``on_progress(steps done, steps)`` is called after each training step in this process (``backend="local"``);
-    Ray's workers report nothing back until they finish, so on Ray it is called once, at the end.
+    ``on_progress(steps done, steps)`` is called after each training step in this process (``backend="local"``),
+    or on Ray as rank 0's steps finish (polled from the workers, see tasks.ray_train.train_on_ray).
 
     ``replay_split``: also train on that split's images with their masks from the COCO file
     ``replay_ground_truth`` (a labelled set the parent learnt from), so that a round's few masks, which are the
@@ -220,8 +220,7 @@ def _train(config, dataset, workers: int, backend: str, parent_version: str, rou
         use_gpu=gpus >= workers,
         parent_version=parent_version,
         data_round=round,
+        on_progress=on_progress,
     )
-    if on_progress is not None:
-        on_progress(config.steps, config.steps)
     extra = {"backend": "ray", "workers": workers, "wall_seconds": result["lineage"].get("wall_seconds")}
     return result["checkpoint_bytes"], dict(result["metrics"]), extra

@@ -21,6 +21,7 @@ def test_two_worker_ray_train_run_on_cpu_writes_a_checkpoint_with_lineage(tmp_pa
         config = TrainConfig(
             steps=2, masks_per_image=1, correction_points=1, no_point_iterations=0, log_every=0
         )
+        progress = []
         result = train_on_ray(
             config,
             SyntheticDataset("train", count=20),
@@ -28,12 +29,16 @@ def test_two_worker_ray_train_run_on_cpu_writes_a_checkpoint_with_lineage(tmp_pa
             storage_path=str(tmp_path / "runs"),
             parent_version="v0",
             data_round=3,
+            on_progress=lambda step, total: progress.append((step, total)),
         )
     finally:
         ray.shutdown()
         shutil.rmtree(ray_dir, ignore_errors=True)
     ckpt = read_checkpoint(result["checkpoint_bytes"])
     assert ckpt["metadata"]["steps"] == 2
+    # The steps come back from the workers (the last call reads what rank 0 reported), in order.
+    assert progress and progress[-1] == (2, 2)
+    assert [step for step, _ in progress] == sorted(step for step, _ in progress)
     assert ckpt["config"]["metadata"]["parent_version"] == "v0"
     lineage = result["lineage"]
     assert lineage["parent_version"] == "v0" and lineage["data_round"] == 3 and lineage["num_workers"] == 2
