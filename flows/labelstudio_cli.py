@@ -5,6 +5,8 @@
     sam-engine labelstudio status                                   is it running and healthy
     sam-engine labelstudio backend --store URL [--port 9090]        serve /health, /setup, /predict with the
                                                                     embedded model (or -m VERSION, --checkpoint)
+    sam-engine labelstudio push --round N [--stage STAGE]           a round's images to the project
+    sam-engine labelstudio sync                                     what people did, into the store
 
 The API token is written to `<home>/credentials.json` (mode 0600) and printed only with `up --show-token`.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Literal
 
 import typer
 
@@ -26,7 +29,9 @@ app = typer.Typer(help="Label Studio: a local server for people to label, and th
 @app.command()
 def up(
     port: int = typer.Option(8080, help="port on 127.0.0.1 (refused if taken)"),
-    home: str = typer.Option(None, help="state folder (default .engine/labelstudio or SAM_ENGINE_LS_HOME)"),
+    home: str = typer.Option(
+        None, help="state folder (default SAM_ENGINE_LS_HOME, else $SAM_ENGINE_HOME/labelstudio)"
+    ),
     document_root: str = typer.Option(None, help="folder local image files are served from"),
     show_token: bool = typer.Option(False, help="also print the API token"),
 ) -> None:
@@ -110,6 +115,121 @@ def backend(
         pass
     finally:
         server.server_close()
+
+
+LabelStage = Literal["assisted_manual", "semi_automatic"]
+PROJECT = typer.Option("sam-engine", metavar="TITLE", help="the Label Studio project's title")
+LS_URL = typer.Option(
+    None,
+    "--labelstudio-url",
+    metavar="URL",
+    help="Label Studio's URL, its token in SAM_ENGINE_LS_TOKEN (default SAM_ENGINE_LS_URL, else the local "
+    "server `up` started)",
+)
+
+
+@app.command()
+def push(
+    round: int = typer.Option(..., "--round", "-r", min=0, metavar="N", help="the round the masks belong to"),
+    stage: LabelStage = typer.Option(
+        "assisted_manual",
+        metavar="STAGE",
+        help="assisted_manual (people click, SAM answers) or semi_automatic (the model's confident masks are "
+        "the prediction people start from)",
+    ),
+    store: str = typer.Option(None, metavar="URI", help="store URL (default SAM_ENGINE_STORE)"),
+    project: str = PROJECT,
+    model_version: str = typer.Option(
+        "embedded", "--model-version", "-m", metavar="VERSION", help="the model whose masks are predicted"
+    ),
+    split: str = typer.Option("train", metavar="SPLIT", help="the images to push"),
+    max_images: int = typer.Option(None, min=1, metavar="N", help="at most this many images of the split"),
+    labelstudio_url: str = LS_URL,
+    document_root: str = typer.Option(
+        None,
+        metavar="DIR",
+        help="the folder Label Studio serves image files from (default: the local server's)",
+    ),
+    ml_backend_url: str = typer.Option(
+        None,
+        metavar="URL",
+        help="connect this SAM ML backend to the project (token in SAM_ENGINE_BACKEND_TOKEN; default "
+        "SAM_ENGINE_BACKEND_URL)",
+    ),
+    confident_precision: float = typer.Option(
+        None,
+        min=0.0,
+        max=1.0,
+        metavar="P",
+        help="semi_automatic: predict the masks at this calibrated precision (sam-engine calibrate) instead of "
+        "the paper's fixed thresholds",
+    ),
+) -> None:
+    """A round's images to a Label Studio project, one task each (a rerun adds none twice); prints the summary."""
+    from flows.labelstudio import labelstudio_push
+    from flows.params import ImageSelection, LabelStudioPushParams
+    from flows.progress import step_bar, watching
+    from tasks.filter import CONFIDENT, FilterSettings
+    from tasks.labelstudio.server import connect
+
+    store_url = store or EngineSettings.from_env().store_url
+    confident = {} if confident_precision is None else {"target_precision": confident_precision}
+    try:
+        params = LabelStudioPushParams(
+            store=store_url,
+            round=round,
+            stage=stage,
+            model_version=model_version,
+            images=ImageSelection(split=split, max_images=max_images),
+            project=project,
+            labelstudio_url=labelstudio_url,
+            document_root=document_root,
+            ml_backend_url=ml_backend_url,
+            confident=FilterSettings.model_validate({**CONFIDENT.model_dump(), **confident}),
+        )
+        connect(labelstudio_url).close()  # say what is missing before Prefect starts
+        with step_bar() as show, watching(show):
+            summary = labelstudio_push(params)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@app.command()
+def sync(
+    store: str = typer.Option(None, metavar="URI", help="store URL (default SAM_ENGINE_STORE)"),
+    project: str = PROJECT,
+    labelstudio_url: str = LS_URL,
+    round: int = typer.Option(1, "--round", "-r", min=0, metavar="N", help="for tasks made by hand only"),
+    stage: LabelStage = typer.Option("assisted_manual", metavar="STAGE", help="for tasks made by hand only"),
+    retrain_threshold: int = typer.Option(
+        20,
+        min=1,
+        metavar="N",
+        help="masks changed since the newest model was trained that make a retrain due",
+    ),
+    retries: int = typer.Option(2, min=0, max=10, metavar="N", help="reruns when Label Studio fails"),
+) -> None:
+    """Pull what people added, edited and deleted since the last sync into the store; prints the summary."""
+    from flows.labelstudio import labelstudio_sync
+    from flows.params import LabelStudioSyncParams
+    from tasks.labelstudio.server import connect
+
+    try:
+        params = LabelStudioSyncParams(
+            store=store or EngineSettings.from_env().store_url,
+            project=project,
+            labelstudio_url=labelstudio_url,
+            round=round,
+            stage=stage,
+            retrain_threshold=retrain_threshold,
+            retries=retries,
+        )
+        connect(labelstudio_url).close()
+        summary = labelstudio_sync(params)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(summary, indent=2, default=str))
 
 
 def _fail(message: str) -> None:

@@ -205,3 +205,56 @@ class RoundParams(StageParams):
         }[self.stage]
         fields = set(kind.model_fields)
         return kind(**{k: v for k, v in self if k in fields})
+
+
+class LabelStudioPushParams(StageParams):
+    """A round's images to a Label Studio project, for people to label with SAM answering their clicks."""
+
+    stage: Literal["assisted_manual", "semi_automatic"] = Field(
+        "assisted_manual",
+        description="assisted_manual: the images alone, people click; semi_automatic: the model's confident "
+        "masks ride along as the prediction people start from",
+    )
+    project: str = Field("sam-engine", min_length=1, description="the project's title (made when missing)")
+    labels: list[str] = Field(default_factory=lambda: ["object"], min_length=1, description="brush labels")
+    labelstudio_url: str | None = Field(
+        None,
+        description="Label Studio's URL (token in SAM_ENGINE_LS_TOKEN); None: SAM_ENGINE_LS_URL, else the local "
+        "server of `sam-engine labelstudio up`",
+    )
+    document_root: str | None = Field(
+        None,
+        description="the folder Label Studio serves local image files from (images must lie under it); None: "
+        "the local server's",
+    )
+    ml_backend_url: str | None = Field(
+        None,
+        description="the SAM ML backend (`sam-engine labelstudio backend`) to connect to the project, its token "
+        "in SAM_ENGINE_BACKEND_TOKEN; None: SAM_ENGINE_BACKEND_URL, else none is connected",
+    )
+    autogen: AutogenSettings = Field(default_factory=AutogenSettings, description="semi_automatic only")
+    confident: FilterSettings = Field(
+        default_factory=lambda: CONFIDENT.model_copy(), description="semi_automatic only"
+    )
+
+
+class LabelStudioSyncParams(BaseModel):
+    """Pull what people did in a Label Studio project into the store's masks table."""
+
+    store: str = Field(default_factory=_default_store, description="store root URL")
+    project: str = Field("sam-engine", min_length=1, description="the project's title")
+    labelstudio_url: str | None = Field(
+        None, description="as for labelstudio-push: None is SAM_ENGINE_LS_URL, else the local server"
+    )
+    round: int = Field(
+        1, ge=0, description="for tasks made by hand (a pushed task names its round and stage in its data)"
+    )
+    stage: Literal["assisted_manual", "semi_automatic"] = Field("assisted_manual", description="as for round")
+    retrain_threshold: int | None = Field(
+        20,
+        ge=1,
+        description="masks added, edited or deleted since the newest model was trained at which the synced "
+        "event marks a retrain due (prefect.yaml's retrain trigger fires on it); None: never",
+    )
+    retries: int = Field(2, ge=0, le=10, description="reruns of a sync that failed (Label Studio down, 5xx)")
+    retry_delay_seconds: float = Field(10.0, ge=0.0, le=3600.0)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from flows.params import StageParams
 from flows.progress import Report, flow_step
 from stores import Store
-from tasks.retrain import nothing_to_train_on, training_masks
+from tasks.retrain import nothing_to_train_on, parent_trained_at, training_masks
 
 
 def open_store(url: str, must_exist: bool = True):
@@ -195,17 +195,6 @@ def why_no_retrain(params, figures: dict) -> str | None:
             f"{params.model_version} was trained ({trained_at:%Y-%m-%d %H:%M:%S} UTC): nothing new to learn"
         )
     return None
-
-
-def parent_trained_at(store: Store, model_version: str):
-    """When ``model_version`` was registered (a pandas Timestamp, UTC), or None when it is not a version the
-    store trained (the embedded model, or a registered checkpoint that was not retrained here)."""
-    models = store.models()
-    row = models[models["model_version"] == model_version]
-    parent = None if row.empty else row.iloc[0]["parent_version"]
-    if not isinstance(parent, str) or not parent:
-        return None
-    return row.iloc[0]["created_at"]
 
 
 def now() -> datetime:

@@ -34,6 +34,33 @@ def training_masks(store, round: int, sources: list[str], split: str = "train", 
     return masks[masks["image_id"].isin(ids)]
 
 
+def parent_trained_at(store, model_version: str):
+    """When ``model_version`` was registered (a pandas Timestamp, UTC), or None when it is not a version the
+    store trained (the embedded model, or a registered checkpoint that was not retrained here)."""
+    models = store.models()
+    row = models[models["model_version"] == model_version]
+    parent = None if row.empty else row.iloc[0]["parent_version"]
+    if not isinstance(parent, str) or not parent:
+        return None
+    return row.iloc[0]["created_at"]
+
+
+def changes_since_trained(
+    store, model_version: str = "latest", sources: tuple[str, ...] = ("human", "model", "auto")
+) -> tuple[int, int | None]:
+    """(mask rows of ``sources`` written since ``model_version`` was trained: added, edited and deleted ones, all
+    of them when it was not trained here; the highest round holding masks of ``sources``, None when none does).
+    What a sync weighs a retrain by."""
+    from tasks.models import resolve_version
+
+    history = store.masks(source=list(sources), current_only=False)
+    if history.empty:
+        return 0, None
+    trained_at = parent_trained_at(store, resolve_version(store, model_version))
+    since = history if trained_at is None else history[history["created_at"] > trained_at]
+    return len(since), int(history["round"].astype(int).max())
+
+
 def nothing_to_train_on(store, round: int, sources: list[str], split: str = "train") -> str:
     """Why a retrain has no data: the words of training_set's error and of a round's skipped retrain."""
     return f"no {split!r} masks of sources {list(sources)} in rounds <= {round} in store {store.url}: nothing to train on"

@@ -118,6 +118,15 @@ def ensure_project(client: LabelStudioClient, title: str, labels: Iterable[str] 
     return int(client.create_project(title, label_config(labels))["id"])
 
 
+def ensure_ml_backend(client: LabelStudioClient, project_id: int, url: str, token: str | None = None) -> int:
+    """The id of the project's ML backend at ``url``, connected when missing (Label Studio calls its /health and
+    /setup then, so the backend must be up). Idempotent."""
+    for backend in client.get("/api/ml", project=int(project_id)) or []:
+        if str(backend.get("url", "")).rstrip("/") == url.rstrip("/"):
+            return int(backend["id"])
+    return int(client.add_ml_backend(project_id, url, token=token)["id"])
+
+
 def ensure_local_storage(client: LabelStudioClient, project_id: int, folder: str | Path) -> None:
     """Give the project a local-files storage over folder (no import), which Label Studio requires before it
     serves `/data/local-files/?d=...` files from there. Idempotent."""
@@ -149,8 +158,10 @@ def add_tasks(
     model_version: str | None = None,
     document_root: str | Path | None = None,
     label: str = DEFAULT_LABELS[0],
+    data: dict | None = None,
 ) -> dict[str, int]:
-    """Import one task per image (rows with image_id, uri) with the image's masks as a prediction.
+    """Import one task per image (rows with image_id, uri) with the image's masks as a prediction; ``data`` goes
+    into every new task's data too (the round and stage its masks belong to).
 
     Images already in the project are skipped, so a rerun adds nothing. Returns image_id -> task id for every
     image passed in.
@@ -171,7 +182,7 @@ def add_tasks(
             folders.add(
                 Path(urlparse(row.uri).path if row.uri.startswith("file:") else row.uri).resolve().parent
             )
-        task: dict = {"data": {IMAGE_NAME: url, "image_id": str(row.image_id)}}
+        task: dict = {"data": {**(data or {}), IMAGE_NAME: url, "image_id": str(row.image_id)}}
         image_masks = by_image.get(str(row.image_id))
         if image_masks is not None and len(image_masks):
             version = model_version or str(image_masks["model_version"].iloc[0])

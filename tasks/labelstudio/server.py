@@ -1,12 +1,12 @@
 """Install, start, stop and inspect a local Label Studio server.
 
 Label Studio 1.23.2 pins versions the engine cannot share (pyarrow < 25, Django 5.2, ...), so it lives in its own
-virtual environment (`<repo>/.venv-labelstudio`, or env SAM_ENGINE_LS_VENV). `up` creates that venv when it is
-missing, then starts Label Studio non-interactively, bound to 127.0.0.1, with a known user and a 40-hex legacy API
-token, and local file serving under a document root (where the store's images live). State lives in a home folder
-(default `<repo>/.engine/labelstudio`, or env SAM_ENGINE_LS_HOME): the data dir, `server.json` (pid, port, url) and
-`credentials.json` (user, password, token; mode 0600). A remote Label Studio needs none of this: pass its URL and
-token to the client (env SAM_ENGINE_LS_URL / SAM_ENGINE_LS_TOKEN).
+virtual environment (`$SAM_ENGINE_HOME/labelstudio-venv`, or env SAM_ENGINE_LS_VENV). `up` creates that venv when
+it is missing, then starts Label Studio non-interactively, bound to 127.0.0.1, with a known user and a 40-hex legacy
+API token, and local file serving under a document root (where the store's images live). State lives in a home
+folder (`$SAM_ENGINE_HOME/labelstudio`, or env SAM_ENGINE_LS_HOME): the data dir, `server.json` (pid, port, url) and
+`credentials.json` (user, password, token; mode 0600). A remote Label Studio needs none of this: `connect` takes its
+URL and token from env SAM_ENGINE_LS_URL / SAM_ENGINE_LS_TOKEN.
 """
 
 from __future__ import annotations
@@ -24,6 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from tasks.settings import engine_home
+
+from .client import LabelStudioClient
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +59,42 @@ class ServerInfo:
 
 
 def venv_dir() -> Path:
-    """The Label Studio virtual environment (env SAM_ENGINE_LS_VENV, else `<repo>/.venv-labelstudio`)."""
-    return Path(os.environ.get("SAM_ENGINE_LS_VENV") or REPO_ROOT / ".venv-labelstudio")
+    """The Label Studio virtual environment (env SAM_ENGINE_LS_VENV, else `$SAM_ENGINE_HOME/labelstudio-venv`)."""
+    return Path(os.environ.get("SAM_ENGINE_LS_VENV") or engine_home() / "labelstudio-venv")
 
 
 def home_dir(home: str | os.PathLike | None = None) -> Path:
-    """The folder holding the data dir, pid/port file and credentials."""
-    return Path(home or os.environ.get("SAM_ENGINE_LS_HOME") or REPO_ROOT / ".engine" / "labelstudio")
+    """The folder holding the data dir, pid/port file and credentials (env SAM_ENGINE_LS_HOME, else
+    `$SAM_ENGINE_HOME/labelstudio`)."""
+    return Path(home or os.environ.get("SAM_ENGINE_LS_HOME") or engine_home() / "labelstudio")
+
+
+def connect(
+    url: str | None = None, home: str | os.PathLike | None = None, **client_options
+) -> LabelStudioClient:
+    """A client for the Label Studio to work with: ``url`` (or env SAM_ENGINE_LS_URL) with the token in env
+    SAM_ENGINE_LS_TOKEN; with neither URL, the local server `up` started from ``home``, with its credentials.
+    Never takes a token as an argument: tokens stay out of flow parameters and command lines."""
+    url = url or os.environ.get("SAM_ENGINE_LS_URL")
+    if url is None:
+        local = info(home)  # LabelStudioServerError naming `labelstudio up` when none runs
+        return LabelStudioClient(local.url, local.token, **client_options)
+    token = os.environ.get("SAM_ENGINE_LS_TOKEN")
+    if not token:
+        try:  # the URL of the local server: its credentials are on this machine
+            local = info(home)
+            token = local.token if local.url.rstrip("/") == url.rstrip("/") else None
+        except LabelStudioServerError:
+            token = None
+    if not token:
+        raise ValueError(f"Label Studio at {url}: set SAM_ENGINE_LS_TOKEN to its API token")
+    return LabelStudioClient(url, token, **client_options)
+
+
+def document_root(home: str | os.PathLike | None = None) -> str | None:
+    """The local server's document root (the folder it serves image files from), None when none runs here."""
+    state = _read_state(home_dir(home))
+    return None if not state else state.get("document_root")
 
 
 def ensure_installed(venv: str | os.PathLike | None = None, python: str = "python3.11") -> Path:

@@ -10,9 +10,12 @@ seen, its updated_at and the mask_id of each of its results. Against it a sync f
   a result the edit removed becomes a deleted=True row superseding it;
 - a deleted one (gone from Label Studio): every result it had becomes a deleted=True row.
 
-Nothing is written until every task has been fetched, so a Label Studio that fails mid-way leaves the store as it
-was. Rows are written as one shard named after the cursor's sequence number, then the cursor moves: a sync that
-dies between the two rewrites the same shard next time (no duplicates). Results that are malformed (bad RLE, wrong
+Each task's masks go to the round and stage its data names (`labelstudio push` writes them there), so one project
+can hold the images of many rounds; a task without them (made by hand) takes the sync's defaults. A withdrawn
+version's tombstone goes where that version lies. Nothing is written until every task has been fetched, so a Label
+Studio that fails mid-way leaves the store as it was. Rows are written as one shard per (round, stage), named after
+the cursor's sequence number, then the cursor moves: a sync that dies between the two rewrites the same shards next
+time (no duplicates). Results that are malformed (bad RLE, wrong
 size) or foreign (a result type or a task the engine does not know) are reported with their task id and skipped.
 """
 
@@ -52,7 +55,10 @@ class SkippedResult:
 
 @dataclass
 class SyncReport:
-    """What one sync did. written counts every row (new, edited, deleted); shard is None when nothing changed."""
+    """What one sync did. written counts every row (new, edited, deleted); shard is None when nothing changed,
+    else the shard's name in each (round, stage) of ``partitions``. ``pending`` (set when a retrain threshold was
+    given): the masks added, edited or deleted since the newest model was trained; ``retrain_due``: pending reached
+    the threshold."""
 
     project_id: int
     written: int = 0
@@ -61,6 +67,29 @@ class SyncReport:
     deleted: int = 0
     skipped: list[SkippedResult] = field(default_factory=list)
     shard: str | None = None
+    partitions: list[tuple[int, str]] = field(default_factory=list)
+    pending: int | None = None
+    retrain_due: bool = False
+
+    def summary(self) -> dict:
+        """The counts as plain JSON (skipped results as their reasons, counted)."""
+        reasons: dict[str, int] = {}
+        for skip in self.skipped:
+            reason = skip.reason.split(":")[0]
+            reasons[reason] = reasons.get(reason, 0) + 1
+        return {
+            "project_id": self.project_id,
+            "written": self.written,
+            "new": self.new,
+            "edited": self.edited,
+            "deleted": self.deleted,
+            "skipped": len(self.skipped),
+            "skipped_by_reason": reasons,
+            "shard": self.shard,
+            "partitions": [list(p) for p in self.partitions],
+            "pending": self.pending,
+            "retrain_due": self.retrain_due,
+        }
 
 
 def cursor_key(client: LabelStudioClient, project_id: int) -> str:
@@ -97,10 +126,15 @@ def _empty_counts(height: int, width: int) -> str:
     return mask_to_coco_rle(np.zeros((height, width), dtype=bool))["counts"]
 
 
-def _tombstone(prev: dict, ann_id: str, result_id: str, annotator: str | None) -> dict:
-    """A deleted=True row withdrawing a previous version (an empty mask of the same size)."""
+def _tombstone(
+    prev: dict, ann_id: str, result_id: str, annotator: str | None, where: tuple[int, str]
+) -> dict:
+    """A deleted=True row withdrawing a previous version (an empty mask of the same size), in the round and stage
+    of that version (``where``: the sync's defaults, for cursor entries written before versions carried them)."""
     mask_id = "ls-del-" + prev["mask_id"].removeprefix("ls-")
     return {
+        "round": int(prev.get("round", where[0])),
+        "stage": str(prev.get("stage", where[1])),
         "mask_id": mask_id,
         "image_id": prev["image_id"],
         "counts": _empty_counts(prev["height"], prev["width"]),
@@ -114,12 +148,24 @@ def _tombstone(prev: dict, ann_id: str, result_id: str, annotator: str | None) -
     }
 
 
+def task_partition(task: dict, where: tuple[int, str]) -> tuple[int, str]:
+    """The (round, stage) a task's masks belong to: what its data names, else ``where`` (the sync's defaults)."""
+    data = task.get("data") or {}
+    try:
+        round = int(data["round"]) if data.get("round") is not None else where[0]
+    except (TypeError, ValueError):
+        round = where[0]
+    stage = data.get("stage") if isinstance(data.get("stage"), str) and data.get("stage") else where[1]
+    return round, stage
+
+
 def _brush_rows(
-    task: dict, ann: dict, emails: dict, report: SyncReport, prev: dict | None
+    task: dict, ann: dict, emails: dict, report: SyncReport, prev: dict | None, where: tuple[int, str]
 ) -> tuple[list, dict]:
     """Rows for one annotation's brush results, and the cursor entry for it."""
     task_id, ann_id = int(task["id"]), int(ann["id"])
     image_id = (task.get("data") or {}).get("image_id")
+    round, stage = task_partition(task, where)
     annotator = emails.get(ann.get("completed_by")) if isinstance(ann.get("completed_by"), int) else None
     if isinstance(ann.get("completed_by"), dict):
         annotator = ann["completed_by"].get("email")
@@ -169,6 +215,8 @@ def _brush_rows(
         old = prev_results.get(rid)
         rows.append(
             {
+                "round": round,
+                "stage": stage,
                 "mask_id": mask_id,
                 "image_id": str(image_id),
                 "counts": mask_to_coco_rle(mask)["counts"],
@@ -189,17 +237,22 @@ def _brush_rows(
             "image_id": str(image_id),
             "height": height,
             "width": width,
+            "round": round,
+            "stage": stage,
         }
     for rid, old in prev_results.items():
         if rid in unreadable:
             entry["results"][rid] = old
         elif rid not in entry["results"]:
-            rows.append(_tombstone(old, str(ann_id), rid, annotator))
+            rows.append(_tombstone(old, str(ann_id), rid, annotator, where))
     return rows, entry
 
 
-def collect_changes(client: LabelStudioClient, project_id: int, cursor: dict, report: SyncReport) -> tuple:
-    """Fetch every task, compare with the cursor. Returns (rows, new annotations dict). Writes nothing."""
+def collect_changes(
+    client: LabelStudioClient, project_id: int, cursor: dict, report: SyncReport, where: tuple[int, str]
+) -> tuple:
+    """Fetch every task, compare with the cursor. Returns (rows, new annotations dict). Writes nothing.
+    ``where``: the (round, stage) of tasks whose data names none."""
     tasks = list(client.iter_tasks(project_id))  # all of it first: a failure here leaves the store untouched
     emails = client.user_emails()
     seen = cursor["annotations"]
@@ -213,7 +266,7 @@ def collect_changes(client: LabelStudioClient, project_id: int, cursor: dict, re
             if prev is not None and prev["updated_at"] == updated_at:
                 now_annotations[ann_id] = prev
                 continue
-            ann_rows, entry = _brush_rows(task, ann, emails, report, prev)
+            ann_rows, entry = _brush_rows(task, ann, emails, report, prev, where)
             if prev is None:
                 report.new += sum(1 for r in ann_rows if not r["deleted"])
             else:
@@ -224,7 +277,7 @@ def collect_changes(client: LabelStudioClient, project_id: int, cursor: dict, re
     for ann_id, prev in seen.items():
         if ann_id not in now_annotations:  # deleted in Label Studio
             for rid, old in prev["results"].items():
-                rows.append(_tombstone(old, ann_id, rid, None))
+                rows.append(_tombstone(old, ann_id, rid, None, where))
                 report.deleted += 1
     return rows, now_annotations
 
@@ -242,43 +295,49 @@ def _prefect_listening() -> bool:
         return False
 
 
-def emit_synced_event(project_id: int, url: str, report: SyncReport, round: int, stage: str) -> None:
-    """Tell Prefect that human labels arrived (a deployment trigger can start a retrain). Never fails the sync."""
+def emit_synced_event(project_id: int, url: str, report: SyncReport, round: int) -> None:
+    """Tell Prefect that human labels arrived. The resource's ``sam-engine.retrain-due`` label ("true"/"false")
+    is what prefect.yaml's retrain trigger matches, so a retrain follows enough new labels, not every sync; the
+    payload's ``round`` is the highest round holding masks (the retrain learns rounds <= it). Never fails the
+    sync: the labels are already in the store."""
     try:
         from prefect.events import emit_event
 
         emit_event(
             event=SYNC_EVENT,
-            resource={"prefect.resource.id": f"sam-engine.labelstudio.project.{int(project_id)}"},
-            payload={
-                "project_id": int(project_id),
-                "labelstudio_url": url,
-                "round": int(round),
-                "stage": stage,
-                "written": report.written,
-                "new": report.new,
-                "edited": report.edited,
-                "deleted": report.deleted,
-                "shard": report.shard,
+            resource={
+                "prefect.resource.id": f"sam-engine.labelstudio.project.{int(project_id)}",
+                "sam-engine.retrain-due": "true" if report.retrain_due else "false",
             },
+            payload={"labelstudio_url": url, "round": int(round), **report.summary()},
         )
     except Exception as exc:  # noqa: BLE001 - an event is a notification; the labels are already safe
         logger.warning("could not emit %s for project %s: %s", SYNC_EVENT, project_id, exc)
 
 
 def sync_project(
-    client: LabelStudioClient, store, project_id: int, round: int, stage: str, emit: bool | None = None
+    client: LabelStudioClient,
+    store,
+    project_id: int,
+    round: int,
+    stage: str,
+    emit: bool | None = None,
+    retrain_threshold: int | None = None,
 ) -> SyncReport:
     """Pull what changed in a Label Studio project since the last sync into `store`'s masks table.
 
-    round, stage: the masks partition the rows go to (the caller's round and stage). emit: send the
-    `sam-engine.labels.synced` Prefect event after rows were written (None: when a Prefect server or flow run is
-    there to receive it). Returns a SyncReport; skipped results are also logged with their task id.
+    round, stage: where the masks of tasks whose data names no round and stage go (`labelstudio push` names
+    them). emit: send the `sam-engine.labels.synced` Prefect event after rows were written (None: when a Prefect
+    server or flow run is there to receive it). retrain_threshold: count the masks changed since the newest model
+    was trained and mark the event's retrain due at this many (None: never due). Returns a SyncReport; skipped
+    results are also logged with their task id.
     """
+    from tasks.retrain import changes_since_trained
+
     key = cursor_key(client, project_id)
     cursor = read_cursor(store, key)
     report = SyncReport(project_id=int(project_id))
-    rows, annotations = collect_changes(client, project_id, cursor, report)
+    rows, annotations = collect_changes(client, project_id, cursor, report, (int(round), stage))
     for skip in report.skipped:
         logger.warning(
             "Label Studio task %s annotation %s result %s skipped: %s",
@@ -291,15 +350,23 @@ def sync_project(
     if rows:
         seq += 1
         shard = f"labelstudio-p{int(project_id)}-s{seq:06d}"
-        created = pd.Timestamp.now(tz="UTC")
         df = pd.DataFrame(rows)
-        df["created_at"] = created
-        store.write_masks(df, round=round, stage=stage, shard=shard)
+        df["created_at"] = pd.Timestamp.now(tz="UTC")
+        for (part_round, part_stage), part in df.groupby(["round", "stage"], sort=True):
+            store.write_masks(
+                part.drop(columns=["round", "stage"]), round=int(part_round), stage=part_stage, shard=shard
+            )
+            report.partitions.append((int(part_round), str(part_stage)))
         report.written, report.shard = len(rows), shard
     if rows or annotations != cursor["annotations"]:
         write_cursor(store, key, {"seq": seq, "annotations": annotations})
+    latest_round = max([r for r, _ in report.partitions] or [int(round)])
+    if retrain_threshold is not None:
+        report.pending, store_round = changes_since_trained(store)
+        latest_round = max(latest_round, store_round if store_round is not None else latest_round)
+        report.retrain_due = report.pending >= retrain_threshold
     if emit is None:
         emit = bool(rows) and _prefect_listening()
     if rows and emit:
-        emit_synced_event(project_id, client.url, report, round, stage)
+        emit_synced_event(project_id, client.url, report, latest_round)
     return report

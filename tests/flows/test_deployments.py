@@ -88,9 +88,12 @@ def test_deploy_trigger_with_parameters_and_worker_runs_it(engine, tmp_path, loa
         # the retrain deployment listens for synced labels: an event creates a retrain run with the event's round
         automations = api.post("/automations/filter", json={}).json()
         assert any("sam-engine.labels.synced" in str(a.get("trigger")) for a in automations), automations
+        # A sync below its threshold (retrain-due false) starts nothing; the next one, due, starts a retrain.
         emit = (
-            "from prefect.events import emit_event; emit_event(event='sam-engine.labels.synced', "
-            "resource={'prefect.resource.id': 'sam-engine.labelstudio.project.1'}, payload={'round': 3})"
+            "from prefect.events import emit_event\n"
+            "for due, round in (('false', 2), ('true', 3)):\n"
+            "    emit_event(event='sam-engine.labels.synced', resource={'prefect.resource.id': "
+            "'sam-engine.labelstudio.project.1', 'sam-engine.retrain-due': due}, payload={'round': round})"
         )
         subprocess.run([sys.executable, "-c", emit], cwd=ROOT, env=env, check=True, timeout=120)
         retrain = api.get("/deployments/name/retrain/retrain").json()
@@ -102,7 +105,9 @@ def test_deploy_trigger_with_parameters_and_worker_runs_it(engine, tmp_path, loa
             ).json()
             time.sleep(2)
         assert runs, "the labels-synced event started no retrain run"
-        assert int(runs[0]["parameters"]["params"]["round"]) == 3
+        time.sleep(5)  # time for a wrongly triggered run of the first event to show up too
+        runs = api.post("/flow_runs/filter", json={"deployments": {"id": {"any_": [retrain["id"]]}}}).json()
+        assert [int(run["parameters"]["params"]["round"]) for run in runs] == [3]
     finally:
         if worker is not None and worker.poll() is None:
             os.killpg(worker.pid, 15)

@@ -7,9 +7,9 @@ from typer.testing import CliRunner
 from flows.labelstudio_cli import app
 
 
-def test_commands_are_up_down_status_backend():
+def test_commands_are_up_down_status_backend_push_sync():
     names = {c.name or c.callback.__name__ for c in app.registered_commands}
-    assert names == {"up", "down", "status", "backend"}
+    assert names == {"up", "down", "status", "backend", "push", "sync"}
 
 
 def test_status_and_down_without_a_server(tmp_path):

@@ -20,10 +20,10 @@ class FakeClient:
         return {1: "ann@example.org"}
 
 
-def _task(mask, ann_updated="2026-01-01T00:00:00Z"):
+def _task(mask, ann_updated="2026-01-01T00:00:00Z", task_id=5, ann_id=11, **data):
     result = project.brush_result(mask, result_id="r1")
-    ann = {"id": 11, "result": [result], "completed_by": 1, "updated_at": ann_updated, "lead_time": 7.5}
-    return {"id": 5, "data": {"image_id": "im"}, "annotations": [ann]}
+    ann = {"id": ann_id, "result": [result], "completed_by": 1, "updated_at": ann_updated, "lead_time": 7.5}
+    return {"id": task_id, "data": {"image_id": "im", **data}, "annotations": [ann]}
 
 
 @pytest.fixture
@@ -43,7 +43,10 @@ def test_a_sync_that_wrote_rows_emits_the_event_once(store, mask, monkeypatch):
     assert report.written == 1
     (call,) = calls
     assert call["event"] == SYNC_EVENT
-    assert call["resource"] == {"prefect.resource.id": "sam-engine.labelstudio.project.3"}
+    assert call["resource"] == {
+        "prefect.resource.id": "sam-engine.labelstudio.project.3",
+        "sam-engine.retrain-due": "false",  # no threshold given: never due
+    }
     assert call["payload"]["written"] == 1 and call["payload"]["round"] == 1
     sync_project(client, store, 3, round=1, stage="assisted_manual", emit=True)
     assert len(calls) == 1  # nothing new, no event
@@ -100,3 +103,39 @@ def test_a_result_that_became_unreadable_keeps_its_earlier_version(store, mask):
     report = sync_project(FakeClient([broken]), store, 3, round=1, stage="assisted_manual", emit=False)
     assert report.written == 0 and report.skipped[0].task_id == 5
     assert len(store.masks()) == 1
+
+
+def test_each_task_lands_in_the_round_and_stage_its_data_names_and_a_deletion_follows_it(store, mask):
+    pushed = _task(mask, round=4, stage="semi_automatic")
+    by_hand = _task(mask, task_id=6, ann_id=12)  # no round or stage in its data: the sync's defaults
+    report = sync_project(
+        FakeClient([pushed, by_hand]), store, 3, round=1, stage="assisted_manual", emit=False
+    )
+    assert sorted(report.partitions) == [(1, "assisted_manual"), (4, "semi_automatic")]
+    masks = store.masks()
+    assert sorted(zip(masks["round"].astype(int), masks["stage"].astype(str), strict=True)) == [
+        (1, "assisted_manual"),
+        (4, "semi_automatic"),
+    ]
+    # The pushed task's annotation is deleted in Label Studio: its tombstone withdraws it where it lies.
+    again = sync_project(FakeClient([by_hand]), store, 3, round=2, stage="assisted_manual", emit=False)
+    assert again.deleted == 1 and again.partitions == [(4, "semi_automatic")]
+    assert len(store.masks(round=4)) == 0 and len(store.masks(round=1)) == 1
+
+
+def test_a_retrain_is_due_once_enough_masks_changed_since_the_newest_model_was_trained(store, mask):
+    first = sync_project(
+        FakeClient([_task(mask)]), store, 3, round=1, stage="assisted_manual", emit=False, retrain_threshold=2
+    )
+    assert first.pending == 1 and not first.retrain_due
+    second = sync_project(
+        FakeClient([_task(mask), _task(mask, task_id=6, ann_id=12)]),
+        store,
+        3,
+        round=1,
+        stage="assisted_manual",
+        emit=False,
+        retrain_threshold=2,
+    )
+    assert second.written == 1 and second.pending == 2 and second.retrain_due
+    assert second.summary()["retrain_due"] is True

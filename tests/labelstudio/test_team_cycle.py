@@ -1,0 +1,140 @@
+"""One labelling cycle as a team runs it, on a real Prefect server with a process worker and a real Label Studio:
+prefect.yaml deployed, the push deployment run, annotations posted through Label Studio's REST API as a browser does,
+the sync deployment run, the masks read back with plain pandas, and the retrain deployment's run created by the
+trigger on the synced event."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from stores import Store
+from tasks.labelstudio import project
+from tasks.labelstudio.ml_backend import SamBackend, serve_in_thread
+
+from .conftest import make_images
+from .test_integration import _post_as_browser
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+
+def _cli(env, *args, timeout=240):
+    done = subprocess.run(
+        [PREFECT, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, f"prefect {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def _run_deployment(api, env, name: str, parameters: dict, log: Path) -> dict:
+    """Create a run of the deployment as the UI does, let a worker execute it once, return the finished run."""
+    deployment = api.get(f"/deployments/name/{name}/{name}").json()
+    created = api.post(f"/deployments/{deployment['id']}/create_flow_run", json={"parameters": parameters})
+    assert created.status_code == 201, created.text
+    run_id = created.json()["id"]
+    with open(log, "ab") as out:
+        worker = subprocess.Popen(
+            [PREFECT, "worker", "start", "--pool", "sam-engine", "--run-once"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 300
+        run = api.get(f"/flow_runs/{run_id}").json()
+        while time.monotonic() < deadline and run["state"]["type"] not in FINAL:
+            time.sleep(2)
+            run = api.get(f"/flow_runs/{run_id}").json()
+        assert run["state"]["type"] == "COMPLETED", log.read_text()[-4000:]
+        return run
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, 15)
+            worker.wait(timeout=30)
+
+
+def test_push_label_sync_and_the_retrain_the_trigger_starts(
+    ls_server, ls_client, document_root, tiny_sam, tmp_path, run_id, load_script
+):
+    store_url = (tmp_path / "store").as_uri()
+    store = Store(store_url)
+    images = make_images(store, Path(document_root) / f"cycle-{run_id}", n=2, prefix=f"cycle-{run_id}-")
+    title = f"team cycle {run_id}"
+    backend_token = secrets.token_hex(16)
+    backend, backend_url = serve_in_thread(SamBackend(store, tiny_sam, "tiny-test", token=backend_token))
+    server_mod = load_script("prefect_server")
+    server = server_mod.start_server(tmp_path / "prefect", timeout=120)
+    try:
+        env = server_mod.server_env(Path(server.home), server.api_url)
+        env.update(
+            SAM_ENGINE_STORE=store_url,
+            SAM_ENGINE_HOME=str(tmp_path / "engine-home"),
+            SAM_ENGINE_LS_URL=ls_server.url,
+            SAM_ENGINE_LS_TOKEN=ls_server.token,
+            SAM_ENGINE_BACKEND_TOKEN=backend_token,
+            OMP_NUM_THREADS="1",
+        )
+        _cli(env, "work-pool", "create", "sam-engine", "--type", "process")
+        _cli(env, "--no-prompt", "deploy", "--all")
+        api = httpx.Client(base_url=server.api_url, timeout=30)
+        sync_schedule = api.get("/deployments/name/labelstudio-sync/labelstudio-sync").json()["schedules"]
+        assert sync_schedule and not sync_schedule[0]["active"]  # created paused
+
+        push = {
+            "params": {
+                "round": 1,
+                "project": title,
+                "document_root": document_root,
+                "ml_backend_url": backend_url,
+            }
+        }
+        _run_deployment(api, env, "labelstudio-push", push, tmp_path / "worker-push.log")
+        project_id = int(ls_client.find_project(title)["id"])
+        (ml,) = ls_client.get("/api/ml", project=project_id)  # SAM answers the project's clicks
+        assert ml["url"].rstrip("/") == backend_url.rstrip("/") and ml["state"] == "CO"
+        tasks = list(ls_client.iter_tasks(project_id))
+        assert sorted(t["data"]["image_id"] for t in tasks) == sorted(images["image_id"])
+        assert {(t["data"]["round"], t["data"]["stage"]) for t in tasks} == {(1, "assisted_manual")}
+
+        # A person labels one mask in each image, in the browser.
+        for i, task in enumerate(tasks):
+            mask = np.zeros((48, 64), bool)
+            mask[4 + i : 20 + i, 8:40] = True
+            result = project.brush_result(mask, result_id=f"p{i}")
+            _post_as_browser(ls_client, project_id, task["id"], [result], lead_time=20.0)
+
+        sync = {"params": {"project": title, "retrain_threshold": 2}}
+        _run_deployment(api, env, "labelstudio-sync", sync, tmp_path / "worker-sync.log")
+        masks = pd.read_parquet(tmp_path / "store" / "masks")  # plain pandas, no engine code
+        assert len(masks) == 2 and set(masks["source"]) == {"human"}
+        assert set(masks["image_id"]) == set(images["image_id"]) and set(masks["round"].astype(int)) == {1}
+
+        retrain = api.get("/deployments/name/retrain/retrain").json()
+        runs = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not runs:
+            runs = api.post(
+                "/flow_runs/filter", json={"deployments": {"id": {"any_": [retrain["id"]]}}}
+            ).json()
+            time.sleep(2)
+        assert runs, "the due sync started no retrain run"
+        assert int(runs[0]["parameters"]["params"]["round"]) == 1
+    finally:
+        server_mod.stop_server(server)
+        backend.shutdown()
+        backend.server_close()
