@@ -253,3 +253,40 @@ def test_the_label_studio_annotator_returns_what_a_person_submitted(ls_client, s
     assert np.array_equal(got.mask, drawn) and got.seconds == 9.0 and got.clicks == 1
     assert got.point_coords == [[16.0, 24.0]] and got.annotator == ls_client.whoami()["email"]
     assert annotator.annotate(requests[1]) == []  # nobody labelled it within the timeout
+
+
+def test_a_semi_automatic_push_sends_confident_masks_as_predictions_and_writes_none(
+    ls_client, store, document_root, run_id
+):
+    from tasks.autogen import AutogenSettings
+    from tasks.embed import embed
+    from tasks.filter import FilterSettings
+    from tasks.labelstudio.push import confident_masks, push_images
+
+    name = f"semi-{run_id}"
+    images = make_images(store, Path(document_root) / name, n=2, height=H, width=W, prefix=f"{name}-")
+    ids = list(images.image_id)
+    embed.fn(store.url, "embedded", ids, backend="local")
+    # Thresholds at zero: the embedded model is not trained on noise images, and the test is about the plumbing.
+    lenient = FilterSettings(min_predicted_iou=0.0, min_stability_score=0.0, min_area=1)
+    grid = AutogenSettings(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    masks = confident_masks(store, "embedded", ids, grid, lenient, round=2, stage="semi_automatic")
+    assert len(masks) > 0 and set(masks["image_id"]) <= set(ids)
+
+    report = push_images(
+        ls_client, store, ids, 2, "semi_automatic", f"engine {name}", ["object"], masks, document_root
+    )
+    assert (report.added, report.existing, report.predicted_masks) == (2, 0, len(masks))
+    tasks = {t["data"]["image_id"]: t for t in ls_client.iter_tasks(report.project_id)}
+    for image_id, group in masks.groupby("image_id"):
+        (prediction,) = tasks[image_id]["predictions"]
+        assert len(prediction["result"]) == len(group)
+        assert {r["id"] for r in prediction["result"]} == {m[:32] for m in group["mask_id"]}
+    assert tasks[ids[0]]["data"]["round"] == 2 and tasks[ids[0]]["data"]["stage"] == "semi_automatic"
+    assert (
+        len(store.masks(current_only=False)) == 0
+    )  # a prediction becomes a mask only when a person submits it
+    again = push_images(
+        ls_client, store, ids, 2, "semi_automatic", f"engine {name}", ["object"], masks, document_root
+    )
+    assert (again.added, again.existing, again.predicted_masks) == (0, 2, 0)
