@@ -99,7 +99,7 @@ def flow_step(step: str) -> Iterator[Report]:
     """For a long step of a running flow: yields ``report(done, total)`` that moves a Prefect progress artifact
     ("<step> done", in percent) and tells whatever is ``watching``. The artifact moves at whole percents only (at
     most a hundred API calls, however many images or training steps), and to 100 when the step ends, also for a
-    step that reported nothing (all cached, or on Ray, whose workers report only when they finish)."""
+    step that reported nothing (all of it cached)."""
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
     artifact = create_progress_artifact(progress=0.0, description=f"{step} done")

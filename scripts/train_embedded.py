@@ -150,6 +150,10 @@ def run(
         changed = (
             recipe_changes(installed["config"], dataclasses.asdict(recipe)) if "config" in installed else {}
         )
+        changed["optimizer"] = [
+            "the installed run's",
+            f"fresh AdamW, lr warmed up over {recipe.warmup_steps} steps",
+        ]
         if changed:
             with changes_path.open("a") as f:
                 f.write(json.dumps({"step": trainer.step_index, "fields": changed}) + "\n")

@@ -59,6 +59,9 @@ def test_with_no_state_a_run_goes_on_from_the_installed_weights_and_their_step(s
     changes = [json.loads(line) for line in (tmp_path / "run" / "changes.jsonl").read_text().splitlines()]
     assert changes[:-1] == installed["metadata"]["recipe_changes"]
     assert changes[-1]["step"] == step and changes[-1]["fields"]["steps"][1] == step + 10
+    # A fresh optimizer: recorded, and its lr warms up again from the installed step.
+    assert changes[-1]["fields"]["optimizer"][1].startswith("fresh AdamW")
+    assert state["optimizer_start"] == step
 
 
 def test_overrides_are_typed_and_unknown_fields_refused(script):
