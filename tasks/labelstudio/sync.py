@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 STATE_TABLE = "labelstudio_sync"
 SYNC_EVENT = "sam-engine.labels.synced"
+LABELLED_STAGES = ("assisted_manual", "semi_automatic")  # the stages whose masks people make
 # Prompt results the smart tools leave in an annotation: the inputs to SAM, not masks.
 _PROMPT_TYPES = {"keypointlabels", "rectanglelabels", "keypoint", "rectangle"}
 
@@ -149,14 +150,15 @@ def _tombstone(
 
 
 def task_partition(task: dict, where: tuple[int, str]) -> tuple[int, str]:
-    """The (round, stage) a task's masks belong to: what its data names, else ``where`` (the sync's defaults)."""
+    """The (round, stage) a task's masks belong to: what its data names, else ``where`` (the sync's defaults).
+    A round that is not a whole number >= 0, or a stage where people do not label, counts as not named: one task
+    edited by hand must not stop every sync."""
     data = task.get("data") or {}
-    try:
-        round = int(data["round"]) if data.get("round") is not None else where[0]
-    except (TypeError, ValueError):
+    round = data.get("round")
+    if isinstance(round, bool) or not isinstance(round, int | str) or not str(round).isdigit():
         round = where[0]
-    stage = data.get("stage") if isinstance(data.get("stage"), str) and data.get("stage") else where[1]
-    return round, stage
+    stage = data.get("stage") if data.get("stage") in LABELLED_STAGES else where[1]
+    return int(round), stage
 
 
 def _brush_rows(

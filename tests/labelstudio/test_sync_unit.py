@@ -139,3 +139,13 @@ def test_a_retrain_is_due_once_enough_masks_changed_since_the_newest_model_was_t
     )
     assert second.written == 1 and second.pending == 2 and second.retrain_due
     assert second.summary()["retrain_due"] is True
+
+
+@pytest.mark.parametrize(
+    "data", [{"round": -1, "stage": "nonsense"}, {"round": "two", "stage": 3}, {"round": True, "stage": None}]
+)
+def test_a_task_whose_round_or_stage_was_edited_into_nonsense_takes_the_defaults(store, mask, data):
+    report = sync_project(
+        FakeClient([_task(mask, **data)]), store, 3, round=1, stage="assisted_manual", emit=False
+    )
+    assert report.partitions == [(1, "assisted_manual")]
