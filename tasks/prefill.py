@@ -17,6 +17,27 @@ from tasks.filter import FilterSettings, filter_records
 from tasks.progress import CACHE_POLICY, OnProgress
 
 
+def confident_rows(
+    store,
+    generator,
+    image_id: str,
+    size: tuple[int, int],
+    model_version: str,
+    confident: FilterSettings,
+    round: int,
+    stage: str,
+    embeddings: str | None = None,
+) -> pd.DataFrame:
+    """Masks-table rows (source="model") of the automatic masks of one image (height, width ``size``) that pass
+    the ``confident`` filter, from its cached embedding: what stage 2 places before a person looks, here or as a
+    Label Studio prediction (tasks.labelstudio.push)."""
+    records = generate_records(store, generator, image_id, model_version, *size, embeddings=embeddings)
+    kept = filter_records(records, size, confident)
+    return records_to_rows(
+        kept, image_id, round=round, stage=stage, source="model", model_version=model_version
+    )
+
+
 @task(
     name="prefill",
     retries=1,
@@ -58,10 +79,8 @@ def prefill(
 
     def per_image(image_id, image):
         size = (int(image["height"]), int(image["width"]))
-        records = generate_records(store, generator, image_id, model_version, *size, embeddings=embeddings)
-        kept = filter_records(records, size, confident)
-        prefilled = records_to_rows(
-            kept, image_id, round=round, stage=stage, source="model", model_version=model_version
+        prefilled = confident_rows(
+            store, generator, image_id, size, model_version, confident, round, stage, embeddings
         )
         masks = [decode_mask(r.counts, r.height, r.width) for r in prefilled.itertuples(index=False)]
         request = annotation_request(

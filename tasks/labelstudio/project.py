@@ -159,9 +159,11 @@ def add_tasks(
     document_root: str | Path | None = None,
     label: str = DEFAULT_LABELS[0],
     data: dict | None = None,
+    known: dict[str, int] | None = None,
 ) -> dict[str, int]:
     """Import one task per image (rows with image_id, uri) with the image's masks as a prediction; ``data`` goes
-    into every new task's data too (the round and stage its masks belong to).
+    into every new task's data too (the round and stage its masks belong to). ``known``: the project's
+    ``existing_tasks`` when the caller has just listed them (listing reads every task, page by page).
 
     Images already in the project are skipped, so a rerun adds nothing. Returns image_id -> task id for every
     image passed in.
@@ -169,7 +171,7 @@ def add_tasks(
     for column in ("image_id", "uri"):
         if column not in images.columns:
             raise ValueError(f"images must have an {column!r} column, has {list(images.columns)}")
-    known = existing_tasks(client, project_id)
+    known = dict(existing_tasks(client, project_id) if known is None else known)
     new_images = images[~images["image_id"].astype(str).isin(known)]
     by_image = {}
     if masks is not None and len(masks):

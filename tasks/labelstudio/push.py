@@ -14,8 +14,9 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 from prefect import task
 
-from tasks.autogen import AutogenSettings, generate_records, make_generator, records_to_rows
-from tasks.filter import FilterSettings, filter_records
+from tasks.autogen import AutogenSettings, make_generator
+from tasks.filter import FilterSettings
+from tasks.prefill import confident_rows
 from tasks.progress import OnProgress
 
 from .project import add_tasks, ensure_ml_backend, ensure_project, existing_tasks
@@ -62,14 +63,11 @@ def confident_masks(
     frames = []
     for done, image_id in enumerate(image_ids, 1):
         size = (int(images.loc[image_id, "height"]), int(images.loc[image_id, "width"]))
-        records = generate_records(store, generator, image_id, model_version, *size, embeddings=embeddings)
-        kept = filter_records(records, size, confident)
-        if kept:
-            frames.append(
-                records_to_rows(
-                    kept, image_id, round=round, stage=stage, source="model", model_version=model_version
-                )
-            )
+        rows = confident_rows(
+            store, generator, image_id, size, model_version, confident, round, stage, embeddings
+        )
+        if len(rows):
+            frames.append(rows)
         if on_progress is not None:
             on_progress(done, len(image_ids))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -111,6 +109,7 @@ def push_images(
         document_root=document_root,
         label=labels[0],
         data={"round": int(round), "stage": stage},
+        known=before,
     )
     return PushReport(
         project_id=project_id,

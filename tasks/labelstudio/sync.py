@@ -365,7 +365,8 @@ def sync_project(
     latest_round = max([r for r, _ in report.partitions] or [int(round)])
     if retrain_threshold is not None:
         report.pending, store_round = changes_since_trained(store)
-        latest_round = max(latest_round, store_round if store_round is not None else latest_round)
+        if store_round is not None:
+            latest_round = max(latest_round, store_round)
         report.retrain_due = report.pending >= retrain_threshold
     if emit is None:
         emit = bool(rows) and _prefect_listening()
