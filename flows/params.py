@@ -115,6 +115,13 @@ class TrainSettings(BaseModel):
     box_probability: float = Field(
         0.5, ge=0.0, le=1.0, description="odds that a mask's first prompt is a noisy box rather than a click"
     )
+    background_points: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="clicks per image on background (3 px or more from every known mask), taught to find no "
+        "mask: they lower the IoU head's rating of the automatic grid's background points (0: the paper's recipe)",
+    )
     correction_points: int = Field(
         8, ge=0, le=20, description="clicks from the error region per mask (paper: 8)"
     )

@@ -78,6 +78,9 @@ def min_over_masks(losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def iou_head_loss(iou_pred: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """MSE between the IoU head's predictions (NxM) and the actual IoU of each of the M outputs (NxMxHxW
-    logits against an Nx1xHxW or NxMxHxW target), per mask and output: NxM."""
-    actual = mask_iou(logits.detach(), target.expand_as(logits))
+    logits against an Nx1xHxW or NxMxHxW target), per mask and output: NxM. An empty target (a prompt on
+    background) has no object to find: its actual IoU is 0 whatever the output, an empty one included."""
+    target = target.expand_as(logits)
+    actual = mask_iou(logits.detach(), target)
+    actual = torch.where(target.flatten(-2).amax(-1) > 0.5, actual, torch.zeros_like(actual))
     return (iou_pred - actual) ** 2

@@ -65,6 +65,11 @@ class TrainConfig:
     correction_points: int = 8  # clicks sampled from the error region after the first prompt
     no_point_iterations: int = 2  # passes with only the mask prompt: one random, one at the end
     box_probability: float = 0.5  # odds that the first prompt is a noisy box rather than a point
+    # Point prompts per image on background: pixels at least BACKGROUND_MARGIN px from every known mask, whose
+    # answer is "no object" (an empty target, IoU target 0). The automatic grid puts most of its points on
+    # background in sparse scenes (cells: 55-85%), and a head that only ever saw clicks on objects rates those
+    # masks like any other. 0 = off (the paper's recipe). Only where the first prompt is a point.
+    background_points: int = 0
     iou_loss_weight: float = 1.0
     # The paper's 20:1. From scratch, 20:1 makes "predict nothing" a deep plateau (any imprecise positive costs
     # more focal loss than it saves dice), so a warm-up phase may lower the focal weight; see MODEL_CARD.md.
@@ -112,6 +117,8 @@ class TrainConfig:
             )
         if self.dataset_size is not None and self.dataset_size < 1:
             raise ValueError(f"dataset_size must be >= 1 or None, got {self.dataset_size}")
+        if self.background_points < 0:
+            raise ValueError(f"background_points must be >= 0, got {self.background_points}")
         if self.correction_points < 0 or self.no_point_iterations < 0:
             raise ValueError("correction_points and no_point_iterations must be >= 0")
         if not 0.0 <= self.box_probability <= 1.0:
@@ -176,13 +183,27 @@ def locality_init(mask_decoder: torch.nn.Module, gain: float = 2.0) -> None:
 
 class Sample(NamedTuple):
     """One training image: its index in the dataset, pixels 3xSxS, the prompted masks NxSxS with their noisy
-    boxes Nx4, and every instance mask of the image MxSxS (for the grouping loss; None when it is off)."""
+    boxes Nx4, every instance mask of the image MxSxS (for the grouping loss; None when it is off) and its
+    background SxS bool (where background prompts go; None when they are off)."""
 
     index: int
     image: torch.Tensor
     masks: torch.Tensor
     boxes: torch.Tensor
     instances: torch.Tensor | None
+    background: torch.Tensor | None = None
+
+
+BACKGROUND_MARGIN = 3
+"""Pixels (at the encoder's input size) between a background prompt and the nearest known mask: a click on an
+object's edge is ambiguous, one this far out is not."""
+
+
+def background_region(instances: torch.Tensor, margin: int = BACKGROUND_MARGIN) -> torch.Tensor:
+    """SxS bool: the pixels at least ``margin`` px from every one of ``instances`` (MxSxS float 0/1)."""
+    covered = (instances > 0.5).any(dim=0).float()[None, None]
+    grown = F.max_pool2d(covered, 2 * margin + 1, stride=1, padding=margin)
+    return grown[0, 0] == 0
 
 
 def grouping_loss(embedding: torch.Tensor, instances: torch.Tensor) -> torch.Tensor:
@@ -286,11 +307,14 @@ def interactive_loss(
     config: TrainConfig,
     rng: np.random.Generator,
     generator: torch.Generator,
+    first_region: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """The 11-pass interactive loss for N masks of one image.
 
-    embedding: 1xCxhxw. gt: NxSxS float 0/1 at the encoder's input size. boxes: Nx4 noisy boxes (used when
-    use_box). Returns the loss averaged over passes and stats (IoU after the first and the last pass).
+    embedding: 1xCxhxw. gt: NxSxS float 0/1 at the encoder's input size; an empty row is a background prompt
+    (its answer is no mask, its IoU target 0). boxes: Nx4 noisy boxes (used when use_box). first_region: NxSxS
+    bool, where each first click is drawn (default: inside gt). Returns the loss averaged over passes and stats
+    (IoU after the first and the last pass).
     """
     n, size = gt.shape[0], gt.shape[-1]
     gt_bool = gt > 0.5
@@ -306,7 +330,7 @@ def interactive_loss(
     rows = torch.arange(n)
     for kind in schedule:
         if kind == "first" and not use_box:
-            coords = sample_points_in(gt_bool, generator)[:, None]
+            coords = sample_points_in(gt_bool if first_region is None else first_region, generator)[:, None]
             labels = torch.ones((n, 1), dtype=torch.long, device=gt.device)
         elif kind == "point":
             new_coords, new_labels = sample_error_points(gt_bool, pred, generator)
@@ -458,13 +482,16 @@ class Trainer:
         for _ in range(100):
             index = int(self.rng.integers(0, len(self.dataset)))
             image, masks = self.dataset[index]
-            # The grouping loss needs every instance of the image; the prompts still go to masks_per_image of them.
-            limit = len(masks) if grouping else self.config.masks_per_image
+            # The grouping loss and the background need every instance of the image; the prompts still go to
+            # masks_per_image of them.
+            every = grouping or self.config.background_points > 0
+            limit = len(masks) if every else self.config.masks_per_image
             sample = prepare_sample(image, masks, self.img_size, limit, self.rng)
             for key, count in sample.skipped.items():
                 self.skipped[key] += count
             if sample.masks.shape[0] > 0:
                 instances = sample.masks if grouping else None
+                background = background_region(sample.masks) if self.config.background_points > 0 else None
                 chosen, boxes = sample.masks, sample.boxes
                 if chosen.shape[0] > self.config.masks_per_image:
                     keep = torch.from_numpy(
@@ -482,6 +509,7 @@ class Trainer:
                     chosen.repeat(repeat, 1, 1).to(self.device),
                     boxes.to(self.device),
                     None if instances is None else instances.to(self.device),
+                    None if background is None else background.to(self.device),
                 )
             self.skipped["images_without_masks"] += 1
         raise ValueError(f"100 images in a row had no usable mask (skipped so far: {self.skipped})")
@@ -523,8 +551,13 @@ class Trainer:
         for sample, embedding in zip(samples, embeddings, strict=True):
             gt, boxes = sample.masks, sample.boxes
             use_box = bool(self.rng.random() < self.config.box_probability)
+            first_region = None
+            if not use_box and sample.background is not None and sample.background.any():
+                k = self.config.background_points
+                first_region = torch.cat([gt > 0.5, sample.background.expand(k, -1, -1)])
+                gt = torch.cat([gt, gt.new_zeros((k, *gt.shape[1:]))])
             loss, s = interactive_loss(
-                self.model, embedding, gt, use_box, boxes, self.config, self.rng, self.generator
+                self.model, embedding, gt, use_box, boxes, self.config, self.rng, self.generator, first_region
             )
             if "grouping" in stats:
                 grouping = grouping_loss(embedding, sample.instances)

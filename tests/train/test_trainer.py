@@ -2,8 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-from sam_core.losses import mask_loss, min_over_masks
-from sam_core.train import TrainConfig, Trainer, interactive_loss, iteration_schedule, train
+from sam_core.losses import iou_head_loss, mask_loss, min_over_masks
+from sam_core.train import (
+    TrainConfig,
+    Trainer,
+    background_region,
+    interactive_loss,
+    iteration_schedule,
+    train,
+)
 from sam_core.train_data import SyntheticDataset, prepare_sample
 
 
@@ -106,6 +113,70 @@ def test_interactive_loss_runs_11_passes_with_mask_feedback_and_growing_clicks(u
     n_points = [0 if c["points"] is None else c["points"].shape[1] for c in calls]
     assert n_points[0] == (0 if use_box else 1) and n_points[-1] == n_points[0] + 8
     assert model.bias.grad is not None and torch.isfinite(loss)
+
+
+def test_background_is_the_pixels_a_margin_away_from_every_mask():
+    instances = torch.zeros((2, 16, 16))
+    instances[0, 2:5, 2:5] = 1
+    instances[1, 10:12, 10:16] = 1
+    background = background_region(instances, margin=2)
+    assert background.dtype == torch.bool and background.shape == (16, 16)
+    assert not background[0:7, 0:7].any() and not background[8:14, 8:16].any()
+    assert background[0, 15] and background[15, 0] and background[7, 7] and background[15, 12]
+    assert background_region(torch.ones((1, 8, 8))).sum() == 0
+
+
+def test_a_prompt_on_background_has_an_iou_target_of_zero_even_for_an_empty_answer():
+    target = torch.zeros((2, 1, 4, 4))
+    target[0, 0, :2] = 1  # row 0 is an object, row 1 background
+    logits = torch.full((2, 2, 4, 4), -5.0)
+    logits[0, 0, :2] = 5.0  # the object found exactly
+    logits[1, 1, 0, 0] = 5.0  # a stray pixel on background
+    iou_pred = torch.ones((2, 2))
+    loss = iou_head_loss(iou_pred, logits, target)
+    # Row 0: output 0 matches (IoU 1, loss 0), output 1 is empty (IoU 0). Row 1: no output is right.
+    assert loss.tolist() == [[0.0, 1.0], [1.0, 1.0]]
+
+
+def test_background_prompts_click_first_where_their_region_says():
+    model = _RecordingSam()
+    gt = torch.zeros((2, 16, 16))
+    gt[0, 4:8, 4:8] = 1  # row 1 stays empty: a background prompt
+    region = torch.zeros((2, 16, 16), dtype=torch.bool)
+    region[0] = gt[0] > 0
+    region[1, 14, 2] = True  # the only background pixel it may click
+    coords = []
+    original = model.prompt_encoder.forward
+
+    def record(points, boxes, masks):
+        coords.append(None if points is None else points[0].clone())
+        return original(points, boxes, masks)
+
+    model.prompt_encoder.forward = record
+    loss, _ = interactive_loss(
+        model,
+        torch.zeros((1, 8, 4, 4)),
+        gt,
+        False,
+        None,
+        TrainConfig(correction_points=1, no_point_iterations=0),
+        np.random.default_rng(0),
+        torch.Generator().manual_seed(0),
+        region,
+    )
+    assert torch.isfinite(loss)
+    first = coords[0]
+    assert 4 <= first[0, 0, 0] < 8 and 4 <= first[0, 0, 1] < 8
+    assert first[1, 0].tolist() == [2.0, 14.0]  # (x, y)
+
+
+def test_training_with_background_prompts_runs_and_adds_them_to_each_point_image(small_config):
+    small_config.background_points, small_config.box_probability = 3, 0.0
+    trainer = train(small_config, dataset=[SyntheticDataset("train")[3]])
+    assert len(trainer.history) == small_config.steps
+    assert all(h["masks"] == small_config.masks_per_image + 3 for h in trainer.history)
+    with pytest.raises(ValueError, match="background_points"):
+        TrainConfig(background_points=-1).validate()
 
 
 def test_loss_falls_over_a_handful_of_steps_on_one_scene(small_config):
