@@ -104,6 +104,14 @@ class TrainSettings(BaseModel):
         False,
         description="freeze the encoder and encode each image once (fast on CPU; decoder-only training)",
     )
+    encoder_lr_scale: float = Field(
+        1.0, ge=0.0, le=10.0, description="the image encoder's lr as a multiple of lr (when it trains)"
+    )
+    freeze_norm_stats: bool = Field(
+        False,
+        description="keep the image encoder's BatchNorm statistics as loaded while it trains (a fine-tune on "
+        "one image a step)",
+    )
     focal_weight: float = Field(
         20.0, ge=0.0, description="focal share of the mask loss (paper 20:1 with dice)"
     )

@@ -83,6 +83,10 @@ class TrainConfig:
     # From scratch at full lr the encoder collapses to spatially flat features (the quickest way to predict
     # "nothing"); a smaller encoder lr, after a decoder-only warm-up, avoids it.
     encoder_lr_scale: float = 1.0
+    # While the encoder trains, keep its BatchNorm running statistics as loaded (eval mode; the affine weights
+    # still learn). A fine-tune sees one image a step, whose batch statistics are far noisier than the ones the
+    # encoder was trained with.
+    freeze_norm_stats: bool = False
     cache_embeddings: bool = False  # train prompt encoder + decoder on embeddings computed once per image
     data_split: str = "train"
     # Use only the split's first N scenes (None = all): with cache_embeddings each is then encoded once and its
@@ -534,6 +538,10 @@ class Trainer:
         self.model.train()
         if self.encoder_frozen:  # a frozen encoder keeps its BatchNorm statistics (if it has any)
             self.model.image_encoder.eval()
+        elif self.config.freeze_norm_stats:
+            for module in self.model.image_encoder.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         lr = lr_at(self.step_index, self.config, self.optimizer_start)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
