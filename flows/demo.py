@@ -233,7 +233,7 @@ def start_round(store_url: str, data: dict, config: DemoConfig) -> dict:
     skipped = ingested["train"].skipped  # the corrupt file the demo writes among the train images
     version = EMBEDDED_VERSION
     if config.start_checkpoint:
-        from sam_core.embedded import config_name, read_checkpoint
+        from sam_core.checkpoint import config_name, read_checkpoint
 
         version = "pretrained"
         name = config_name(read_checkpoint(config.start_checkpoint))

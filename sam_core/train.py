@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sam_core.build import build_sam
+from sam_core.checkpoint import load_weights
 from sam_core.losses import iou_head_loss, mask_iou, mask_loss, min_over_masks
 from sam_core.prompts import noisy_box, sample_error_points, sample_points_in
 from sam_core.train_data import SyntheticDataset, prepare_sample
@@ -148,8 +150,6 @@ def iteration_schedule(config: TrainConfig, rng: np.random.Generator) -> list[st
 def build_model(name: str = "tiny", attention_init_gain: float = 0.0) -> torch.nn.Module:
     """A freshly initialised model of the named config (see sam_core.build_sam); a gain > 0 applies
     ``locality_init`` to its mask decoder."""
-    from sam_core.build import build_sam
-
     model = build_sam(name)
     if attention_init_gain > 0:
         locality_init(model.mask_decoder, attention_init_gain)
@@ -439,8 +439,6 @@ class Trainer:
             raise ValueError("dataset is empty: nothing to train on")
         self.model = model if model is not None else build_model(config.model, config.attention_init_gain)
         if config.init_checkpoint:
-            from sam_core.embedded import load_weights
-
             load_weights(self.model, config.init_checkpoint)
         if config.fresh_decoder:
             fresh = build_model(config.model, config.attention_init_gain)

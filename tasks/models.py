@@ -90,7 +90,7 @@ def encoder_digest(state: dict) -> str:
 def shared_embeddings(store, parent_version: str, state: dict) -> str | None:
     """The embedding version a new model with ``state`` (a state dict) may share: its parent's, when the two
     image encoders are identical; else None (the new version must re-embed)."""
-    from sam_core.embedded import read_checkpoint
+    from sam_core.checkpoint import read_checkpoint
 
     parent = read_checkpoint(model_row(store, parent_version)["checkpoint_uri"])["model"]
     if encoder_digest(parent) != encoder_digest(state):

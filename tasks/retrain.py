@@ -202,7 +202,7 @@ def retrain(
     config_dict.pop("init_checkpoint", None)
     shared = None
     if freeze_image_encoder or cache_embeddings:  # the encoder was frozen: the parent's embeddings still hold
-        from sam_core.embedded import read_checkpoint
+        from sam_core.checkpoint import read_checkpoint
 
         shared = shared_embeddings(store, parent_version, read_checkpoint(checkpoint)["model"])
     return register_model(
