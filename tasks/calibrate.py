@@ -347,7 +347,7 @@ def calibrate(
     Returns {"model_version", "images", "candidates", "path"}.
     """
     from stores import Store
-    from tasks.evaluate import evaluation_set
+    from tasks.ground_truth import evaluation_set
     from tasks.models import load_model
 
     store = Store(store_url)

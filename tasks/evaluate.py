@@ -15,32 +15,9 @@ from prefect import task
 
 from tasks.autogen import AutogenSettings
 from tasks.filter import FilterSettings
+from tasks.ground_truth import evaluation_set
 from tasks.progress import CACHE_POLICY, OnProgress
 from tasks.runlog import run_logger
-
-
-def evaluation_set(store, ground_truth_uri: str, split: str, max_images: int | None) -> list[tuple]:
-    """[(image_id, image HxWx3 uint8, masks list of HxW bool)] of the split's images that have ground truth."""
-    from tasks.ground_truth import load_ground_truth
-    from tasks.ingest import load_image
-
-    truth = load_ground_truth(ground_truth_uri)
-    images = store.images()
-    images = images[images["split"] == split].sort_values("image_id")
-    out = []
-    for row in images.itertuples(index=False):
-        if max_images is not None and len(out) >= max_images:
-            break
-        if not truth.has(row.uri):
-            continue
-        masks = truth.masks_for(row.uri)
-        if masks:
-            out.append((row.image_id, load_image(row.uri), masks))
-    if not out:
-        raise ValueError(
-            f"no {split!r} images with ground truth in {ground_truth_uri}: ingest some with split={split!r}"
-        )
-    return out
 
 
 class _Reporting:

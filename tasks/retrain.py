@@ -84,7 +84,7 @@ def training_set(store, round: int, sources: list[str], split: str = "train") ->
 def labelled_split(store, split: str, ground_truth: str) -> list[tuple]:
     """[(image HxWx3 uint8, masks list of HxW bool)] of the store's ``split`` images, with their masks from the
     COCO file ``ground_truth`` (a replayed set). ValueError when the split has no image with ground truth."""
-    from tasks.evaluate import evaluation_set
+    from tasks.ground_truth import evaluation_set
 
     return [(image, masks) for _, image, masks in evaluation_set(store, ground_truth, split, None)]
 
