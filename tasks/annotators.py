@@ -24,6 +24,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from sam_core.prompts import first_click, next_click
+
 
 @dataclass
 class AnnotationRequest:
@@ -111,8 +113,6 @@ class SimulatedAnnotator:
 
     def annotate_object(self, predictor, gt: np.ndarray) -> AnnotatedMask:
         """Click on one ground-truth object (HxW bool) until the predictor's mask reaches ``iou_target``."""
-        from sam_core.prompts import first_click, next_click
-
         x, y, label = first_click(gt)
         coords, labels = [[float(x), float(y)]], [label]
         logits = None

@@ -13,9 +13,13 @@ from collections.abc import Callable
 
 from prefect import task
 
-from tasks.autogen import AutogenSettings
-from tasks.filter import FilterSettings
+from sam_core.evaluate import automatic_precision_recall, evaluate_interactive
+from stores import Store
+from tasks.autogen import AutogenSettings, make_generator
+from tasks.calibrate import calibrated_settings
+from tasks.filter import FilterSettings, filter_records
 from tasks.ground_truth import evaluation_set
+from tasks.models import load_model
 from tasks.progress import CACHE_POLICY, OnProgress
 from tasks.runlog import run_logger
 
@@ -63,13 +67,6 @@ def evaluate(
     ``on_progress(images done, images in all)``: each image counts once for the clicks and once for the automatic
     masks (the CLI's progress bar).
     """
-    from sam_core.evaluate import automatic_precision_recall, evaluate_interactive
-    from stores import Store
-    from tasks.autogen import make_generator
-    from tasks.calibrate import calibrated_settings
-    from tasks.filter import filter_records
-    from tasks.models import load_model
-
     store = Store(store_url)
     model = load_model(store, model_version, device)
     samples = evaluation_set(store, ground_truth, split, max_images)

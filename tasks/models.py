@@ -17,6 +17,11 @@ from __future__ import annotations
 import threading
 from functools import lru_cache
 
+from sam_core.build import CONFIGS, build_sam
+from sam_core.checkpoint import read_checkpoint
+from sam_core.embedded import EMBEDDED_CHECKPOINT, embedded_config_name
+from stores.fsio import check_key
+
 EMBEDDED_VERSION = "embedded"
 LATEST = "latest"
 
@@ -36,8 +41,6 @@ def resolve_version(store, model_version: str) -> str:
 def model_row(store, model_version: str) -> dict:
     """The models-table row of ``model_version`` as a dict. Raises ValueError naming the known versions."""
     if model_version == EMBEDDED_VERSION:
-        from sam_core.embedded import EMBEDDED_CHECKPOINT, embedded_config_name
-
         return {
             "model_version": EMBEDDED_VERSION,
             "parent_version": None,
@@ -90,8 +93,6 @@ def encoder_digest(state: dict) -> str:
 def shared_embeddings(store, parent_version: str, state: dict) -> str | None:
     """The embedding version a new model with ``state`` (a state dict) may share: its parent's, when the two
     image encoders are identical; else None (the new version must re-embed)."""
-    from sam_core.checkpoint import read_checkpoint
-
     parent = read_checkpoint(model_row(store, parent_version)["checkpoint_uri"])["model"]
     if encoder_digest(parent) != encoder_digest(state):
         return None
@@ -107,9 +108,6 @@ def check_model(store, model_version: str) -> dict:
 
 def check_new_model(model_version: str, config_name: str) -> None:
     """ValueError unless ``model_version`` may name a new row and ``config_name`` is a SAM config; writes nothing."""
-    from sam_core.build import CONFIGS
-    from stores.fsio import check_key
-
     if config_name not in CONFIGS:
         raise ValueError(f"unknown SAM config {config_name!r}; choose one of {sorted(CONFIGS)}")
     if model_version in (EMBEDDED_VERSION, LATEST):
@@ -165,8 +163,6 @@ def load_model(store, model_version: str, device: str = "cpu"):
 
 @lru_cache(maxsize=4)
 def _load_cached(config_name: str, checkpoint_uri: str, device: str):
-    from sam_core.build import build_sam
-
     with _LOCK:  # concurrent task threads must not build the same model twice
         model = build_sam(config_name, checkpoint=checkpoint_uri)
     return model.to(device).eval()
