@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from sam_core.automatic_mask_generator import AutomaticMaskGenerator
 from sam_core.embedded import load_embedded
+from sam_core.mask_utils import binary_iou
 from sam_core.prompts import first_click, next_click
 from sam_core.train import encode
 from sam_core.train_data import SyntheticDataset, prepare_sample
@@ -31,12 +32,6 @@ from sam_core.train_data import SyntheticDataset, prepare_sample
 CLICKS_REPORTED = (1, 2, 3, 5, 9)
 # Mask areas in pixels (lower bounds) for the breakdown of interactive mIoU by object size.
 AREA_BINS = (30, 100, 300, 1000, 3000)
-
-
-def binary_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two HxW bool masks; 1.0 when both are empty."""
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
 @torch.no_grad()
