@@ -13,6 +13,7 @@ registry and the embedded model read). Writing is the trainer's (``sam_core.trai
 
 from __future__ import annotations
 
+import hashlib
 import io
 import pickle
 from collections.abc import Mapping
@@ -153,6 +154,22 @@ def load_weights(model: torch.nn.Module, source) -> dict:
     check_state_dict(model, ckpt["model"], f"checkpoint {_name(source)}")
     model.load_state_dict(ckpt["model"], strict=True)
     return ckpt
+
+
+def encoder_digest(state: dict) -> str:
+    """sha256 of a state dict's ``image_encoder.*`` tensors (names, shapes and values as float32, so an fp16-stored
+    checkpoint and an fp32 copy of the same weights agree). ValueError when the state has no image encoder."""
+    names = sorted(k for k in state if k.startswith("image_encoder."))
+    if not names:
+        raise ValueError("state dict has no image_encoder.* tensors")
+    digest = hashlib.sha256()
+    for name in names:
+        tensor = state[name].detach().cpu()
+        if tensor.is_floating_point():
+            tensor = tensor.to(torch.float32)
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _refusal_reason(err: BaseException) -> str:

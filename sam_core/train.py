@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from sam_core.build import build_sam
-from sam_core.checkpoint import load_weights
+from sam_core.checkpoint import encoder_digest, load_weights
 from sam_core.losses import iou_head_loss, mask_iou, mask_loss, min_over_masks
 from sam_core.prompts import noisy_box, sample_error_points, sample_points_in
 from sam_core.train_data import SyntheticDataset, prepare_sample
@@ -250,16 +250,6 @@ class FrozenEmbeddings:
         self._bytes = 0
         self._lock = threading.Lock()
         self.hits = self.misses = 0
-
-    @staticmethod
-    def encoder_digest(encoder: torch.nn.Module) -> str:
-        import hashlib
-
-        h = hashlib.blake2b(digest_size=16)
-        for name, tensor in sorted(encoder.state_dict().items()):
-            h.update(name.encode())
-            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()
 
     def get(self, encoder_key: str, image: torch.Tensor, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """The embedding of ``image`` (3xSxS, encoder size) under ``encoder_key``: cached, or ``compute()``."""
@@ -518,7 +508,9 @@ class Trainer:
         if index not in self.embedding_cache:
             if self.encoder_key is None:  # weights are frozen from here on: digest them once
                 device = next(self.model.image_encoder.parameters()).device
-                self.encoder_key = f"{FrozenEmbeddings.encoder_digest(self.model.image_encoder)}@{device}"
+                self.encoder_key = (
+                    f"{encoder_digest(self.model.image_encoder.state_dict(prefix='image_encoder.'))}@{device}"
+                )
 
             def compute() -> torch.Tensor:
                 with torch.no_grad():

@@ -7,7 +7,7 @@ as they are).
 
 Embeddings are keyed by the version that owns the image encoder (``embedding_version``). A version trained with
 its encoder frozen (a decoder-only retrain, the demo's seed) records in ``config["embeddings_of"]`` the version
-whose encoder it kept, after checking that the two encoders' weights are identical (``encoder_digest``), and reads
+whose encoder it kept, after checking that the two encoders' weights are identical (``sam_core.checkpoint.encoder_digest``), and reads
 and writes that version's embeddings: the images need not be encoded again, which is most of a round's compute.
 Any other new version (one trained end to end, a checkpoint registered by hand) re-embeds.
 """
@@ -18,7 +18,7 @@ import threading
 from functools import lru_cache
 
 from sam_core.build import CONFIGS, build_sam
-from sam_core.checkpoint import read_checkpoint
+from sam_core.checkpoint import encoder_digest, read_checkpoint
 from sam_core.embedded import EMBEDDED_CHECKPOINT, embedded_config_name
 from stores.fsio import check_key
 
@@ -68,26 +68,6 @@ def embedding_version(store, model_version: str) -> str:
     except ValueError:  # not registered
         return model_version
     return str(config.get("embeddings_of") or model_version)
-
-
-def encoder_digest(state: dict) -> str:
-    """sha256 of a state dict's ``image_encoder.*`` tensors (names, shapes and values as float32, so an fp16-stored
-    checkpoint and an fp32 copy of the same weights agree). ValueError when the state has no image encoder."""
-    import hashlib
-
-    import torch
-
-    names = sorted(k for k in state if k.startswith("image_encoder."))
-    if not names:
-        raise ValueError("state dict has no image_encoder.* tensors")
-    digest = hashlib.sha256()
-    for name in names:
-        tensor = state[name].detach().cpu()
-        if tensor.is_floating_point():
-            tensor = tensor.to(torch.float32)
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(tensor.contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def shared_embeddings(store, parent_version: str, state: dict) -> str | None:
