@@ -112,6 +112,8 @@ STABILITY_THRESH = typer.Option(
     0.95, min=0.0, max=1.0, metavar="S", help="automatic masks: keep stability score >= S (fixed thresholds)"
 )
 STAGE_HELP = f"one of {', '.join(STAGES)}"
+ONLY_ROUND = typer.Option(None, metavar="N", help="only this round")
+ONLY_STAGE = typer.Option(None, metavar="STAGE", help=f"only this stage: {STAGE_HELP}")
 Backend = Literal["ray", "local"]
 Domain = Literal["cells", "shapes"]  # sam_core.domains.DOMAINS
 
@@ -443,34 +445,35 @@ def calibrate(
 @export_app.command("coco")
 def export_coco(
     destination: str = typer.Argument(..., metavar="FILE", help="JSON file (path or URL)"),
-    round: int = typer.Option(None, metavar="N", help="only this round"),
-    stage: Stage = typer.Option(None, metavar="STAGE", help=f"only this stage: {STAGE_HELP}"),
+    round: int = ONLY_ROUND,
+    stage: Stage = ONLY_STAGE,
     store: str = STORE,
 ) -> None:
     """COCO instances JSON (RLE segmentations) of the current masks."""
-    url = _existing_store(store).url
-    try:
-        result = export.fn(url, destination, "coco", round=round, stage=stage)
-    except (OSError, ValueError) as exc:
-        _fail(exc)
+    result = _export(store, destination, "coco", round, stage)
     _print_json(result | {"files": [destination]})
 
 
 @export_app.command("sa1b")
 def export_sa1b(
     destination: str = typer.Argument(..., metavar="DIR", help="directory (path or URL): one JSON per image"),
-    round: int = typer.Option(None, metavar="N", help="only this round"),
-    stage: Stage = typer.Option(None, metavar="STAGE", help=f"only this stage: {STAGE_HELP}"),
+    round: int = ONLY_ROUND,
+    stage: Stage = ONLY_STAGE,
     store: str = STORE,
 ) -> None:
     """SA-1B per-image JSON files of the current masks."""
-    url = _existing_store(store).url
-    try:
-        result = export.fn(url, destination, "sa1b", round=round, stage=stage)
-    except (OSError, ValueError) as exc:
-        _fail(exc)
+    result = _export(store, destination, "sa1b", round, stage)
     result["files"] = len(result["files"])
     _print_json(result)
+
+
+def _export(store: str | None, destination: str, format: str, round: int | None, stage: str | None) -> dict:
+    """The export task's summary for the CLI; a bad destination or store is one line and exit 2."""
+    url = _existing_store(store).url
+    try:
+        return export.fn(url, destination, format, round=round, stage=stage)
+    except (OSError, ValueError) as exc:
+        _fail(exc)
 
 
 @query_app.command("images")
@@ -482,8 +485,8 @@ def query_images(store: str = STORE) -> None:
 
 @query_app.command("masks")
 def query_masks(
-    round: int = typer.Option(None, metavar="N", help="only this round"),
-    stage: Stage = typer.Option(None, metavar="STAGE", help=f"only this stage: {STAGE_HELP}"),
+    round: int = ONLY_ROUND,
+    stage: Stage = ONLY_STAGE,
     source: str = typer.Option(
         None, metavar="SOURCE", help="only masks of this source: auto, model or human"
     ),
