@@ -28,7 +28,8 @@ from PIL import Image  # noqa: E402
 
 from sam_core.embedded import EMBEDDED_CHECKPOINT  # noqa: E402
 from stores import Store  # noqa: E402
-from tasks.labelstudio.ml_backend import SamBackend, build_model, load_image, serve_in_thread  # noqa: E402
+from tasks.ingest import load_image  # noqa: E402
+from tasks.labelstudio.ml_backend import SamBackend, build_model, serve_in_thread  # noqa: E402
 
 
 class EncoderPerClickBackend(SamBackend):

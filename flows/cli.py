@@ -27,8 +27,36 @@ import typer
 import typer.core
 
 import flows  # noqa: F401  (sets the Prefect defaults before anything imports prefect)
+from flows.data_engine_round import data_engine_round
+from flows.demo import DemoConfig, run_demo
+from flows.labelstudio_cli import app as labelstudio_app
+from flows.params import EvalSettings, ImageSelection, RetrainParams, RoundParams, TrainSettings
 from flows.progress import progress_bar, step_bar, watching
+from flows.retrain import retrain_flow
 from flows.stages import STAGES, Stage
+from stores import Store, StoreNotFoundError
+from stores.fsio import resolve_filesystem
+from tasks.autogen import AutogenSettings, make_generator
+from tasks.calibrate import CalibrationSettings, filter_operating_point, read_calibration
+from tasks.calibrate import calibrate as calibrate_task
+from tasks.embed import embed as embed_task
+from tasks.evaluate import evaluate
+from tasks.export import export
+from tasks.filter import CONFIDENT, FilterSettings
+from tasks.ingest import IMAGE_EXTENSIONS, load_image
+from tasks.ingest import ingest as ingest_task
+from tasks.models import (
+    EMBEDDED_VERSION,
+    LATEST,
+    check_checkpoint,
+    check_new_model,
+    load_model,
+    register_model,
+    resolve_version,
+)
+from tasks.overlays import overlay
+from tasks.ray_cluster import shutdown_ray
+from tasks.settings import EngineSettings
 
 app = typer.Typer(
     help="The SAM data engine: ingest images, embed them, run annotation rounds (assisted-manual, "
@@ -65,12 +93,7 @@ app.add_typer(export_app, name="export")
 app.add_typer(query_app, name="query")
 app.add_typer(model_app, name="model")
 
-try:  # helper F's Label Studio commands, when that part is installed
-    from flows.labelstudio_cli import app as labelstudio_app
-
-    app.add_typer(labelstudio_app, name="labelstudio")
-except ImportError:  # pragma: no cover - the engine works without Label Studio
-    pass
+app.add_typer(labelstudio_app, name="labelstudio")
 
 STORE = typer.Option(
     None, "--store", metavar="URI", help="store URL or path (default: SAM_ENGINE_STORE or ./.engine/store)"
@@ -89,21 +112,19 @@ STABILITY_THRESH = typer.Option(
     0.95, min=0.0, max=1.0, metavar="S", help="automatic masks: keep stability score >= S (fixed thresholds)"
 )
 STAGE_HELP = f"one of {', '.join(STAGES)}"
+ONLY_ROUND = typer.Option(None, metavar="N", help="only this round")
+ONLY_STAGE = typer.Option(None, metavar="STAGE", help=f"only this stage: {STAGE_HELP}")
 Backend = Literal["ray", "local"]
 Domain = Literal["cells", "shapes"]  # sam_core.domains.DOMAINS
 
 
 def _store(url: str | None) -> str:
     """The store URL: --store, else SAM_ENGINE_STORE, else file://$SAM_ENGINE_HOME/store."""
-    from tasks.settings import EngineSettings
-
     return url or EngineSettings.from_env().store_url
 
 
 def _store_url(url: str | None) -> str:
     """The store URL of a command that may create the store, its protocol checked; creates nothing yet."""
-    from stores.fsio import resolve_filesystem
-
     resolved = _store(url)
     try:
         resolve_filesystem(resolved)
@@ -114,8 +135,6 @@ def _store_url(url: str | None) -> str:
 
 def _existing_store(url: str | None):
     """The Store of a command that reads: one that is not there is an error (exit 2), and no folder is made."""
-    from stores import Store
-
     try:
         return Store(_store(url), create=False)
     except (OSError, ValueError) as exc:
@@ -124,8 +143,6 @@ def _existing_store(url: str | None):
 
 def _fail(exc: Exception) -> None:
     """One line on stderr and exit code 2: bad input is the user's to fix, not a traceback to read."""
-    from stores import StoreNotFoundError
-
     message = f"error: {exc}"
     if isinstance(exc, StoreNotFoundError):
         message += " (`sam-engine ingest` or `sam-engine model add` creates a store)"
@@ -150,9 +167,6 @@ def demo(
 
     Prints a table of figures after each round and writes figures.json, figures.png and mask overlays to OUT.
     """
-    from flows.demo import DemoConfig, run_demo
-    from tasks.models import check_checkpoint
-
     if checkpoint is not None:  # before minutes of work, not after
         try:
             check_checkpoint(checkpoint, "pretrained")
@@ -165,8 +179,6 @@ def demo(
     try:
         run_demo(out, config)
     finally:
-        from tasks.ray_cluster import shutdown_ray
-
         shutdown_ray()
 
 
@@ -183,9 +195,6 @@ def ingest(
     """Register images in the store (image id = sha256 of the bytes); unreadable files are listed and skipped.
 
     Exits with code 2 when nothing could be registered (then no store is created)."""
-    from tasks.ingest import IMAGE_EXTENSIONS
-    from tasks.ingest import ingest as ingest_task
-
     url = _store_url(store)
     try:
         with progress_bar("reading files") as report:
@@ -226,9 +235,6 @@ def embed(
     actors: int = typer.Option(1, min=1, metavar="N", help="encoder actors on Ray"),
 ) -> None:
     """Compute image embeddings for every image that has none for the model version (cached ones are kept)."""
-    from tasks.embed import embed as embed_task
-    from tasks.models import resolve_version
-
     store_obj = _existing_store(store)
     url = store_obj.url
     try:
@@ -290,12 +296,6 @@ def round_(
     ),
 ) -> None:
     """One data-engine round: the stage, then a retrain on all accepted masks, then a held-out evaluation."""
-    from flows.data_engine_round import data_engine_round
-    from flows.params import EvalSettings, ImageSelection, RoundParams, TrainSettings
-    from tasks.autogen import AutogenSettings
-    from tasks.calibrate import CalibrationSettings
-    from tasks.filter import CONFIDENT, FilterSettings
-
     calibrated = {} if target_precision is None else {"target_precision": target_precision}
     confident = {} if confident_precision is None else {"target_precision": confident_precision}
     try:
@@ -359,9 +359,6 @@ def train(
     ),
 ) -> None:
     """Retrain on every accepted mask so far and register the new model version."""
-    from flows.params import EvalSettings, RetrainParams, TrainSettings
-    from flows.retrain import retrain_flow
-
     try:
         params = RetrainParams(
             store=_existing_store(store).url,
@@ -389,9 +386,6 @@ def eval_(
     store: str = STORE,
 ) -> None:
     """mIoU after 1..9 clicks, NoC@85/90 and automatic-mask precision/recall of a model version."""
-    from tasks.evaluate import evaluate
-    from tasks.models import resolve_version
-
     store_obj = _existing_store(store)
     url = store_obj.url
     try:
@@ -426,12 +420,6 @@ def calibrate(
 ) -> None:
     """Score a version's automatic masks against ground truth and store them, so that filters can ask for a
     target precision (FilterSettings.target_precision) instead of fixed thresholds; prints the operating points."""
-    from tasks.autogen import AutogenSettings
-    from tasks.calibrate import CalibrationSettings, filter_operating_point, read_calibration
-    from tasks.calibrate import calibrate as calibrate_task
-    from tasks.filter import FilterSettings
-    from tasks.models import resolve_version
-
     store_obj = _existing_store(store)
     url = store_obj.url
     try:
@@ -457,38 +445,35 @@ def calibrate(
 @export_app.command("coco")
 def export_coco(
     destination: str = typer.Argument(..., metavar="FILE", help="JSON file (path or URL)"),
-    round: int = typer.Option(None, metavar="N", help="only this round"),
-    stage: Stage = typer.Option(None, metavar="STAGE", help=f"only this stage: {STAGE_HELP}"),
+    round: int = ONLY_ROUND,
+    stage: Stage = ONLY_STAGE,
     store: str = STORE,
 ) -> None:
     """COCO instances JSON (RLE segmentations) of the current masks."""
-    from tasks.export import export
-
-    url = _existing_store(store).url
-    try:
-        result = export.fn(url, destination, "coco", round=round, stage=stage)
-    except (OSError, ValueError) as exc:
-        _fail(exc)
+    result = _export(store, destination, "coco", round, stage)
     _print_json(result | {"files": [destination]})
 
 
 @export_app.command("sa1b")
 def export_sa1b(
     destination: str = typer.Argument(..., metavar="DIR", help="directory (path or URL): one JSON per image"),
-    round: int = typer.Option(None, metavar="N", help="only this round"),
-    stage: Stage = typer.Option(None, metavar="STAGE", help=f"only this stage: {STAGE_HELP}"),
+    round: int = ONLY_ROUND,
+    stage: Stage = ONLY_STAGE,
     store: str = STORE,
 ) -> None:
     """SA-1B per-image JSON files of the current masks."""
-    from tasks.export import export
-
-    url = _existing_store(store).url
-    try:
-        result = export.fn(url, destination, "sa1b", round=round, stage=stage)
-    except (OSError, ValueError) as exc:
-        _fail(exc)
+    result = _export(store, destination, "sa1b", round, stage)
     result["files"] = len(result["files"])
     _print_json(result)
+
+
+def _export(store: str | None, destination: str, format: str, round: int | None, stage: str | None) -> dict:
+    """The export task's summary for the CLI; a bad destination or store is one line and exit 2."""
+    url = _existing_store(store).url
+    try:
+        return export.fn(url, destination, format, round=round, stage=stage)
+    except (OSError, ValueError) as exc:
+        _fail(exc)
 
 
 @query_app.command("images")
@@ -500,8 +485,8 @@ def query_images(store: str = STORE) -> None:
 
 @query_app.command("masks")
 def query_masks(
-    round: int = typer.Option(None, metavar="N", help="only this round"),
-    stage: Stage = typer.Option(None, metavar="STAGE", help=f"only this stage: {STAGE_HELP}"),
+    round: int = ONLY_ROUND,
+    stage: Stage = ONLY_STAGE,
     source: str = typer.Option(
         None, metavar="SOURCE", help="only masks of this source: auto, model or human"
     ),
@@ -579,9 +564,6 @@ def model_add(
     store: str = STORE,
 ) -> None:
     """Register a checkpoint as a model version, so flows can use it by name."""
-    from stores import Store
-    from tasks.models import check_checkpoint, check_new_model, register_model
-
     url = _store_url(store)
     try:  # every check before the store is opened, so a refused version leaves no folder and no row behind
         check_new_model(model_version, config)
@@ -603,12 +585,6 @@ def segment(
     store: str = STORE,
 ) -> None:
     """Automatic masks of one image, drawn over it (no store writes; the embedded model by default)."""
-    from stores import Store, StoreNotFoundError
-    from tasks.autogen import AutogenSettings, make_generator
-    from tasks.ingest import load_image
-    from tasks.models import EMBEDDED_VERSION, LATEST, load_model, resolve_version
-    from tasks.overlays import overlay
-
     if store is not None:
         store_obj = _existing_store(store)
     else:

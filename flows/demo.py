@@ -32,7 +32,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from flows.data_engine_round import data_engine_round
+from flows.params import EvalSettings, ImageSelection, RoundParams, TrainSettings
 from flows.progress import Watcher, step_bar, watched_step, watching
+from sam_core.checkpoint import config_name, read_checkpoint
+from stores import Store
+from tasks.annotate import AnnotatorSettings
+from tasks.autogen import AutogenSettings
+from tasks.calibrate import CalibrationSettings, calibrate
+from tasks.demo_data import write_synthetic_images
+from tasks.evaluate import evaluate
+from tasks.filter import CONFIDENT, FilterSettings
+from tasks.ingest import ingest, load_image
+from tasks.models import EMBEDDED_VERSION, register_model
+from tasks.overlays import line_plot, overlay
+from tasks.records import decode_rows
+from tasks.report import record_round
+from tasks.settings import apply_torch_threads
 
 ROUNDS = ((1, "assisted_manual"), (2, "semi_automatic"), (3, "fully_automatic"))
 # How every retrain trains: the embedded model's own recipe (12 masks an image, the first prompt then 2
@@ -122,23 +138,16 @@ class DemoConfig:
 
     def stage3_filter(self):
         """The filter of stage 3 and of the evaluations' automatic masks."""
-        from tasks.filter import FilterSettings
-
         return FilterSettings(target_precision=self.auto_precision, match_iou=self.match_iou)
 
     def confident_filter(self):
         """Stage 2's bar for pre-filled masks: the fixed CONFIDENT settings, at a calibrated precision."""
-        from tasks.filter import CONFIDENT
-
         return CONFIDENT.model_copy(
             update={"target_precision": self.confident_precision, "match_iou": self.match_iou}
         )
 
     def evaluation(self, ground_truth: str):
         """The held-out evaluation of the start model and of every retrain."""
-        from flows.params import EvalSettings
-        from tasks.autogen import AutogenSettings
-
         return EvalSettings(
             ground_truth=ground_truth,
             max_images=self.test_images,
@@ -149,8 +158,6 @@ class DemoConfig:
         )
 
     def calibration(self, ground_truth: str):
-        from tasks.calibrate import CalibrationSettings
-
         return CalibrationSettings(
             ground_truth=ground_truth,
             max_images=self.val_images,
@@ -160,8 +167,6 @@ class DemoConfig:
 
 def make_data(root: Path, config: DemoConfig) -> dict:
     """Write the domain's train/test/val scenes, a corrupt image and the ground-truth COCO file under ``root``."""
-    from tasks.demo_data import write_synthetic_images
-
     return write_synthetic_images(
         root,
         train=config.images_per_round * len(ROUNDS),
@@ -174,8 +179,6 @@ def make_data(root: Path, config: DemoConfig) -> dict:
 def run_demo(out_dir: Path, config: DemoConfig | None = None, console=None) -> list[dict]:
     """Run the demo into ``out_dir``; returns the figures of rounds 0-3 (also in out_dir/figures.json)."""
     from rich.console import Console
-
-    from tasks.settings import apply_torch_threads
 
     config = config or DemoConfig()
     console = console or Console(width=max(Console().width, 150))
@@ -224,13 +227,6 @@ def in_round(bar: Watcher, round: int) -> Watcher:
 
 def start_round(store_url: str, data: dict, config: DemoConfig) -> dict:
     """Ingest every image, then calibrate and evaluate the model the demo starts from: round 0 of the table."""
-    from stores import Store
-    from tasks.calibrate import calibrate
-    from tasks.evaluate import evaluate
-    from tasks.ingest import ingest
-    from tasks.models import EMBEDDED_VERSION, register_model
-    from tasks.report import record_round
-
     ingested = {}
     for split in ("train", "test", "val"):
         with watched_step(f"ingesting the {split} images: files") as report:
@@ -238,8 +234,6 @@ def start_round(store_url: str, data: dict, config: DemoConfig) -> dict:
     skipped = ingested["train"].skipped  # the corrupt file the demo writes among the train images
     version = EMBEDDED_VERSION
     if config.start_checkpoint:
-        from sam_core.embedded import config_name, read_checkpoint
-
         version = "pretrained"
         name = config_name(read_checkpoint(config.start_checkpoint))
         register_model(Store(store_url), version, name, config.start_checkpoint)
@@ -266,10 +260,6 @@ def start_round(store_url: str, data: dict, config: DemoConfig) -> dict:
 
 def round_params(store_url: str, data: dict, config: DemoConfig, round: int, stage: str, version: str):
     """The data_engine_round parameters of one demo round: new images, then retrain and evaluate."""
-    from flows.params import ImageSelection, RoundParams, TrainSettings
-    from tasks.annotate import AnnotatorSettings
-    from tasks.autogen import AutogenSettings
-
     return RoundParams(
         store=store_url,
         round=round,
@@ -302,8 +292,6 @@ def round_params(store_url: str, data: dict, config: DemoConfig, round: int, sta
 
 
 def run_round(store_url: str, data: dict, config: DemoConfig, round: int, stage: str, version: str) -> dict:
-    from flows.data_engine_round import data_engine_round
-
     params = round_params(store_url, data, config, round, stage, version)
     return data_engine_round(params, train_backend=config.train_backend)
 
@@ -342,11 +330,6 @@ UNIT_RANGE = {"mIoU@1", "mIoU@5", "AMG recall"}  # fractions: drawn on a 0..1 ax
 
 def write_outputs(out_dir: Path, store_url: str, figures: list[dict]) -> None:
     """figures.json, a plot of the figures per round, and overlays of each round's masks."""
-    from stores import Store
-    from tasks.ingest import load_image
-    from tasks.overlays import overlay
-    from tasks.records import decode_rows
-
     (out_dir / "figures.json").write_text(json.dumps(figures, indent=2, default=str))
     plot_figures(out_dir, figures)
     store = Store(store_url)
@@ -364,8 +347,6 @@ def write_outputs(out_dir: Path, store_url: str, figures: list[dict]) -> None:
 def plot_figures(out_dir: Path, figures: list[dict]) -> None:
     """figures.png: one panel per figure over the rounds; mIoU panels carry the spread between training seeds as
     a band (half of it either side of each retrain's point) when ``SPREAD_FILE`` holds it."""
-    from tasks.overlays import line_plot
-
     spread_path = out_dir / SPREAD_FILE
     spread = json.loads(spread_path.read_text()) if spread_path.is_file() else {}
     labels = [f"r{f['round']}" for f in figures]

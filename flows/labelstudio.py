@@ -17,16 +17,15 @@ from prefect import flow
 from flows.params import LabelStudioPushParams, LabelStudioSyncParams
 from flows.progress import flow_step
 from flows.steps import check_inputs, ingest_and_select, open_store, run_embed
+from tasks.labelstudio.push import confident_masks, push_task, sync_task
+from tasks.labelstudio.server import connect, document_root
+from tasks.settings import EngineSettings
 
 
 @flow(name="labelstudio-push", log_prints=True)
 def labelstudio_push(params: LabelStudioPushParams | None = None) -> dict:
     """A round's images to a Label Studio project (confident masks as predictions in the semi-automatic stage).
     Returns the push summary (project, tasks added and already there, masks predicted, images skipped)."""
-    from tasks.labelstudio.push import confident_masks, push_task
-    from tasks.labelstudio.server import connect, document_root
-    from tasks.settings import EngineSettings
-
     params = params or LabelStudioPushParams()
     params = check_inputs(params)
     with connect(params.labelstudio_url) as client:  # fail before any work when Label Studio is not there
@@ -73,8 +72,6 @@ def labelstudio_push(params: LabelStudioPushParams | None = None) -> dict:
 def labelstudio_sync(params: LabelStudioSyncParams | None = None) -> dict:
     """What people did in the project since the last sync, into the masks table; emits the synced event.
     Returns the sync summary (written, new, edited, deleted, skipped by reason, pending, retrain_due)."""
-    from tasks.labelstudio.push import sync_task
-
     params = params or LabelStudioSyncParams()
     open_store(params.store)  # a mistyped store is an error, not a new empty one
     summary = sync_task.with_options(retries=params.retries, retry_delay_seconds=params.retry_delay_seconds)(

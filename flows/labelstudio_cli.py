@@ -19,8 +19,14 @@ from typing import Literal
 
 import typer
 
+from flows.labelstudio import labelstudio_push, labelstudio_sync
+from flows.params import ImageSelection, LabelStudioPushParams, LabelStudioSyncParams
+from flows.progress import step_bar, watching
 from stores import Store
+from tasks.filter import CONFIDENT, FilterSettings
+from tasks.labelstudio import server
 from tasks.labelstudio.ml_backend import SamBackend, make_server, serving_model
+from tasks.labelstudio.server import connect
 from tasks.settings import EngineSettings
 
 app = typer.Typer(help="Label Studio: a local server for people to label, and the SAM ML backend it calls.")
@@ -36,8 +42,6 @@ def up(
     show_token: bool = typer.Option(False, help="also print the API token"),
 ) -> None:
     """Install Label Studio into its own venv if missing, start it and wait until it answers."""
-    from tasks.labelstudio import server
-
     info = server.up(port=port, home=home, document_root=document_root)
     typer.echo(f"Label Studio at {info.url} (pid {info.pid}); user {info.username}")
     typer.echo(f"credentials: {server.home_dir(home) / 'credentials.json'}")
@@ -48,16 +52,12 @@ def up(
 @app.command()
 def down(home: str = typer.Option(None, help="state folder the server was started from")) -> None:
     """Stop the Label Studio that `up` started."""
-    from tasks.labelstudio import server
-
     typer.echo("stopped" if server.down(home) else "not running")
 
 
 @app.command()
 def status(home: str = typer.Option(None, help="state folder the server was started from")) -> None:
     """Print whether the local Label Studio runs and answers /health."""
-    from tasks.labelstudio import server
-
     typer.echo(json.dumps(server.status(home), indent=2))
 
 
@@ -105,16 +105,16 @@ def backend(
     if token is None:
         typer.echo(f"warning: {token_env} is not set; the backend accepts every caller", err=True)
     backend_app = SamBackend(store_obj, sam, version, token=token)
-    server = make_server(backend_app, host, port)
+    httpd = make_server(backend_app, host, port)
     typer.echo(
-        f"SAM ML backend on http://{host}:{server.server_address[1]} serving {version} (store {store_url})"
+        f"SAM ML backend on http://{host}:{httpd.server_address[1]} serving {version} (store {store_url})"
     )
     try:
-        server.serve_forever()
+        httpd.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
-        server.server_close()
+        httpd.server_close()
 
 
 LabelStage = Literal["assisted_manual", "semi_automatic"]
@@ -166,12 +166,6 @@ def push(
     ),
 ) -> None:
     """A round's images to a Label Studio project, one task each (a rerun adds none twice); prints the summary."""
-    from flows.labelstudio import labelstudio_push
-    from flows.params import ImageSelection, LabelStudioPushParams
-    from flows.progress import step_bar, watching
-    from tasks.filter import CONFIDENT, FilterSettings
-    from tasks.labelstudio.server import connect
-
     store_url = store or EngineSettings.from_env().store_url
     confident = {} if confident_precision is None else {"target_precision": confident_precision}
     try:
@@ -211,10 +205,6 @@ def sync(
     retries: int = typer.Option(2, min=0, max=10, metavar="N", help="reruns when Label Studio fails"),
 ) -> None:
     """Pull what people added, edited and deleted since the last sync into the store; prints the summary."""
-    from flows.labelstudio import labelstudio_sync
-    from flows.params import LabelStudioSyncParams
-    from tasks.labelstudio.server import connect
-
     try:
         params = LabelStudioSyncParams(
             store=store or EngineSettings.from_env().store_url,

@@ -10,6 +10,12 @@ from prefect import flow
 
 from flows.params import RetrainParams
 from flows.progress import flow_step
+from flows.steps import check_calibrated, open_store
+from tasks.calibrate import calibrate
+from tasks.evaluate import evaluate
+from tasks.ground_truth import load_ground_truth
+from tasks.models import check_model, resolve_version
+from tasks.retrain import retrain
 
 
 @flow(name="retrain", log_prints=True)
@@ -18,13 +24,6 @@ def retrain_flow(params: RetrainParams | None = None, backend: str = "ray") -> d
 
     Returns the new models row, with the evaluation metrics under "evaluation" when evaluated.
     """
-    from flows.steps import check_calibrated, open_store
-    from tasks.calibrate import calibrate
-    from tasks.evaluate import evaluate
-    from tasks.ground_truth import load_ground_truth
-    from tasks.models import check_model, resolve_version
-    from tasks.retrain import retrain
-
     params = params or RetrainParams()
     params = params.model_copy(
         update={"parent_version": resolve_version(open_store(params.store), params.parent_version)}

@@ -8,7 +8,15 @@ from datetime import UTC, datetime
 from flows.params import StageParams
 from flows.progress import Report, flow_step
 from stores import Store
+from tasks.calibrate import check_calibration
+from tasks.embed import embed
+from tasks.ground_truth import load_ground_truth
+from tasks.ingest import ingest
+from tasks.models import check_model, resolve_version
+from tasks.report import publish_report, record_round, stage_figures
 from tasks.retrain import nothing_to_train_on, parent_trained_at, training_masks
+from tasks.settings import EngineSettings
+from tasks.shards import plan_shards, shard_name
 
 
 def open_store(url: str, must_exist: bool = True):
@@ -27,9 +35,6 @@ def check_inputs(params: StageParams, needs_ground_truth: str | None = None):
     """Fail fast, before any work: the store exists (or images are to be ingested), the model version is
     registered and its checkpoint exists, and the ground-truth file (when the simulated annotator needs one)
     is readable. Returns the parameters with ``latest`` resolved to a model version."""
-    from tasks.ground_truth import load_ground_truth
-    from tasks.models import check_model, resolve_version
-
     store = open_store(params.store, must_exist=not params.ingest)
     version = resolve_version(store, params.model_version)
     check_model(store, version)
@@ -46,8 +51,6 @@ def check_calibrated(store, version: str, params) -> None:
     """Fail fast: a filter with a target precision needs its model's calibration, an evaluation that filters by
     one needs the round to calibrate the version it evaluates, and the calibration's and the replayed split's
     ground-truth files are readable."""
-    from tasks.calibrate import check_calibration
-
     stage = getattr(params, "stage", None)  # a round runs one stage; a stage flow has only its own filter
     for name, used_by in (("filter", "fully_automatic"), ("confident", "semi_automatic")):
         settings = getattr(params, name, None)
@@ -56,7 +59,6 @@ def check_calibrated(store, version: str, params) -> None:
                 check_calibration(store, version, settings)
             except FileNotFoundError as exc:
                 raise FileNotFoundError(f"{name}.target_precision: {exc}") from None
-    from tasks.ground_truth import load_ground_truth
 
     calibration = getattr(params, "calibration", None)
     evaluation = getattr(params, "evaluation", None)
@@ -77,8 +79,6 @@ def ingest_and_select(params: StageParams) -> tuple[list[str], list[dict]]:
 
     Returns (image ids, images skipped at ingest with their reasons).
     """
-    from tasks.ingest import ingest
-
     skipped: list[dict] = []
     if params.ingest:
         with flow_step("ingesting files") as report:
@@ -107,8 +107,6 @@ def run_embed(params: StageParams, image_ids: list[str]) -> tuple[list[str], lis
 
     Returns (the image ids that have an embedding now, sorted; the images that failed, with their reasons).
     """
-    from tasks.embed import embed
-
     with flow_step(f"embedding images with {params.model_version}") as report:
         result = embed(
             params.store, params.model_version, image_ids, **params.embed.model_dump(), on_progress=report
@@ -120,9 +118,6 @@ def run_embed(params: StageParams, image_ids: list[str]) -> tuple[list[str], lis
 def run_shards(task, params: StageParams, stage: str, image_ids: list[str], **kwargs) -> list[dict]:
     """Run ``task`` over the images shard by shard (sequentially: each shard already uses every core), with a
     progress artifact that the task moves after each image. Returns the shard summaries."""
-    from tasks.settings import EngineSettings
-    from tasks.shards import plan_shards, shard_name
-
     shards = plan_shards(image_ids, params.shard_size)
     images = sum(len(ids) for ids in shards)
     summaries = []
@@ -157,8 +152,6 @@ def finish_stage(
     params: StageParams, stage: str, summaries: list[dict], started: datetime, skipped: list[dict]
 ) -> dict:
     """The stage's figures (also written to the rounds table) and its report artifacts."""
-    from tasks.report import publish_report, record_round, stage_figures
-
     figures = stage_figures(Store(params.store), params.round, stage, summaries, params.model_version)
     if skipped:
         figures["skipped_images"] = skipped + figures["skipped_images"]

@@ -6,7 +6,8 @@
 """
 
 from .automatic_mask_generator import AutomaticMaskGenerator
-from .build import CONFIGS, SamConfig, build_sam, build_sam_from_config, load_checkpoint
+from .build import CONFIGS, SamConfig, build_sam, build_sam_from_config
+from .checkpoint import load_checkpoint
 from .embedded import load_embedded
 from .predictor import SamPredictor
 from .sam import Sam

@@ -22,18 +22,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sam_core.automatic_mask_generator import AutomaticMaskGenerator
+from sam_core.embedded import load_embedded
+from sam_core.mask_utils import binary_iou
 from sam_core.prompts import first_click, next_click
-from sam_core.train_data import prepare_sample
+from sam_core.train import encode
+from sam_core.train_data import SyntheticDataset, prepare_sample
 
 CLICKS_REPORTED = (1, 2, 3, 5, 9)
 # Mask areas in pixels (lower bounds) for the breakdown of interactive mIoU by object size.
 AREA_BINS = (30, 100, 300, 1000, 3000)
-
-
-def binary_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two HxW bool masks; 1.0 when both are empty."""
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
 @torch.no_grad()
@@ -112,8 +110,6 @@ def evaluate_interactive(
     counted in "skipped", never scored. ``by_area`` adds "by_area": the same mIoUs per bin of mask area
     (``area_breakdown``), which shows whether small objects or ambiguity hold the mean down.
     """
-    from sam_core.train import encode
-
     model.eval()
     size = int(model.image_encoder.img_size)
     per_mask = {"confident": [], "oracle": []}
@@ -221,8 +217,6 @@ def iou_head_reliability(
     ``dataset``, each of the three outputs' predicted IoU against its true IoU, in ``bins`` equal bins of
     predicted IoU over [0, 1]. Returns one row per non-empty bin: {"bin": "0.8-0.9", "outputs", "predicted",
     "actual"} (means)."""
-    from sam_core.train import encode
-
     model.eval()
     size = int(model.image_encoder.img_size)
     rng = np.random.default_rng(0)
@@ -280,8 +274,6 @@ def evaluate_automatic(
     """Automatic masks at the given thresholds over ``dataset`` (pooled over its images): precision at mask IoU
     ``match_iou`` against every ground-truth mask, recall of the ground-truth masks of at least ``min_gt_area``
     pixels, and masks kept per image."""
-    from sam_core.automatic_mask_generator import AutomaticMaskGenerator
-
     generator = AutomaticMaskGenerator(
         model,
         points_per_side=points_per_side,
@@ -327,9 +319,6 @@ def format_table(metrics: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from sam_core.embedded import load_embedded
-    from sam_core.train_data import SyntheticDataset
-
     parser = argparse.ArgumentParser(description="Interactive evaluation on the synthetic benchmark.")
     parser.add_argument("--checkpoint", default=None, help="default: the embedded model")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])

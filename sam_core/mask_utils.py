@@ -1,4 +1,5 @@
-"""Mask utilities for automatic mask generation: scores, boxes, NMS, COCO run-length encoding, cleanup.
+"""Mask utilities: the IoU of two masks, and for automatic mask generation scores, boxes, NMS, COCO run-length
+encoding, cleanup.
 
 Conventions shared with Meta's reference (so records are interchangeable):
 - masks are boolean, N x H x W (torch or numpy); boxes are XYXY with *inclusive* right/bottom pixel indices
@@ -66,6 +67,12 @@ def box_xyxy_to_xywh(box: Any) -> list:
     """One XYXY box (sequence of 4 numbers) -> [x, y, w, h] as plain Python numbers, w = x1 - x0."""
     x0, y0, x1, y1 = (v.item() if hasattr(v, "item") else v for v in box)
     return [x0, y0, x1 - x0, y1 - y0]
+
+
+def binary_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two HxW bool masks; 1.0 when both are empty (they agree everywhere)."""
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
 def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:

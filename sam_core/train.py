@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sam_core.build import build_sam
+from sam_core.checkpoint import encoder_digest, load_weights
 from sam_core.losses import iou_head_loss, mask_iou, mask_loss, min_over_masks
 from sam_core.prompts import noisy_box, sample_error_points, sample_points_in
 from sam_core.train_data import SyntheticDataset, prepare_sample
@@ -152,8 +154,6 @@ def iteration_schedule(config: TrainConfig, rng: np.random.Generator) -> list[st
 def build_model(name: str = "tiny", attention_init_gain: float = 0.0) -> torch.nn.Module:
     """A freshly initialised model of the named config (see sam_core.build_sam); a gain > 0 applies
     ``locality_init`` to its mask decoder."""
-    from sam_core.build import build_sam
-
     model = build_sam(name)
     if attention_init_gain > 0:
         locality_init(model.mask_decoder, attention_init_gain)
@@ -254,16 +254,6 @@ class FrozenEmbeddings:
         self._bytes = 0
         self._lock = threading.Lock()
         self.hits = self.misses = 0
-
-    @staticmethod
-    def encoder_digest(encoder: torch.nn.Module) -> str:
-        import hashlib
-
-        h = hashlib.blake2b(digest_size=16)
-        for name, tensor in sorted(encoder.state_dict().items()):
-            h.update(name.encode())
-            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()
 
     def get(self, encoder_key: str, image: torch.Tensor, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """The embedding of ``image`` (3xSxS, encoder size) under ``encoder_key``: cached, or ``compute()``."""
@@ -443,8 +433,6 @@ class Trainer:
             raise ValueError("dataset is empty: nothing to train on")
         self.model = model if model is not None else build_model(config.model, config.attention_init_gain)
         if config.init_checkpoint:
-            from sam_core.embedded import load_weights
-
             load_weights(self.model, config.init_checkpoint)
         if config.fresh_decoder:
             fresh = build_model(config.model, config.attention_init_gain)
@@ -524,7 +512,9 @@ class Trainer:
         if index not in self.embedding_cache:
             if self.encoder_key is None:  # weights are frozen from here on: digest them once
                 device = next(self.model.image_encoder.parameters()).device
-                self.encoder_key = f"{FrozenEmbeddings.encoder_digest(self.model.image_encoder)}@{device}"
+                self.encoder_key = (
+                    f"{encoder_digest(self.model.image_encoder.state_dict(prefix='image_encoder.'))}@{device}"
+                )
 
             def compute() -> torch.Tensor:
                 with torch.no_grad():

@@ -17,13 +17,16 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tasks.settings import free_port  # noqa: E402
 
 STATE_FILE = "prefect-server.json"
 
@@ -36,13 +39,6 @@ class LocalPrefectServer:
     api_url: str
     home: str
     log_path: str
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def server_env(home: Path, api_url: str | None = None) -> dict[str, str]:

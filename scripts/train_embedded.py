@@ -31,7 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sam_core.embedded import EMBEDDED_CHECKPOINT, config_name, load_weights, read_checkpoint  # noqa: E402
+from sam_core.checkpoint import config_name, load_weights, read_checkpoint  # noqa: E402
+from sam_core.embedded import EMBEDDED_CHECKPOINT  # noqa: E402
 from sam_core.evaluate import (  # noqa: E402
     evaluate_automatic,
     evaluate_interactive,

@@ -14,7 +14,17 @@ from typing import Literal
 from prefect import task
 from pydantic import BaseModel, Field
 
+from sam_core.predictor import SamPredictor
+from stores import Store
+from tasks.annotators import AnnotationRequest, SimulatedAnnotator
+from tasks.autogen import cached_embedding
+from tasks.ground_truth import load_ground_truth
+from tasks.labelstudio.annotator import LabelStudioAnnotator
+from tasks.labelstudio.client import LabelStudioClient
+from tasks.models import embedding_version, load_model
 from tasks.progress import CACHE_POLICY, OnProgress
+from tasks.records import mask_rows
+from tasks.shards import run_shard
 
 
 class AnnotatorSettings(BaseModel):
@@ -45,12 +55,7 @@ class AnnotatorSettings(BaseModel):
 
     def build(self):
         """The annotator object these settings describe."""
-        from tasks.annotators import SimulatedAnnotator
-
         if self.kind == "labelstudio":
-            from tasks.labelstudio.annotator import LabelStudioAnnotator
-            from tasks.labelstudio.client import LabelStudioClient
-
             if self.labelstudio_project is None:
                 raise ValueError("the labelstudio annotator needs labelstudio_project (a project id)")
             return LabelStudioAnnotator(
@@ -78,9 +83,6 @@ def annotation_request(
 ):
     """Set the image's cached embedding (stored under ``embeddings``, default ``model_version``) on
     ``predictor`` and wrap everything the annotator needs."""
-    from tasks.annotators import AnnotationRequest
-    from tasks.autogen import cached_embedding
-
     embedding = cached_embedding(store, image_id, model_version, embeddings)
     size = (int(image["height"]), int(image["width"]))
     predictor.set_embedding(embedding, size)
@@ -102,8 +104,6 @@ def annotation_request(
 
 def annotated_rows(annotated, image_id, *, round, stage, model_version):
     """Masks-table rows (source="human") from the annotator's :class:`AnnotatedMask` list."""
-    from tasks.records import mask_rows
-
     return mask_rows(
         image_id,
         [a.mask for a in annotated],
@@ -139,12 +139,6 @@ def annotate(
 ) -> dict:
     """Assisted-manual annotation of one shard of images; writes the shard and returns its summary.
     ``on_progress(images done, images of the shard)`` is called after each image."""
-    from sam_core.predictor import SamPredictor
-    from stores import Store
-    from tasks.ground_truth import load_ground_truth
-    from tasks.models import embedding_version, load_model
-    from tasks.shards import run_shard
-
     store = Store(store_url)
     who = annotator.build()
     predictor = SamPredictor(load_model(store, model_version, device))

@@ -24,6 +24,9 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from sam_core.mask_utils import binary_iou
+from sam_core.prompts import first_click, next_click
+
 
 @dataclass
 class AnnotationRequest:
@@ -101,7 +104,7 @@ class SimulatedAnnotator:
         for gt in objects:
             if self.seconds_per_image is not None and spent >= self.seconds_per_image:
                 break
-            if any(mask_iou(gt, m) >= self.covered_iou for m in done):
+            if any(binary_iou(gt, m) >= self.covered_iou for m in done):
                 continue
             annotated = self.annotate_object(request.predictor, gt)
             spent += annotated.seconds
@@ -111,8 +114,6 @@ class SimulatedAnnotator:
 
     def annotate_object(self, predictor, gt: np.ndarray) -> AnnotatedMask:
         """Click on one ground-truth object (HxW bool) until the predictor's mask reaches ``iou_target``."""
-        from sam_core.prompts import first_click, next_click
-
         x, y, label = first_click(gt)
         coords, labels = [[float(x), float(y)]], [label]
         logits = None
@@ -128,7 +129,7 @@ class SimulatedAnnotator:
             )
             best = int(np.argmax(scores))
             mask, score, logits = masks[best], float(scores[best]), low_res[best : best + 1]
-            if mask_iou(gt, mask) >= self.iou_target:
+            if binary_iou(gt, mask) >= self.iou_target:
                 return self._accepted(mask, clicks, coords, score, brushed=False)
             click = next_click(gt, mask)
             if click is None or clicks == self.max_clicks:
@@ -150,11 +151,3 @@ class SimulatedAnnotator:
             annotator=self.name,
             brushed=brushed,
         )
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two HxW bool masks (0.0 when both are empty)."""
-    union = np.logical_or(a, b).sum()
-    if union == 0:
-        return 0.0
-    return float(np.logical_and(a, b).sum() / union)

@@ -11,9 +11,15 @@ from __future__ import annotations
 from prefect import task
 from pydantic import BaseModel, Field
 
+from sam_core.automatic_mask_generator import AutomaticMaskGenerator
+from stores import Store
+from tasks.calibrate import calibrated_settings
 from tasks.filter import FilterSettings, filter_records, why_none_kept
+from tasks.models import embedding_version, load_model
 from tasks.progress import CACHE_POLICY, OnProgress
+from tasks.records import mask_rows
 from tasks.runlog import run_logger
+from tasks.shards import run_shard
 
 
 class AutogenSettings(BaseModel):
@@ -30,8 +36,6 @@ class AutogenSettings(BaseModel):
 
 def make_generator(model, settings: AutogenSettings | dict):
     """An ``AutomaticMaskGenerator`` over ``model`` with ``settings`` (a dict is validated first), RLE output."""
-    from sam_core.automatic_mask_generator import AutomaticMaskGenerator
-
     settings = AutogenSettings.model_validate(settings)
     return AutomaticMaskGenerator(model, output_mode="coco_rle", **settings.model_dump())
 
@@ -69,8 +73,6 @@ def records_to_rows(
     records: list[dict], image_id: str, *, round, stage, source, model_version, annotator=None
 ):
     """Masks-table rows from AMG records (coco_rle output mode)."""
-    from tasks.records import mask_rows
-
     return mask_rows(
         image_id,
         [r["segmentation"] for r in records],
@@ -110,11 +112,6 @@ def autogen(
 
     Returns the shard summary {"shard", "images", "masks", "skipped", "resumed"}.
     """
-    from stores import Store
-    from tasks.calibrate import calibrated_settings
-    from tasks.models import embedding_version, load_model
-    from tasks.shards import run_shard
-
     store = Store(store_url)
     settings, filter, _ = calibrated_settings(store, model_version, settings, filter)
     generator = make_generator(load_model(store, model_version, device), settings)

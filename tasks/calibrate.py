@@ -25,6 +25,12 @@ import pandas as pd
 from prefect import task
 from pydantic import BaseModel, Field
 
+from sam_core.automatic_mask_generator import AutomaticMaskGenerator
+from sam_core.mask_utils import box_nms
+from stores import Store
+from stores.fsio import atomic_write
+from tasks.ground_truth import evaluation_set
+from tasks.models import load_model
 from tasks.progress import CACHE_POLICY, OnProgress
 from tasks.runlog import run_logger
 
@@ -108,8 +114,6 @@ def candidate_table(
     """Every automatic candidate of ``samples`` [(image_id, HxWx3 uint8, [HxW bool GT])], one row each
     (CANDIDATE_COLUMNS: area and image_area in pixels, box x0, y0, x1, y1 in pixels).
     ``on_progress(images done, images)`` is called after each image."""
-    from sam_core.automatic_mask_generator import AutomaticMaskGenerator
-
     # No thresholds and no NMS: the thresholds are what we are choosing, and NMS depends on them
     # (operating_point runs it per stability threshold).
     generator = AutomaticMaskGenerator(
@@ -152,8 +156,6 @@ def candidate_table(
 
 def _survivors(candidates: pd.DataFrame, nms_iou: float) -> pd.DataFrame:
     """The candidates box NMS keeps, image by image (all of them when the table has no boxes or nms_iou >= 1)."""
-    from sam_core.mask_utils import box_nms
-
     if nms_iou >= 1.0 or "x0" not in candidates or candidates.empty:
         return candidates
     kept = []
@@ -250,8 +252,6 @@ def write_calibration(store, model_version: str, candidates: pd.DataFrame) -> st
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from stores.fsio import atomic_write
-
     buffer = io.BytesIO()
     pq.write_table(pa.Table.from_pandas(candidates[list(CANDIDATE_COLUMNS)], preserve_index=False), buffer)
     return atomic_write(store.fs, calibration_path(store, model_version), buffer.getvalue())
@@ -346,10 +346,6 @@ def calibrate(
 
     Returns {"model_version", "images", "candidates", "path"}.
     """
-    from stores import Store
-    from tasks.evaluate import evaluation_set
-    from tasks.models import load_model
-
     store = Store(store_url)
     model = load_model(store, model_version, device)
     samples = evaluation_set(store, settings.ground_truth, settings.split, settings.max_images)

@@ -10,6 +10,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from sam_core.domains import domain_scene
+from sam_core.synthetic import split_seeds
+from tasks.ground_truth import write_coco
+
 
 def write_synthetic_images(
     root: Path,
@@ -27,10 +31,6 @@ def write_synthetic_images(
 
     Returns {"<split>_dir" for each split, "ground_truth" (COCO JSON path)}.
     """
-    from sam_core.domains import domain_scene
-    from sam_core.synthetic import split_seeds
-    from tasks.ground_truth import write_coco
-
     root = Path(root)
     entries = []
     seeds = {

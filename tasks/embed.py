@@ -16,7 +16,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from prefect import task
 
+from sam_core.transforms import ResizeLongestSide
+from stores import Store
+from tasks.ingest import load_image
+from tasks.models import check_model, embedding_version, load_model
 from tasks.progress import CACHE_POLICY, OnProgress
+from tasks.ray_cluster import cluster_gpus, ensure_ray
 from tasks.runlog import run_logger
 
 
@@ -44,9 +49,6 @@ class ImageEncoderActor:
     ):
         import torch
 
-        from stores import Store
-        from tasks.models import embedding_version, load_model
-
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -59,9 +61,6 @@ class ImageEncoderActor:
 
     def __call__(self, batch: dict) -> dict:
         import torch
-
-        from sam_core.transforms import ResizeLongestSide
-        from tasks.ingest import load_image
 
         resize = ResizeLongestSide(self.model.image_encoder.img_size)
         ids, errors, inputs = [], [], []
@@ -104,9 +103,6 @@ def embed(
 
     Embeddings go under ``tasks.models.embedding_version``: a version that kept another's image encoder (a
     decoder-only retrain) finds that version's embeddings already there and encodes nothing again."""
-    from stores import Store
-    from tasks.models import check_model, embedding_version
-
     if backend not in ("ray", "local"):
         raise ValueError(f"backend must be 'ray' or 'local', got {backend!r}")
     if batch_size < 1 or actors < 1:
@@ -156,8 +152,6 @@ def embed(
 
 def _embed_on_ray(store, model_version, items, batch_size, actors, dtype, on_progress=None) -> list[dict]:
     import ray
-
-    from tasks.ray_cluster import cluster_gpus, ensure_ray
 
     ensure_ray()
     gpus = cluster_gpus()

@@ -13,34 +13,15 @@ from collections.abc import Callable
 
 from prefect import task
 
-from tasks.autogen import AutogenSettings
-from tasks.filter import FilterSettings
+from sam_core.evaluate import automatic_precision_recall, evaluate_interactive
+from stores import Store
+from tasks.autogen import AutogenSettings, make_generator
+from tasks.calibrate import calibrated_settings
+from tasks.filter import FilterSettings, filter_records
+from tasks.ground_truth import evaluation_set
+from tasks.models import load_model
 from tasks.progress import CACHE_POLICY, OnProgress
 from tasks.runlog import run_logger
-
-
-def evaluation_set(store, ground_truth_uri: str, split: str, max_images: int | None) -> list[tuple]:
-    """[(image_id, image HxWx3 uint8, masks list of HxW bool)] of the split's images that have ground truth."""
-    from tasks.ground_truth import load_ground_truth
-    from tasks.ingest import load_image
-
-    truth = load_ground_truth(ground_truth_uri)
-    images = store.images()
-    images = images[images["split"] == split].sort_values("image_id")
-    out = []
-    for row in images.itertuples(index=False):
-        if max_images is not None and len(out) >= max_images:
-            break
-        if not truth.has(row.uri):
-            continue
-        masks = truth.masks_for(row.uri)
-        if masks:
-            out.append((row.image_id, load_image(row.uri), masks))
-    if not out:
-        raise ValueError(
-            f"no {split!r} images with ground truth in {ground_truth_uri}: ingest some with split={split!r}"
-        )
-    return out
 
 
 class _Reporting:
@@ -86,13 +67,6 @@ def evaluate(
     ``on_progress(images done, images in all)``: each image counts once for the clicks and once for the automatic
     masks (the CLI's progress bar).
     """
-    from sam_core.evaluate import automatic_precision_recall, evaluate_interactive
-    from stores import Store
-    from tasks.autogen import make_generator
-    from tasks.calibrate import calibrated_settings
-    from tasks.filter import filter_records
-    from tasks.models import load_model
-
     store = Store(store_url)
     model = load_model(store, model_version, device)
     samples = evaluation_set(store, ground_truth, split, max_images)

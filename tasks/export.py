@@ -10,6 +10,10 @@ from typing import Literal
 
 from prefect import task
 
+from stores import Store
+from stores.coco import export_coco
+from stores.sa1b import export_sa1b
+
 
 @task(name="export", retries=1, retry_delay_seconds=2)
 def export(
@@ -24,12 +28,8 @@ def export(
     coco: destination is the JSON file (path or URL). sa1b: destination is a directory, one JSON per image.
     Returns {"format", "destination", "images", "masks", "files"}.
     """
-    from stores import Store
-
     store = Store(store_url)
     if format == "coco":
-        from stores.coco import export_coco
-
         data = export_coco(store, destination, round=round, stage=stage)
         return {
             "format": "coco",
@@ -39,8 +39,6 @@ def export(
             "files": [destination],
         }
     if format == "sa1b":
-        from stores.sa1b import export_sa1b
-
         paths = export_sa1b(store, destination, round=round, stage=stage)
         masks = store.masks(round=round, stage=stage)
         return {

@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, Field
 
+from sam_core.mask_utils import box_nms
+
 
 class FilterSettings(BaseModel):
     """Thresholds applied to automatic-mask records (predicted_iou, stability_score, area, bbox XYWH)."""
@@ -53,8 +55,6 @@ def filter_records(records: list[dict], image_size: tuple[int, int], settings: F
 
     image_size: (H, W) of the image the records belong to.
     """
-    from sam_core.mask_utils import box_nms
-
     height, width = image_size
     limit = settings.max_area_fraction * height * width
     kept = [

@@ -2,7 +2,8 @@
 
 Images are matched to COCO ``images`` entries by file name (the last path component of the image URI), which is
 how a team's existing COCO annotations usually line up with a folder of images. Segmentations may be polygons,
-uncompressed or compressed RLE (pycocotools decodes all three).
+uncompressed or compressed RLE (pycocotools decodes all three). ``evaluation_set`` loads the labelled images of
+a split with their masks: what evaluation, calibration and replay training read.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import fsspec
 import numpy as np
 from pycocotools import mask as coco_mask
 
+from tasks.ingest import load_image
 from tasks.records import encode_mask
 
 
@@ -97,3 +99,24 @@ def write_coco(uri: str, entries: list[tuple[str, list[np.ndarray]]]) -> None:
     data = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "object"}]}
     with fsspec.open(uri, "w") as f:
         json.dump(data, f)
+
+
+def evaluation_set(store, ground_truth_uri: str, split: str, max_images: int | None) -> list[tuple]:
+    """[(image_id, image HxWx3 uint8, masks list of HxW bool)] of the split's images that have ground truth."""
+    truth = load_ground_truth(ground_truth_uri)
+    images = store.images()
+    images = images[images["split"] == split].sort_values("image_id")
+    out = []
+    for row in images.itertuples(index=False):
+        if max_images is not None and len(out) >= max_images:
+            break
+        if not truth.has(row.uri):
+            continue
+        masks = truth.masks_for(row.uri)
+        if masks:
+            out.append((row.image_id, load_image(row.uri), masks))
+    if not out:
+        raise ValueError(
+            f"no {split!r} images with ground truth in {ground_truth_uri}: ingest some with split={split!r}"
+        )
+    return out

@@ -18,6 +18,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from prefect import task
 
+from stores import Store
 from stores.fsio import url_to_fs
 from tasks.progress import CACHE_POLICY, OnProgress
 
@@ -163,8 +164,6 @@ def ingest(
     Idempotent: images already in the store keep their row (and their split). When nothing readable is found the
     store is not opened, so a mistyped path leaves no store folder behind.
     """
-    from stores import Store
-
     if not split:
         raise ValueError("split must be a non-empty name such as 'train', 'val' or 'test'")
     result = IngestResult()

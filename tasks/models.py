@@ -7,7 +7,7 @@ as they are).
 
 Embeddings are keyed by the version that owns the image encoder (``embedding_version``). A version trained with
 its encoder frozen (a decoder-only retrain, the demo's seed) records in ``config["embeddings_of"]`` the version
-whose encoder it kept, after checking that the two encoders' weights are identical (``encoder_digest``), and reads
+whose encoder it kept, after checking that the two encoders' weights are identical (``sam_core.checkpoint.encoder_digest``), and reads
 and writes that version's embeddings: the images need not be encoded again, which is most of a round's compute.
 Any other new version (one trained end to end, a checkpoint registered by hand) re-embeds.
 """
@@ -16,6 +16,11 @@ from __future__ import annotations
 
 import threading
 from functools import lru_cache
+
+from sam_core.build import CONFIGS, build_sam
+from sam_core.checkpoint import encoder_digest, read_checkpoint
+from sam_core.embedded import EMBEDDED_CHECKPOINT, embedded_config_name
+from stores.fsio import check_key
 
 EMBEDDED_VERSION = "embedded"
 LATEST = "latest"
@@ -36,8 +41,6 @@ def resolve_version(store, model_version: str) -> str:
 def model_row(store, model_version: str) -> dict:
     """The models-table row of ``model_version`` as a dict. Raises ValueError naming the known versions."""
     if model_version == EMBEDDED_VERSION:
-        from sam_core.embedded import EMBEDDED_CHECKPOINT, embedded_config_name
-
         return {
             "model_version": EMBEDDED_VERSION,
             "parent_version": None,
@@ -67,31 +70,9 @@ def embedding_version(store, model_version: str) -> str:
     return str(config.get("embeddings_of") or model_version)
 
 
-def encoder_digest(state: dict) -> str:
-    """sha256 of a state dict's ``image_encoder.*`` tensors (names, shapes and values as float32, so an fp16-stored
-    checkpoint and an fp32 copy of the same weights agree). ValueError when the state has no image encoder."""
-    import hashlib
-
-    import torch
-
-    names = sorted(k for k in state if k.startswith("image_encoder."))
-    if not names:
-        raise ValueError("state dict has no image_encoder.* tensors")
-    digest = hashlib.sha256()
-    for name in names:
-        tensor = state[name].detach().cpu()
-        if tensor.is_floating_point():
-            tensor = tensor.to(torch.float32)
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(tensor.contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 def shared_embeddings(store, parent_version: str, state: dict) -> str | None:
     """The embedding version a new model with ``state`` (a state dict) may share: its parent's, when the two
     image encoders are identical; else None (the new version must re-embed)."""
-    from sam_core.embedded import read_checkpoint
-
     parent = read_checkpoint(model_row(store, parent_version)["checkpoint_uri"])["model"]
     if encoder_digest(parent) != encoder_digest(state):
         return None
@@ -107,9 +88,6 @@ def check_model(store, model_version: str) -> dict:
 
 def check_new_model(model_version: str, config_name: str) -> None:
     """ValueError unless ``model_version`` may name a new row and ``config_name`` is a SAM config; writes nothing."""
-    from sam_core.build import CONFIGS
-    from stores.fsio import check_key
-
     if config_name not in CONFIGS:
         raise ValueError(f"unknown SAM config {config_name!r}; choose one of {sorted(CONFIGS)}")
     if model_version in (EMBEDDED_VERSION, LATEST):
@@ -165,8 +143,6 @@ def load_model(store, model_version: str, device: str = "cpu"):
 
 @lru_cache(maxsize=4)
 def _load_cached(config_name: str, checkpoint_uri: str, device: str):
-    from sam_core.build import build_sam
-
     with _LOCK:  # concurrent task threads must not build the same model twice
         model = build_sam(config_name, checkpoint=checkpoint_uri)
     return model.to(device).eval()

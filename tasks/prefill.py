@@ -11,10 +11,17 @@ from __future__ import annotations
 import pandas as pd
 from prefect import task
 
+from sam_core.predictor import SamPredictor
+from stores import Store
 from tasks.annotate import AnnotatorSettings, annotated_rows, annotation_request
 from tasks.autogen import AutogenSettings, generate_records, make_generator, records_to_rows
+from tasks.calibrate import calibrated_settings
 from tasks.filter import FilterSettings, filter_records
+from tasks.ground_truth import load_ground_truth
+from tasks.models import embedding_version, load_model
 from tasks.progress import CACHE_POLICY, OnProgress
+from tasks.records import decode_mask
+from tasks.shards import run_shard
 
 
 def confident_rows(
@@ -60,14 +67,6 @@ def prefill(
 ) -> dict:
     """Semi-automatic annotation of one shard of images; writes the shard and returns its summary.
     ``on_progress(images done, images of the shard)`` is called after each image."""
-    from sam_core.predictor import SamPredictor
-    from stores import Store
-    from tasks.calibrate import calibrated_settings
-    from tasks.ground_truth import load_ground_truth
-    from tasks.models import embedding_version, load_model
-    from tasks.records import decode_mask
-    from tasks.shards import run_shard
-
     store = Store(store_url)
     settings, confident, _ = calibrated_settings(store, model_version, settings, confident)
     model = load_model(store, model_version, device)

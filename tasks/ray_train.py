@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from sam_core.train import TrainConfig
+from sam_core.train import TrainConfig, Trainer, build_model
 from tasks.progress import OnProgress
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -78,8 +78,6 @@ def average_gradients(model: torch.nn.Module) -> None:
 def _train_loop(loop_config: dict) -> None:
     """Runs on each Ray Train worker."""
     import ray.train
-
-    from sam_core.train import Trainer, build_model
 
     context = ray.train.get_context()
     rank = context.get_world_rank()

@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 from pycocotools import mask as coco_mask
 
+from stores import mask_id_for
+
 
 def encode_mask(mask: np.ndarray) -> tuple[str, int, list[float]]:
     """HxW bool mask -> (COCO counts string, area in pixels, bbox [x, y, w, h] in pixels)."""
@@ -58,8 +60,6 @@ def mask_rows(
     have one entry per mask. mask_id is ``stores.mask_id_for`` (image, round, stage, source, RLE): the same mask
     written again by a rerun gets the same id.
     """
-    from stores import mask_id_for
-
     n = len(masks)
     now = datetime.now(UTC)
     rows = []

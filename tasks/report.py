@@ -11,6 +11,11 @@ import math
 
 from prefect import task
 
+from stores import Store
+from tasks.ingest import load_image
+from tasks.overlays import overlay, png_data_uri
+from tasks.records import decode_rows
+
 FIGURE_COLUMNS = (
     "round",
     "stage",
@@ -59,8 +64,6 @@ def round_or_none(value, digits: int = 4):
 @task(name="record-round")
 def record_round(store_url: str, figures: dict, started_at, finished_at) -> None:
     """Write the figures as the rounds-table row of (round, stage); a rerun replaces it."""
-    from stores import Store
-
     core = ("round", "stage", "images", "masks", "masks_per_image")
     Store(store_url).write_round(
         {
@@ -100,11 +103,6 @@ def publish_report(store_url: str, figures: dict, overlay_images: int = 3) -> st
 
 def stage_markdown(store_url: str, figures: dict, overlay_images: int = 3) -> str:
     """A short markdown report: the figures, skipped images with reasons, and a few overlays (data URIs)."""
-    from stores import Store
-    from tasks.ingest import load_image
-    from tasks.overlays import overlay, png_data_uri
-    from tasks.records import decode_rows
-
     lines = [f"# Round {figures['round']}: {figures['stage'].replace('_', ' ')}", ""]
     lines += ["| figure | value |", "|---|---|"]
     for name in FIGURE_COLUMNS[2:]:

@@ -16,8 +16,16 @@ import tempfile
 
 from prefect import task
 
+from sam_core.checkpoint import read_checkpoint
+from sam_core.train import TrainConfig, train
+from stores import Store
+from stores.fsio import atomic_write
+from tasks.ground_truth import evaluation_set
 from tasks.ingest import load_image
+from tasks.models import EMBEDDED_VERSION, check_model, register_model, resolve_version, shared_embeddings
 from tasks.progress import CACHE_POLICY, OnProgress
+from tasks.ray_cluster import cluster_gpus, ensure_ray
+from tasks.ray_train import train_on_ray
 from tasks.records import decode_rows
 from tasks.runlog import run_logger
 
@@ -51,8 +59,6 @@ def changes_since_trained(
     """(mask rows of ``sources`` written since ``model_version`` was trained: added, edited and deleted ones, all
     of them when it was not trained here; the highest round holding masks of ``sources``, None when none does).
     What a sync weighs a retrain by."""
-    from tasks.models import resolve_version
-
     history = store.masks(source=list(sources), current_only=False)
     if history.empty:
         return 0, None
@@ -84,8 +90,6 @@ def training_set(store, round: int, sources: list[str], split: str = "train") ->
 def labelled_split(store, split: str, ground_truth: str) -> list[tuple]:
     """[(image HxWx3 uint8, masks list of HxW bool)] of the store's ``split`` images, with their masks from the
     COCO file ``ground_truth`` (a replayed set). ValueError when the split has no image with ground truth."""
-    from tasks.evaluate import evaluation_set
-
     return [(image, masks) for _, image, masks in evaluation_set(store, ground_truth, split, None)]
 
 
@@ -143,11 +147,6 @@ def retrain(
     ``replay_ground_truth`` (a labelled set the parent learnt from), so that a round's few masks, which are the
     largest objects of each image, do not pull the model away from what it knew.
     """
-    from sam_core.train import TrainConfig
-    from stores import Store
-    from stores.fsio import atomic_write
-    from tasks.models import EMBEDDED_VERSION, check_model, register_model, shared_embeddings
-
     if backend not in ("ray", "local"):
         raise ValueError(f"backend must be 'ray' or 'local', got {backend!r}")
     if model_version == parent_version or model_version == EMBEDDED_VERSION:
@@ -206,8 +205,6 @@ def retrain(
     config_dict.pop("init_checkpoint", None)
     shared = None
     if freeze_image_encoder or cache_embeddings:  # the encoder was frozen: the parent's embeddings still hold
-        from sam_core.embedded import read_checkpoint
-
         shared = shared_embeddings(store, parent_version, read_checkpoint(checkpoint)["model"])
     return register_model(
         store,
@@ -233,16 +230,12 @@ def _train(config, dataset, workers: int, backend: str, parent_version: str, rou
 
         import torch
 
-        from sam_core.train import train
-
         trainer = train(config, dataset, on_progress=on_progress)
         last = trainer.history[-1] if trainer.history else {}
         metrics = {"loss": last.get("loss"), "iou_last": last.get("iou_last"), "steps": trainer.step_index}
         buffer = io.BytesIO()
         torch.save(trainer.checkpoint(metrics), buffer)
         return buffer.getvalue(), metrics, {"backend": "local", "workers": 1}
-    from tasks.ray_cluster import cluster_gpus, ensure_ray
-    from tasks.ray_train import train_on_ray
 
     ensure_ray()
     gpus = cluster_gpus()

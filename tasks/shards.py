@@ -13,6 +13,7 @@ import hashlib
 import json
 
 from tasks.progress import OnProgress
+from tasks.records import MASK_COLUMNS
 
 STATE_TABLE = "stage_shards"
 
@@ -72,8 +73,6 @@ def run_shard(
     "resumed"}.
     """
     import pandas as pd
-
-    from tasks.records import MASK_COLUMNS
 
     print_ = fingerprint(image_ids, model_version, settings)
     done = shard_done(store, round, stage, shard, print_)

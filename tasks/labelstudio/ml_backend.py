@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import hmac
 import inspect
-import io
 import json
 import logging
 import threading
@@ -33,6 +32,8 @@ import numpy as np
 import torch
 
 from sam_core.build import build_sam
+from sam_core.predictor import SamPredictor
+from tasks.ingest import load_image
 from tasks.models import (
     EMBEDDED_VERSION,
     check_checkpoint,
@@ -56,43 +57,6 @@ class BackendError(Exception):
         self.status = status
 
 
-def make_predictor(model):
-    """A SamPredictor for model: sam_core's when it exists, else Meta's reference (same API)."""
-    try:
-        from sam_core import SamPredictor
-    except ImportError:
-        from segment_anything import SamPredictor
-    return SamPredictor(model)
-
-
-def set_embedding(predictor, embedding: np.ndarray, original_size: tuple[int, int]) -> None:
-    """Put a stored embedding (C x h x w) into predictor, as if set_image had computed it."""
-    if hasattr(predictor, "set_embedding"):
-        predictor.set_embedding(embedding, original_size)
-        return
-    # Meta's reference predictor has no setter: fill the attributes its set_image would have filled.
-    predictor.reset_image()
-    feats = torch.as_tensor(np.asarray(embedding, dtype=np.float32), device=predictor.device)
-    predictor.features = feats[None] if feats.ndim == 3 else feats
-    predictor.original_size = tuple(int(v) for v in original_size)
-    predictor.input_size = tuple(
-        predictor.transform.get_preprocess_shape(
-            original_size[0], original_size[1], predictor.transform.target_length
-        )
-    )
-    predictor.is_image_set = True
-
-
-def load_image(uri: str) -> np.ndarray:
-    """An image file (any fsspec URL or path) as H x W x 3 uint8 RGB."""
-    import fsspec
-    from PIL import Image
-
-    with fsspec.open(uri, "rb") as f:
-        data = f.read()
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-
-
 # Answers kept for the next click's mask prompt: one 1 x 256 x 256 float32 logits array each (256 KiB).
 ANSWERS_KEPT = 64
 
@@ -100,7 +64,7 @@ ANSWERS_KEPT = 64
 class SamBackend:
     """The backend's logic, without HTTP (tests and the benchmark call it directly too).
 
-    store: a stores.Store (images table, embeddings). model: a Sam (sam_core or reference). model_version: the key of
+    store: a stores.Store (images table, embeddings). model: a sam_core Sam. model_version: the key of
     the embeddings it reads and writes. token: required on /setup and /predict when set. cache_size: embeddings kept
     in memory.
     """
@@ -111,7 +75,7 @@ class SamBackend:
         # Embeddings are read and written under the version that owns the model's image encoder.
         self._embeddings = embedding_version(store, model_version)
         self._token = token
-        self.predictor = make_predictor(model)
+        self.predictor = SamPredictor(model)
         # sam_core's predictor can upsample only the best of the three masks: a third of the post-processing.
         self._best_only = "best_only" in inspect.signature(self.predictor.predict).parameters
         self._lock = threading.Lock()
@@ -180,7 +144,7 @@ class SamBackend:
         uri, height, width = self._image(image_id)
         if self._current != image_id:
             emb = self._embedding(image_id, uri)
-            set_embedding(self.predictor, emb, (height, width))
+            self.predictor.set_embedding(emb, (height, width))
             self._current = image_id
         return height, width
 

@@ -14,12 +14,17 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 from prefect import task
 
+from stores import Store
 from tasks.autogen import AutogenSettings, make_generator
+from tasks.calibrate import calibrated_settings
 from tasks.filter import FilterSettings
+from tasks.models import embedding_version, load_model
 from tasks.prefill import confident_rows
 from tasks.progress import OnProgress
 
 from .project import add_tasks, ensure_ml_backend, ensure_project, existing_tasks
+from .server import connect
+from .sync import sync_project
 
 
 @dataclass
@@ -53,9 +58,6 @@ def confident_masks(
     """The model's confident automatic masks of the images (masks-table rows, source="model"), from their cached
     embeddings; the thresholds come from the model's calibration when ``confident`` names a target precision.
     ``on_progress(images done, images)`` after each image."""
-    from tasks.calibrate import calibrated_settings
-    from tasks.models import embedding_version, load_model
-
     autogen, confident, _ = calibrated_settings(store, model_version, autogen, confident)
     generator = make_generator(load_model(store, model_version, device), autogen)
     embeddings = embedding_version(store, model_version)
@@ -137,10 +139,6 @@ def push_task(
     ml_backend_url: str | None = None,
 ) -> dict:
     """push_images as a Prefect task (safe to retry: a rerun skips the tasks already made). Returns the summary."""
-    from stores import Store
-
-    from .server import connect
-
     with connect(labelstudio_url) as client:
         report = push_images(
             client,
@@ -168,11 +166,6 @@ def sync_task(
 ) -> dict:
     """Sync the project titled ``project`` into the store and emit the synced event (tasks.labelstudio.sync).
     Safe to retry: nothing is written until every task was fetched, and a rerun writes nothing twice."""
-    from stores import Store
-
-    from .server import connect
-    from .sync import sync_project
-
     with connect(labelstudio_url) as client:
         found = client.find_project(project)
         if found is None:

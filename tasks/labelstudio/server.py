@@ -134,13 +134,6 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-def free_port() -> int:
-    """A port the OS considers free right now on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _credentials(home: Path, username: str | None) -> dict:
     """Load the stored credentials, or create them (random password, 40-hex token) on the first start."""
     path = home / "credentials.json"

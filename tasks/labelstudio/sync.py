@@ -31,6 +31,8 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
+from tasks.retrain import changes_since_trained
+
 from .client import LabelStudioClient
 from .convert import BrushRLEError, brush_rle_to_mask, mask_stats, mask_to_coco_rle
 from .project import KEYPOINT_NAME, RECT_NAME
@@ -334,8 +336,6 @@ def sync_project(
     was trained and mark the event's retrain due at this many (None: never due). Returns a SyncReport; skipped
     results are also logged with their task id.
     """
-    from tasks.retrain import changes_since_trained
-
     key = cursor_key(client, project_id)
     cursor = read_cursor(store, key)
     report = SyncReport(project_id=int(project_id))

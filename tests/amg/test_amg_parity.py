@@ -1,6 +1,6 @@
 """Our AutomaticMaskGenerator against Meta's SamAutomaticMaskGenerator: same model, same parameters.
 
-Acceptance (issue 3): >= 98% of the reference's masks matched by one of ours at mask IoU >= 0.95 and >= 98%
+Passes when >= 98% of the reference's masks are matched by one of ours at mask IoU >= 0.95 and >= 98%
 of ours by one of the reference's, on several images, crops on and off, cleanup on and off.
 """
 

@@ -119,3 +119,13 @@ def test_remove_small_regions_fills_holes_and_drops_islands():
     assert kept.sum() == 4 and kept[5:7, 5:7].all()
     with pytest.raises(ValueError, match="mode"):
         mask_utils.remove_small_regions(mask, 10, "bumps")
+
+
+def test_binary_iou_of_two_empty_masks_is_one_and_of_empty_against_any_mask_zero():
+    empty, dot = np.zeros((4, 5), bool), np.zeros((4, 5), bool)
+    dot[1, 2] = True
+    half = np.zeros((4, 5), bool)
+    half[:2] = True
+    assert mask_utils.binary_iou(empty, empty) == 1.0
+    assert mask_utils.binary_iou(empty, dot) == 0.0 and mask_utils.binary_iou(dot, empty) == 0.0
+    assert mask_utils.binary_iou(dot, half) == 0.1

@@ -279,9 +279,9 @@ def _flow_steps(*steps):
     [
         (
             ["round", "--stage", "fully_automatic", "--round", "1"],
-            "flows.data_engine_round.data_engine_round",
+            "flows.cli.data_engine_round",
         ),
-        (["train", "--round", "1"], "flows.retrain.retrain_flow"),
+        (["train", "--round", "1"], "flows.cli.retrain_flow"),
     ],
 )
 def test_round_and_train_show_the_flows_steps_on_a_terminal_and_only_their_result_in_a_pipe(
@@ -334,7 +334,7 @@ def test_round_passes_its_grid_thresholds_and_match_iou_to_the_flow(engine, monk
         seen["params"] = params
         return {"round": 1}
 
-    monkeypatch.setattr("flows.data_engine_round.data_engine_round", flow)
+    monkeypatch.setattr("flows.cli.data_engine_round", flow)
     args = ["round", "--stage", "fully_automatic", "--round", "1", "--store", engine["store"]]
     args += ["--points-per-side", "8", "--pred-iou-thresh", "0.5", "--stability-thresh", "0.6"]
     args += ["--match-iou", "0.5", "--target-precision", "0.8", "--ground-truth", engine["ground_truth"]]

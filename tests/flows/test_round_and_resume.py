@@ -96,9 +96,9 @@ def test_round_runs_the_stage_then_retrains_and_evaluates(engine):
 
 
 def test_a_round_that_kept_nothing_skips_its_retrain_and_says_why(engine):
-    """A fully automatic round whose filter keeps no mask, on a store with no earlier masks, used to fail in its
-    retrain ("nothing to train on") after the stage's work; it now skips the retrain, records why, and still
-    evaluates the model it started from."""
+    """A fully automatic round whose filter keeps no mask, on a store with no earlier masks, skips its retrain
+    instead of failing with "nothing to train on" after the stage's work, records why, and still evaluates the
+    model it started from."""
     from flows.data_engine_round import data_engine_round
     from stores import Store
     from tasks.ingest import ingest

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from sam_core.checkpoint import encoder_digest
 from stores import Store
-from tasks.models import embedding_version, encoder_digest, model_row
+from tasks.models import embedding_version, model_row
 
 
 def test_encoder_digest_is_of_the_encoder_weights_only():

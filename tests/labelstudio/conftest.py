@@ -15,6 +15,7 @@ from PIL import Image
 from stores import Store
 from tasks.labelstudio import server
 from tasks.labelstudio.client import LabelStudioClient
+from tasks.settings import free_port
 
 TEST_HOME = Path(
     os.environ.get("SAM_ENGINE_LS_TEST_HOME") or server.REPO_ROOT / ".engine" / "labelstudio-test"
@@ -37,7 +38,7 @@ def ls_server(tmp_path_factory):
         home = TEST_HOME
     except BlockingIOError:
         home = tmp_path_factory.mktemp("labelstudio-home")
-    info = server.up(port=server.free_port(), home=home, timeout=300)
+    info = server.up(port=free_port(), home=home, timeout=300)
     try:
         yield info
     finally:

@@ -57,7 +57,7 @@ def _same_weights(a, b) -> bool:
 
 
 def test_backend_serves_the_embedded_model_when_not_told_otherwise(monkeypatch, tmp_path):
-    """Without --checkpoint it used to build a tiny SAM with random weights; now it serves the shipped model."""
+    """Without --checkpoint the backend serves the shipped embedded model, not a SAM with random weights."""
     from sam_core.embedded import load_embedded
 
     result, backend = _backend(monkeypatch, "--store", (tmp_path / "store").as_uri())

@@ -16,6 +16,7 @@ from tasks.labelstudio.client import (
     LabelStudioUnavailable,
 )
 from tasks.labelstudio.sync import STATE_TABLE, cursor_key, sync_project
+from tasks.settings import free_port
 
 
 class _Stub(BaseHTTPRequestHandler):
@@ -69,7 +70,7 @@ def test_5xx_is_retried_then_fails_clearly_and_the_store_is_unchanged(stub, stor
 
 
 def test_server_down_fails_clearly_and_the_store_is_unchanged(store):
-    url = f"http://127.0.0.1:{server.free_port()}"  # nothing listens there
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     client = LabelStudioClient(url, secrets.token_hex(20), retries=1, backoff=0.01)
     with pytest.raises(LabelStudioUnavailable, match="ConnectError"):
         sync_project(client, store, project_id=3, round=1, stage="assisted_manual", emit=False)

@@ -125,9 +125,10 @@ def test_mask_matches_a_direct_decoder_call(backend, store, tiny_sam):
     be, url = backend
     resp = httpx.post(f"{url}/predict", json=_body("img1", [_click(25, 75)]), auth=("u", TOKEN), timeout=60)
     got = brush_rle_to_mask(resp.json()["results"][0]["result"][0]["value"]["rle"], 48, 64)
-    from tasks.labelstudio.ml_backend import load_image, make_predictor
+    from sam_core.predictor import SamPredictor
+    from tasks.ingest import load_image
 
-    predictor = make_predictor(tiny_sam)
+    predictor = SamPredictor(tiny_sam)
     predictor.set_image(load_image(store.images().set_index("image_id").loc["img1", "uri"]))
     masks, scores, _ = predictor.predict(point_coords=np.array([[16.0, 36.0]]), point_labels=np.array([1]))
     assert np.array_equal(got, masks[int(np.argmax(scores))])
@@ -150,10 +151,11 @@ def test_a_further_click_feeds_the_previous_answer_back_as_the_mask_prompt(
     got = be.predict(_body("img1", two))["results"][0]["result"][0]["value"]["rle"]
     be.predict(_body("img0", two))  # another image's clicks never reuse this one's answer
     assert seen[0] is None and seen[1] is not None and seen[2] is None
-    from tasks.labelstudio.ml_backend import load_image, make_predictor
+    from sam_core.predictor import SamPredictor
+    from tasks.ingest import load_image
 
     # The same two clicks by hand: the first click's best low-res logits, then both clicks with them as the prompt.
-    predictor = make_predictor(tiny_sam)
+    predictor = SamPredictor(tiny_sam)
     predictor.set_image(load_image(store.images().set_index("image_id").loc["img1", "uri"]))
     _, scores, low_res = predictor.predict(point_coords=np.array([[16.0, 36.0]]), point_labels=np.array([1]))
     best = int(np.argmax(scores))

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from sam_core import build_sam, build_sam_from_config
-from sam_core.build import CONFIGS, SamConfig, check_state_dict
+from sam_core.build import CONFIGS, SamConfig
+from sam_core.checkpoint import check_state_dict
 
 
 def test_reference_vit_b_checkpoint_loads_strictly(reference_and_ours, tmp_path):

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from sam_core import SamPredictor, build_sam
-from sam_core.build import CONFIGS, SamConfig, check_state_dict, encoder_kind
+from sam_core.build import CONFIGS, SamConfig
+from sam_core.checkpoint import check_state_dict, encoder_kind
 
 
 @torch.no_grad()

@@ -164,7 +164,7 @@ def test_round_and_stage_columns_must_agree_with_the_shard(store, make_masks):
 
 
 def test_masks_are_lz4_compressed_but_counts_are_not(local_store, make_masks):
-    """So that reading a round is not dominated by unpacking (issue 4's read-time ratio)."""
+    """So that reading a round is not dominated by unpacking (benchmarks/bench_store.py measures the read time)."""
     df, _ = make_masks("img1", 3, seed=1)
     path = local_store.write_masks(df, round=0, stage="fully_automatic", shard="a")
     meta = pq.ParquetFile(path).metadata.row_group(0)

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from tasks.annotators import AnnotationRequest, SimulatedAnnotator, mask_iou
+from sam_core.mask_utils import binary_iou
+from tasks.annotators import AnnotationRequest, SimulatedAnnotator
 
 
 def _disc(cx, cy, r, size=64):
@@ -53,7 +54,7 @@ def test_clicks_until_iou_target_then_accepts():
     out = SimulatedAnnotator(iou_target=0.9, seconds_per_image=None).annotate(_request(objects, predictor))
     assert len(out) == 2
     assert [m.clicks for m in out] == [2, 2]
-    assert all(mask_iou(m.mask, o) == 1.0 for m, o in zip(out, objects, strict=True))
+    assert all(binary_iou(m.mask, o) == 1.0 for m, o in zip(out, objects, strict=True))
     assert not out[0].brushed
     # first click multimask, the correction click single-mask with the previous logits fed back
     assert predictor.calls[0][3] is True and predictor.calls[1][3] is False and predictor.calls[1][2] is True
@@ -74,7 +75,7 @@ def test_brushes_when_clicks_run_out():
     annotator = SimulatedAnnotator(iou_target=0.95, max_clicks=1, brush_seconds=20.0, seconds_per_image=None)
     (mask,) = annotator.annotate(_request(objects, ShrinkingPredictor(objects, exact_after=5)))
     assert mask.brushed and mask.clicks == 1
-    assert mask_iou(mask.mask, objects[0]) == 1.0
+    assert binary_iou(mask.mask, objects[0]) == 1.0
     assert mask.seconds == pytest.approx(5.0 + 3.0 + 20.0)
 
 
@@ -84,11 +85,11 @@ def test_skips_objects_a_prefilled_mask_covers_and_labels_largest_first():
     out = SimulatedAnnotator(seconds_per_image=None).annotate(
         _request(objects, ShrinkingPredictor(objects), prefilled=[large])
     )
-    assert len(out) == 1 and mask_iou(out[0].mask, small) == 1.0
+    assert len(out) == 1 and binary_iou(out[0].mask, small) == 1.0
     order = SimulatedAnnotator(seconds_per_image=None).annotate(
         _request(objects, ShrinkingPredictor(objects))
     )
-    assert mask_iou(order[0].mask, large) == 1.0
+    assert binary_iou(order[0].mask, large) == 1.0
 
 
 def test_time_budget_limits_masks_per_image():

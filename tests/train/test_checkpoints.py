@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sam_core.embedded import load_weights, read_checkpoint
+from sam_core.checkpoint import load_weights, read_checkpoint
 from sam_core.train import TrainConfig, Trainer, build_model
 from sam_core.train_data import SyntheticDataset
 

@@ -1,8 +1,10 @@
 import numpy as np
 import torch
 
-from sam_core.embedded import EMBEDDED_CHECKPOINT, load_embedded, read_checkpoint
-from sam_core.evaluate import binary_iou, evaluate_interactive
+from sam_core.checkpoint import read_checkpoint
+from sam_core.embedded import EMBEDDED_CHECKPOINT, load_embedded
+from sam_core.evaluate import evaluate_interactive
+from sam_core.mask_utils import binary_iou
 from sam_core.synthetic import split_seeds
 from sam_core.train_data import SyntheticDataset
 

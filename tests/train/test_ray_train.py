@@ -4,7 +4,7 @@ import tempfile
 
 import pytest
 
-from sam_core.embedded import load_weights, read_checkpoint
+from sam_core.checkpoint import load_weights, read_checkpoint
 from sam_core.train import TrainConfig, build_model
 from sam_core.train_data import SyntheticDataset
 

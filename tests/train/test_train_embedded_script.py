@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from sam_core.embedded import EMBEDDED_CHECKPOINT, read_checkpoint
+from sam_core.checkpoint import read_checkpoint
+from sam_core.embedded import EMBEDDED_CHECKPOINT
 
 TINY = ["steps=4", "images_per_step=1", "masks_per_image=2", "correction_points=1", "warmup_steps=1"]
 
