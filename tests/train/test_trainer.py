@@ -277,3 +277,23 @@ def test_training_reports_each_step_of_this_run(small_config):
     calls.clear()
     train(small_config, dataset, stop_after=2, on_progress=lambda done, total: calls.append((done, total)))
     assert calls == [(1, 2), (2, 2)]
+
+
+@pytest.mark.parametrize("freeze_norm_stats", [True, False])
+def test_freeze_norm_stats_keeps_batchnorm_statistics_while_the_encoder_learns(
+    small_config, freeze_norm_stats
+):
+    small_config.model = "tiny_conv"  # the conv encoder has BatchNorm; the ViT has none
+    small_config.correction_points = small_config.no_point_iterations = 0
+    small_config.freeze_norm_stats = freeze_norm_stats
+    trainer = Trainer(small_config, dataset=[SyntheticDataset("train")[1]])
+    norms = [m for m in trainer.model.image_encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms
+    stats_before = [m.running_mean.clone() for m in norms]
+    weights_before = [m.weight.detach().clone() for m in norms]
+    trainer.step()
+    trainer.step()
+    stats_kept = all(torch.equal(m.running_mean, b) for m, b in zip(norms, stats_before, strict=True))
+    assert stats_kept == freeze_norm_stats
+    # Either way the encoder trains: its BatchNorm affine weights move.
+    assert any(not torch.equal(m.weight, b) for m, b in zip(norms, weights_before, strict=True))
