@@ -56,7 +56,14 @@ def test_quick_demo_runs_every_stage_and_writes_its_figures(quick_demo):
         assert len(read_calibration(store, version)) > 0
     models = store.models().set_index("model_version")
     assert [models.loc[v, "parent_version"] for v in versions[1:]] == versions[:-1]
-    assert models.loc["r2", "config"]["train"]["pixel_loss"] == "bce"  # the embedded model's own recipe
+    trained = models.loc["r2", "config"]
+    assert trained["train"]["pixel_loss"] == "bce"  # the embedded model's own recipe
+    # The flow's train settings reach the trainer: the encoder trains with its BatchNorm statistics kept, so
+    # the new version owns its embeddings instead of borrowing its parent's.
+    assert trained["train"]["freeze_norm_stats"] is True
+    assert trained["train"]["encoder_lr_scale"] == 1.0
+    assert trained["train"]["cache_embeddings"] is False
+    assert "embeddings_of" not in trained
     images = store.images()
     assert set(images["split"]) == {"train", "test", "val"}
     drawn = _plain((out.parent / "console.txt").read_text())
