@@ -62,7 +62,7 @@ def data_engine_round(params: RoundParams | None = None, train_backend: str = "r
                 version,
                 params.round,
                 backend=train_backend,
-                **params.retrain.model_dump(),
+                **params.retrain.retrain_args(),
                 on_progress=report,
             )
         figures["new_model_version"] = version

@@ -7,15 +7,19 @@ masks, which images to work on, and the settings of its steps. Defaults run the 
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, create_model, model_validator
 
 from flows.stages import Stage
+from sam_core.train import TrainConfig
 from tasks.annotate import AnnotatorSettings
 from tasks.autogen import AutogenSettings
 from tasks.calibrate import CalibrationSettings
 from tasks.filter import CONFIDENT, FilterSettings
+from tasks.retrain import TRAIN_SOURCES
 from tasks.settings import EngineSettings
 
 
@@ -87,54 +91,56 @@ class FullyAutomaticParams(StageParams):
     filter: FilterSettings = Field(default_factory=FilterSettings)
 
 
-class TrainSettings(BaseModel):
-    """How a retrain runs (SAM's interactive training, see sam_core.train)."""
+TRAIN_KNOBS = (
+    "steps",
+    "masks_per_image",
+    "lr",
+    "freeze_image_encoder",
+    "cache_embeddings",
+    "encoder_lr_scale",
+    "freeze_norm_stats",
+    "focal_weight",
+    "dice_weight",
+    "pixel_loss",
+    "box_probability",
+    "background_points",
+    "correction_points",
+    "no_point_iterations",
+    "seed",
+)
+"""The knobs of sam_core.train.TrainConfig that a retrain's form shows; each one's type, default, bounds and
+help are TrainConfig's."""
+
+
+def recipe_fields(recipe: type, names: tuple[str, ...]) -> dict:
+    """{name: (type, pydantic Field)} of the named fields of a dataclass whose fields carry their help and
+    bounds in their metadata (sam_core.train.knob): the pydantic form of a recipe, restating nothing."""
+    hints = typing.get_type_hints(recipe)
+    fields = {f.name: f for f in dataclasses.fields(recipe)}
+    out = {}
+    for name in names:
+        meta = dict(fields[name].metadata)
+        out[name] = (hints[name], Field(fields[name].default, description=meta.pop("doc", None), **meta))
+    return out
+
+
+TrainRecipeForm = create_model(
+    "TrainRecipeForm",
+    __doc__="The training recipe's knobs (sam_core.train.TrainConfig) that a retrain exposes.",
+    **recipe_fields(TrainConfig, TRAIN_KNOBS),
+)
+
+
+class TrainSettings(TrainRecipeForm):
+    """How a retrain runs (SAM's interactive training, see sam_core.train): the recipe's knobs, and what the
+    retrain learns from and on how many workers."""
 
     sources: list[Literal["human", "model", "auto"]] = Field(
-        default_factory=lambda: ["human", "model", "auto"], description="mask sources to train on"
+        default_factory=lambda: list(TRAIN_SOURCES), description="mask sources to train on"
     )
-    steps: int = Field(200, ge=1, le=1_000_000, description="optimisation steps")
-    masks_per_image: int = Field(16, ge=1, le=256)
-    lr: float = Field(8e-4, gt=0.0, lt=1.0)
     workers: int = Field(
         1, ge=1, le=1024, description="Ray Train workers (one GPU each where there are GPUs)"
     )
-    freeze_image_encoder: bool = Field(False, description="train only the prompt encoder and mask decoder")
-    cache_embeddings: bool = Field(
-        False,
-        description="freeze the encoder and encode each image once (fast on CPU; decoder-only training)",
-    )
-    encoder_lr_scale: float = Field(
-        1.0, ge=0.0, le=10.0, description="the image encoder's lr as a multiple of lr (when it trains)"
-    )
-    freeze_norm_stats: bool = Field(
-        False,
-        description="keep the image encoder's BatchNorm statistics as loaded while it trains (a fine-tune on "
-        "one image a step)",
-    )
-    focal_weight: float = Field(
-        20.0, ge=0.0, description="focal share of the mask loss (paper 20:1 with dice)"
-    )
-    dice_weight: float = Field(1.0, ge=0.0)
-    pixel_loss: Literal["focal", "bce"] = Field(
-        "focal",
-        description="pixel term of the mask loss: the paper's focal, or BCE (what the embedded model used)",
-    )
-    box_probability: float = Field(
-        0.5, ge=0.0, le=1.0, description="odds that a mask's first prompt is a noisy box rather than a click"
-    )
-    background_points: int = Field(
-        0,
-        ge=0,
-        le=64,
-        description="clicks per image on background (3 px or more from every known mask), taught to find no "
-        "mask: they lower the IoU head's rating of the automatic grid's background points (0: the paper's recipe)",
-    )
-    correction_points: int = Field(
-        8, ge=0, le=20, description="clicks from the error region per mask (paper: 8)"
-    )
-    no_point_iterations: int = Field(2, ge=0, le=5, description="mask-only passes per mask (paper: 2)")
-    seed: int = Field(0, ge=0)
     replay_split: str | None = Field(
         None,
         description="also train on this split's images (a labelled set the parent learnt from) so that a round's "
@@ -147,6 +153,14 @@ class TrainSettings(BaseModel):
         if self.replay_split is not None and not self.replay_ground_truth:
             raise ValueError(f"replay_split={self.replay_split!r} needs replay_ground_truth (a COCO file)")
         return self
+
+    def recipe(self) -> TrainConfig:
+        """The training recipe these settings ask for (TrainConfig's defaults for the knobs the form hides)."""
+        return TrainConfig(**self.model_dump(include=set(TRAIN_KNOBS)))
+
+    def retrain_args(self) -> dict:
+        """The keyword arguments of tasks.retrain.retrain that these settings give: the recipe and the rest."""
+        return {"recipe": self.recipe(), **self.model_dump(exclude=set(TRAIN_KNOBS))}
 
 
 class EvalSettings(BaseModel):

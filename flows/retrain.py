@@ -40,7 +40,7 @@ def retrain_flow(params: RetrainParams | None = None, backend: str = "ray") -> d
             version,
             params.round,
             backend=backend,
-            **params.train.model_dump(),
+            **params.train.retrain_args(),
             on_progress=report,
         )
     if params.calibration is not None:

@@ -20,11 +20,13 @@ import dataclasses
 import json
 import logging
 import math
+import operator
 import time
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -42,62 +44,111 @@ log = logging.getLogger(__name__)
 ATTENTION_INIT_GAIN = 2.0
 
 
+BOUNDS = {
+    "ge": (operator.ge, ">="),
+    "gt": (operator.gt, ">"),
+    "le": (operator.le, "<="),
+    "lt": (operator.lt, "<"),
+}
+"""The bounds a training knob may carry in its field metadata, by pydantic's names: the test and its words."""
+
+PixelLoss = Literal["focal", "bce"]
+
+
+def knob(default, doc: str, **bounds):
+    """A TrainConfig field that says what it is: its default, one line for a form's help (``doc``) and its
+    bounds (ge, gt, le, lt). ``TrainConfig.validate`` checks the bounds, and the flows' pydantic form
+    (flows.params.TrainSettings) derives its fields from these, so a knob is said here and nowhere else."""
+    unknown = set(bounds) - set(BOUNDS)
+    if unknown:
+        raise TypeError(f"unknown bounds {sorted(unknown)}; a knob takes {tuple(BOUNDS)}")
+    return field(default=default, metadata={"doc": doc, **bounds})
+
+
 @dataclass
 class TrainConfig:
-    """Everything one training run depends on; the defaults run (a short synthetic run of the tiny model)."""
+    """Everything one training run depends on; the defaults run (a short synthetic run of the tiny model).
+
+    The one training recipe: the trainer reads it, a retrain task takes it, the flows' form derives from it."""
 
     model: str = "tiny"  # a sam_core.build.CONFIGS name
-    steps: int = 200
-    images_per_step: int = 1
-    masks_per_image: int = 16  # instances sampled per image; they share one image-encoder pass
-    lr: float = 8e-4
+    steps: int = knob(200, "optimisation steps", ge=1, le=1_000_000)
+    images_per_step: int = knob(1, "images per optimisation step", ge=1)
+    masks_per_image: int = knob(
+        16, "instances sampled per image; they share one image-encoder pass", ge=1, le=256
+    )
+    lr: float = knob(8e-4, "peak learning rate (AdamW)", gt=0.0, lt=1.0)
     warmup_steps: int = 250  # capped at a fifth of `steps` so short runs still reach full lr
     min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
     # The cosine decay spans this last fraction of the steps after warmup; before it the lr stays at its peak
     # (warmup-stable-decay), so a long run can be resumed and extended before it starts to anneal.
-    decay_fraction: float = 1.0
+    decay_fraction: float = knob(
+        1.0, "the last fraction of the steps that the cosine decay spans", gt=0.0, le=1.0
+    )
     # Exponential moving average of the weights (0 = off); checkpoints then hold the average, which behaves like
     # an annealed model at any step of a long run.
-    ema_decay: float = 0.0
+    ema_decay: float = knob(0.0, "exponential moving average of the weights (0: off)", ge=0.0, lt=1.0)
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float | None = (
         None  # max gradient norm; None = no clipping (1.0 stalled from-scratch training)
     )
-    correction_points: int = 8  # clicks sampled from the error region after the first prompt
-    no_point_iterations: int = 2  # passes with only the mask prompt: one random, one at the end
-    box_probability: float = 0.5  # odds that the first prompt is a noisy box rather than a point
+    correction_points: int = knob(8, "clicks from the error region per mask (paper: 8)", ge=0, le=20)
+    no_point_iterations: int = knob(
+        2, "mask-only passes per mask, one random, one at the end (paper: 2)", ge=0, le=5
+    )
+    box_probability: float = knob(
+        0.5, "odds that a mask's first prompt is a noisy box rather than a click", ge=0.0, le=1.0
+    )
     # Point prompts per image on background: pixels at least BACKGROUND_MARGIN px from every known mask, whose
     # answer is "no object" (an empty target, IoU target 0). The automatic grid puts most of its points on
     # background in sparse scenes (cells: 55-85%), and a head that only ever saw clicks on objects rates those
     # masks like any other. 0 = off (the paper's recipe). Only where the first prompt is a point.
-    background_points: int = 0
+    background_points: int = knob(
+        0,
+        "clicks per image on background (3 px or more from every known mask), taught to find no mask: they "
+        "lower the IoU head's rating of the automatic grid's background points (0: the paper's recipe)",
+        ge=0,
+        le=64,
+    )
     iou_loss_weight: float = 1.0
-    # The paper's 20:1. From scratch, 20:1 makes "predict nothing" a deep plateau (any imprecise positive costs
-    # more focal loss than it saves dice), so a warm-up phase may lower the focal weight; see MODEL_CARD.md.
     # Weight of the auxiliary loss that shapes the image embedding to group each instance's cells
     # (grouping_loss); 0 = off. Only while the encoder trains.
     grouping_loss_weight: float = 0.0
-    focal_weight: float = 20.0  # weight of the pixel loss (focal, or BCE with pixel_loss="bce")
-    dice_weight: float = 1.0
-    pixel_loss: str = "focal"  # "focal" (the paper's) or "bce"
-    freeze_image_encoder: bool = False
+    # The paper's 20:1. From scratch, 20:1 makes "predict nothing" a deep plateau (any imprecise positive costs
+    # more focal loss than it saves dice), so a warm-up phase may lower the focal weight; see MODEL_CARD.md.
+    focal_weight: float = knob(
+        20.0, "weight of the pixel loss (focal, or BCE); the paper's 20:1 with dice", ge=0.0
+    )
+    dice_weight: float = knob(1.0, "weight of the dice loss", ge=0.0)
+    pixel_loss: PixelLoss = knob(
+        "focal", "pixel term of the mask loss: the paper's focal, or BCE (what the embedded model used)"
+    )
+    freeze_image_encoder: bool = knob(False, "train only the prompt encoder and mask decoder")
     # From scratch at full lr the encoder collapses to spatially flat features (the quickest way to predict
     # "nothing"); a smaller encoder lr, after a decoder-only warm-up, avoids it.
-    encoder_lr_scale: float = 1.0
+    encoder_lr_scale: float = knob(
+        1.0, "the image encoder's lr as a multiple of lr (when it trains)", ge=0.0, le=10.0
+    )
     # While the encoder trains, keep its BatchNorm running statistics as loaded (eval mode; the affine weights
     # still learn). A fine-tune sees one image a step, whose batch statistics are far noisier than the ones the
     # encoder was trained with.
-    freeze_norm_stats: bool = False
-    cache_embeddings: bool = False  # train prompt encoder + decoder on embeddings computed once per image
+    freeze_norm_stats: bool = knob(
+        False,
+        "keep the image encoder's BatchNorm statistics as loaded while it trains (a fine-tune on one image a step)",
+    )
+    cache_embeddings: bool = knob(
+        False,
+        "freeze the encoder and encode each image once (fast on CPU; decoder-only training)",
+    )
     data_split: str = "train"
     # Use only the split's first N scenes (None = all): with cache_embeddings each is then encoded once and its
     # embedding reused, which on a CPU costs less than encoding a new scene every step.
-    dataset_size: int | None = None
+    dataset_size: int | None = knob(None, "use only the split's first N scenes (None: all)", ge=1)
     # Each mask enters the decoder batch this many times with independently sampled prompts: more prompts per
     # encoded image, in the same single batched decoder pass.
-    prompts_per_mask: int = 1
-    seed: int = 0
+    prompts_per_mask: int = knob(1, "each mask enters the decoder batch this many times", ge=1)
+    seed: int = knob(0, "seed of the sampled images, masks and prompts", ge=0)
     checkpoint_every: int = 0  # steps; 0 = only at the end
     log_every: int = 10
     init_checkpoint: str | None = None  # start from these weights (path or fsspec URL)
@@ -112,28 +163,13 @@ class TrainConfig:
     )  # lineage (parent version, data round, ...) copied to the checkpoint
 
     def validate(self) -> None:
-        if (
-            self.steps < 1
-            or self.images_per_step < 1
-            or self.masks_per_image < 1
-            or self.prompts_per_mask < 1
-        ):
-            raise ValueError(
-                f"steps, images_per_step, masks_per_image, prompts_per_mask must be >= 1: {self}"
-            )
-        if self.dataset_size is not None and self.dataset_size < 1:
-            raise ValueError(f"dataset_size must be >= 1 or None, got {self.dataset_size}")
-        if self.background_points < 0:
-            raise ValueError(f"background_points must be >= 0, got {self.background_points}")
-        if self.correction_points < 0 or self.no_point_iterations < 0:
-            raise ValueError("correction_points and no_point_iterations must be >= 0")
-        if not 0.0 <= self.box_probability <= 1.0:
-            raise ValueError(f"box_probability must be in [0, 1], got {self.box_probability}")
-        if not 0.0 < self.decay_fraction <= 1.0:
-            raise ValueError(f"decay_fraction must be in (0, 1], got {self.decay_fraction}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.pixel_loss not in ("focal", "bce"):
+        """ValueError naming the first knob outside its bounds, or a pixel loss the trainer does not know."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            for bound, (holds, words) in BOUNDS.items():
+                if bound in f.metadata and value is not None and not holds(value, f.metadata[bound]):
+                    raise ValueError(f"{f.name} must be {words} {f.metadata[bound]}, got {value!r}")
+        if self.pixel_loss not in typing.get_args(PixelLoss):
             raise ValueError(f"pixel_loss must be 'focal' or 'bce', got {self.pixel_loss!r}")
 
 
@@ -695,14 +731,21 @@ def train(
     return trainer
 
 
+_ARGUMENT_TYPES = {int: int, float: float, str: str, int | None: int, str | None: str}
+"""The TrainConfig field types ``python -m sam_core.train`` takes from its command line, and how it parses them."""
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
-        if f.type in ("int", "float", "str", "str | None", "int | None"):
-            kind = {"int": int, "float": float, "int | None": int}.get(f.type, str)
-            parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default)
-        elif f.type == "bool":
-            parser.add_argument(f"--{f.name.replace('_', '-')}", action="store_true")
+        flag, kind, doc = f"--{f.name.replace('_', '-')}", hints[f.name], f.metadata.get("doc")
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", help=doc)
+        elif typing.get_origin(kind) is Literal:
+            parser.add_argument(flag, choices=typing.get_args(kind), default=f.default, help=doc)
+        elif kind in _ARGUMENT_TYPES:
+            parser.add_argument(flag, type=_ARGUMENT_TYPES[kind], default=f.default, help=doc)
     parser.add_argument("--out", default=None, help="checkpoint path")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     args = parser.parse_args(argv)

@@ -83,7 +83,7 @@ def retrain_spread(demo_dir: Path, chains: list[int], config, scratch: Path) -> 
             if version in versions:
                 raise ValueError(f"model {version!r} exists in {demo_dir}'s store: pick other --chains")
             settings = params.retrain.model_copy(update={"seed": params.retrain.seed + chain})
-            retrain.fn(store_url, parent, version, round, backend="local", **settings.model_dump())
+            retrain.fn(store_url, parent, version, round, backend="local", **settings.retrain_args())
             evaluation = params.evaluation.model_copy(update={"autogen": None, "filter": None})
             metrics = evaluate.fn(store_url, version, **dict(evaluation))
             rows.append(

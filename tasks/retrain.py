@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+from collections.abc import Sequence
 
 from prefect import task
 
@@ -28,6 +29,9 @@ from tasks.ray_cluster import cluster_gpus, ensure_ray
 from tasks.ray_train import train_on_ray
 from tasks.records import decode_rows
 from tasks.runlog import run_logger
+
+TRAIN_SOURCES = ("human", "model", "auto")
+"""The mask sources a retrain learns from unless told otherwise: every one."""
 
 
 def training_masks(store, round: int, sources: list[str], split: str = "train", current_only: bool = True):
@@ -54,7 +58,7 @@ def parent_trained_at(store, model_version: str):
 
 
 def changes_since_trained(
-    store, model_version: str = "latest", sources: tuple[str, ...] = ("human", "model", "auto")
+    store, model_version: str = "latest", sources: Sequence[str] = TRAIN_SOURCES
 ) -> tuple[int, int | None]:
     """(mask rows of ``sources`` written since ``model_version`` was trained: added, edited and deleted ones, all
     of them when it was not trained here; the highest round holding masks of ``sources``, None when none does).
@@ -116,29 +120,17 @@ def retrain(
     parent_version: str,
     model_version: str,
     round: int,
-    sources: list[str] | None = None,
-    steps: int = 200,
-    masks_per_image: int = 16,
-    lr: float = 8e-4,
+    recipe: TrainConfig | None = None,
+    sources: Sequence[str] = TRAIN_SOURCES,
     workers: int = 1,
-    freeze_image_encoder: bool = False,
-    cache_embeddings: bool = False,
-    encoder_lr_scale: float = 1.0,
-    freeze_norm_stats: bool = False,
-    correction_points: int = 8,
-    no_point_iterations: int = 2,
-    focal_weight: float = 20.0,
-    dice_weight: float = 1.0,
-    pixel_loss: str = "focal",
-    box_probability: float = 0.5,
-    background_points: int = 0,
-    seed: int = 0,
     replay_split: str | None = None,
     replay_ground_truth: str | None = None,
     backend: str = "ray",
     on_progress: OnProgress | None = None,
 ) -> dict:
-    """Train ``model_version`` from ``parent_version`` on the store's masks; register and return its models row.
+    """Train ``model_version`` from ``parent_version`` on the store's masks with ``recipe`` (default: TrainConfig's
+    defaults; its model, init_checkpoint, log_every and metadata are the task's to set); register and return its
+    models row. ``workers``: Ray Train workers.
 
     ``on_progress(steps done, steps)`` is called after each training step in this process (``backend="local"``),
     or on Ray as rank 0's steps finish (polled from the workers, see tasks.ray_train.train_on_ray).
@@ -153,7 +145,8 @@ def retrain(
         raise ValueError(f"model_version {model_version!r} must be new (parent is {parent_version!r})")
     store = Store(store_url)
     parent = check_model(store, parent_version)
-    dataset = training_set(store, round, sources or ["human", "model", "auto"])
+    recipe = recipe or TrainConfig()
+    dataset = training_set(store, round, sources or TRAIN_SOURCES)
     engine_images = len(dataset)
     if replay_split is not None:
         if not replay_ground_truth:
@@ -171,23 +164,9 @@ def retrain(
         backend,
     )
     init, temporary = local_checkpoint(parent["checkpoint_uri"])
-    config = TrainConfig(
+    config = dataclasses.replace(
+        recipe,
         model=parent["config"]["name"],
-        steps=steps,
-        masks_per_image=masks_per_image,
-        lr=lr,
-        freeze_image_encoder=freeze_image_encoder,
-        cache_embeddings=cache_embeddings,
-        encoder_lr_scale=encoder_lr_scale,
-        freeze_norm_stats=freeze_norm_stats,
-        correction_points=correction_points,
-        no_point_iterations=no_point_iterations,
-        focal_weight=focal_weight,
-        dice_weight=dice_weight,
-        pixel_loss=pixel_loss,
-        box_probability=box_probability,
-        background_points=background_points,
-        seed=seed,
         init_checkpoint=init,
         log_every=0,
         metadata={"model_version": model_version, "parent_version": parent_version, "data_round": round},
@@ -204,7 +183,8 @@ def retrain(
     config_dict = dataclasses.asdict(config)
     config_dict.pop("init_checkpoint", None)
     shared = None
-    if freeze_image_encoder or cache_embeddings:  # the encoder was frozen: the parent's embeddings still hold
+    # A frozen encoder: the parent's embeddings still hold.
+    if config.freeze_image_encoder or config.cache_embeddings:
         shared = shared_embeddings(store, parent_version, read_checkpoint(checkpoint)["model"])
     return register_model(
         store,

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.text import Text
 
 from flows.progress import progress_bar
+from sam_core.train import TrainConfig
 
 
 def _console(terminal: bool) -> tuple[Console, io.StringIO]:
@@ -149,9 +150,8 @@ def test_a_local_retrain_reports_each_step(engine):
 
     _human_masks(engine)
     calls, report = _recorder()
-    retrain.fn(
-        engine["store"], engine["model"], "r1", 1, backend="local", on_progress=report, **TINY_TRAINING
-    )
+    recipe = TrainConfig(**TINY_TRAINING)
+    retrain.fn(engine["store"], engine["model"], "r1", 1, recipe, backend="local", on_progress=report)
     assert calls == [(1, 2), (2, 2)]
 
 

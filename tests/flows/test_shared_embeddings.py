@@ -1,10 +1,13 @@
 """A version trained with its image encoder frozen reuses its parent's embeddings; any other version re-embeds."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from sam_core.checkpoint import encoder_digest
+from sam_core.train import TrainConfig
 from stores import Store
 from tasks.models import embedding_version, model_row
 
@@ -46,10 +49,10 @@ def test_a_frozen_encoder_retrain_shares_its_parents_embeddings_and_a_full_one_d
     assert sorted(first.embedded) == ids
     annotator = AnnotatorSettings(ground_truth=engine["ground_truth"], max_clicks=1, seconds_per_image=None)
     annotate.fn(url, model, ids, 1, "assisted_manual", "00000", annotator)
-    tiny = dict(steps=1, masks_per_image=2, correction_points=0, no_point_iterations=0, backend="local")
+    tiny = TrainConfig(steps=1, masks_per_image=2, correction_points=0, no_point_iterations=0)
 
-    retrain.fn(url, model, "frozen", 1, cache_embeddings=True, **tiny)
-    retrain.fn(url, "frozen", "frozen-again", 1, freeze_image_encoder=True, **tiny)
+    retrain.fn(url, model, "frozen", 1, replace(tiny, cache_embeddings=True), backend="local")
+    retrain.fn(url, "frozen", "frozen-again", 1, replace(tiny, freeze_image_encoder=True), backend="local")
     for version in ("frozen", "frozen-again"):  # through the chain, to the version that owns the encoder
         assert model_row(store, version)["config"]["embeddings_of"] == model
         assert embedding_version(store, version) == model
@@ -79,7 +82,7 @@ def test_a_frozen_encoder_retrain_shares_its_parents_embeddings_and_a_full_one_d
     )
     assert summary["images"] == len(ids) and not summary["skipped"]
 
-    retrain.fn(url, model, "full", 1, lr=1e-2, **tiny)  # the encoder trained too: its embeddings differ
+    retrain.fn(url, model, "full", 1, replace(tiny, lr=1e-2), backend="local")  # the encoder trained too
     assert "embeddings_of" not in model_row(store, "full")["config"]
     assert embedding_version(store, "full") == "full"
     assert sorted(embed.fn(url, "full", backend="local").embedded) == ids
