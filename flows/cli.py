@@ -25,15 +25,25 @@ from typing import Literal
 
 import typer
 import typer.core
+from pydantic import BaseModel
 
 import flows  # noqa: F401  (sets the Prefect defaults before anything imports prefect)
 from flows.data_engine_round import data_engine_round
 from flows.demo import DemoConfig, run_demo
 from flows.labelstudio_cli import app as labelstudio_app
-from flows.params import EvalSettings, ImageSelection, RetrainParams, RoundParams, TrainSettings
+from flows.params import (
+    EmbedSettings,
+    EvalSettings,
+    ImageSelection,
+    RetrainParams,
+    RoundParams,
+    TrainSettings,
+)
 from flows.progress import progress_bar, step_bar, watching
 from flows.retrain import retrain_flow
 from flows.stages import STAGES, Stage
+from sam_core import defaults
+from sam_core.train import TrainConfig
 from stores import Store, StoreNotFoundError
 from stores.fsio import resolve_filesystem
 from tasks.autogen import AutogenSettings, make_generator
@@ -95,6 +105,12 @@ app.add_typer(model_app, name="model")
 
 app.add_typer(labelstudio_app, name="labelstudio")
 
+
+def _default(form: type[BaseModel], name: str):
+    """The default of a form's field: an option that a flow parameter also has shows the flow's default."""
+    return form.model_fields[name].default
+
+
 STORE = typer.Option(
     None, "--store", metavar="URI", help="store URL or path (default: SAM_ENGINE_STORE or ./.engine/store)"
 )
@@ -103,13 +119,25 @@ MODEL = typer.Option(
 )
 # The automatic mask generator's grid and fixed thresholds (the paper's defaults), wherever a command runs it.
 POINTS_PER_SIDE = typer.Option(
-    32, min=1, max=128, metavar="N", help="automatic masks: an N x N grid of point prompts per image"
+    defaults.POINTS_PER_SIDE,
+    min=1,
+    max=128,
+    metavar="N",
+    help="automatic masks: an N x N grid of point prompts per image",
 )
 PRED_IOU_THRESH = typer.Option(
-    0.88, min=0.0, max=1.0, metavar="T", help="automatic masks: keep predicted IoU > T (fixed thresholds)"
+    defaults.PRED_IOU_THRESH,
+    min=0.0,
+    max=1.0,
+    metavar="T",
+    help="automatic masks: keep predicted IoU > T (fixed thresholds)",
 )
 STABILITY_THRESH = typer.Option(
-    0.95, min=0.0, max=1.0, metavar="S", help="automatic masks: keep stability score >= S (fixed thresholds)"
+    defaults.STABILITY_SCORE_THRESH,
+    min=0.0,
+    max=1.0,
+    metavar="S",
+    help="automatic masks: keep stability score >= S (fixed thresholds)",
 )
 STAGE_HELP = f"one of {', '.join(STAGES)}"
 ONLY_ROUND = typer.Option(None, metavar="N", help="only this round")
@@ -231,8 +259,12 @@ def embed(
     backend: Backend = typer.Option(
         "ray", help="'ray' (actor pool; GPUs when the cluster has them) or 'local'"
     ),
-    batch_size: int = typer.Option(4, min=1, metavar="N", help="images per encoder batch"),
-    actors: int = typer.Option(1, min=1, metavar="N", help="encoder actors on Ray"),
+    batch_size: int = typer.Option(
+        _default(EmbedSettings, "batch_size"), min=1, metavar="N", help="images per encoder batch"
+    ),
+    actors: int = typer.Option(
+        _default(EmbedSettings, "actors"), min=1, metavar="N", help="encoder actors on Ray"
+    ),
 ) -> None:
     """Compute image embeddings for every image that has none for the model version (cached ones are kept)."""
     store_obj = _existing_store(store)
@@ -264,7 +296,7 @@ def round_(
     new_model_version: str = typer.Option(
         None, metavar="VERSION", help="name of the retrained version (default r<round>)"
     ),
-    retrain_steps: int = typer.Option(200, min=0, metavar="N", help="0: no retrain"),
+    retrain_steps: int = typer.Option(TrainConfig.steps, min=0, metavar="N", help="0: no retrain"),
     train_backend: Backend = typer.Option("ray", help="'ray' (Ray Train) or 'local'"),
     target_precision: float = typer.Option(
         None,
@@ -282,13 +314,15 @@ def round_(
         help="the same for the semi-automatic stage's pre-filled masks (set it above --target-precision)",
     ),
     calibration_split: str = typer.Option(
-        "val", metavar="SPLIT", help="labelled images (in --ground-truth) to calibrate on"
+        _default(CalibrationSettings, "split"),
+        metavar="SPLIT",
+        help="labelled images (in --ground-truth) to calibrate on",
     ),
     points_per_side: int = POINTS_PER_SIDE,
     pred_iou_thresh: float = PRED_IOU_THRESH,
     stability_thresh: float = STABILITY_THRESH,
     match_iou: float = typer.Option(
-        0.75,
+        _default(FilterSettings, "match_iou"),
         min=0.01,
         max=1.0,
         metavar="IOU",
@@ -351,7 +385,7 @@ def train(
     round: int = typer.Option(
         ..., "--round", "-r", min=0, metavar="N", help="train on masks of rounds up to this"
     ),
-    steps: int = typer.Option(200, min=1, metavar="N", help="training steps"),
+    steps: int = typer.Option(TrainConfig.steps, min=1, metavar="N", help="training steps"),
     store: str = STORE,
     backend: Backend = typer.Option("ray", help="'ray' (Ray Train) or 'local'"),
     ground_truth: str = typer.Option(
@@ -381,8 +415,12 @@ def eval_(
         ..., metavar="GROUND_TRUTH", help="COCO JSON with the evaluation images' ground truth"
     ),
     model_version: str = MODEL,
-    split: str = typer.Option("test", metavar="SPLIT", help="the held-out images to evaluate on"),
-    max_images: int = typer.Option(16, min=1, metavar="N", help="at most this many images"),
+    split: str = typer.Option(
+        _default(EvalSettings, "split"), metavar="SPLIT", help="the held-out images to evaluate on"
+    ),
+    max_images: int = typer.Option(
+        _default(EvalSettings, "max_images"), min=1, metavar="N", help="at most this many images"
+    ),
     store: str = STORE,
 ) -> None:
     """mIoU after 1..9 clicks, NoC@85/90 and automatic-mask precision/recall of a model version."""
@@ -406,15 +444,28 @@ def calibrate(
     ),
     model_version: str = MODEL,
     split: str = typer.Option(
-        "val", metavar="SPLIT", help="the labelled images to calibrate on (not train, not test)"
+        _default(CalibrationSettings, "split"),
+        metavar="SPLIT",
+        help="the labelled images to calibrate on (not train, not test)",
     ),
-    max_images: int = typer.Option(8, min=1, metavar="N", help="at most this many images"),
-    points_per_side: int = typer.Option(16, min=1, metavar="N", help="grid density of the candidate masks"),
+    max_images: int = typer.Option(
+        _default(CalibrationSettings, "max_images"), min=1, metavar="N", help="at most this many images"
+    ),
+    points_per_side: int = typer.Option(
+        _default(CalibrationSettings, "points_per_side"),
+        min=1,
+        metavar="N",
+        help="grid density of the candidate masks",
+    ),
     target_precision: list[float] = typer.Option(
         [0.8, 0.9], metavar="P", help="print the operating point for these precisions (repeatable)"
     ),
     match_iou: float = typer.Option(
-        0.75, min=0.0, max=1.0, metavar="IOU", help="IoU with ground truth at which a mask counts as right"
+        _default(FilterSettings, "match_iou"),
+        min=0.0,
+        max=1.0,
+        metavar="IOU",
+        help="IoU with ground truth at which a mask counts as right",
     ),
     store: str = STORE,
 ) -> None:

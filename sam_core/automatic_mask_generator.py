@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sam_core import crops, mask_utils
+from sam_core import crops, defaults, mask_utils
 from sam_core.predictor import SamPredictor
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
@@ -93,15 +93,15 @@ class AutomaticMaskGenerator:
     def __init__(
         self,
         model: Any,
-        points_per_side: int | None = 32,
-        points_per_batch: int = 64,
-        pred_iou_thresh: float = 0.88,
-        stability_score_thresh: float = 0.95,
-        stability_score_offset: float = 1.0,
-        box_nms_thresh: float = 0.7,
+        points_per_side: int | None = defaults.POINTS_PER_SIDE,
+        points_per_batch: int = defaults.POINTS_PER_BATCH,
+        pred_iou_thresh: float = defaults.PRED_IOU_THRESH,
+        stability_score_thresh: float = defaults.STABILITY_SCORE_THRESH,
+        stability_score_offset: float = defaults.STABILITY_SCORE_OFFSET,
+        box_nms_thresh: float = defaults.BOX_NMS_THRESH,
         crop_n_layers: int = 0,
-        crop_nms_thresh: float = 0.7,
-        crop_overlap_ratio: float = 512 / 1500,
+        crop_nms_thresh: float = defaults.CROP_NMS_THRESH,
+        crop_overlap_ratio: float = defaults.CROP_OVERLAP_RATIO,
         crop_n_points_downscale_factor: int = 1,
         point_grids: list[np.ndarray] | None = None,
         min_mask_region_area: int = 0,

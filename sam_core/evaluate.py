@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sam_core import defaults
 from sam_core.automatic_mask_generator import AutomaticMaskGenerator
 from sam_core.embedded import load_embedded
 from sam_core.mask_utils import binary_iou
@@ -265,9 +266,9 @@ def iou_head_reliability(
 def evaluate_automatic(
     model,
     dataset: Sequence,
-    pred_iou_thresh: float = 0.88,
-    stability_score_thresh: float = 0.95,
-    points_per_side: int = 32,
+    pred_iou_thresh: float = defaults.PRED_IOU_THRESH,
+    stability_score_thresh: float = defaults.STABILITY_SCORE_THRESH,
+    points_per_side: int = defaults.POINTS_PER_SIDE,
     min_gt_area: int = 100,
     match_iou: float = 0.5,
 ) -> dict:

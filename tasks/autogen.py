@@ -11,6 +11,7 @@ from __future__ import annotations
 from prefect import task
 from pydantic import BaseModel, Field
 
+from sam_core import defaults
 from sam_core.automatic_mask_generator import AutomaticMaskGenerator
 from stores import Store
 from tasks.calibrate import calibrated_settings
@@ -25,12 +26,16 @@ from tasks.shards import run_shard
 class AutogenSettings(BaseModel):
     """Automatic mask generator settings (the reference's names and meanings)."""
 
-    points_per_side: int = Field(32, ge=1, le=128, description="grid points per side of the image")
-    points_per_batch: int = Field(64, ge=1, le=1024, description="prompts decoded together")
-    pred_iou_thresh: float = Field(0.88, ge=0.0, le=1.0)
-    stability_score_thresh: float = Field(0.95, ge=0.0, le=1.0)
-    stability_score_offset: float = Field(1.0, gt=0.0)
-    box_nms_thresh: float = Field(0.7, ge=0.0, le=1.0)
+    points_per_side: int = Field(
+        defaults.POINTS_PER_SIDE, ge=1, le=128, description="grid points per side of the image"
+    )
+    points_per_batch: int = Field(
+        defaults.POINTS_PER_BATCH, ge=1, le=1024, description="prompts decoded together"
+    )
+    pred_iou_thresh: float = Field(defaults.PRED_IOU_THRESH, ge=0.0, le=1.0)
+    stability_score_thresh: float = Field(defaults.STABILITY_SCORE_THRESH, ge=0.0, le=1.0)
+    stability_score_offset: float = Field(defaults.STABILITY_SCORE_OFFSET, gt=0.0)
+    box_nms_thresh: float = Field(defaults.BOX_NMS_THRESH, ge=0.0, le=1.0)
     min_mask_region_area: int = Field(0, ge=0, description="fill holes / drop islands smaller than this (px)")
 
 

@@ -25,6 +25,7 @@ import pandas as pd
 from prefect import task
 from pydantic import BaseModel, Field
 
+from sam_core import defaults
 from sam_core.automatic_mask_generator import AutomaticMaskGenerator
 from sam_core.mask_utils import box_nms
 from stores import Store
@@ -76,7 +77,7 @@ class CalibrationSettings(BaseModel):
     split: str = Field("val", description="images to calibrate on (keep them apart from training and test)")
     max_images: int = Field(8, ge=1, le=10_000, description="at most this many (the first by image id)")
     points_per_side: int = Field(16, ge=1, le=128, description="grid points per side for the candidates")
-    points_per_batch: int = Field(64, ge=1, le=1024)
+    points_per_batch: int = Field(defaults.POINTS_PER_BATCH, ge=1, le=1024)
 
 
 def best_matches(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, Field
 
+from sam_core import defaults
 from sam_core.mask_utils import box_nms
 
 
@@ -23,15 +24,20 @@ class FilterSettings(BaseModel):
     """Thresholds applied to automatic-mask records (predicted_iou, stability_score, area, bbox XYWH)."""
 
     min_predicted_iou: float = Field(
-        0.88, ge=0.0, le=1.0, description="keep masks with predicted IoU >= this"
+        defaults.PRED_IOU_THRESH, ge=0.0, le=1.0, description="keep masks with predicted IoU >= this"
     )
-    min_stability_score: float = Field(0.95, ge=0.0, le=1.0, description="keep masks with stability >= this")
+    min_stability_score: float = Field(
+        defaults.STABILITY_SCORE_THRESH, ge=0.0, le=1.0, description="keep masks with stability >= this"
+    )
     min_area: int = Field(16, ge=0, description="pixels; smaller masks are dropped")
     max_area_fraction: float = Field(
-        0.95, gt=0.0, le=1.0, description="drop masks covering more of the image"
+        defaults.MAX_AREA_FRACTION, gt=0.0, le=1.0, description="drop masks covering more of the image"
     )
     nms_iou: float = Field(
-        0.7, ge=0.0, le=1.0, description="box IoU above which the lower-scored mask is dropped"
+        defaults.BOX_NMS_THRESH,
+        ge=0.0,
+        le=1.0,
+        description="box IoU above which the lower-scored mask is dropped",
     )
     target_precision: float | None = Field(
         None,
