@@ -24,9 +24,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tasks.settings import free_port  # noqa: E402
+from stores.fsio import free_port
 
 STATE_FILE = "prefect-server.json"
 

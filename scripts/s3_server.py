@@ -15,11 +15,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tasks.settings import free_port  # noqa: E402
+from stores.fsio import free_port
 
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",

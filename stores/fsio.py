@@ -1,4 +1,5 @@
-"""Filesystem plumbing: resolve a store URL, keep paths inside the root, write files atomically.
+"""Filesystem plumbing: resolve a store URL, keep paths inside the root, write files atomically; a free port for
+a local server (an S3 for a store, Prefect, Label Studio).
 
 Atomic publish, per backend:
 - local disk: the bytes go to `_tmp-<uuid>-<name>` in the final directory, are fsynced, then `os.replace`d onto
@@ -13,6 +14,7 @@ Temp names start with `_` because pyarrow's dataset discovery (and so pandas.rea
 import os
 import posixpath
 import re
+import socket
 import uuid
 
 import fsspec
@@ -164,3 +166,12 @@ def list_data_files(fs, directory: str) -> list[str]:
         if path.endswith(".parquet"):
             out.append(path)
     return out
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on right now, for a local server (scripts/s3_server.py's S3,
+    scripts/prefect_server.py's Prefect, Label Studio in tests). Here, in a package whose import changes nothing,
+    so that the server scripts need neither the tasks package's Prefect defaults nor a sys.path of their own."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])

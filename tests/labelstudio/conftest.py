@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from stores import Store
+from stores.fsio import free_port
 from tasks.labelstudio import server
 from tasks.labelstudio.client import LabelStudioClient
-from tasks.settings import free_port
 
 TEST_HOME = Path(
     os.environ.get("SAM_ENGINE_LS_TEST_HOME") or server.REPO_ROOT / ".engine" / "labelstudio-test"

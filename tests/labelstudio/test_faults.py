@@ -8,6 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from stores.fsio import free_port
 from tasks.labelstudio import server
 from tasks.labelstudio.client import (
     LabelStudioAuthError,
@@ -16,7 +17,6 @@ from tasks.labelstudio.client import (
     LabelStudioUnavailable,
 )
 from tasks.labelstudio.sync import STATE_TABLE, cursor_key, sync_project
-from tasks.settings import free_port
 
 
 class _Stub(BaseHTTPRequestHandler):
