@@ -103,6 +103,21 @@ ROUNDS = pa.schema(
 
 STATE = pa.schema([("key", pa.string()), ("row", pa.string()), ("updated_at", _UTC_US)])  # row: JSON object
 
+# One row per automatic candidate mask of a model version on labelled images (tasks.calibrate): its scores, its
+# area and box in pixels, and its best IoU against the ground truth (best_gt: that mask's index, -1 for none).
+CALIBRATION = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("predicted_iou", pa.float32()),
+        ("stability_score", pa.float32()),
+        ("area", pa.int64()),
+        ("image_area", pa.int64()),
+        *((name, pa.float32()) for name in ("x0", "y0", "x1", "y1")),  # the box, XYXY pixels
+        ("best_iou", pa.float32()),
+        ("best_gt", pa.int64()),
+    ]
+)
+
 TABLES = {
     "images": IMAGES,
     "embeddings": EMBEDDINGS,
@@ -110,9 +125,18 @@ TABLES = {
     "models": MODELS,
     "rounds": ROUNDS,
     "state": STATE,
+    "calibration": CALIBRATION,
 }
 JSON_COLUMNS = {"models": ("config", "metrics"), "rounds": ("metrics",)}
-SCHEMA_VERSIONS = {"images": 1, "embeddings": 1, "masks": 2, "models": 1, "rounds": 1, "state": 1}
+SCHEMA_VERSIONS = {
+    "images": 1,
+    "embeddings": 1,
+    "masks": 2,
+    "models": 1,
+    "rounds": 1,
+    "state": 1,
+    "calibration": 1,
+}
 # what to do with a file of an older version, where there is a way
 UPGRADES = {("masks", "1"): "Store(<root>).upgrade_masks() rewrites the store's version-1 masks files"}
 

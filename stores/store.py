@@ -7,6 +7,9 @@ Layout (each directory is a Parquet dataset `pandas.read_parquet(root + "/<table
     models/<model_version>.parquet
     rounds/round-<r>-<stage>.parquet
     state/<table>/<hash of key>.parquet                   small keyed tables (e.g. the Label Studio cursor)
+    calibration/<model_version>.parquet                   a version's automatic candidates scored against
+                                                          ground truth (tasks.calibrate)
+    checkpoints/<model_version>.pt                        the weights of the versions the engine trained
 File names come from what a file holds, so a rerun overwrites its own output instead of adding rows.
 """
 
@@ -33,18 +36,20 @@ from .masks import mask_id_for, prepare_masks
 from .registry import KeyedTables
 from .schemas import (
     BBOX,
+    CALIBRATION,
     EMBEDDINGS,
     IMAGES,
     MASKS,
     MASKS_PARTITION,
     SCHEMA_VERSIONS,
+    check_file_schema,
     file_version,
     with_metadata,
 )
 
 _EMBED_DTYPES = ("float32", "float16")
 # The top-level folders a store may hold; a folder with none of them is not a store (see Store(create=False)).
-TABLES = ("images", "embeddings", "masks", "models", "rounds", "state", "calibration")
+TABLES = ("images", "embeddings", "masks", "models", "rounds", "state", "calibration", "checkpoints")
 _FLOAT16_MAX = 65504.0
 _MASKS_V1_LISTS = ("bbox", "crop_box", "point_coords")  # list columns of masks schema version 1
 _MASK_FILE_OPTIONS = dict(
@@ -252,6 +257,41 @@ class Store(KeyedTables):
         """image_ids that have an embedding for `model_version` (a listing; no file is read)."""
         base = self.path("embeddings", f"model_version={check_key('model_version', model_version)}")
         return {p.rsplit("/", 1)[1][: -len(".parquet")] for p in list_data_files(self.fs, base)}
+
+    # ---- calibration and checkpoints: one file per model version ---------------------------------------------------
+    def _calibration_rel(self, model_version: str) -> list[str]:
+        return ["calibration", f"{check_key('model_version', model_version)}.parquet"]
+
+    def write_calibration(self, model_version: str, candidates: pd.DataFrame) -> str:
+        """Publish the calibration candidates of ``model_version`` (the columns of schemas.CALIBRATION) atomically,
+        replacing any earlier ones whole; return the file's URL."""
+        missing = [name for name in CALIBRATION.names if name not in candidates]
+        if missing:
+            raise BadRecordError(f"calibration of {model_version!r}: no columns {missing}")
+        table = pa.Table.from_pandas(candidates[CALIBRATION.names], schema=CALIBRATION, preserve_index=False)
+        return self.fs.unstrip_protocol(
+            self._write("calibration", self._calibration_rel(model_version), table)
+        )
+
+    def has_calibration(self, model_version: str) -> bool:
+        return self.fs.exists(self.path(*self._calibration_rel(model_version)))
+
+    def calibration(self, model_version: str) -> pd.DataFrame:
+        """The calibration candidates of ``model_version``; KeyError naming it when it has none. A file written
+        before calibration files carried a schema stamp (the same columns) is read as version 1."""
+        path = self.path(*self._calibration_rel(model_version))
+        if not self.fs.exists(path):
+            raise KeyError(f"model {model_version!r} has no calibration in store {self.url}")
+        table = read_parquet_file(self.fs, path, "calibration", check=False)
+        if file_version(table.schema) != ("?", "?"):
+            check_file_schema(table.schema, "calibration", path)
+        return table.to_pandas()
+
+    def write_checkpoint(self, model_version: str, data: bytes) -> str:
+        """Publish a trained version's checkpoint bytes atomically; return its URL (the models row's
+        checkpoint_uri)."""
+        path = self.path("checkpoints", f"{check_key('model_version', model_version)}.pt")
+        return self.fs.unstrip_protocol(atomic_write(self.fs, path, data))
 
     # ---- masks ---------------------------------------------------------------------------------------------------
     def _mask_rel(self, round: int, stage: str, shard) -> list[str]:

@@ -17,7 +17,6 @@ measures each version's own operating point, the way a detector's score threshol
 
 from __future__ import annotations
 
-import io
 import math
 
 import numpy as np
@@ -29,25 +28,14 @@ from sam_core import defaults
 from sam_core.automatic_mask_generator import AutomaticMaskGenerator
 from sam_core.mask_utils import box_nms
 from stores import Store
-from stores.fsio import atomic_write
+from stores.schemas import CALIBRATION
 from tasks.ground_truth import evaluation_set
 from tasks.models import load_model
 from tasks.progress import CACHE_POLICY, OnProgress
 from tasks.runlog import run_logger
 
-CANDIDATE_COLUMNS = (
-    "image_id",
-    "predicted_iou",
-    "stability_score",
-    "area",
-    "image_area",
-    "x0",
-    "y0",
-    "x1",
-    "y1",
-    "best_iou",
-    "best_gt",
-)
+CANDIDATE_COLUMNS = tuple(CALIBRATION.names)
+"""The columns of a calibration table (stores.schemas.CALIBRATION): one row per candidate mask."""
 STABILITY_GRID = (0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97)
 """Stability thresholds tried by ``operating_point`` (the predicted-IoU threshold is searched exactly)."""
 NOTHING = math.inf
@@ -244,28 +232,12 @@ def operating_point(
     return best
 
 
-def calibration_path(store, model_version: str) -> str:
-    return store.path("calibration", f"{model_version}.parquet")
-
-
-def write_calibration(store, model_version: str, candidates: pd.DataFrame) -> str:
-    """Publish the candidate table of ``model_version`` atomically (a rerun replaces it whole)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(candidates[list(CANDIDATE_COLUMNS)], preserve_index=False), buffer)
-    return atomic_write(store.fs, calibration_path(store, model_version), buffer.getvalue())
-
-
 def read_calibration(store, model_version: str) -> pd.DataFrame:
     """The candidate table of ``model_version``; FileNotFoundError naming the version when it was never
     calibrated."""
-    path = calibration_path(store, model_version)
-    if not store.fs.exists(path):
+    if not store.has_calibration(model_version):
         raise _not_calibrated(store, model_version)
-    with store.fs.open(path, "rb") as f:
-        return pd.read_parquet(f)
+    return store.calibration(model_version)
 
 
 def _not_calibrated(store, model_version: str) -> FileNotFoundError:
@@ -278,7 +250,7 @@ def _not_calibrated(store, model_version: str) -> FileNotFoundError:
 def check_calibration(store, model_version: str, *filters) -> None:
     """Fail fast: a filter that asks for a target precision needs ``model_version``'s calibration."""
     if any(getattr(f, "target_precision", None) is not None for f in filters):
-        if not store.fs.exists(calibration_path(store, model_version)):
+        if not store.has_calibration(model_version):
             raise _not_calibrated(store, model_version)
 
 
@@ -351,7 +323,7 @@ def calibrate(
     model = load_model(store, model_version, device)
     samples = evaluation_set(store, settings.ground_truth, settings.split, settings.max_images)
     candidates = candidate_table(model, samples, settings, on_progress)
-    path = write_calibration(store, model_version, candidates)
+    url = store.write_calibration(model_version, candidates)
     run_logger().info(
         "calibrated %s on %d %s images (%d candidates)",
         model_version,
@@ -363,5 +335,5 @@ def calibrate(
         "model_version": model_version,
         "images": len(samples),
         "candidates": len(candidates),
-        "path": store.fs.unstrip_protocol(path),
+        "path": url,
     }

@@ -4,8 +4,8 @@ The training set is each training-split image with its current masks (superseded
 the chosen sources from every round up to this one, plus (optionally) a replayed labelled split that the
 parent learnt from. Training runs on Ray Train (``tasks.ray_train.train_on_ray``,
 data-parallel, one GPU per worker where the cluster has GPUs) or, with ``backend="local"``, in this process
-(``sam_core.train.train``). The checkpoint goes to ``<store>/checkpoints/<model_version>.pt`` (written
-atomically) and the models table gets the lineage: parent version, round, config, metrics.
+(``sam_core.train.train``). The checkpoint goes to ``<store>/checkpoints/<model_version>.pt``
+(``Store.write_checkpoint``, atomic) and the models table gets the lineage: parent version, round, config, metrics.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from prefect import task
 from sam_core.checkpoint import read_checkpoint
 from sam_core.train import TrainConfig, train
 from stores import Store
-from stores.fsio import atomic_write
 from tasks.ground_truth import evaluation_set
 from tasks.ingest import load_image
 from tasks.models import EMBEDDED_VERSION, check_model, register_model, resolve_version, shared_embeddings
@@ -178,8 +177,7 @@ def retrain(
     finally:
         if temporary:
             os.remove(temporary)
-    path = atomic_write(store.fs, store.path("checkpoints", f"{model_version}.pt"), checkpoint)
-    uri = store.fs.unstrip_protocol(path)
+    uri = store.write_checkpoint(model_version, checkpoint)
     config_dict = dataclasses.asdict(config)
     config_dict.pop("init_checkpoint", None)
     shared = None

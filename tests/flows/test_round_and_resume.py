@@ -186,7 +186,7 @@ def test_calibrated_filters_and_a_replayed_split(engine):
 
     from flows.data_engine_round import data_engine_round
     from stores import Store
-    from tasks.calibrate import CalibrationSettings, calibrated_settings, read_calibration, write_calibration
+    from tasks.calibrate import CalibrationSettings, calibrated_settings, read_calibration
     from tasks.ingest import ingest
 
     ingest.fn(engine["store"], [engine["test_images"]], split="test")
@@ -226,8 +226,7 @@ def test_calibrated_filters_and_a_replayed_split(engine):
     # A random model's masks match nothing, so its calibration is made by hand: 16 distinct right masks rated
     # highest, then wrong ones; the operating point lands inside the random model's predicted-IoU range.
     n = 40
-    write_calibration(
-        store,
+    store.write_calibration(
         engine["model"],
         pd.DataFrame(
             {

@@ -116,3 +116,60 @@ def test_the_cli_upgrade_command_rewrites_old_files_and_then_finds_none(old_stor
     pd.testing.assert_frame_equal(store.masks(round=0), round_0)
     result = runner.invoke(app, ["upgrade", "--store", store.url])
     assert result.exit_code == 0 and "every masks file is current" in result.output, result.output
+
+
+def _candidates(n: int = 3) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "image_id": "x",
+            "predicted_iou": np.linspace(0.9, 0.5, n, dtype=np.float32),
+            "stability_score": np.float32(0.95),
+            "area": np.arange(n, dtype=np.int64) + 10,
+            "image_area": 100,
+            "x0": np.zeros(n, np.float32),
+            "y0": np.zeros(n, np.float32),
+            "x1": np.full(n, 5, np.float32),
+            "y1": np.full(n, 5, np.float32),
+            "best_iou": np.float32(0.8),
+            "best_gt": np.arange(n, dtype=np.int64),
+        }
+    )
+
+
+def test_a_calibration_file_carries_its_stamp_and_an_unstamped_older_one_still_reads(tmp_path):
+    from stores import Store
+
+    store = Store(tmp_path.as_uri())
+    assert not store.has_calibration("v1")
+    with pytest.raises(KeyError, match="'v1' has no calibration"):
+        store.calibration("v1")
+    url = store.write_calibration("v1", _candidates())
+    assert url.endswith("/calibration/v1.parquet") and store.has_calibration("v1")
+    stamp = pq.read_schema(tmp_path / "calibration" / "v1.parquet").metadata
+    assert stamp[META_TABLE] == b"calibration" and stamp[META_VERSION] == b"1"
+    pd.testing.assert_frame_equal(store.calibration("v1"), _candidates(), check_dtype=False)
+    assert store.calibration("v1")["predicted_iou"].dtype == np.float32
+
+    # Written by the calibrate task before the stamp: the same columns, no metadata of ours.
+    pq.write_table(
+        pa.Table.from_pandas(_candidates(2), preserve_index=False), tmp_path / "calibration" / "v0.parquet"
+    )
+    assert len(store.calibration("v0")) == 2
+    # Another table's file under calibration/ is refused by name.
+    pq.write_table(
+        pa.table({"a": [1]}).replace_schema_metadata({META_TABLE: b"masks", META_VERSION: b"2"}),
+        tmp_path / "calibration" / "bad.parquet",
+    )
+    with pytest.raises(SchemaMismatchError, match="bad.parquet"):
+        store.calibration("bad")
+
+
+def test_a_checkpoint_is_published_under_checkpoints_and_its_url_returned(tmp_path):
+    from stores import Store
+
+    store = Store(tmp_path.as_uri())
+    url = store.write_checkpoint("r1", b"weights")
+    assert (
+        url.endswith("/checkpoints/r1.pt") and (tmp_path / "checkpoints" / "r1.pt").read_bytes() == b"weights"
+    )
+    assert Store(tmp_path.as_uri(), create=False).url == store.url  # a store of checkpoints alone is a store

@@ -141,13 +141,13 @@ def test_best_matches_takes_the_best_ground_truth_mask():
 def test_calibrated_settings_apply_the_point_and_an_unreachable_one_keeps_nothing(tmp_path):
     from stores import Store
     from tasks.autogen import AutogenSettings
-    from tasks.calibrate import calibrated_settings, read_calibration, write_calibration
+    from tasks.calibrate import calibrated_settings, read_calibration
 
     store = Store(tmp_path.as_uri())
     with pytest.raises(FileNotFoundError, match="'v1' has no calibration"):
         read_calibration(store, "v1")
     table = _table(np.random.default_rng(0))
-    write_calibration(store, "v1", table)
+    store.write_calibration("v1", table)
     assert read_calibration(store, "v1").equals(table)
 
     fixed = FilterSettings()
