@@ -104,6 +104,8 @@ TRAIN_KNOBS = (
     "pixel_loss",
     "box_probability",
     "background_points",
+    "iou_target",
+    "iou_loss_weight",
     "correction_points",
     "no_point_iterations",
     "seed",

@@ -65,6 +65,28 @@ def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
+def known_mask_iou(logits: torch.Tensor, instances: torch.Tensor, clicks: torch.Tensor) -> torch.Tensor:
+    """The best IoU of each output with any known mask under its click: what an automatic stage scores a
+    candidate by (right when it matches some object), where a single click is ambiguous between a subpart, a
+    part and the whole.
+
+    logits: NxKxHxW (K outputs per click). instances: MxHxW float 0/1, every known mask of the image. clicks:
+    Nx2 (x, y) pixels. Returns NxK; 0 for a click under no known mask (a background prompt).
+    """
+    n, k = logits.shape[:2]
+    if instances.shape[0] == 0:
+        return logits.new_zeros((n, k))
+    known = instances.flatten(-2) > 0.5  # M x HW
+    pred = (logits.detach() > 0).flatten(-2).float()  # N x K x HW
+    inter = pred @ known.float().T  # N x K x M
+    union = pred.sum(-1, keepdim=True) + known.sum(-1).float() - inter
+    iou = inter / union.clamp(min=1)
+    x = clicks[:, 0].long().clamp(0, instances.shape[-1] - 1)
+    y = clicks[:, 1].long().clamp(0, instances.shape[-2] - 1)
+    under = (instances[:, y, x] > 0.5).T  # N x M
+    return torch.where(under[:, None, :], iou, torch.zeros_like(iou)).amax(dim=-1)
+
+
 def min_over_masks(losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For NxM per-output losses, the lowest loss of each row and its index: (N,), (N,) long.
 

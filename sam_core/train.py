@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from sam_core.build import build_sam
 from sam_core.checkpoint import encoder_digest, load_weights
-from sam_core.losses import iou_head_loss, mask_iou, mask_loss, min_over_masks
+from sam_core.losses import iou_head_loss, known_mask_iou, mask_iou, mask_loss, min_over_masks
 from sam_core.prompts import noisy_box, sample_error_points, sample_points_in
 from sam_core.train_data import SyntheticDataset, prepare_sample
 
@@ -53,6 +53,7 @@ BOUNDS = {
 """The bounds a training knob may carry in its field metadata, by pydantic's names: the test and its words."""
 
 PixelLoss = Literal["focal", "bce"]
+IouTarget = Literal["prompted", "any_known"]
 
 
 def knob(default, doc: str, **bounds):
@@ -111,7 +112,18 @@ class TrainConfig:
         ge=0,
         le=64,
     )
-    iou_loss_weight: float = 1.0
+    iou_loss_weight: float = knob(
+        1.0, "weight of the IoU head's loss beside the mask loss (paper: 1)", ge=0.0
+    )
+    # A single click is ambiguous (a nucleolus, its nucleus, the cell): "prompted" scores each of its three
+    # outputs by its IoU with the mask the click was drawn from, the paper's rule, so a perfect cell mask counts as
+    # a miss whenever the nucleus was drawn and the head learns to rate every output alike; the automatic stage,
+    # which keeps a candidate when it matches any object, then cannot rank its candidates.
+    iou_target: IouTarget = knob(
+        "prompted",
+        "what the IoU head learns for a single click's outputs: its IoU with the prompted mask (the paper's), or "
+        "the best IoU with any known mask under the click (any_known: ranks automatic masks better)",
+    )
     # Weight of the auxiliary loss that shapes the image embedding to group each instance's cells
     # (grouping_loss); 0 = off. Only while the encoder trains.
     grouping_loss_weight: float = 0.0
@@ -171,6 +183,10 @@ class TrainConfig:
                     raise ValueError(f"{f.name} must be {words} {f.metadata[bound]}, got {value!r}")
         if self.pixel_loss not in typing.get_args(PixelLoss):
             raise ValueError(f"pixel_loss must be 'focal' or 'bce', got {self.pixel_loss!r}")
+        if self.iou_target not in typing.get_args(IouTarget):
+            raise ValueError(
+                f"iou_target must be one of {typing.get_args(IouTarget)}, got {self.iou_target!r}"
+            )
 
 
 def iteration_schedule(config: TrainConfig, rng: np.random.Generator) -> list[str]:
@@ -338,13 +354,15 @@ def interactive_loss(
     rng: np.random.Generator,
     generator: torch.Generator,
     first_region: torch.Tensor | None = None,
+    instances: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """The 11-pass interactive loss for N masks of one image.
 
     embedding: 1xCxhxw. gt: NxSxS float 0/1 at the encoder's input size; an empty row is a background prompt
     (its answer is no mask, its IoU target 0). boxes: Nx4 noisy boxes (used when use_box). first_region: NxSxS
-    bool, where each first click is drawn (default: inside gt). Returns the loss averaged over passes and stats
-    (IoU after the first and the last pass).
+    bool, where each first click is drawn (default: inside gt). instances: MxSxS float 0/1, every known mask of
+    the image: a single click's IoU targets when config.iou_target is "any_known". Returns the loss averaged over
+    passes and stats (IoU after the first and the last pass).
     """
     n, size = gt.shape[0], gt.shape[-1]
     gt_bool = gt > 0.5
@@ -383,7 +401,10 @@ def interactive_loss(
             logits, target.expand_as(logits), config.focal_weight, config.dice_weight, config.pixel_loss
         )
         best, _ = min_over_masks(per_output)
-        iou_loss = iou_head_loss(iou_pred, logits, target).mean(dim=1)
+        if multimask and instances is not None and config.iou_target == "any_known":
+            iou_loss = ((iou_pred - known_mask_iou(logits, instances, coords[:, 0])) ** 2).mean(dim=1)
+        else:
+            iou_loss = iou_head_loss(iou_pred, logits, target).mean(dim=1)
         total = total + best.mean() + config.iou_loss_weight * iou_loss.mean()
         # The next pass sees the mask the IoU head ranks first (what a user is shown), as raw logits; no
         # gradient flows back through them. Its errors are where the next click goes.
@@ -512,13 +533,13 @@ class Trainer:
             image, masks = self.dataset[index]
             # The grouping loss and the background need every instance of the image; the prompts still go to
             # masks_per_image of them.
-            every = grouping or self.config.background_points > 0
+            every = grouping or self.config.background_points > 0 or self.config.iou_target == "any_known"
             limit = len(masks) if every else self.config.masks_per_image
             sample = prepare_sample(image, masks, self.img_size, limit, self.rng)
             for key, count in sample.skipped.items():
                 self.skipped[key] += count
             if sample.masks.shape[0] > 0:
-                instances = sample.masks if grouping else None
+                instances = sample.masks if every else None
                 background = background_region(sample.masks) if self.config.background_points > 0 else None
                 chosen, boxes = sample.masks, sample.boxes
                 if chosen.shape[0] > self.config.masks_per_image:
@@ -591,7 +612,16 @@ class Trainer:
                 first_region = torch.cat([gt > 0.5, sample.background.expand(k, -1, -1)])
                 gt = torch.cat([gt, gt.new_zeros((k, *gt.shape[1:]))])
             loss, s = interactive_loss(
-                self.model, embedding, gt, use_box, boxes, self.config, self.rng, self.generator, first_region
+                self.model,
+                embedding,
+                gt,
+                use_box,
+                boxes,
+                self.config,
+                self.rng,
+                self.generator,
+                first_region,
+                sample.instances,
             )
             if "grouping" in stats:
                 grouping = grouping_loss(embedding, sample.instances)

@@ -87,3 +87,79 @@ def test_fresh_decoder_replaces_prompt_encoder_and_decoder_but_keeps_the_image_e
     )
     token = "transformer.layers.0.cross_attn_token_to_image.q_proj.weight"
     assert not torch.equal(old.mask_decoder.state_dict()[token], fresh.mask_decoder.state_dict()[token])
+
+
+def test_known_mask_iou_scores_an_output_by_any_known_mask_under_the_click():
+    from sam_core.losses import known_mask_iou
+
+    cell, nucleus = torch.zeros(8, 8), torch.zeros(8, 8)
+    cell[:4, :4] = 1
+    nucleus[:2, :2] = 1
+    instances = torch.stack([cell, nucleus])
+    logits = torch.full((1, 3, 8, 8), -1.0)
+    logits[0, 0, :4, :4] = 1  # the cell
+    logits[0, 1, :2, :2] = 1  # the nucleus
+    logits[0, 2] = 1  # the whole image
+    inside_nucleus = known_mask_iou(logits, instances, torch.tensor([[1.0, 1.0]]))
+    assert torch.allclose(inside_nucleus, torch.tensor([[1.0, 1.0, 0.25]]))
+    # Outside the nucleus only the cell is under the click: a perfect nucleus mask is a poor answer there.
+    inside_cell_only = known_mask_iou(logits, instances, torch.tensor([[3.0, 3.0]]))
+    assert torch.allclose(inside_cell_only, torch.tensor([[1.0, 0.25, 0.25]]))
+    on_background = known_mask_iou(logits, instances, torch.tensor([[6.0, 6.0]]))
+    assert torch.equal(on_background, torch.zeros(1, 3))
+    assert torch.equal(known_mask_iou(logits, instances[:0], torch.tensor([[1.0, 1.0]])), torch.zeros(1, 3))
+
+
+def test_iou_target_any_known_changes_only_the_iou_heads_loss(small_config):
+    """The same step with the same prompts: the mask loss is the same, the IoU head's targets are not."""
+    from sam_core.train import interactive_loss
+
+    small_config.correction_points = small_config.no_point_iterations = 0
+    trainer = Trainer(small_config)
+    sample = trainer._next_sample()
+    assert sample.instances is None  # the paper's rule needs no other instance
+    small_config.iou_target = "any_known"
+    sample = Trainer(small_config)._next_sample()
+    assert sample.instances is not None and sample.instances.shape[0] >= sample.masks.shape[0]
+    with torch.no_grad():
+        embedding = trainer._embedding(sample.index, sample.image)
+        losses = {}
+        for target in ("prompted", "any_known"):
+            small_config.iou_target = target
+            trainer.generator.manual_seed(0)
+            loss, _ = interactive_loss(
+                trainer.model,
+                embedding,
+                sample.masks,
+                False,
+                sample.boxes,
+                small_config,
+                np.random.default_rng(0),
+                trainer.generator,
+                None,
+                sample.instances,
+            )
+            losses[target] = loss.item()
+        small_config.iou_loss_weight = 0.0
+        trainer.generator.manual_seed(0)
+        masks_only = [
+            interactive_loss(
+                trainer.model,
+                embedding,
+                sample.masks,
+                False,
+                sample.boxes,
+                small_config,
+                np.random.default_rng(0),
+                trainer.generator,
+                None,
+                sample.instances,
+            )[0].item()
+        ]
+    assert losses["prompted"] != losses["any_known"]
+    assert masks_only[0] < min(losses.values())
+
+
+def test_a_bad_iou_target_is_a_clear_error():
+    with pytest.raises(ValueError, match="iou_target must be one of"):
+        TrainConfig(iou_target="nearest").validate()
