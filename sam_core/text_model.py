@@ -54,14 +54,27 @@ def text_encoder_from_record(record: dict, clip_checkpoint: str | Path | None = 
 
 
 def text_model_from_checkpoint(
-    checkpoint: str | Path | None = None, text_dim: int = 128, text_tokens: int = 2
+    checkpoint: str | Path | None = None, text_dim: int = 128, text_tokens: int = 2, config: str | None = None
 ) -> Sam:
     """A Sam with a fresh text path of ``text_dim`` on the weights of a checkpoint without one (default: the
     embedded model), the starting point of training the text path (the text tensors are left at their
-    initialisation, as sam_core.checkpoint's rule allows when asked)."""
-    ckpt = read_checkpoint(checkpoint if checkpoint is not None else EMBEDDED_CHECKPOINT)
-    recorded = ckpt.get("sam_config")
-    cfg = SamConfig.from_dict(recorded) if recorded else CONFIGS[config_name(ckpt)]
+    initialisation, as sam_core.checkpoint's rule allows when asked).
+
+    config: the sam_core.build.CONFIGS name of a checkpoint that records none (Meta's bare state dicts:
+    "vit_b", "vit_l", "vit_h"); a checkpoint of our trainer records its own."""
+    source = checkpoint if checkpoint is not None else EMBEDDED_CHECKPOINT
+    ckpt = read_checkpoint(source)
+    if ckpt.get("sam_config"):
+        cfg = SamConfig.from_dict(ckpt["sam_config"])
+    elif config is not None or ckpt.get("config"):
+        name = config or config_name(ckpt)
+        if name not in CONFIGS:
+            raise ValueError(f"unknown SAM config {name!r}; choose one of {sorted(CONFIGS)}")
+        cfg = CONFIGS[name]
+    else:
+        raise ValueError(
+            f"{source}: a bare state dict records no config; name it, e.g. config='vit_h' for sam_vit_h_4b8939.pth"
+        )
     model = build_sam_from_config(dataclasses.replace(cfg, text_dim=text_dim, text_tokens=text_tokens))
     load_weights(model, ckpt, allow_untrained_text=True)
     return model.eval()

@@ -193,3 +193,16 @@ def test_text_checkpoint_round_trips_with_its_text_encoder(
         np.testing.assert_array_equal(x, y)
     with pytest.raises(ValueError, match="not a text model checkpoint"):
         load_text_model({"model": build_sam("tiny_conv").state_dict()})
+
+
+def test_a_text_path_starts_on_metas_bare_checkpoint_only_with_its_config_named(tmp_path):
+    from sam_core.text_model import text_model_from_checkpoint
+
+    plain = build_sam("tiny")
+    path = tmp_path / "bare.pth"
+    torch.save(plain.state_dict(), path)  # as Meta's files are: a state dict, no config
+    with pytest.raises(ValueError, match="records no config; name it"):
+        text_model_from_checkpoint(path, text_dim=16)
+    model = text_model_from_checkpoint(path, text_dim=16, config="tiny")
+    assert model.prompt_encoder.text_dim == 16 and model.config.image_encoder == "vit"
+    assert torch.equal(model.mask_decoder.iou_token.weight, plain.mask_decoder.iou_token.weight)
