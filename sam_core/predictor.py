@@ -16,6 +16,8 @@ layer) is computed once in set_image / set_embedding; see MaskDecoder.prepare.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -215,14 +217,17 @@ class SamPredictor:
         return_logits: bool = False,
         upsample: bool = True,
         best_only: bool = False,
-    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        text: str | bytes | Sequence[str | bytes] | None = None,
+    ) -> tuple[torch.Tensor | None, ...]:
         """B prompts on the current image in ONE decoder pass, in original-image pixels:
         point_coords B x N x 2 with point_labels B x N (use label -1 to pad shorter prompts), boxes B x 4,
-        mask_input B x 1 x 4h x 4w. Numpy or torch.
+        mask_input B x 1 x 4h x 4w. Numpy or torch. text: one phrase for every prompt (a grid of clicks asking
+        "the striped ellipse here?"), or B phrases, one a prompt; alone, B is the number of phrases.
 
         Returns torch (masks B x M x H x W or None when upsample=False, iou_predictions B x M,
-        low_res_logits B x M x 4h x 4w). upsample=False skips the full-resolution masks entirely (the
-        automatic mask generator filters at low resolution, then calls upscale_logits on the survivors).
+        low_res_logits B x M x 4h x 4w), and with text the presence probabilities B as a fourth item.
+        upsample=False skips the full-resolution masks entirely (the automatic mask generator filters at low
+        resolution, then calls upscale_logits on the survivors).
         """
         self._require_image()
         coords, labels = check_points(point_coords, point_labels, self.original_size, batched=True)
@@ -233,7 +238,17 @@ class SamPredictor:
             raise ValueError(
                 f"point_coords, boxes and mask_input disagree on the number of prompts: {sorted(sizes)}"
             )
-        return self._predict(
+        text_embeddings = None
+        if text is not None:
+            phrases = [text] if isinstance(text, str | bytes | bytearray) else list(text)
+            if sizes and len(phrases) not in (1, *sizes):
+                raise ValueError(
+                    f"{len(phrases)} phrases for {sizes.pop()} prompts: give one phrase for all, or one a prompt"
+                )
+            text_embeddings = self.encode_text(phrases)
+            if sizes and len(phrases) == 1:
+                text_embeddings = text_embeddings.expand(next(iter(sizes)), -1)
+        masks, iou, low_res, presence = self._predict(
             self._to_points(coords, labels, batch_dim=False),
             self._to_boxes(box_array),
             self._to_tensor(mask),
@@ -241,7 +256,11 @@ class SamPredictor:
             return_logits,
             best_only=best_only,
             upsample=upsample,
-        )[:3]
+            text=text_embeddings,
+        )
+        if text is None:
+            return masks, iou, low_res
+        return masks, iou, low_res, torch.sigmoid(presence)
 
     @torch.no_grad()
     def upscale_logits(self, low_res_logits: torch.Tensor) -> torch.Tensor:

@@ -47,6 +47,12 @@ def text_encoder_from_record(record: dict, clip_checkpoint: str | Path | None = 
     kind, config = record["kind"], dict(record.get("config") or {})
     if kind == "clip" and clip_checkpoint is not None:
         config["checkpoint"] = str(clip_checkpoint)
+    if kind == "clip" and config.get("checkpoint") is None:
+        # Its text path learnt the embeddings of one random initialisation, which a rebuild would not repeat.
+        raise ValueError(
+            "this text model was trained on a CLIP text tower with random weights (no checkpoint file), which "
+            "cannot be rebuilt; train on a local CLIP checkpoint, or pass clip_checkpoint= to use one"
+        )
     encoder = make_text_encoder(kind, **config)
     if kind == "embedded":
         encoder.load_state_dict(record["state"], strict=True)

@@ -91,14 +91,19 @@ class TextTrainConfig:
 
 @dataclass
 class SceneSample:
-    """One scene ready for text training: its embedding 1 x C x h x w, every instance mask at the low-res
-    logits' size (M x 4h x 4w bool) and at the encoder's input size (M x S x S bool, for clicks and boxes), and
-    its phrases as (text, kind, instance indices)."""
+    """One scene ready for text training: its embedding 1 x C x h x w (float16), every instance mask at the
+    low-res logits' size (M x 4h x 4w bool) and at the encoder's input size (M x S x S/8 uint8, bits packed
+    along rows: a cache of 512 scenes would hold 300 MB of them unpacked; ``instance`` unpacks one, for clicks
+    and boxes), and its phrases as (text, kind, instance indices)."""
 
     embedding: torch.Tensor
     low_res: torch.Tensor
-    full: np.ndarray
+    packed: np.ndarray
     phrases: list[tuple[str, str, tuple[int, ...]]]
+
+    def instance(self, index: int) -> np.ndarray:
+        """Instance ``index`` at the encoder's input size, S x S bool."""
+        return np.unpackbits(self.packed[index], axis=-1).astype(bool)
 
 
 def prepare_scene(model: Sam, seed: int, scene_size: int, per_kind: int) -> SceneSample:
@@ -115,7 +120,7 @@ def prepare_scene(model: Sam, seed: int, scene_size: int, per_kind: int) -> Scen
     low = model.prompt_encoder.mask_input_size
     low_res = F.adaptive_avg_pool2d(torch.from_numpy(full).float()[None], low)[0] > 0.5
     phrases = [(p.text, p.kind, p.indices) for p in scene_phrases(scene, seed, per_kind)]
-    return SceneSample(embedding.half(), low_res, full.astype(bool), phrases)
+    return SceneSample(embedding.half(), low_res, np.packbits(full.astype(bool), axis=-1), phrases)
 
 
 class TextTrainer:
@@ -314,7 +319,7 @@ class TextTrainer:
         groups; (None, None) for text alone."""
         if kind == "text":
             return None, None
-        masks = [sample.full[i] for i in instances]
+        masks = [sample.instance(i) for i in instances]
         if kind == "box":
             boxes = np.stack([noisy_box(m, self.rng) for m in masks])
             return None, torch.as_tensor(boxes, dtype=torch.float32, device=self.device)

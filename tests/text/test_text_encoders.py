@@ -3,6 +3,7 @@ at random weights, since no weights can be fetched here); bad phrases are refuse
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -113,6 +114,24 @@ def test_clip_loads_a_local_checkpoint_and_refuses_a_missing_one(clip_encoder, t
     loaded = ClipTextEncoder("ViT-B-32", checkpoint=path)
     assert torch.equal(loaded.clip.token_embedding.weight, full.token_embedding.weight)
     assert loaded.record() == {"kind": "clip", "config": {"model_name": "ViT-B-32", "checkpoint": str(path)}}
+    # a text model on it goes through its checkpoint and back, CLIP rebuilt from the file the record names
+    from sam_core import SamPredictor
+    from sam_core.synthetic import make_scene
+    from sam_core.text_model import load_text_model, text_checkpoint, text_model_from_checkpoint
+
+    model = text_model_from_checkpoint(text_dim=512)
+    torch.save(text_checkpoint(model, loaded, {}, {}), tmp_path / "text.pt")
+    again, encoder = load_text_model(tmp_path / "text.pt")
+    image = make_scene(3).image
+    answers = []
+    for m, e in ((model, loaded), (again, encoder)):
+        predictor = SamPredictor(m, text_encoder=e)
+        predictor.set_image(image)
+        answers.append(predictor.predict(text="a striped ring"))
+    for a, b in zip(*answers, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="CLIP text tower with random weights"):
+        load_text_model(text_checkpoint(model, clip_encoder, {}, {}))
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
         ClipTextEncoder("ViT-B-32", checkpoint=tmp_path / "nope.bin")
     with pytest.raises(ValueError, match="unknown open_clip model 'ViT-Q-99'"):

@@ -206,3 +206,29 @@ def test_a_text_path_starts_on_metas_bare_checkpoint_only_with_its_config_named(
     model = text_model_from_checkpoint(path, text_dim=16, config="tiny")
     assert model.prompt_encoder.text_dim == 16 and model.config.image_encoder == "vit"
     assert torch.equal(model.mask_decoder.iou_token.weight, plain.mask_decoder.iou_token.weight)
+
+
+def test_predict_batch_takes_one_phrase_for_every_prompt_or_one_a_prompt(
+    text_model, embedded_text_encoder, scene
+):
+    predictor = SamPredictor(text_model, text_encoder=embedded_text_encoder)
+    predictor.set_image(scene.image)
+    grid = np.array([[[60.0, 60.0]], [[128.0, 128.0]], [[200.0, 90.0]]])
+    labels = np.ones((3, 1))
+    masks, scores, logits, presence = predictor.predict_batch(
+        grid, labels, text="every plain object", multimask_output=False
+    )
+    assert masks.shape == (3, 1, 256, 256) and presence.shape == (3,)
+    assert ((presence >= 0) & (presence <= 1)).all()
+    one = predictor.predict(grid[1], labels[1], text="every plain object", multimask_output=False)
+    assert torch.allclose(logits[1], torch.from_numpy(one[2]), atol=1e-5)
+    assert abs(float(presence[1]) - one[3]) < 1e-6
+    alone = predictor.predict_batch(
+        text=["the red ellipse", "every part inside the blue polygon"], multimask_output=False
+    )
+    assert alone[0].shape == (2, 1, 256, 256) and alone[3].shape == (2,)
+    assert len(predictor.predict_batch(grid, labels)) == 3
+    with pytest.raises(ValueError, match="2 phrases for 3 prompts"):
+        predictor.predict_batch(grid, labels, text=["the red ellipse", "the blue polygon"])
+    with pytest.raises(ValueError, match="text is empty"):
+        predictor.predict_batch(text=["the red ellipse", ""])
