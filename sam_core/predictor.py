@@ -282,14 +282,17 @@ class SamPredictor:
         text=None,
     ):
         """-> (masks or None, iou, low_res, presence logits B or None)."""
-        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input, text=text)
+        # Text keywords only where there is text: a prompt encoder or decoder without a text path (a stand-in
+        # of the reference's interface) is called exactly as before.
+        with_text = {} if text is None else {"text": text}
+        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input, **with_text)
         low_res, iou, *presence = self.model.mask_decoder.predict_masks(
             self._context,
             sparse,
             dense if mask_input is not None else None,
             multimask_output=multimask_output,
             best_only=best_only,
-            presence=text is not None,
+            **({} if text is None else {"presence": True}),
         )
         presence = presence[0] if presence else None
         if not upsample:

@@ -10,7 +10,9 @@ something is trained on its mask (the union of what it names) through the single
 and the IoU head's MSE, and its presence logit towards 1; with odds ``point_probability`` / ``box_probability``
 it comes with a click inside, or the box of, one of the instances it names, and the target is that instance
 ("the striped ellipse, this one"). An absent phrase trains only its presence logit, towards 0: its masks are
-not supervised (SAM 3's split of recognition from localisation).
+not supervised (SAM 3's split of recognition from localisation). Mask losses are taken at the low-res logits'
+size (4h x 4w: 128 px for the embedded model), the targets area-averaged down to it, which saves the upsampling
+the interactive trainer pays for.
 """
 
 from __future__ import annotations
@@ -161,7 +163,6 @@ class TextTrainer:
         self.text_encoder.to(self.device)
         self.optimizer = self._optimizer()
         self.rng = np.random.default_rng(config.seed)
-        self.generator = torch.Generator().manual_seed(config.seed)
         self.seeds = split_seeds(config.data_split, config.dataset_size) if config.dataset_size else None
         self.cache: dict[int, SceneSample] = {}
         self.text_encoder_trains = any(p.requires_grad for p in self.text_encoder.parameters())
@@ -218,7 +219,7 @@ class TextTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
         self.optimizer.zero_grad(set_to_none=True)
-        totals = {"loss": 0.0, "mask": 0.0, "presence": 0.0, "iou": [], "presence_correct": [], "phrases": 0}
+        totals = {"mask": 0.0, "presence": 0.0, "iou": [], "presence_correct": [], "phrases": 0}
         loss = None
         for _ in range(self.config.scenes_per_step):
             sample = self._scene()
@@ -298,9 +299,7 @@ class TextTrainer:
                 totals["mask"] += pixel.sum().item() / len(phrases)
                 totals["iou"] += mask_iou(logits.detach(), target)[:, 0].tolist()
         totals["phrases"] += len(phrases)
-        loss = total / len(phrases)
-        totals["loss"] += loss.item()
-        return loss
+        return total / len(phrases)
 
     def _text_embeddings(self, texts: list[str]) -> torch.Tensor:
         """B x D embeddings of ``texts``; a frozen encoder's (CLIP's) are computed once per phrase and kept (a
@@ -363,7 +362,6 @@ class TextTrainer:
             "step": self.step_index,
             "seconds": self.elapsed_seconds(),
             "rng": json.dumps(self.rng.bit_generator.state),
-            "generator": self.generator.get_state(),
             "history": list(self.history),
             "config": dataclasses.asdict(self.config),
         }
@@ -377,5 +375,4 @@ class TextTrainer:
         self.seconds_before = float(state["seconds"])
         self.started = time.monotonic()
         self.rng.bit_generator.state = json.loads(state["rng"])
-        self.generator.set_state(state["generator"])
         self.history = list(state["history"])
