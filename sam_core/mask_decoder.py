@@ -72,10 +72,6 @@ class MaskDecoder(nn.Module):
         self.presence_token = nn.Embedding(1, transformer_dim) if presence else None
         self.presence_head = MLP(transformer_dim, transformer_dim, 1, 3) if presence else None
 
-    @property
-    def has_presence(self) -> bool:
-        return self.presence_token is not None
-
     # --- prompt-independent work --------------------------------------------------------------------------
     def prepare(self, image_embeddings: Tensor, image_pe: Tensor, no_mask_embed: Tensor) -> DecoderContext:
         """image_embeddings 1 x C x h x w, image_pe 1 x C x h x w, no_mask_embed 1 x C (the prompt encoder's

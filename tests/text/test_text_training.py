@@ -68,11 +68,13 @@ def script(load_script):
 def test_a_run_validates_keeps_its_best_and_resumes_exactly(script, tmp_path, capsys):
     recipe = dataclasses.replace(script.RECIPE, **script.parse_overrides(TINY))
     stopped, straight = tmp_path / "stopped", tmp_path / "straight"
-    script.run(stopped, recipe, val_every=2, stop_at=2, val_scenes=1, checkpoint_every=1)
+    script.run(stopped, recipe, val_every=2, stop_at=2, val_scenes=1, checkpoint_every=1, val_click_scenes=1)
     state = torch.load(stopped / "state.pt", weights_only=True)
     assert state["step"] == 2 and (stopped / "best.pt").exists()
-    script.run(stopped, recipe, val_every=2, val_scenes=1, checkpoint_every=1)  # goes on from step 2
-    script.run(straight, recipe, val_every=2, val_scenes=1, checkpoint_every=1)
+    script.run(
+        stopped, recipe, val_every=2, val_scenes=1, checkpoint_every=1, val_click_scenes=0
+    )  # from step 2
+    script.run(straight, recipe, val_every=2, val_scenes=1, checkpoint_every=1, val_click_scenes=0)
     resumed = torch.load(stopped / "state.pt", weights_only=True)
     uninterrupted = torch.load(straight / "state.pt", weights_only=True)
     assert resumed["step"] == uninterrupted["step"] == 4
@@ -83,6 +85,8 @@ def test_a_run_validates_keeps_its_best_and_resumes_exactly(script, tmp_path, ca
     curve = [json.loads(line) for line in (stopped / "curve.jsonl").read_text().splitlines()]
     assert [row["step"] for row in curve] == [2, 4]
     assert {"miou_one", "recall_several@0.5", "presence_accuracy_absent"} <= set(curve[0])
+    assert set(curve[0]["clicks"]) == set(curve[0]["clicks_base"]) == set(script.CLICK_FIGURES)
+    assert curve[1]["clicks"] == {}  # the second session measured no clicks
     model, encoder = load_text_model(stopped / "best.pt")
     assert encoder.embed_dim == model.prompt_encoder.text_dim == 128
     capsys.readouterr()
