@@ -13,6 +13,7 @@ import torch
 
 from sam_core import SamPredictor
 from sam_core.synthetic import make_scene, split_seeds
+from sam_core.text_eval import format_text_table as text_table
 from sam_core.text_model import load_text_model
 from sam_core.text_train import TextTrainConfig, TextTrainer
 
@@ -90,10 +91,12 @@ def test_a_run_validates_keeps_its_best_and_resumes_exactly(script, tmp_path, ca
     model, encoder = load_text_model(stopped / "best.pt")
     assert encoder.embed_dim == model.prompt_encoder.text_dim == 128
     capsys.readouterr()
-    metrics = script.evaluate(stopped / "best.pt", "test", 2)
+    metrics = script.evaluate(stopped / "best.pt", "test", 2, card=True)
     table = capsys.readouterr().out
     assert "| mIoU, phrases naming one object |" in table and f"{metrics['miou_one']:.3f}" in table
     assert "| presence accuracy, absent phrases |" in table and "0.9" in table
+    card = (stopped / "MODEL_CARD.md").read_text()
+    assert text_table(metrics) in card and "## Validation curve" in card and "| 2 |" in card
 
 
 def test_recipe_overrides_are_typed_and_unknown_fields_refused(script):
