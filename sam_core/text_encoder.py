@@ -25,7 +25,8 @@ def check_phrase(text, encoder: str = "text encoder") -> str:
     """The phrase as a str with surrounding whitespace removed. bytes are decoded as UTF-8.
 
     Raises TypeError for anything but str / bytes, ValueError for bytes that are not UTF-8 (naming the first bad
-    byte and its offset) and for a phrase that is empty or only whitespace."""
+    byte and its offset), for a str that cannot be UTF-8 (surrogate escapes of such bytes, as sys.argv holds
+    them) and for a phrase that is empty or only whitespace."""
     if isinstance(text, bytes | bytearray):
         try:
             text = bytes(text).decode("utf-8")
@@ -37,6 +38,17 @@ def check_phrase(text, encoder: str = "text encoder") -> str:
             ) from None
     if not isinstance(text, str):
         raise TypeError(f"text must be a str (or UTF-8 bytes), got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        # A command-line argument or file name that was not UTF-8 reaches Python as a str holding surrogate
+        # escapes (U+DC80..U+DCFF, one per undecodable byte): the same bad bytes, in str form.
+        char = text[err.start]
+        what = f"byte 0x{ord(char) - 0xDC00:02x}" if 0xDC80 <= ord(char) <= 0xDCFF else f"U+{ord(char):04X}"
+        raise ValueError(
+            f"text is not valid UTF-8: {what} at character {err.start} (a lone surrogate: bytes that were not "
+            "UTF-8, decoded with surrogateescape); pass text encoded as UTF-8"
+        ) from None
     phrase = text.strip()
     if not phrase:
         raise ValueError(f"text is empty{' (only whitespace)' if text else ''}: the {encoder} needs a phrase")

@@ -20,6 +20,9 @@ LONG = " ".join(["the"] * 12)  # 12 words + the summary token: one over the embe
         ("  \t\n", ValueError, r"text is empty \(only whitespace\)"),
         (b"the red \xffellipse", ValueError, "not valid UTF-8: byte 0xff at offset 8"),
         (b"\xc3", ValueError, r"not valid UTF-8: byte 0xc3 at offset 0 \(unexpected end of data\)"),
+        # what sys.argv holds for a non-UTF-8 command-line argument
+        (b"the red \xffellipse".decode("utf-8", "surrogateescape"), ValueError, "byte 0xff at character 8"),
+        ("the \ud800 ellipse", ValueError, "U\\+D800 at character 4"),
         (
             LONG,
             ValueError,
