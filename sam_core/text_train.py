@@ -281,16 +281,15 @@ class TextTrainer:
         for kind, members in groups.items():
             if not members:
                 continue
-            rows = torch.tensor([r for r, _ in members])
+            rows = torch.tensor([r for r, _ in members], device=text.device)
             points, boxes = self._geometry(kind, [i for _, i in members], sample)
             sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=None, text=text[rows])
             low_res, iou_pred, presence = self.model.mask_decoder(
                 embedding, image_pe, sparse, dense, multimask_output=False, presence=True
             )
-            present = torch.tensor([bool(phrases[r][2]) for r, _ in members])
-            targets = torch.stack(
-                [self._target(sample, phrases[r][2], instance) for r, instance in members]
-            ).float()[:, None]
+            present = torch.tensor([bool(phrases[r][2]) for r, _ in members], device=self.device)
+            targets = torch.stack([self._target(sample, phrases[r][2], instance) for r, instance in members])
+            targets = targets.to(self.device, torch.float32)[:, None]
             presence_loss = F.binary_cross_entropy_with_logits(presence, present.float(), reduction="sum")
             total = total + config.presence_weight * presence_loss
             totals["presence"] += presence_loss.item() / len(phrases)
