@@ -24,7 +24,8 @@ MIN_AREA = 16  # px of the image: smaller masks are noise, not instances
 
 def grid_clicks_inside(region: np.ndarray, points_per_side: int = POINTS_PER_SIDE) -> np.ndarray:
     """The points of a points_per_side^2 grid (cell centres, as SAM's automatic grid) that fall inside
-    ``region`` (H x W bool): K x 2 (x, y) pixels; the region's farthest-inside pixel when no grid point is in."""
+    ``region`` (H x W bool): K x 2 (x, y) pixels; when no grid point is in, the region's pixel nearest its centroid
+    (a small mask still gets one click); none for an empty region."""
     h, w = region.shape
     xs = (np.arange(points_per_side) + 0.5) * w / points_per_side
     ys = (np.arange(points_per_side) + 0.5) * h / points_per_side
