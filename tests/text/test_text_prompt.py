@@ -232,3 +232,19 @@ def test_predict_batch_takes_one_phrase_for_every_prompt_or_one_a_prompt(
         predictor.predict_batch(grid, labels, text=["the red ellipse", "the blue polygon"])
     with pytest.raises(ValueError, match="text is empty"):
         predictor.predict_batch(text=["the red ellipse", ""])
+
+
+def test_text_with_a_click_on_a_non_square_image_answers_in_its_frame(
+    text_model, embedded_text_encoder, scene
+):
+    predictor = SamPredictor(text_model, text_encoder=embedded_text_encoder)
+    image = scene.image[:180, :, :]  # 180 x 256: padded at the bottom for the encoder
+    predictor.set_image(image)
+    masks, scores, logits, presence = predictor.predict(
+        point_coords=np.array([[200, 170]]), point_labels=np.array([1]), text="the plain object"
+    )
+    assert masks.shape == (1, 180, 256) and logits.shape == (1, 128, 128) and 0 <= presence <= 1
+    with pytest.raises(ValueError, match="point_coords outside the 256 x 180"):
+        predictor.predict(
+            point_coords=np.array([[10, 200]]), point_labels=np.array([1]), text="the plain object"
+        )
