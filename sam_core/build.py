@@ -40,6 +40,10 @@ class SamConfig:
 
     image_encoder: "vit" (SAM's, the encoder_* and window fields apply) or "conv" (sam_core.conv_encoder, the
     conv_* fields apply; patch_size is then its stride, 8).
+    text_dim: the size of the text embeddings the prompt encoder takes (0, every shipped config: no text path,
+    Meta's parameters exactly); > 0 adds the text projection to text_tokens sparse tokens and the mask decoder's
+    presence head (see sam_core.prompt_encoder, sam_core.mask_decoder and, for checkpoints without them,
+    sam_core.checkpoint).
     """
 
     img_size: int = 1024
@@ -62,6 +66,8 @@ class SamConfig:
     conv_channels: tuple[int, ...] = (32, 64, 128, 256)
     conv_depths: tuple[int, ...] = (1, 2, 2)
     conv_attention_blocks: int = 2
+    text_dim: int = 0
+    text_tokens: int = 2
     pixel_mean: tuple[float, ...] = field(default=PIXEL_MEAN)
     pixel_std: tuple[float, ...] = field(default=PIXEL_STD)
 
@@ -125,6 +131,8 @@ def build_sam_from_config(cfg: SamConfig) -> Sam:
             image_embedding_size=(grid, grid),
             input_image_size=(cfg.img_size, cfg.img_size),
             mask_in_chans=cfg.mask_in_chans,
+            text_dim=cfg.text_dim,
+            text_tokens=cfg.text_tokens,
         ),
         mask_decoder=MaskDecoder(
             transformer_dim=cfg.prompt_embed_dim,
@@ -137,6 +145,7 @@ def build_sam_from_config(cfg: SamConfig) -> Sam:
             num_multimask_outputs=cfg.num_multimask_outputs,
             iou_head_depth=cfg.iou_head_depth,
             iou_head_hidden_dim=cfg.iou_head_hidden_dim,
+            presence=cfg.text_dim > 0,
         ),
         pixel_mean=tuple(cfg.pixel_mean),
         pixel_std=tuple(cfg.pixel_std),
@@ -171,12 +180,19 @@ def _image_encoder(cfg: SamConfig) -> torch.nn.Module:
     )
 
 
-def build_sam(name: str, checkpoint: str | None = None) -> Sam:
+def build_sam(
+    name: str, checkpoint: str | None = None, text_dim: int = 0, allow_untrained_text: bool = False
+) -> Sam:
     """Sam for a named config ("vit_b", "vit_l", "vit_h", "tiny", "tiny_conv"), optionally loading a checkpoint from a
-    path or any fsspec URL (see the module docstring for the format)."""
+    path or any fsspec URL (see the module docstring for the format).
+
+    text_dim > 0 adds the text path for text embeddings of that size; ``allow_untrained_text`` lets a checkpoint
+    without text weights (Meta's, the embedded model's) load into it, its text path left at initialisation
+    (sam_core.checkpoint.check_state_dict states the rule)."""
     if name not in CONFIGS:
         raise ValueError(f"unknown SAM config {name!r}; choose one of {sorted(CONFIGS)}")
-    model = build_sam_from_config(CONFIGS[name])
+    cfg = dataclasses.replace(CONFIGS[name], text_dim=text_dim) if text_dim else CONFIGS[name]
+    model = build_sam_from_config(cfg)
     if checkpoint is not None:
-        load_checkpoint(model, checkpoint, name=name)
+        load_checkpoint(model, checkpoint, name=name, allow_untrained_text=allow_untrained_text)
     return model

@@ -6,6 +6,15 @@ or a dict {"model": state_dict, ...} whose other keys are free metadata (sam_cor
 "metadata"). Tensors may be stored in half precision; they are cast to the model's dtype on loading. Keys
 are matched strictly: missing, extra or mis-shaped entries are refused with a ValueError naming them.
 
+Text weights, one rule. A model built with a text path (SamConfig.text_dim > 0) has tensors no official or
+embedded checkpoint holds: those whose names start with TEXT_PREFIXES (the prompt encoder's text projection,
+the mask decoder's presence token and head). A checkpoint holds all of them or none:
+- all: loaded strictly like every other tensor;
+- none, into a text model: refused, unless the caller passes ``allow_untrained_text=True`` (it means to train the
+  text path): then every other tensor loads strictly and the text tensors keep their initialisation;
+- some: refused, naming the missing ones (a damaged or foreign file is never half-loaded);
+- text tensors into a model without a text path: refused, naming the text_dim to build with.
+
 Two readers, for two uses: ``read_state_dict`` gives only the tensors (what ``build_sam`` loads), and
 ``read_checkpoint`` gives the trainer's whole dict {"model", "config", "metadata"} (what resuming, the model
 registry and the embedded model read). Writing is the trainer's (``sam_core.train.Trainer.save``).
@@ -20,6 +29,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+
+TEXT_PREFIXES = ("prompt_encoder.text_projection.", "mask_decoder.presence_")
+
+
+def text_keys(keys) -> list[str]:
+    """The names among ``keys`` that belong to the text path (see TEXT_PREFIXES)."""
+    return [k for k in keys if k.startswith(TEXT_PREFIXES)]
 
 
 def load_checkpoint_object(checkpoint: str | bytes) -> Any:
@@ -105,12 +121,19 @@ def encoder_kind(state_dict: Mapping[str, Any]) -> str | None:
 
 
 def check_state_dict(
-    model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint"
+    model: torch.nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    source: str = "checkpoint",
+    allow_untrained_text: bool = False,
 ) -> None:
-    """Raise ValueError unless state_dict has exactly the model's keys with the model's shapes.
+    """Raise ValueError unless state_dict has exactly the model's keys with the model's shapes, the text path
+    aside as the module docstring's rule says (``allow_untrained_text``).
 
     A checkpoint of the other image encoder kind (ViT into conv or back) is refused first, naming both kinds."""
     expected = model.state_dict()
+    _check_text_keys(expected, state_dict, source, allow_untrained_text)
+    if allow_untrained_text and not text_keys(state_dict):
+        expected = {k: v for k, v in expected.items() if k not in set(text_keys(expected))}
     held, wanted = encoder_kind(state_dict), encoder_kind(expected)
     if held is not None and wanted is not None and held != wanted:
         raise ValueError(
@@ -138,21 +161,59 @@ def check_state_dict(
         raise ValueError(f"{source} does not match the model: " + "; ".join(key_problems))
 
 
-def load_checkpoint(model: torch.nn.Module, checkpoint: str, name: str | None = None) -> torch.nn.Module:
-    """Load a checkpoint (path or fsspec URL) strictly into model, after checking keys and shapes."""
+def _check_text_keys(expected: Mapping, state_dict: Mapping, source: str, allow_untrained_text: bool) -> None:
+    wanted, held = text_keys(expected), text_keys(state_dict)
+    if held and not wanted:
+        dim = state_dict.get("prompt_encoder.text_projection.norm.weight")
+        size = f"text_dim={dim.shape[0]}" if dim is not None else "text_dim > 0"
+        raise ValueError(
+            f"{source}: holds a text path ({len(held)} tensors, e.g. {held[:3]}) but the model was built without "
+            f"one; build it with {size} (sam_core.text_model.load_text_model reads such a checkpoint whole)"
+        )
+    if wanted and not held and not allow_untrained_text:
+        raise ValueError(
+            f"{source}: holds no text path (a checkpoint of a model without text prompts, as Meta's and the "
+            f"embedded model's are) but the model has one ({len(wanted)} tensors, e.g. {wanted[:2]}); pass "
+            "allow_untrained_text=True to load everything else and start the text path from its initialisation "
+            "(to train it), or build the model with text_dim=0"
+        )
+    if wanted and held:
+        missing = sorted(set(wanted) - set(held))
+        if missing:
+            raise ValueError(
+                f"{source}: holds only part of the text path: {len(missing)} text tensors missing, e.g. "
+                f"{missing[:5]}; a checkpoint holds all of them or none"
+            )
+
+
+def _load_strict(model: torch.nn.Module, state_dict: Mapping, allow_untrained_text: bool) -> None:
+    """load_state_dict(strict=True), the text tensors filled from the model itself when the rule lets a
+    checkpoint without them in (check_state_dict has run)."""
+    if allow_untrained_text and not text_keys(state_dict):
+        own = model.state_dict()
+        state_dict = {**{k: own[k] for k in text_keys(own)}, **state_dict}
+    model.load_state_dict(state_dict, strict=True)
+
+
+def load_checkpoint(
+    model: torch.nn.Module, checkpoint: str, name: str | None = None, allow_untrained_text: bool = False
+) -> torch.nn.Module:
+    """Load a checkpoint (path or fsspec URL) strictly into model, after checking keys and shapes (the text
+    path as the module docstring's rule says)."""
     state_dict = read_state_dict(checkpoint)
     source = f"{checkpoint}" + (f" (loading into {name})" if name else "")
-    check_state_dict(model, state_dict, source)
-    model.load_state_dict(state_dict, strict=True)
+    check_state_dict(model, state_dict, source, allow_untrained_text)
+    _load_strict(model, state_dict, allow_untrained_text)
     return model
 
 
-def load_weights(model: torch.nn.Module, source) -> dict:
+def load_weights(model: torch.nn.Module, source, allow_untrained_text: bool = False) -> dict:
     """Load a checkpoint into ``model`` strictly; a checkpoint of another config raises ValueError naming the
-    mismatched tensors. Returns the checkpoint dict (config, metadata)."""
+    mismatched tensors (the text path as the module docstring's rule says). Returns the checkpoint dict
+    (config, metadata)."""
     ckpt = read_checkpoint(source)
-    check_state_dict(model, ckpt["model"], f"checkpoint {_name(source)}")
-    model.load_state_dict(ckpt["model"], strict=True)
+    check_state_dict(model, ckpt["model"], f"checkpoint {_name(source)}", allow_untrained_text)
+    _load_strict(model, ckpt["model"], allow_untrained_text)
     return ckpt
 
 

@@ -3,6 +3,12 @@ transformer; the image tokens are upscaled 4x and dotted with per-token hypernet
 
 Outputs low-res mask logits B x M x 4h x 4w and predicted IoU B x M; M = 3 with multimask_output (tokens 1-3)
 or 1 without (token 0). `prepare` + `predict_masks` split the prompt-independent work out for interactive use.
+
+A decoder built with ``presence=True`` (for text prompts) also holds a presence token and head, as SAM 3's: one
+more output token whose state after the transformer gives one logit per prompt, "is what the phrase names in
+this image at all". Asked for (``presence=True`` in a call), the token joins the output tokens; not asked for,
+the decoder runs exactly as Meta's. Recognition ("is there a striped ellipse?") is then the presence head's job
+and localisation the mask tokens': a mask token need not shrink its mask to say that nothing matches.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ class MaskDecoder(nn.Module):
         activation: type[nn.Module] = nn.GELU,
         iou_head_depth: int = 3,
         iou_head_hidden_dim: int = 256,
+        presence: bool = False,
     ) -> None:
         super().__init__()
         self.transformer_dim = transformer_dim
@@ -61,6 +68,9 @@ class MaskDecoder(nn.Module):
         self.iou_prediction_head = MLP(
             transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth
         )
+        # Absent unless asked for, so Meta's checkpoints load as they are (see sam_core.checkpoint).
+        self.presence_token = nn.Embedding(1, transformer_dim) if presence else None
+        self.presence_head = MLP(transformer_dim, transformer_dim, 1, 3) if presence else None
 
     # --- prompt-independent work --------------------------------------------------------------------------
     def prepare(self, image_embeddings: Tensor, image_pe: Tensor, no_mask_embed: Tensor) -> DecoderContext:
@@ -79,11 +89,13 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: Tensor | None = None,
         multimask_output: bool = True,
         best_only: bool = False,
-    ) -> tuple[Tensor, Tensor]:
+        presence: bool = False,
+    ) -> tuple[Tensor, ...]:
         """sparse B x T x C; dense B x C x h x w or None (no mask prompt: the cached context is used).
 
         best_only keeps, per prompt, the output with the highest predicted IoU (M = 1) and computes only its
-        mask. Returns (low-res logits B x M x 4h x 4w, predicted IoU B x M).
+        mask. Returns (low-res logits B x M x 4h x 4w, predicted IoU B x M), and with presence=True also the
+        presence logits B.
         """
         if dense_prompt_embeddings is None:
             tctx = context.no_mask
@@ -93,9 +105,10 @@ class MaskDecoder(nn.Module):
             tctx = self.transformer.prepare(
                 src, context.image_pe, context.positions, project_first_layer=False
             )
-        return self._decode(
-            tctx, sparse_prompt_embeddings, multimask_output, best_only, context.image_pe.shape
+        outputs = self._decode(
+            tctx, sparse_prompt_embeddings, multimask_output, best_only, context.image_pe.shape, presence
         )
+        return outputs if presence else outputs[:2]
 
     def _decode(
         self,
@@ -104,11 +117,22 @@ class MaskDecoder(nn.Module):
         multimask_output: bool,
         best_only: bool,
         grid_shape: torch.Size,
-    ) -> tuple[Tensor, Tensor]:
+        presence: bool = False,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """-> (low-res logits B x M x 4h x 4w, predicted IoU B x M, presence logits B or None)."""
         batch = sparse.shape[0]
-        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        output = [self.iou_token.weight, self.mask_tokens.weight]
+        if presence:
+            if self.presence_token is None:
+                raise ValueError(
+                    "this mask decoder has no presence head (built without a text path, as Meta's checkpoints "
+                    "are); build the model with text_dim > 0"
+                )
+            output.append(self.presence_token.weight)
+        output_tokens = torch.cat(output, dim=0)
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse], dim=1)
         hs, keys = self.transformer.run(tctx, tokens)
+        presence_logits = self.presence_head(hs[:, 1 + self.num_mask_tokens])[:, 0] if presence else None
         iou_pred = self.iou_prediction_head(hs[:, 0])
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens]
         hyper_in = torch.stack(
@@ -123,7 +147,7 @@ class MaskDecoder(nn.Module):
         h, w = grid_shape[-2:]
         if keys.shape[0] != batch:
             keys = keys.expand(batch, -1, -1)
-        return self.mask_logits(self.upscale(keys), hyper_in, (h, w)), iou_pred
+        return self.mask_logits(self.upscale(keys), hyper_in, (h, w)), iou_pred, presence_logits
 
     def upscale(self, keys: Tensor) -> Tensor:
         """Image tokens B x (h*w) x C -> upscaled features B x (h*w) x 16 x C/8.
@@ -159,10 +183,12 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: Tensor,
         dense_prompt_embeddings: Tensor,
         multimask_output: bool,
-    ) -> tuple[Tensor, Tensor]:
+        presence: bool = False,
+    ) -> tuple[Tensor, ...]:
         """Reference signature. image_embeddings 1 x C x h x w (shared by all prompts) or B x C x h x w (one
         per prompt), image_pe 1 x C x h x w, sparse B x T x C, dense B x C x h x w
-        -> (low-res logits B x M x 4h x 4w, predicted IoU B x M). Differentiable."""
+        -> (low-res logits B x M x 4h x 4w, predicted IoU B x M), and with presence=True also the presence
+        logits B. Differentiable."""
         dense = dense_prompt_embeddings
         if dense.dim() == 4 and dense.shape[0] > 1 and dense.stride(0) == 0:
             dense = dense[:1]  # the broadcast "no mask" embedding: keep one copy instead of B
@@ -170,4 +196,7 @@ class MaskDecoder(nn.Module):
         # Projecting the image tokens once pays off only when they are shared by several prompts.
         shared = src.shape[0] < sparse_prompt_embeddings.shape[0]
         tctx = self.transformer.prepare(src, image_pe, project_first_layer=shared)
-        return self._decode(tctx, sparse_prompt_embeddings, multimask_output, False, image_pe.shape)
+        outputs = self._decode(
+            tctx, sparse_prompt_embeddings, multimask_output, False, image_pe.shape, presence
+        )
+        return outputs if presence else outputs[:2]

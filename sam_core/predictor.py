@@ -4,7 +4,10 @@ A drop-in for segment_anything.SamPredictor (same methods and return shapes), pl
 - set_embedding(...) to reuse an embedding computed elsewhere (the embeddings store);
 - predict(..., best_only=True): the interactive click, only the highest-IoU mask is upsampled;
 - predict_batch(...): many prompts on one image in one decoder pass, optionally low-res only (upsample=False),
-  which is what the automatic mask generator wants; upscale_logits(...) upsamples survivors later.
+  which is what the automatic mask generator wants; upscale_logits(...) upsamples survivors later;
+- predict(text=...): a phrase as the prompt, alone or with points and a box, for a model with a text path and
+  the text encoder it was trained with (SamPredictor(model, text_encoder=...), see sam_core.text_model); it
+  also returns the presence score, the probability that what the phrase names is in the image.
 
 Everything that does not depend on the prompt (dense position encoding, the "no mask" dense embedding added to
 the image embedding, the first decoder layer's projections of the image tokens, the position terms of every
@@ -13,18 +16,37 @@ layer) is computed once in set_image / set_embedding; see MaskDecoder.prepare.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
 from .mask_decoder import DecoderContext
 from .predictor_inputs import check_boxes, check_mask_input, check_points, to_rgb_uint8
 from .sam import Sam
+from .text_encoder import TextEncoder
 from .transforms import ResizeLongestSide
 
 
 class SamPredictor:
-    def __init__(self, sam_model: Sam) -> None:
+    def __init__(self, sam_model: Sam, text_encoder: TextEncoder | None = None) -> None:
+        """text_encoder: the encoder the model's text path was trained with (needed for predict(text=...));
+        its embedding size must be the model's text_dim."""
         self.model = sam_model
+        self.text_encoder = text_encoder
+        if text_encoder is not None:
+            text_dim = sam_model.prompt_encoder.text_dim
+            if text_dim == 0:
+                raise ValueError(
+                    "a text encoder was given but the model has no text path (text_dim=0); load a text model "
+                    "(sam_core.text_model.load_text_model)"
+                )
+            if text_encoder.embed_dim != text_dim:
+                raise ValueError(
+                    f"the {text_encoder.name} gives {text_encoder.embed_dim}-d embeddings but the model's text "
+                    f"path takes {text_dim}-d ones: use the encoder it was trained with"
+                )
+            text_encoder.eval()
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
         self.reset_image()
 
@@ -113,30 +135,53 @@ class SamPredictor:
         point_labels: np.ndarray | None = None,
         box: np.ndarray | None = None,
         mask_input: np.ndarray | None = None,
-        multimask_output: bool = True,
+        multimask_output: bool | None = None,
         return_logits: bool = False,
         best_only: bool = False,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        text: str | bytes | None = None,
+    ) -> tuple[np.ndarray, ...]:
         """One prompt in original-image pixels: point_coords N x 2 (x, y) with point_labels N (1 foreground,
-        0 background), box (x0, y0, x1, y1), mask_input 1 x 4h x 4w (a previous low_res_logits).
+        0 background), box (x0, y0, x1, y1), mask_input 1 x 4h x 4w (a previous low_res_logits), text a phrase
+        (str, or UTF-8 bytes; needs a text encoder, see __init__), each optional and combinable.
 
-        Returns numpy (masks M x H x W bool, or float logits if return_logits; iou_predictions M;
-        low_res_logits M x 4h x 4w). M = 3 with multimask_output, else 1; best_only keeps only the mask
-        with the highest predicted IoU (M = 1) and upsamples only that one: the fast interactive click.
+        Returns numpy (masks M x H x W bool, or float logits if return_logits; iou_predictions M (the scores);
+        low_res_logits M x 4h x 4w), and with text a fourth item: the presence score, a float in [0, 1], the
+        probability that what the phrase names is in the image (masks for a phrase judged absent are not to be
+        trusted). M = 3 with multimask_output, else 1; multimask_output defaults to True (the reference's
+        default) without text and to False with it (the text path trains the single-mask output). best_only
+        keeps only the mask with the highest predicted IoU (M = 1) and upsamples only that one.
         """
         self._require_image()
         coords, labels = check_points(point_coords, point_labels, self.original_size)
         boxes = check_boxes(box, self.original_size)
         mask = check_mask_input(mask_input, self._low_res_size())
-        masks, iou, low_res = self._predict(
+        text_embedding = None if text is None else self.encode_text([text])
+        if multimask_output is None:
+            multimask_output = text is None
+        masks, iou, low_res, presence = self._predict(
             self._to_points(coords, labels, batch_dim=True),
             self._to_boxes(boxes),
             self._to_tensor(mask),
             multimask_output,
             return_logits,
             best_only=best_only,
+            text=text_embedding,
         )
-        return masks[0].cpu().numpy(), iou[0].cpu().numpy(), low_res[0].cpu().numpy()
+        outputs = (masks[0].cpu().numpy(), iou[0].cpu().numpy(), low_res[0].cpu().numpy())
+        if text is None:
+            return outputs
+        return (*outputs, float(torch.sigmoid(presence[0])))
+
+    @torch.no_grad()
+    def encode_text(self, texts) -> torch.Tensor:
+        """Phrases -> B x text_dim text embeddings with this predictor's text encoder (checked as
+        sam_core.text_encoder.check_phrase says)."""
+        if self.text_encoder is None:
+            raise ValueError(
+                "text prompts need a text encoder: SamPredictor(model, text_encoder=...) with the encoder the "
+                "model's text path was trained with (sam_core.text_model.load_text_model returns both)"
+            )
+        return self.text_encoder.encode(texts).to(self.device, torch.float32)
 
     def predict_torch(
         self,
@@ -160,7 +205,7 @@ class SamPredictor:
         points = (
             None if point_coords is None else (point_coords.to(self.device), point_labels.to(self.device))
         )
-        return self._predict(points, boxes, mask_input, multimask_output, return_logits)
+        return self._predict(points, boxes, mask_input, multimask_output, return_logits)[:3]
 
     def predict_batch(
         self,
@@ -172,14 +217,17 @@ class SamPredictor:
         return_logits: bool = False,
         upsample: bool = True,
         best_only: bool = False,
-    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        text: str | bytes | Sequence[str | bytes] | None = None,
+    ) -> tuple[torch.Tensor | None, ...]:
         """B prompts on the current image in ONE decoder pass, in original-image pixels:
         point_coords B x N x 2 with point_labels B x N (use label -1 to pad shorter prompts), boxes B x 4,
-        mask_input B x 1 x 4h x 4w. Numpy or torch.
+        mask_input B x 1 x 4h x 4w. Numpy or torch. text: one phrase for every prompt (a grid of clicks asking
+        "the striped ellipse here?"), or B phrases, one a prompt; alone, B is the number of phrases.
 
         Returns torch (masks B x M x H x W or None when upsample=False, iou_predictions B x M,
-        low_res_logits B x M x 4h x 4w). upsample=False skips the full-resolution masks entirely (the
-        automatic mask generator filters at low resolution, then calls upscale_logits on the survivors).
+        low_res_logits B x M x 4h x 4w), and with text the presence probabilities B as a fourth item.
+        upsample=False skips the full-resolution masks entirely (the automatic mask generator filters at low
+        resolution, then calls upscale_logits on the survivors).
         """
         self._require_image()
         coords, labels = check_points(point_coords, point_labels, self.original_size, batched=True)
@@ -190,7 +238,17 @@ class SamPredictor:
             raise ValueError(
                 f"point_coords, boxes and mask_input disagree on the number of prompts: {sorted(sizes)}"
             )
-        return self._predict(
+        text_embeddings = None
+        if text is not None:
+            phrases = [text] if isinstance(text, str | bytes | bytearray) else list(text)
+            if sizes and len(phrases) not in (1, *sizes):
+                raise ValueError(
+                    f"{len(phrases)} phrases for {sizes.pop()} prompts: give one phrase for all, or one a prompt"
+                )
+            text_embeddings = self.encode_text(phrases)
+            if sizes and len(phrases) == 1:
+                text_embeddings = text_embeddings.expand(next(iter(sizes)), -1)
+        masks, iou, low_res, presence = self._predict(
             self._to_points(coords, labels, batch_dim=False),
             self._to_boxes(box_array),
             self._to_tensor(mask),
@@ -198,7 +256,11 @@ class SamPredictor:
             return_logits,
             best_only=best_only,
             upsample=upsample,
+            text=text_embeddings,
         )
+        if text is None:
+            return masks, iou, low_res
+        return masks, iou, low_res, torch.sigmoid(presence)
 
     @torch.no_grad()
     def upscale_logits(self, low_res_logits: torch.Tensor) -> torch.Tensor:
@@ -209,22 +271,36 @@ class SamPredictor:
     # --- internals --------------------------------------------------------------------------------------
     @torch.no_grad()
     def _predict(
-        self, points, boxes, mask_input, multimask_output, return_logits, best_only=False, upsample=True
+        self,
+        points,
+        boxes,
+        mask_input,
+        multimask_output,
+        return_logits,
+        best_only=False,
+        upsample=True,
+        text=None,
     ):
-        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-        low_res, iou = self.model.mask_decoder.predict_masks(
+        """-> (masks or None, iou, low_res, presence logits B or None)."""
+        # Text keywords only where there is text: a prompt encoder or decoder without a text path (a stand-in
+        # of the reference's interface) is called exactly as before.
+        with_text = {} if text is None else {"text": text}
+        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input, **with_text)
+        low_res, iou, *presence = self.model.mask_decoder.predict_masks(
             self._context,
             sparse,
             dense if mask_input is not None else None,
             multimask_output=multimask_output,
             best_only=best_only,
+            **({} if text is None else {"presence": True}),
         )
+        presence = presence[0] if presence else None
         if not upsample:
-            return None, iou, low_res
+            return None, iou, low_res, presence
         masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
         if not return_logits:
             masks = masks > self.model.mask_threshold
-        return masks, iou, low_res
+        return masks, iou, low_res, presence
 
     def _require_image(self) -> None:
         if not self.is_image_set:

@@ -1,5 +1,12 @@
 """The prompt encoder: points and box corners become sparse tokens (random-Fourier position + learned type
-embedding), a low-res mask prompt becomes a dense map at the image-embedding resolution."""
+embedding), a low-res mask prompt becomes a dense map at the image-embedding resolution, and (when built with
+``text_dim``) a phrase's text embedding becomes ``text_tokens`` more sparse tokens.
+
+The text path is the paper's (section 7.5: a CLIP text embedding given to the prompt encoder as a sparse
+prompt), through a small projection of our own. A prompt encoder built without it has exactly Meta's parameters
+and outputs; with it, every text-free prompt still gives the same tokens as without it (the text tokens are only
+appended when a text embedding is given).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from .common import LayerNorm2d
+from .common import MLP, LayerNorm2d
 
 
 class PositionEmbeddingRandom(nn.Module):
@@ -41,8 +48,35 @@ class PositionEmbeddingRandom(nn.Module):
         return self._pe_encoding(coords.to(torch.float32) * scale)
 
 
+class TextProjection(nn.Module):
+    """A phrase's text embedding B x D (any text encoder's output, see sam_core.text_encoder) -> B x T x C sparse
+    prompt tokens (C = the prompt embedding size, 256).
+
+    LayerNorm first because text encoders differ wildly in output scale (CLIP's is L2-normalised, ours is not);
+    then a two-layer MLP to T tokens. T > 1 gives the decoder's token-to-image attention several queries for one
+    phrase ("red" and "ellipse" can look at different evidence)."""
+
+    def __init__(self, text_dim: int, embed_dim: int, num_tokens: int) -> None:
+        super().__init__()
+        if text_dim < 1 or num_tokens < 1:
+            raise ValueError(f"text_dim and text_tokens must be >= 1, got {text_dim} and {num_tokens}")
+        self.text_dim, self.embed_dim, self.num_tokens = text_dim, embed_dim, num_tokens
+        self.norm = nn.LayerNorm(text_dim)
+        self.mlp = MLP(text_dim, embed_dim, embed_dim * num_tokens, 2)
+
+    def forward(self, text_embeddings: torch.Tensor) -> torch.Tensor:
+        if text_embeddings.dim() != 2 or text_embeddings.shape[1] != self.text_dim:
+            raise ValueError(
+                f"text embeddings must be B x {self.text_dim}, got {tuple(text_embeddings.shape)}: "
+                "is the text encoder the one this model's text projection was trained with?"
+            )
+        tokens = self.mlp(self.norm(text_embeddings.to(torch.float32)))
+        return tokens.view(-1, self.num_tokens, self.embed_dim)
+
+
 class PromptEncoder(nn.Module):
-    """Embeds points (B x N x 2 + labels B x N), boxes (B x 4, XYXY) and masks (B x 1 x 4h x 4w).
+    """Embeds points (B x N x 2 + labels B x N), boxes (B x 4, XYXY), masks (B x 1 x 4h x 4w) and, when built
+    with text_dim > 0, text embeddings (B x text_dim).
 
     Point labels: 1 foreground, 0 background, -1 padding ("not a point"). Coordinates are in the frame of the
     resized, padded encoder input (input_image_size).
@@ -55,6 +89,8 @@ class PromptEncoder(nn.Module):
         input_image_size: tuple[int, int],
         mask_in_chans: int,
         activation: type[nn.Module] = nn.GELU,
+        text_dim: int = 0,
+        text_tokens: int = 2,
     ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
@@ -76,6 +112,13 @@ class PromptEncoder(nn.Module):
             nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
+        # Absent (no parameters, no state-dict entries) unless asked for: Meta's checkpoints load as they are.
+        self.text_projection = TextProjection(text_dim, embed_dim, text_tokens) if text_dim > 0 else None
+
+    @property
+    def text_dim(self) -> int:
+        """The size of the text embeddings this encoder takes; 0 when it has no text path."""
+        return 0 if self.text_projection is None else self.text_projection.text_dim
 
     def get_dense_pe(self) -> torch.Tensor:
         """Positional encoding of every image-embedding cell: 1 x embed_dim x h x w."""
@@ -114,19 +157,34 @@ class PromptEncoder(nn.Module):
         h, w = self.image_embedding_size
         return self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch, -1, h, w)
 
+    def embed_text(self, text_embeddings: torch.Tensor) -> torch.Tensor:
+        """text_embeddings B x text_dim -> B x text_tokens x embed_dim. ValueError without a text path."""
+        if self.text_projection is None:
+            raise ValueError(
+                "this model has no text path (built with text_dim=0, as Meta's checkpoints are); build it with "
+                "text_dim set to the text encoder's embedding size and train the projection (scripts/train_text.py)"
+            )
+        return self.text_projection(text_embeddings)
+
     def forward(
         self,
         points: tuple[torch.Tensor, torch.Tensor] | None,
         boxes: torch.Tensor | None,
         masks: torch.Tensor | None,
+        text: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (sparse B x N x embed_dim, dense B x embed_dim x h x w). B comes from the first prompt given."""
+        """Returns (sparse B x N x embed_dim, dense B x embed_dim x h x w). B comes from the first prompt given.
+
+        text: B x text_dim text embeddings; their tokens come after the point and box tokens. Without text the
+        result is exactly that of a prompt encoder without a text path."""
         if points is not None:
             batch = points[0].shape[0]
         elif boxes is not None:
             batch = boxes.shape[0]
         elif masks is not None:
             batch = masks.shape[0]
+        elif text is not None:
+            batch = text.shape[0]
         else:
             batch = 1
         device = self.no_mask_embed.weight.device
@@ -135,6 +193,8 @@ class PromptEncoder(nn.Module):
             parts.append(self.embed_points(points[0], points[1], pad=boxes is None))
         if boxes is not None:
             parts.append(self.embed_boxes(boxes))
+        if text is not None:
+            parts.append(self.embed_text(text.to(device)))
         sparse = torch.cat(parts, dim=1)
         dense = self.embed_masks(masks) if masks is not None else self.no_mask_dense(batch)
         return sparse, dense

@@ -67,10 +67,12 @@ class Sam(nn.Module):
     ) -> list[dict[str, torch.Tensor]]:
         """End-to-end prediction for a list of images, each a dict with
         'image' 3 x H x W (resized, 0-255), 'original_size' (H, W), and optional prompts in the resized frame:
-        'point_coords' B x N x 2 with 'point_labels' B x N, 'boxes' B x 4, 'mask_inputs' B x 1 x 4h x 4w.
+        'point_coords' B x N x 2 with 'point_labels' B x N, 'boxes' B x 4, 'mask_inputs' B x 1 x 4h x 4w, and for
+        a model with a text path 'text_embeddings' B x text_dim (a text encoder's output, sam_core.text_encoder).
 
         Returns per image {'masks' B x M x H x W bool, 'iou_predictions' B x M, 'low_res_logits'
-        B x M x 4h x 4w}. Unlike the reference, gradients flow (wrap in torch.no_grad() for inference).
+        B x M x 4h x 4w}, plus 'presence_logits' B where text was given. Unlike the reference, gradients flow
+        (wrap in torch.no_grad() for inference).
         """
         images = torch.stack([self.preprocess(record["image"]) for record in batched_input], dim=0)
         embeddings = self.image_encoder(images)
@@ -80,14 +82,17 @@ class Sam(nn.Module):
             points = None
             if "point_coords" in record:
                 points = (record["point_coords"], record["point_labels"])
+            text = record.get("text_embeddings")
             sparse, dense = self.prompt_encoder(
-                points=points, boxes=record.get("boxes"), masks=record.get("mask_inputs")
+                points=points, boxes=record.get("boxes"), masks=record.get("mask_inputs"), text=text
             )
-            low_res, iou = self.mask_decoder(
-                embedding.unsqueeze(0), image_pe, sparse, dense, multimask_output
+            decoded = self.mask_decoder(
+                embedding.unsqueeze(0), image_pe, sparse, dense, multimask_output, presence=text is not None
             )
+            low_res, iou = decoded[:2]
             masks = self.postprocess_masks(low_res, record["image"].shape[-2:], record["original_size"])
-            outputs.append(
-                {"masks": masks > self.mask_threshold, "iou_predictions": iou, "low_res_logits": low_res}
-            )
+            output = {"masks": masks > self.mask_threshold, "iou_predictions": iou, "low_res_logits": low_res}
+            if text is not None:
+                output["presence_logits"] = decoded[2]
+            outputs.append(output)
         return outputs

@@ -23,6 +23,8 @@ SPLITS: dict[str, range] = {
 }
 
 LEVELS = ("whole", "part", "subpart")
+TEXTURES = ("flat", "blotchy", "striped", "checkered")  # _texture's kinds, in the order of its random draw
+SHAPES = ("ellipse", "rectangle", "polygon")  # _shape's kinds, in the order of its random draw
 MIN_AREA = 64  # pixels; smaller visible regions are dropped (with their children)
 
 
@@ -32,12 +34,16 @@ class Scene:
 
     image: HxWx3 uint8 RGB. masks: list of HxW bool (visible region of each instance). parents: for each mask
     the index of its enclosing instance, or -1 for a whole object. levels: 0 whole, 1 part, 2 subpart.
+    attributes: for each mask how it was painted, {"colour": (r, g, b) floats 0-255 before texture and noise,
+    "texture": one of TEXTURES, "shape": one of SHAPES} (what sam_core.phrases names); None for domains that do
+    not record them.
     """
 
     image: np.ndarray
     masks: list[np.ndarray]
     parents: list[int]
     levels: list[int]
+    attributes: list[dict] | None = None
 
     def children(self, index: int) -> list[int]:
         """Indices of the masks whose parent is ``index``."""
@@ -76,42 +82,45 @@ def make_scene(seed: int, size: int = 256) -> Scene:
     if size < 32:
         raise ValueError(f"size must be >= 32 pixels, got {size}")
     rng = np.random.default_rng(seed)
-    image = _texture(rng, size, _random_colour(rng)).astype(np.float32)
+    image = _texture(rng, size, _random_colour(rng))[0].astype(np.float32)
     # owner[y, x] = index into `shapes` of the instance painted last at that pixel (-1 = background).
     owner = np.full((size, size), -1, dtype=np.int32)
     shapes: list[np.ndarray] = []  # full (unoccluded) shape of each instance, clipped to its parent
     parents: list[int] = []
     levels: list[int] = []
+    attributes: list[dict] = []
+    paint = (rng, image, owner, shapes, parents, levels, attributes)
 
     n_objects = int(rng.integers(2, 6))
     for _ in range(n_objects):
         radius = rng.uniform(0.10, 0.26) * size
         centre = rng.uniform(radius * 0.5, size - radius * 0.5, size=2)
-        whole = _shape(rng, size, centre, radius)
+        whole, whole_kind = _shape(rng, size, centre, radius)
         if whole.sum() < MIN_AREA:
             continue
         colour = _random_colour(rng)
-        whole_index = _paint(rng, image, owner, shapes, parents, levels, whole, colour, -1, 0)
+        whole_index = _paint(*paint, whole, whole_kind, colour, -1, 0)
         for _ in range(int(rng.integers(0, 4))):
-            part = _inner_shape(rng, size, whole, radius * rng.uniform(0.25, 0.45))
+            part, part_kind = _inner_shape(rng, size, whole, radius * rng.uniform(0.25, 0.45))
             if part is None:
                 continue
             part_colour = _contrasting_colour(rng, colour)
-            part_index = _paint(rng, image, owner, shapes, parents, levels, part, part_colour, whole_index, 1)
+            part_index = _paint(*paint, part, part_kind, part_colour, whole_index, 1)
             for _ in range(int(rng.integers(0, 3))):
-                sub = _inner_shape(rng, size, part, radius * rng.uniform(0.12, 0.22))
+                sub, sub_kind = _inner_shape(rng, size, part, radius * rng.uniform(0.12, 0.22))
                 if sub is None:
                     continue
                 sub_colour = _contrasting_colour(rng, part_colour)
-                _paint(rng, image, owner, shapes, parents, levels, sub, sub_colour, part_index, 2)
+                _paint(*paint, sub, sub_kind, sub_colour, part_index, 2)
 
     image += rng.normal(0.0, rng.uniform(2.0, 8.0), size=image.shape).astype(np.float32)
     image_u8 = np.clip(image, 0, 255).astype(np.uint8)
-    return visible_instances(image_u8, owner, shapes, parents, levels)
+    return visible_instances(image_u8, owner, shapes, parents, levels, attributes)
 
 
-def visible_instances(image, owner, shapes, parents, levels) -> Scene:
-    """Turn painted shapes into visible masks (an instance includes its descendants) and drop tiny ones."""
+def visible_instances(image, owner, shapes, parents, levels, attributes=None) -> Scene:
+    """Turn painted shapes into visible masks (an instance includes its descendants) and drop tiny ones;
+    ``attributes`` (one dict per painted shape, or None) follow the masks that are kept."""
     n = len(shapes)
     ancestors = []
     for i in range(n):
@@ -127,7 +136,7 @@ def visible_instances(image, owner, shapes, parents, levels) -> Scene:
             for a in ancestors[i]:
                 visible[a] |= region
     keep_index: dict[int, int] = {}
-    masks, out_parents, out_levels = [], [], []
+    masks, out_parents, out_levels, out_attributes = [], [], [], []
     for i in range(n):
         p = parents[i]
         if visible[i].sum() < MIN_AREA or (p >= 0 and p not in keep_index):
@@ -139,15 +148,32 @@ def visible_instances(image, owner, shapes, parents, levels) -> Scene:
         masks.append(visible[i])
         out_parents.append(keep_index[p] if p >= 0 else -1)
         out_levels.append(levels[i])
-    return Scene(image=image, masks=masks, parents=out_parents, levels=out_levels)
+        if attributes is not None:
+            out_attributes.append(attributes[i])
+    return Scene(
+        image=image,
+        masks=masks,
+        parents=out_parents,
+        levels=out_levels,
+        attributes=out_attributes if attributes is not None else None,
+    )
 
 
-def _paint(rng, image, owner, shapes, parents, levels, shape, colour, parent, level) -> int:
+def _paint(
+    rng, image, owner, shapes, parents, levels, attributes, shape, shape_kind, colour, parent, level
+) -> int:
     index = len(shapes)
     shapes.append(shape)
     parents.append(parent)
     levels.append(level)
-    tex = _texture(rng, image.shape[0], colour)
+    tex, texture_kind = _texture(rng, image.shape[0], colour)
+    attributes.append(
+        {
+            "colour": tuple(float(c) for c in colour),
+            "texture": TEXTURES[texture_kind],
+            "shape": SHAPES[shape_kind],
+        }
+    )
     image[shape] = tex[shape]
     owner[shape] = index
     return index
@@ -166,8 +192,9 @@ def _contrasting_colour(rng, colour: np.ndarray) -> np.ndarray:
     return (255.0 - colour).astype(np.float32)
 
 
-def _texture(rng, size: int, colour: np.ndarray) -> np.ndarray:
-    """A size x size x 3 float32 texture around ``colour``: flat, blotchy, striped or checkered."""
+def _texture(rng, size: int, colour: np.ndarray) -> tuple[np.ndarray, int]:
+    """A size x size x 3 float32 texture around ``colour`` and its kind (an index into TEXTURES): flat, blotchy,
+    striped or checkered."""
     kind = int(rng.integers(0, 4))
     base = np.broadcast_to(colour, (size, size, 3)).astype(np.float32)
     amp = rng.uniform(8, 30)
@@ -186,11 +213,12 @@ def _texture(rng, size: int, colour: np.ndarray) -> np.ndarray:
         yy, xx = np.mgrid[0:size, 0:size]
         checker = (((yy // cell) + (xx // cell)) % 2).astype(np.float32) * 2 - 1
         base = base + amp * checker[..., None]
-    return base
+    return base, kind
 
 
-def _shape(rng, size: int, centre: np.ndarray, radius: float) -> np.ndarray:
-    """A filled ellipse, rotated rectangle or star-like polygon as an HxW bool mask."""
+def _shape(rng, size: int, centre: np.ndarray, radius: float) -> tuple[np.ndarray, int]:
+    """A filled ellipse, rotated rectangle or star-like polygon as an HxW bool mask, and its kind (an index into
+    SHAPES)."""
     canvas = np.zeros((size, size), dtype=np.uint8)
     kind = int(rng.integers(0, 3))
     cx, cy = float(centre[0]), float(centre[1])
@@ -207,15 +235,17 @@ def _shape(rng, size: int, centre: np.ndarray, radius: float) -> np.ndarray:
         radii = radius * rng.uniform(0.55, 1.0, size=k)
         pts = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], axis=1)
         cv2.fillPoly(canvas, [np.round(pts).astype(np.int32)], 1)
-    return canvas.astype(bool)
+    return canvas.astype(bool), kind
 
 
-def _inner_shape(rng, size: int, parent: np.ndarray, radius: float) -> np.ndarray | None:
-    """A shape centred inside ``parent`` and clipped to it, or None if the parent has no room."""
+def _inner_shape(rng, size: int, parent: np.ndarray, radius: float) -> tuple[np.ndarray | None, int]:
+    """A shape centred inside ``parent`` and clipped to it with its kind, or (None, -1) if the parent has no
+    room."""
     inner = cv2.erode(parent.astype(np.uint8), np.ones((5, 5), np.uint8), iterations=max(1, int(radius / 4)))
     ys, xs = np.nonzero(inner)
     if len(ys) == 0:
-        return None
+        return None, -1
     j = int(rng.integers(0, len(ys)))
-    shape = _shape(rng, size, np.array([xs[j], ys[j]], dtype=np.float64), max(radius, 3.0)) & parent
-    return shape if shape.sum() >= MIN_AREA else None
+    shape, kind = _shape(rng, size, np.array([xs[j], ys[j]], dtype=np.float64), max(radius, 3.0))
+    shape &= parent
+    return (shape, kind) if shape.sum() >= MIN_AREA else (None, -1)

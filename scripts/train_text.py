@@ -1,0 +1,349 @@
+"""Train the text path on top of the embedded model (sam_core.text_train): one recipe, resumable at any step.
+
+    .venv/bin/python scripts/train_text.py --run-dir ~/.cache/sam-engine/text --minutes 60 > text.log 2>&1 &
+    .venv/bin/python scripts/train_text.py --evaluate ~/.cache/sam-engine/text/best.pt --split test --scenes 50
+
+The run directory holds ``state.pt`` (weights, text encoder, optimizer, step, random generators: written every
+``--checkpoint-every`` steps and on stop, atomically), ``best.pt`` (the text model that scored best on the
+held-out validation scenes so far, a checkpoint ``sam_core.text_model.load_text_model`` reads, with the curve)
+and ``curve.jsonl`` (one line per validation). Run the same command again and it goes on from ``state.pt``: the
+lr schedule is a function of the step, so it resumes where it stood. ``--evaluate`` prints the table of
+``sam_core.text_eval`` (mIoU of phrases naming one object, instance recall of phrases naming several, presence
+accuracy) for a checkpoint on held-out scenes; with ``--card`` it also writes MODEL_CARD.md beside it.
+
+CLIP instead of the embedded text encoder: ``--clip-model ViT-B-32 --clip-checkpoint open_clip_model.bin`` (a
+local file; only the projection, the presence head and, at a fraction of the lr, the decoder learn).
+Experiments are overrides of the recipe: ``--set steps=500 decoder_lr_scale=0``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sam_core.evaluate import evaluate_interactive  # noqa: E402
+from sam_core.synthetic import scene, split_seeds  # noqa: E402
+from sam_core.text_eval import evaluate_text, format_text_table  # noqa: E402
+from sam_core.text_model import load_text_model  # noqa: E402
+from sam_core.text_train import TextTrainConfig, TextTrainer  # noqa: E402
+
+log = logging.getLogger("train_text")
+
+# The text path's recipe: TextTrainConfig's defaults (one source for each setting), named and described here.
+# Not yet tuned: the figures of its first runs are in the README's text-prompt section.
+RECIPE = TextTrainConfig(
+    metadata={"name": "sam_tiny_synthetic_text", "data": "sam_core.synthetic train seeds, sam_core.phrases"},
+)
+VAL_SCENES = 24
+# Clicks on the validation scenes (3 each, masks of at least 30 px), beside the text figures: a decoder that
+# learns with the text path may answer clicks worse (after 186 steps at decoder_lr_scale 0.1, 8 val scenes:
+# mIoU@1 confident 0.503 -> 0.534, oracle 0.725 -> 0.700, mIoU@3 0.751 -> 0.741).
+VAL_CLICK_SCENES = 8
+CLICK_FIGURES = ("miou@1_confident", "miou@1_oracle", "miou@3_confident")
+
+
+def validation_score(metrics: dict) -> float:
+    """One number to rank checkpoints: mIoU of one-object phrases + instance recall + the mean of the presence
+    accuracies on absent and present phrases (absent alone would reward a model that finds nothing)."""
+    presence = (metrics["presence_accuracy_absent"] + metrics["presence_accuracy_present"]) / 2
+    return metrics["miou_one"] + metrics["recall_several@0.5"] + presence
+
+
+def atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def run(
+    run_dir: Path,
+    recipe: TextTrainConfig,
+    minutes: float | None = None,
+    val_every: int = 200,
+    stop_at: int | None = None,
+    val_scenes: int = VAL_SCENES,
+    checkpoint_every: int = 50,
+    log_every: int = 10,
+    device: str = "cpu",
+    val_click_scenes: int = VAL_CLICK_SCENES,
+) -> Path:
+    """Train (or go on training) until the recipe's last step, ``stop_at`` or ``minutes`` of wall time;
+    returns best.pt's path."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_path, best_path, curve_path = run_dir / "state.pt", run_dir / "best.pt", run_dir / "curve.jsonl"
+    trainer = TextTrainer(recipe, device=device)
+    clicks = Clicks([scene(seed, 256) for seed in split_seeds("val", val_click_scenes)], trainer)
+    if state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        trainer.restore(state)
+        changed = {
+            k: [v, getattr(recipe, k)]
+            for k, v in state["config"].items()
+            if k != "metadata" and v != _plain(getattr(recipe, k))
+        }
+        log.info(
+            "resumed %s at step %d/%d (%.0f s trained so far)%s",
+            state_path,
+            trainer.step_index,
+            recipe.steps,
+            state["seconds"],
+            f"; recipe changed: {changed}" if changed else "",
+        )
+    curve = [json.loads(line) for line in curve_path.read_text().splitlines()] if curve_path.exists() else []
+    best = max((row["score"] for row in curve), default=float("-inf"))
+    val_seeds = split_seeds("val", val_scenes)
+    deadline = time.monotonic() + minutes * 60 if minutes else None
+    session_start, session_steps = time.monotonic(), 0
+    try:
+        while trainer.step_index < recipe.steps:
+            stats = trainer.step()
+            session_steps += 1
+            step = trainer.step_index
+            if step % log_every == 0 or step == 1:
+                per_step = (time.monotonic() - session_start) / session_steps
+                left = (recipe.steps - step) * per_step
+                log.info(
+                    "step %d/%d loss %.4f (mask %.4f, presence %.4f) mask IoU %.3f presence accuracy %.3f over %d "
+                    "phrases, lr %.2e (%.2f s/step, %.1f min to step %d)",
+                    step,
+                    recipe.steps,
+                    stats["loss"],
+                    stats["mask"],
+                    stats["presence"],
+                    stats["iou"],
+                    stats["presence_accuracy"],
+                    stats["phrases"],
+                    stats["lr"],
+                    per_step,
+                    left / 60,
+                    recipe.steps,
+                )
+            if step % checkpoint_every == 0:
+                atomic_save(trainer.state(), state_path)
+            out_of_time = bool(deadline and time.monotonic() > deadline)
+            stopping = out_of_time or (stop_at is not None and step >= stop_at)
+            # A run that stops validates there too, so its curve ends where it stopped.
+            if step % val_every == 0 or step == recipe.steps or stopping:
+                best = _validate(trainer, val_seeds, clicks, curve, curve_path, best, best_path)
+            if stopping:
+                log.info(
+                    "stopped at step %d (%s)", step, "time budget reached" if out_of_time else "as asked"
+                )
+                break
+    finally:
+        # Ctrl-C or an error saves where the run stands; a kill loses at most checkpoint_every steps, and never
+        # leaves a half-written state (atomic_save).
+        atomic_save(trainer.state(), state_path)
+    return best_path
+
+
+class Clicks:
+    """Interactive figures (sam_core.evaluate) of the model on a few validation scenes, and those of the model
+    the run started from (measured on the fresh trainer, whose text-free answers are the base model's)."""
+
+    def __init__(self, scenes: list, trainer: TextTrainer):
+        self.scenes = scenes
+        self.base = self(trainer) if scenes else {}
+
+    def __call__(self, trainer: TextTrainer) -> dict:
+        if not self.scenes:
+            return {}
+        figures = evaluate_interactive(trainer.model.eval(), self.scenes, max_clicks=3, min_area=30)
+        return {k: round(figures[k], 4) for k in CLICK_FIGURES}
+
+
+def _validate(
+    trainer: TextTrainer,
+    val_seeds,
+    clicks: Clicks,
+    curve: list,
+    curve_path: Path,
+    best: float,
+    best_path: Path,
+) -> float:
+    """Score the model on the validation scenes (text, and clicks against the base model), append the row to
+    the curve, keep best.pt; returns the best score so far."""
+    metrics = evaluate_text(trainer.model, trainer.text_encoder, val_seeds)
+    score = validation_score(metrics)
+    step = trainer.step_index
+    row = {
+        "step": step,
+        "wall_seconds": round(trainer.elapsed_seconds(), 1),
+        "score": score,
+        **metrics,
+        "clicks": clicks(trainer),
+        "clicks_base": clicks.base,
+    }
+    curve.append(row)
+    with curve_path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    click_line = ", ".join(f"{k} {row['clicks'][k]:.3f} (base {clicks.base[k]:.3f})" for k in row["clicks"])
+    log.info(
+        "validation at step %d on %d val scenes (score %.3f, best before %.3f):\n%s\nclicks on %d val scenes: %s",
+        step,
+        len(val_seeds),
+        score,
+        best,
+        format_text_table(metrics),
+        len(clicks.scenes),
+        click_line or "not measured",
+    )
+    if score > best:
+        ckpt = trainer.checkpoint(metrics={"validation": row})
+        ckpt["metadata"]["curve"] = list(curve)
+        atomic_save(ckpt, best_path)
+        log.info("new best: %s", best_path)
+        return score
+    return best
+
+
+def evaluate(
+    checkpoint: Path, split: str, scenes: int, clip_checkpoint: str | None = None, card: bool = False
+) -> dict:
+    """Print and return the held-out table of a text checkpoint on the first ``scenes`` scenes of ``split``;
+    ``card`` also writes MODEL_CARD.md beside the checkpoint, every figure read from the checkpoint and this
+    evaluation."""
+    model, encoder = load_text_model(checkpoint, clip_checkpoint=clip_checkpoint)
+    started = time.monotonic()
+    metrics = evaluate_text(model, encoder, split_seeds(split, scenes))
+    seconds = time.monotonic() - started
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    print(f"{checkpoint} (step {ckpt['metadata'].get('steps')}) on the {split} split, {seconds:.0f} s:")
+    print(format_text_table(metrics))
+    if card:
+        path = Path(checkpoint).with_name("MODEL_CARD.md")
+        path.write_text(model_card(ckpt, metrics, split))
+        print(f"wrote {path}")
+    return metrics
+
+
+def model_card(ckpt: dict, metrics: dict, split: str) -> str:
+    """A text model's card: what it is, its recipe, the held-out table and the validation curve."""
+    config, meta, sam = ckpt["config"], ckpt["metadata"], ckpt["sam_config"]
+    encoder = ckpt["text_encoder"]
+    lines = [
+        f"# Model card: {meta.get('name', 'text model')}",
+        "",
+        "Generated by `scripts/train_text.py --evaluate CHECKPOINT --card`; edit the generator, not this file.",
+        "",
+        "## Model",
+        f"SAM (image encoder `{sam['image_encoder']}`, {sam['img_size']} px) with a text path: a "
+        f"{sam['text_dim']}-d text embedding from the `{encoder['kind']}` text encoder "
+        f"({(encoder.get('config') or {}).get('model_name') or 'sam_core.text_encoder.EmbeddedTextEncoder'}) "
+        f"projected to {sam['text_tokens']} prompt tokens, and a presence head. Base weights: "
+        f"{config.get('base_checkpoint') or 'the embedded model'}.",
+        "",
+        "## Recipe (`TextTrainConfig`, sam_core/text_train.py)",
+        f"{config['steps']} steps of {config['scenes_per_step']} scenes x up to {config['phrases_per_scene']} phrases "
+        f"(odds of a click {config['point_probability']}, of a box {config['box_probability']}); AdamW lr "
+        f"{config['lr']:g}, warmup {config['warmup_steps']}, decoder at {config['decoder_lr_scale']:g} x lr; "
+        f"trained {meta.get('steps')} steps in {meta.get('wall_seconds', 0) / 60:.1f} min.",
+        "",
+        f"## Held-out figures ({split} scenes)",
+        "",
+        format_text_table(metrics),
+    ]
+    curve = meta.get("curve") or []
+    if curve:
+        lines += [
+            "",
+            "## Validation curve",
+            "",
+            "| step | wall min | mIoU one | recall several | presence absent | presence present |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {r['step']} | {r['wall_seconds'] / 60:.1f} | {r['miou_one']:.3f} | {r['recall_several@0.5']:.3f} "
+            f"| {r['presence_accuracy_absent']:.3f} | {r['presence_accuracy_present']:.3f} |"
+            for r in curve
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """["key=value", ...] -> {key: value} typed like the recipe's fields."""
+    fields = {f.name for f in dataclasses.fields(TextTrainConfig)}
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in fields or isinstance(getattr(RECIPE, key), dict):
+            raise SystemExit(f"--set {pair!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
+        current = getattr(RECIPE, key)
+        if isinstance(current, bool):
+            out[key] = value.lower() in ("1", "true", "yes")
+        elif value == "None":
+            out[key] = None
+        elif isinstance(current, int | float):
+            out[key] = type(current)(value)
+        else:
+            out[key] = value
+    return out
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", type=Path, default=Path.home() / ".cache/sam-engine/text")
+    parser.add_argument("--minutes", type=float, default=None, help="stop after this much wall time")
+    parser.add_argument(
+        "--stop-at", type=int, default=None, help="stop at this step (the schedule is unchanged)"
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--val-every", type=int, default=200, help="steps between validations")
+    parser.add_argument("--val-scenes", type=int, default=VAL_SCENES)
+    parser.add_argument("--val-click-scenes", type=int, default=VAL_CLICK_SCENES, help="0: no click figures")
+    parser.add_argument("--checkpoint-every", type=int, default=50)
+    parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override recipe fields")
+    parser.add_argument(
+        "--clip-model", default=None, help="train with CLIP's text encoder of this open_clip model"
+    )
+    parser.add_argument(
+        "--clip-checkpoint", default=None, help="a local open_clip checkpoint of --clip-model"
+    )
+    parser.add_argument(
+        "--evaluate", type=Path, default=None, help="print the held-out table of this checkpoint"
+    )
+    parser.add_argument("--split", default="test", help="the split --evaluate scores on")
+    parser.add_argument("--scenes", type=int, default=50, help="how many scenes --evaluate scores")
+    parser.add_argument("--card", action="store_true", help="--evaluate also writes MODEL_CARD.md beside it")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.evaluate:
+        evaluate(args.evaluate, args.split, args.scenes, args.clip_checkpoint, args.card)
+        return
+    recipe = dataclasses.replace(RECIPE, **parse_overrides(args.set))
+    if args.clip_model or args.clip_checkpoint:
+        config = {"model_name": args.clip_model or "ViT-B-32", "checkpoint": args.clip_checkpoint}
+        recipe = dataclasses.replace(recipe, text_encoder="clip", text_encoder_config=config)
+    best = run(
+        args.run_dir,
+        recipe,
+        args.minutes,
+        args.val_every,
+        args.stop_at,
+        args.val_scenes,
+        args.checkpoint_every,
+        args.log_every,
+        args.device,
+        args.val_click_scenes,
+    )
+    log.info("best checkpoint so far: %s", best)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Instances of a phrase that names several: clicks inside the phrase's mask, one mask per instance after
+non-maximum suppression; and the matching that scores them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sam_core import SamPredictor
+from sam_core.mask_utils import binary_iou
+from sam_core.text_eval import connected_pieces, matched_instances
+from sam_core.text_instances import NMS_IOU, find_instances, grid_clicks_inside
+
+
+def _disk(cx, cy, r, size=64):
+    yy, xx = np.mgrid[0:size, 0:size]
+    return (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+
+
+def test_grid_clicks_fall_inside_the_region_or_on_its_middle_when_it_is_small():
+    region = np.zeros((64, 64), bool)
+    region[:, :32] = True
+    clicks = grid_clicks_inside(region, points_per_side=8)
+    assert len(clicks) == 32 and (clicks[:, 0] < 32).all()
+    speck = _disk(40, 20, 1.5)
+    ((x, y),) = grid_clicks_inside(speck, points_per_side=8)
+    assert speck[int(y), int(x)]
+    assert grid_clicks_inside(np.zeros((64, 64), bool)).shape == (0, 2)
+
+
+def test_touching_instances_are_one_piece_and_matching_is_one_to_one():
+    a, b, c = _disk(11, 32, 11), _disk(32, 32, 11), _disk(53, 32, 11)  # a row of three that touch
+    pieces = connected_pieces(a | b | c)
+    assert len(pieces) == 1
+    assert matched_instances(pieces, [a, b, c]) == 0  # the one piece matches none of them at IoU 0.5
+    assert matched_instances([a, b], [a, b]) == 2
+    assert matched_instances([a, a], [a, b]) == 1  # a duplicate counts once
+
+
+def test_find_instances_keeps_one_mask_per_instance_best_first(text_model, embedded_text_encoder, scene):
+    predictor = SamPredictor(text_model, text_encoder=embedded_text_encoder)
+    predictor.set_image(scene.image)
+    union = np.any(np.stack(scene.masks[:2]), axis=0)
+    masks, scores = find_instances(predictor, "every plain object", union=union, points_per_side=8)
+    assert scores == sorted(scores, reverse=True)
+    for i in range(len(masks)):
+        assert masks[i].shape == (256, 256) and masks[i].sum() >= 16
+        for j in range(i):
+            assert binary_iou(masks[i], masks[j]) <= NMS_IOU
