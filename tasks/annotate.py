@@ -102,13 +102,11 @@ def annotation_request(
     )
 
 
-def annotated_rows(annotated, image_id, *, round, stage, model_version):
+def annotated_rows(annotated, image_id, *, model_version):
     """Masks-table rows (source="human") from the annotator's :class:`AnnotatedMask` list."""
     return mask_rows(
         image_id,
         [a.mask for a in annotated],
-        round=round,
-        stage=stage,
         source="human",
         model_version=model_version,
         predicted_iou=[a.predicted_iou for a in annotated],
@@ -150,7 +148,7 @@ def annotate(
             store, predictor, image_id, image, model_version, truth, embeddings=embeddings
         )
         annotated = who.annotate(request)
-        return annotated_rows(annotated, image_id, round=round, stage=stage, model_version=model_version)
+        return annotated_rows(annotated, image_id, model_version=model_version)
 
     return run_shard(
         store,

@@ -74,15 +74,11 @@ def cached_embedding(store, image_id: str, model_version: str, embeddings: str |
         ) from None
 
 
-def records_to_rows(
-    records: list[dict], image_id: str, *, round, stage, source, model_version, annotator=None
-):
+def records_to_rows(records: list[dict], image_id: str, *, source, model_version, annotator=None):
     """Masks-table rows from AMG records (coco_rle output mode)."""
     return mask_rows(
         image_id,
         [r["segmentation"] for r in records],
-        round=round,
-        stage=stage,
         source=source,
         model_version=model_version,
         predicted_iou=[r["predicted_iou"] for r in records],
@@ -135,9 +131,7 @@ def autogen(
                 else why_none_kept(records, size, filter)
             )
             run_logger().info("image %s: %s", image_id, why)
-        return records_to_rows(
-            kept, image_id, round=round, stage=stage, source="auto", model_version=model_version
-        )
+        return records_to_rows(kept, image_id, source="auto", model_version=model_version)
 
     return run_shard(
         store,

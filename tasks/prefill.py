@@ -31,8 +31,6 @@ def confident_rows(
     size: tuple[int, int],
     model_version: str,
     confident: FilterSettings,
-    round: int,
-    stage: str,
     embeddings: str | None = None,
 ) -> pd.DataFrame:
     """Masks-table rows (source="model") of the automatic masks of one image (height, width ``size``) that pass
@@ -40,9 +38,7 @@ def confident_rows(
     Label Studio prediction (tasks.labelstudio.push)."""
     records = generate_records(store, generator, image_id, model_version, *size, embeddings=embeddings)
     kept = filter_records(records, size, confident)
-    return records_to_rows(
-        kept, image_id, round=round, stage=stage, source="model", model_version=model_version
-    )
+    return records_to_rows(kept, image_id, source="model", model_version=model_version)
 
 
 @task(
@@ -78,16 +74,12 @@ def prefill(
 
     def per_image(image_id, image):
         size = (int(image["height"]), int(image["width"]))
-        prefilled = confident_rows(
-            store, generator, image_id, size, model_version, confident, round, stage, embeddings
-        )
+        prefilled = confident_rows(store, generator, image_id, size, model_version, confident, embeddings)
         masks = [decode_mask(r.counts, r.height, r.width) for r in prefilled.itertuples(index=False)]
         request = annotation_request(
             store, predictor, image_id, image, model_version, truth, prefilled=masks, embeddings=embeddings
         )
-        added = annotated_rows(
-            who.annotate(request), image_id, round=round, stage=stage, model_version=model_version
-        )
+        added = annotated_rows(who.annotate(request), image_id, model_version=model_version)
         return pd.concat([f for f in (prefilled, added) if len(f)] or [prefilled], ignore_index=True)
 
     return run_shard(

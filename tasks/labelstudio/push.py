@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 from prefect import task
 
-from stores import Store
+from stores import Store, mask_id_for
 from tasks.autogen import AutogenSettings, make_generator
 from tasks.calibrate import calibrated_settings
 from tasks.filter import FilterSettings
@@ -65,14 +65,19 @@ def confident_masks(
     frames = []
     for done, image_id in enumerate(image_ids, 1):
         size = (int(images.loc[image_id, "height"]), int(images.loc[image_id, "width"]))
-        rows = confident_rows(
-            store, generator, image_id, size, model_version, confident, round, stage, embeddings
-        )
+        rows = confident_rows(store, generator, image_id, size, model_version, confident, embeddings)
         if len(rows):
             frames.append(rows)
         if on_progress is not None:
             on_progress(done, len(image_ids))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if not frames:
+        return pd.DataFrame()
+    masks = pd.concat(frames, ignore_index=True)
+    # The id the store would give each mask in this round and stage: a prediction's result id carries it.
+    masks["mask_id"] = [
+        mask_id_for(m.image_id, round, stage, m.source, m.counts) for m in masks.itertuples(index=False)
+    ]
+    return masks
 
 
 def push_images(

@@ -132,8 +132,6 @@ def _human_masks(engine) -> None:
         mask_rows(
             image.image_id,
             truth.masks_for(image.uri)[:2],
-            round=1,
-            stage="assisted_manual",
             source="human",
             model_version=engine["model"],
         )
