@@ -249,7 +249,7 @@ def _not_calibrated(store, model_version: str) -> FileNotFoundError:
 
 def check_calibration(store, model_version: str, *filters) -> None:
     """Fail fast: a filter that asks for a target precision needs ``model_version``'s calibration."""
-    if any(getattr(f, "target_precision", None) is not None for f in filters):
+    if any(f.target_precision is not None for f in filters):
         if not store.has_calibration(model_version):
             raise _not_calibrated(store, model_version)
 

@@ -89,7 +89,7 @@ def test_a_frozen_encoder_retrain_shares_its_parents_embeddings_and_a_full_one_d
 
 
 def test_a_missing_shared_embedding_names_both_versions(engine):
-    from tasks.autogen import cached_embedding
+    from tasks.models import cached_embedding
 
     store = Store(engine["store"])
     with pytest.raises(KeyError, match=r"model r2 \(its encoder's embeddings are kept under 'seed'\)"):
