@@ -14,7 +14,7 @@ returns.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, TypedDict, TypeVar
+from typing import Protocol, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -27,8 +27,7 @@ from tasks.filter import FilterSettings
 from tasks.models import cached_embedding, embedding_version, load_model
 from tasks.progress import OnProgress
 from tasks.shards import run_shard
-
-Generator = TypeVar("Generator", bound=BaseModel)  # tasks.autogen.AutogenSettings, which imports this module
+from tasks.thresholds import GeneratorSettings
 
 
 class ShardSummary(TypedDict):
@@ -100,7 +99,9 @@ class StageContext:
         """The image's stored C x H x W embedding for the model; KeyError naming the image when it has none."""
         return cached_embedding(self.store, image_id, self.model_version, self.embeddings)
 
-    def calibrated(self, autogen: Generator, filter: FilterSettings) -> tuple[Generator, FilterSettings]:
+    def calibrated(
+        self, autogen: GeneratorSettings, filter: FilterSettings
+    ) -> tuple[GeneratorSettings, FilterSettings]:
         """The generator and filter settings with a target precision turned into the model's calibrated
         thresholds (tasks.calibrate.calibrated_settings); both unchanged without one."""
         autogen, filter, _ = calibrated_settings(self.store, self.model_version, autogen, filter)
