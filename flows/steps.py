@@ -18,8 +18,8 @@ from tasks.models import check_model, resolve_version
 from tasks.report import publish_report, record_round, stage_figures
 from tasks.retrain import nothing_to_train_on, parent_trained_at, training_masks
 from tasks.settings import EngineSettings
-from tasks.shards import plan_shards, shard_name
-from tasks.stage import ShardSummary, ShardTask
+from tasks.shards import Shard, ShardSummary, plan_shards, shard_name
+from tasks.stage import ShardTask
 
 
 def open_store(url: str, must_exist: bool = True):
@@ -127,14 +127,12 @@ def run_shards(
     with flow_step(f"round {params.round} {stage}: images") as report:
         done = 0
         for index, ids in enumerate(shards):
+            shard = Shard(
+                params.store, params.model_version, params.round, stage, shard_name(index), tuple(ids)
+            )
             summaries.append(
                 task(
-                    params.store,
-                    params.model_version,
-                    ids,
-                    params.round,
-                    stage,
-                    shard_name(index),
+                    shard,
                     device=device,
                     on_progress=_after(done, images, report),
                     **settings,

@@ -21,7 +21,8 @@ from tasks.labelstudio.annotator import LabelStudioAnnotator
 from tasks.labelstudio.client import LabelStudioClient
 from tasks.progress import CACHE_POLICY, OnProgress
 from tasks.records import mask_rows
-from tasks.stage import ShardSummary, StageContext
+from tasks.shards import Shard, ShardSummary
+from tasks.stage import StageContext
 
 
 class AnnotatorSettings(BaseModel):
@@ -115,29 +116,24 @@ def annotated_rows(annotated, image_id, *, model_version):
     name="annotate",
     retries=1,
     retry_delay_seconds=2,
-    task_run_name="annotate-r{round}-{stage}-{shard}",
+    task_run_name="annotate-r{shard.round}-{shard.stage}-{shard.name}",
     cache_policy=CACHE_POLICY,
 )
 def annotate(
-    store_url: str,
-    model_version: str,
-    image_ids: list[str],
-    round: int,
-    stage: str,
-    shard: str,
+    shard: Shard,
     annotator: AnnotatorSettings,
     device: str = "cpu",
     on_progress: OnProgress | None = None,
 ) -> ShardSummary:
     """Assisted-manual annotation of one shard of images; writes the shard and returns its summary.
     ``on_progress(images done, images of the shard)`` is called after each image."""
-    ctx = StageContext.open(store_url, model_version, round, stage, device)
+    ctx = StageContext.open(shard, device)
     who = annotator.build()
     predictor = SamPredictor(ctx.model)
     truth = load_ground_truth(annotator.ground_truth) if annotator.ground_truth else None
 
     def per_image(image_id, image):
         annotated = who.annotate(annotation_request(ctx, predictor, image_id, image, truth))
-        return annotated_rows(annotated, image_id, model_version=model_version)
+        return annotated_rows(annotated, image_id, model_version=shard.model_version)
 
-    return ctx.run_shard(shard, image_ids, {"annotator": annotator.model_dump()}, per_image, on_progress)
+    return ctx.run_shard({"annotator": annotator.model_dump()}, per_image, on_progress)

@@ -17,7 +17,8 @@ from tasks.filter import FilterSettings, filter_records, why_none_kept
 from tasks.progress import CACHE_POLICY, OnProgress
 from tasks.records import mask_rows
 from tasks.runlog import run_logger
-from tasks.stage import ShardSummary, StageContext
+from tasks.shards import Shard, ShardSummary
+from tasks.stage import StageContext
 
 
 class AutogenSettings(BaseModel):
@@ -67,16 +68,11 @@ def records_to_rows(records: list[dict], image_id: str, *, source, model_version
     name="autogen",
     retries=1,
     retry_delay_seconds=2,
-    task_run_name="autogen-r{round}-{stage}-{shard}",
+    task_run_name="autogen-r{shard.round}-{shard.stage}-{shard.name}",
     cache_policy=CACHE_POLICY,
 )
 def autogen(
-    store_url: str,
-    model_version: str,
-    image_ids: list[str],
-    round: int,
-    stage: str,
-    shard: str,
+    shard: Shard,
     settings: AutogenSettings,
     filter: FilterSettings,
     device: str = "cpu",
@@ -85,7 +81,7 @@ def autogen(
     """Generate, filter and write the automatic masks of one shard of images (see the module docstring).
     ``on_progress(images done, images of the shard)`` is called after each image (a grid of decoder passes).
     """
-    ctx = StageContext.open(store_url, model_version, round, stage, device)
+    ctx = StageContext.open(shard, device)
     settings, filter = ctx.calibrated(settings, filter)
     generator = make_generator(ctx.model, settings)
 
@@ -102,7 +98,7 @@ def autogen(
                 else why_none_kept(records, size, filter)
             )
             run_logger().info("image %s: %s", image_id, why)
-        return records_to_rows(kept, image_id, source="auto", model_version=model_version)
+        return records_to_rows(kept, image_id, source="auto", model_version=shard.model_version)
 
     settings_used = {"autogen": settings.model_dump(), "filter": filter.model_dump()}
-    return ctx.run_shard(shard, image_ids, settings_used, per_image, on_progress)
+    return ctx.run_shard(settings_used, per_image, on_progress)

@@ -18,7 +18,8 @@ from tasks.filter import FilterSettings, filter_records
 from tasks.ground_truth import load_ground_truth
 from tasks.progress import CACHE_POLICY, OnProgress
 from tasks.records import decode_mask
-from tasks.stage import ShardSummary, StageContext
+from tasks.shards import Shard, ShardSummary
+from tasks.stage import StageContext
 
 
 def confident_rows(
@@ -35,16 +36,11 @@ def confident_rows(
     name="prefill",
     retries=1,
     retry_delay_seconds=2,
-    task_run_name="prefill-r{round}-{stage}-{shard}",
+    task_run_name="prefill-r{shard.round}-{shard.stage}-{shard.name}",
     cache_policy=CACHE_POLICY,
 )
 def prefill(
-    store_url: str,
-    model_version: str,
-    image_ids: list[str],
-    round: int,
-    stage: str,
-    shard: str,
+    shard: Shard,
     settings: AutogenSettings,
     confident: FilterSettings,
     annotator: AnnotatorSettings,
@@ -53,7 +49,7 @@ def prefill(
 ) -> ShardSummary:
     """Semi-automatic annotation of one shard of images; writes the shard and returns its summary.
     ``on_progress(images done, images of the shard)`` is called after each image."""
-    ctx = StageContext.open(store_url, model_version, round, stage, device)
+    ctx = StageContext.open(shard, device)
     settings, confident = ctx.calibrated(settings, confident)
     generator = make_generator(ctx.model, settings)
     predictor = SamPredictor(ctx.model)
@@ -65,7 +61,7 @@ def prefill(
         prefilled = confident_rows(ctx, generator, image_id, size, confident)
         masks = [decode_mask(r.counts, r.height, r.width) for r in prefilled.itertuples(index=False)]
         request = annotation_request(ctx, predictor, image_id, image, truth, prefilled=masks)
-        added = annotated_rows(who.annotate(request), image_id, model_version=model_version)
+        added = annotated_rows(who.annotate(request), image_id, model_version=shard.model_version)
         return pd.concat([f for f in (prefilled, added) if len(f)] or [prefilled], ignore_index=True)
 
     settings_used = {
@@ -73,4 +69,4 @@ def prefill(
         "confident": confident.model_dump(),
         "annotator": annotator.model_dump(),
     }
-    return ctx.run_shard(shard, image_ids, settings_used, per_image, on_progress)
+    return ctx.run_shard(settings_used, per_image, on_progress)

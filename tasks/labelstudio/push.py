@@ -19,6 +19,7 @@ from tasks.autogen import AutogenSettings, make_generator
 from tasks.filter import FilterSettings
 from tasks.prefill import confident_rows
 from tasks.progress import OnProgress
+from tasks.shards import Shard
 from tasks.stage import StageContext
 
 from .project import add_tasks, ensure_ml_backend, ensure_project, existing_tasks
@@ -57,7 +58,8 @@ def confident_masks(
     """The model's confident automatic masks of the images (masks-table rows, source="model"), from their cached
     embeddings; the thresholds come from the model's calibration when ``confident`` names a target precision.
     ``on_progress(images done, images)`` after each image."""
-    ctx = StageContext.open(store, model_version, round, stage, device)
+    shard = Shard(store.url, model_version, round, stage, name="push", image_ids=tuple(image_ids))
+    ctx = StageContext.open(shard, device, store)
     autogen, confident = ctx.calibrated(autogen, confident)
     generator = make_generator(ctx.model, autogen)
     images = store.images().set_index("image_id")
