@@ -89,9 +89,8 @@ def autogen(
         size = (int(image["height"]), int(image["width"]))
         records = generate_records(ctx, generator, image_id, size)
         kept = filter_records(records, size, filter)
-        if (
-            not kept
-        ):  # an empty result says why: the bar that removed every mask, and the best value against it
+        if not kept:
+            # an empty result says why: the bar that removed every mask, and the best value against it
             why = (
                 generator.funnel.why_empty(settings.pred_iou_thresh, settings.stability_score_thresh)
                 if not records
