@@ -47,7 +47,7 @@ from sam_core.train import TrainConfig
 from stores import Store, StoreNotFoundError
 from stores.fsio import resolve_filesystem
 from tasks.autogen import AutogenSettings, make_generator
-from tasks.calibrate import CalibrationSettings, filter_operating_point, read_calibration
+from tasks.calibrate import CalibrationSettings, read_calibration
 from tasks.calibrate import calibrate as calibrate_task
 from tasks.embed import embed as embed_task
 from tasks.evaluate import evaluate
@@ -67,6 +67,7 @@ from tasks.models import (
 from tasks.overlays import overlay
 from tasks.ray_cluster import shutdown_ray
 from tasks.settings import EngineSettings
+from tasks.thresholds import filter_operating_point
 
 app = typer.Typer(
     help="The SAM data engine: ingest images, embed them, run annotation rounds (assisted-manual, "

@@ -17,10 +17,9 @@ from flows.fully_automatic import fully_automatic
 from flows.params import RoundParams
 from flows.progress import flow_step
 from flows.semi_automatic import semi_automatic
-from flows.steps import check_inputs, now, why_no_retrain
+from flows.steps import check_after_training, check_inputs, now, why_no_retrain
 from tasks.calibrate import calibrate
 from tasks.evaluate import evaluate
-from tasks.ground_truth import load_ground_truth
 from tasks.report import publish_report, record_round
 from tasks.retrain import retrain
 from tasks.runlog import run_logger
@@ -46,8 +45,7 @@ def data_engine_round(params: RoundParams | None = None, train_backend: str = "r
         params,
         needs_ground_truth=params.annotator.ground_truth if params.stage != "fully_automatic" else None,
     )
-    if params.evaluation is not None:
-        load_ground_truth(params.evaluation.ground_truth)
+    check_after_training(params.calibration, params.evaluation, params.retrain)
     figures = STAGE_FLOWS[params.stage](params.stage_params())
     skip = why_no_retrain(params, figures) if params.retrain is not None else None
     if skip is not None:

@@ -28,7 +28,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from flows.data_engine_round import data_engine_round
 from flows.params import EvalSettings, ImageSelection, RoundParams, TrainSettings
 from flows.progress import Watcher, step_bar, watched_step, watching
 from sam_core.checkpoint import config_name, read_checkpoint
+from sam_core.train import TrainConfig
 from stores import Store
 from tasks.annotate import AnnotatorSettings
 from tasks.autogen import AutogenSettings
@@ -283,12 +284,28 @@ def round_params(store_url: str, data: dict, config: DemoConfig, round: int, sta
             steps=config.retrain_steps,
             lr=config.retrain_lr,
             seed=round,
-            **RETRAIN_RECIPE,
+            **checked_recipe(RETRAIN_RECIPE),
         ),
         new_model_version=f"r{round}",
         calibration=config.calibration(data["ground_truth"]),
         evaluation=config.evaluation(data["ground_truth"]),
     )
+
+
+def checked_recipe(overrides: dict) -> dict:
+    """``overrides`` (knobs of sam_core.train.TrainConfig) when the retrain form has a field for each; else a
+    ValueError naming the keys. TrainSettings, like any pydantic model, drops a key it does not know without a
+    word, so a misspelt knob, or one the form does not show, would leave the demo's retrains on its default."""
+    knobs = {f.name for f in fields(TrainConfig)}
+    why = {
+        key: "a knob the retrain form does not show (flows.params.TRAIN_KNOBS)"
+        if key in knobs
+        else "no knob of sam_core.train.TrainConfig"
+        for key in sorted(set(overrides) - set(TrainSettings.model_fields))
+    }
+    if why:
+        raise ValueError("the demo's retrain recipe: " + "; ".join(f"{k!r} is {w}" for k, w in why.items()))
+    return overrides
 
 
 def run_round(store_url: str, data: dict, config: DemoConfig, round: int, stage: str, version: str) -> dict:

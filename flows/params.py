@@ -69,11 +69,23 @@ class StageParams(BaseModel):
     embed: EmbedSettings = Field(default_factory=EmbedSettings)
     overlay_images: int = Field(3, ge=0, le=20, description="overlays in the run's markdown report")
 
+    def stage_annotator(self) -> AnnotatorSettings | None:
+        """The annotator the stage asks for masks; None where no one annotates."""
+        return None
+
+    def stage_filters(self) -> dict[str, FilterSettings]:
+        """The filters the stage applies to the model's automatic masks, by parameter name: one with a
+        target_precision takes its thresholds from the model version's calibration."""
+        return {}
+
 
 class AssistedManualParams(StageParams):
     """Stage 1: people (or the simulated annotator) click, SAM answers."""
 
     annotator: AnnotatorSettings = Field(default_factory=AnnotatorSettings)
+
+    def stage_annotator(self) -> AnnotatorSettings:
+        return self.annotator
 
 
 class SemiAutomaticParams(StageParams):
@@ -83,12 +95,21 @@ class SemiAutomaticParams(StageParams):
     autogen: AutogenSettings = Field(default_factory=AutogenSettings)
     confident: FilterSettings = Field(default_factory=lambda: CONFIDENT.model_copy())
 
+    def stage_annotator(self) -> AnnotatorSettings:
+        return self.annotator
+
+    def stage_filters(self) -> dict[str, FilterSettings]:
+        return {"confident": self.confident}
+
 
 class FullyAutomaticParams(StageParams):
     """Stage 3: a grid of point prompts per image, filtered masks kept without people."""
 
     autogen: AutogenSettings = Field(default_factory=AutogenSettings)
     filter: FilterSettings = Field(default_factory=FilterSettings)
+
+    def stage_filters(self) -> dict[str, FilterSettings]:
+        return {"filter": self.filter}
 
 
 TRAIN_KNOBS = (
@@ -237,6 +258,12 @@ class RoundParams(StageParams):
         fields = set(kind.model_fields)
         return kind(**{k: v for k, v in self if k in fields})
 
+    def stage_annotator(self) -> AnnotatorSettings | None:
+        return self.stage_params().stage_annotator()
+
+    def stage_filters(self) -> dict[str, FilterSettings]:
+        return self.stage_params().stage_filters()
+
 
 class LabelStudioPushParams(StageParams):
     """A round's images to a Label Studio project, for people to label with SAM answering their clicks."""
@@ -267,6 +294,9 @@ class LabelStudioPushParams(StageParams):
     confident: FilterSettings = Field(
         default_factory=lambda: CONFIDENT.model_copy(), description="semi_automatic only"
     )
+
+    def stage_filters(self) -> dict[str, FilterSettings]:
+        return {"confident": self.confident} if self.stage == "semi_automatic" else {}
 
 
 class LabelStudioSyncParams(BaseModel):

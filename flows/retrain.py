@@ -10,10 +10,9 @@ from prefect import flow
 
 from flows.params import RetrainParams
 from flows.progress import flow_step
-from flows.steps import check_calibrated, open_store
+from flows.steps import check_after_training, open_store
 from tasks.calibrate import calibrate
 from tasks.evaluate import evaluate
-from tasks.ground_truth import load_ground_truth
 from tasks.models import check_model, resolve_version
 from tasks.retrain import retrain
 
@@ -29,9 +28,7 @@ def retrain_flow(params: RetrainParams | None = None, backend: str = "ray") -> d
         update={"parent_version": resolve_version(open_store(params.store), params.parent_version)}
     )
     check_model(open_store(params.store), params.parent_version)
-    if params.evaluation is not None:
-        load_ground_truth(params.evaluation.ground_truth)
-    check_calibrated(open_store(params.store), params.parent_version, params)
+    check_after_training(params.calibration, params.evaluation, params.train)
     version = params.model_version or f"{params.parent_version}-r{params.round}"
     with flow_step(f"retraining {version}: steps") as report:
         row = retrain(

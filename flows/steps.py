@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from flows.params import StageParams
+from pydantic import BaseModel
+
+from flows.params import EvalSettings, StageParams, TrainSettings
 from flows.progress import Report, flow_step
 from stores import Store
-from tasks.calibrate import check_calibration
+from tasks.calibrate import CalibrationSettings, check_calibration
 from tasks.embed import embed
 from tasks.ground_truth import load_ground_truth
 from tasks.ingest import ingest
@@ -16,7 +18,8 @@ from tasks.models import check_model, resolve_version
 from tasks.report import publish_report, record_round, stage_figures
 from tasks.retrain import nothing_to_train_on, parent_trained_at, training_masks
 from tasks.settings import EngineSettings
-from tasks.shards import plan_shards, shard_name
+from tasks.shards import Shard, ShardSummary, plan_shards, shard_name
+from tasks.stage import ShardTask
 
 
 def open_store(url: str, must_exist: bool = True):
@@ -33,44 +36,40 @@ def open_store(url: str, must_exist: bool = True):
 
 def check_inputs(params: StageParams, needs_ground_truth: str | None = None):
     """Fail fast, before any work: the store exists (or images are to be ingested), the model version is
-    registered and its checkpoint exists, and the ground-truth file (when the simulated annotator needs one)
-    is readable. Returns the parameters with ``latest`` resolved to a model version."""
+    registered and its checkpoint exists, the stage's annotator can be built, the ground-truth file (when the
+    simulated annotator needs one) is readable, and a stage filter with a target precision finds the model's
+    calibration. Returns the parameters with ``latest`` resolved to a model version."""
     store = open_store(params.store, must_exist=not params.ingest)
     version = resolve_version(store, params.model_version)
     check_model(store, version)
-    annotator = getattr(params, "annotator", None)
-    if annotator is not None and getattr(params, "stage", "") != "fully_automatic":
+    annotator = params.stage_annotator()
+    if annotator is not None:
         annotator.build()  # a simulated annotator without ground truth, a Label Studio without a project...
     if needs_ground_truth is not None:
         load_ground_truth(needs_ground_truth)
-    check_calibrated(store, version, params)
+    for name, settings in params.stage_filters().items():
+        try:
+            check_calibration(store, version, settings)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"{name}.target_precision: {exc}") from None
     return params.model_copy(update={"model_version": version})
 
 
-def check_calibrated(store, version: str, params) -> None:
-    """Fail fast: a filter with a target precision needs its model's calibration, an evaluation that filters by
-    one needs the round to calibrate the version it evaluates, and the calibration's and the replayed split's
+def check_after_training(
+    calibration: CalibrationSettings | None, evaluation: EvalSettings | None, train: TrainSettings | None
+) -> None:
+    """Fail fast, for what follows a stage: an evaluation that filters by a target precision needs the run to
+    calibrate the version it evaluates, and the evaluation's, the calibration's and the replayed split's
     ground-truth files are readable."""
-    stage = getattr(params, "stage", None)  # a round runs one stage; a stage flow has only its own filter
-    for name, used_by in (("filter", "fully_automatic"), ("confident", "semi_automatic")):
-        settings = getattr(params, name, None)
-        if settings is not None and stage in (None, used_by):
-            try:
-                check_calibration(store, version, settings)
-            except FileNotFoundError as exc:
-                raise FileNotFoundError(f"{name}.target_precision: {exc}") from None
-
-    calibration = getattr(params, "calibration", None)
-    evaluation = getattr(params, "evaluation", None)
-    evaluation_filter = getattr(evaluation, "filter", None)
-    if calibration is None and getattr(evaluation_filter, "target_precision", None) is not None:
-        raise ValueError(
-            "evaluation.filter.target_precision needs the version it evaluates calibrated: set `calibration`"
-        )
-    if calibration is not None:
-        load_ground_truth(calibration.ground_truth)
-    train = getattr(params, "retrain", None) or getattr(params, "train", None)
-    if train is not None and getattr(train, "replay_ground_truth", None):
+    if evaluation is not None and evaluation.filter is not None and calibration is None:
+        if evaluation.filter.target_precision is not None:
+            raise ValueError(
+                "evaluation.filter.target_precision needs the version it evaluates calibrated: set `calibration`"
+            )
+    for settings in (evaluation, calibration):
+        if settings is not None:
+            load_ground_truth(settings.ground_truth)
+    if train is not None and train.replay_ground_truth:
         load_ground_truth(train.replay_ground_truth)
 
 
@@ -115,9 +114,12 @@ def run_embed(params: StageParams, image_ids: list[str]) -> tuple[list[str], lis
     return sorted(set(image_ids) - failed_ids), result.failed
 
 
-def run_shards(task, params: StageParams, stage: str, image_ids: list[str], **kwargs) -> list[dict]:
+def run_shards(
+    task: ShardTask, params: StageParams, stage: str, image_ids: list[str], **settings: BaseModel
+) -> list[ShardSummary]:
     """Run ``task`` over the images shard by shard (sequentially: each shard already uses every core), with a
-    progress artifact that the task moves after each image. Returns the shard summaries."""
+    progress artifact that the task moves after each image; ``settings`` are the stage's own (the task's
+    keywords). Returns the shard summaries."""
     shards = plan_shards(image_ids, params.shard_size)
     images = sum(len(ids) for ids in shards)
     summaries = []
@@ -125,17 +127,15 @@ def run_shards(task, params: StageParams, stage: str, image_ids: list[str], **kw
     with flow_step(f"round {params.round} {stage}: images") as report:
         done = 0
         for index, ids in enumerate(shards):
+            shard = Shard(
+                params.store, params.model_version, params.round, stage, shard_name(index), tuple(ids)
+            )
             summaries.append(
                 task(
-                    params.store,
-                    params.model_version,
-                    ids,
-                    params.round,
-                    stage,
-                    shard_name(index),
+                    shard,
                     device=device,
                     on_progress=_after(done, images, report),
-                    **kwargs,
+                    **settings,
                 )
             )
             done += len(ids)

@@ -1,11 +1,14 @@
 """Turn a caller's masks DataFrame into a checked Arrow table of the masks schema.
 
-Every row is validated before anything is written (RLE well formed and covering height x width pixels, area and
-bbox consistent, source known), so a bad shard raises BadRecordError naming the row and leaves the store as it was.
+Every row is validated before anything is written (RLE well formed and covering height x width pixels, a given
+area consistent with it, source known), so a bad shard raises BadRecordError naming the row and leaves the store as
+it was. What follows from the mask itself is derived here, where a caller leaves it out: its area and box from the
+RLE, its id from what it is (``mask_id_for``); the stages (tasks.records) leave all three to the store.
 
 Boxes and points are accepted in the table's flat form (bbox_x ... bbox_h, crop_box_x ... crop_box_h,
-point_coords_json) or in the list form of SA-1B and of the mask generator: `bbox` and `crop_box` as [x, y, w, h]
-per row, `point_coords` as [[x, y], ...] per row.
+point_coords_json), which the stages write, or in the list form of SA-1B's JSON and of masks schema version 1
+(what Store.upgrade_masks rewrites): `bbox` and `crop_box` as [x, y, w, h] per row, `point_coords` as [[x, y], ...]
+per row.
 """
 
 import hashlib

@@ -15,16 +15,14 @@ from prefect import task
 from pydantic import BaseModel, Field
 
 from sam_core.predictor import SamPredictor
-from stores import Store
 from tasks.annotators import AnnotationRequest, SimulatedAnnotator
-from tasks.autogen import cached_embedding
 from tasks.ground_truth import load_ground_truth
 from tasks.labelstudio.annotator import LabelStudioAnnotator
 from tasks.labelstudio.client import LabelStudioClient
-from tasks.models import embedding_version, load_model
 from tasks.progress import CACHE_POLICY, OnProgress
 from tasks.records import mask_rows
-from tasks.shards import run_shard
+from tasks.shards import Shard, ShardSummary
+from tasks.stage import StageContext
 
 
 class AnnotatorSettings(BaseModel):
@@ -78,14 +76,11 @@ class AnnotatorSettings(BaseModel):
         )
 
 
-def annotation_request(
-    store, predictor, image_id, image, model_version, ground_truth, prefilled=(), embeddings=None
-):
-    """Set the image's cached embedding (stored under ``embeddings``, default ``model_version``) on
-    ``predictor`` and wrap everything the annotator needs."""
-    embedding = cached_embedding(store, image_id, model_version, embeddings)
+def annotation_request(ctx: StageContext, predictor, image_id, image, ground_truth, prefilled=()):
+    """Set the image's cached embedding on ``predictor`` (a SamPredictor of ``ctx.model``) and wrap everything
+    the annotator needs."""
     size = (int(image["height"]), int(image["width"]))
-    predictor.set_embedding(embedding, size)
+    predictor.set_embedding(ctx.embedding(image_id), size)
     truth = None
     if ground_truth is not None:
         if not ground_truth.has(image["uri"]):
@@ -102,13 +97,11 @@ def annotation_request(
     )
 
 
-def annotated_rows(annotated, image_id, *, round, stage, model_version):
+def annotated_rows(annotated, image_id, *, model_version):
     """Masks-table rows (source="human") from the annotator's :class:`AnnotatedMask` list."""
     return mask_rows(
         image_id,
         [a.mask for a in annotated],
-        round=round,
-        stage=stage,
         source="human",
         model_version=model_version,
         predicted_iou=[a.predicted_iou for a in annotated],
@@ -123,43 +116,24 @@ def annotated_rows(annotated, image_id, *, round, stage, model_version):
     name="annotate",
     retries=1,
     retry_delay_seconds=2,
-    task_run_name="annotate-r{round}-{stage}-{shard}",
+    task_run_name="annotate-r{shard.round}-{shard.stage}-{shard.name}",
     cache_policy=CACHE_POLICY,
 )
 def annotate(
-    store_url: str,
-    model_version: str,
-    image_ids: list[str],
-    round: int,
-    stage: str,
-    shard: str,
+    shard: Shard,
     annotator: AnnotatorSettings,
     device: str = "cpu",
     on_progress: OnProgress | None = None,
-) -> dict:
+) -> ShardSummary:
     """Assisted-manual annotation of one shard of images; writes the shard and returns its summary.
     ``on_progress(images done, images of the shard)`` is called after each image."""
-    store = Store(store_url)
+    ctx = StageContext.open(shard, device)
     who = annotator.build()
-    predictor = SamPredictor(load_model(store, model_version, device))
+    predictor = SamPredictor(ctx.model)
     truth = load_ground_truth(annotator.ground_truth) if annotator.ground_truth else None
-    embeddings = embedding_version(store, model_version)
 
     def per_image(image_id, image):
-        request = annotation_request(
-            store, predictor, image_id, image, model_version, truth, embeddings=embeddings
-        )
-        annotated = who.annotate(request)
-        return annotated_rows(annotated, image_id, round=round, stage=stage, model_version=model_version)
+        annotated = who.annotate(annotation_request(ctx, predictor, image_id, image, truth))
+        return annotated_rows(annotated, image_id, model_version=shard.model_version)
 
-    return run_shard(
-        store,
-        round=round,
-        stage=stage,
-        shard=shard,
-        image_ids=image_ids,
-        model_version=model_version,
-        settings={"annotator": annotator.model_dump()},
-        per_image=per_image,
-        on_progress=on_progress,
-    )
+    return ctx.run_shard({"annotator": annotator.model_dump()}, per_image, on_progress)

@@ -13,14 +13,12 @@ from pydantic import BaseModel, Field
 
 from sam_core import defaults
 from sam_core.automatic_mask_generator import AutomaticMaskGenerator
-from stores import Store
-from tasks.calibrate import calibrated_settings
 from tasks.filter import FilterSettings, filter_records, why_none_kept
-from tasks.models import embedding_version, load_model
 from tasks.progress import CACHE_POLICY, OnProgress
 from tasks.records import mask_rows
 from tasks.runlog import run_logger
-from tasks.shards import run_shard
+from tasks.shards import Shard, ShardSummary
+from tasks.stage import StageContext
 
 
 class AutogenSettings(BaseModel):
@@ -45,44 +43,17 @@ def make_generator(model, settings: AutogenSettings | dict):
     return AutomaticMaskGenerator(model, output_mode="coco_rle", **settings.model_dump())
 
 
-def generate_records(
-    store,
-    generator,
-    image_id: str,
-    model_version: str,
-    height: int,
-    width: int,
-    embeddings: str | None = None,
-) -> list[dict]:
-    """AMG records of one image from its cached embedding, stored under ``embeddings`` (the model's
-    ``tasks.models.embedding_version``; default ``model_version``). KeyError (naming the image) if it was not
-    embedded."""
-    embedding = cached_embedding(store, image_id, model_version, embeddings)
-    return generator.generate_from_embedding(embedding, (int(height), int(width)))
+def generate_records(ctx: StageContext, generator, image_id: str, size: tuple[int, int]) -> list[dict]:
+    """AMG records of one image (height, width ``size``) from its cached embedding. KeyError (naming the image)
+    if it was not embedded."""
+    return generator.generate_from_embedding(ctx.embedding(image_id), (int(size[0]), int(size[1])))
 
 
-def cached_embedding(store, image_id: str, model_version: str, embeddings: str | None = None):
-    """The stored C x H x W embedding of ``image_id`` for ``model_version`` (kept under ``embeddings`` when its
-    encoder is another version's). KeyError naming the image and the versions when it was not embedded."""
-    key = embeddings or model_version
-    try:
-        return store.get_embedding(image_id, key)
-    except KeyError:
-        under = f" (its encoder's embeddings are kept under {key!r})" if key != model_version else ""
-        raise KeyError(
-            f"image {image_id} has no embedding for model {model_version}{under}: run embed first"
-        ) from None
-
-
-def records_to_rows(
-    records: list[dict], image_id: str, *, round, stage, source, model_version, annotator=None
-):
+def records_to_rows(records: list[dict], image_id: str, *, source, model_version, annotator=None):
     """Masks-table rows from AMG records (coco_rle output mode)."""
     return mask_rows(
         image_id,
         [r["segmentation"] for r in records],
-        round=round,
-        stage=stage,
         source=source,
         model_version=model_version,
         predicted_iou=[r["predicted_iou"] for r in records],
@@ -97,56 +68,36 @@ def records_to_rows(
     name="autogen",
     retries=1,
     retry_delay_seconds=2,
-    task_run_name="autogen-r{round}-{stage}-{shard}",
+    task_run_name="autogen-r{shard.round}-{shard.stage}-{shard.name}",
     cache_policy=CACHE_POLICY,
 )
 def autogen(
-    store_url: str,
-    model_version: str,
-    image_ids: list[str],
-    round: int,
-    stage: str,
-    shard: str,
+    shard: Shard,
     settings: AutogenSettings,
     filter: FilterSettings,
     device: str = "cpu",
     on_progress: OnProgress | None = None,
-) -> dict:
+) -> ShardSummary:
     """Generate, filter and write the automatic masks of one shard of images (see the module docstring).
     ``on_progress(images done, images of the shard)`` is called after each image (a grid of decoder passes).
-
-    Returns the shard summary {"shard", "images", "masks", "skipped", "resumed"}.
     """
-    store = Store(store_url)
-    settings, filter, _ = calibrated_settings(store, model_version, settings, filter)
-    generator = make_generator(load_model(store, model_version, device), settings)
-    embeddings = embedding_version(store, model_version)
+    ctx = StageContext.open(shard, device)
+    settings, filter = ctx.calibrated(settings, filter)
+    generator = make_generator(ctx.model, settings)
 
     def per_image(image_id, image):
         size = (int(image["height"]), int(image["width"]))
-        records = generate_records(store, generator, image_id, model_version, *size, embeddings=embeddings)
+        records = generate_records(ctx, generator, image_id, size)
         kept = filter_records(records, size, filter)
-        if (
-            not kept
-        ):  # an empty result says why: the bar that removed every mask, and the best value against it
+        if not kept:
+            # an empty result says why: the bar that removed every mask, and the best value against it
             why = (
                 generator.funnel.why_empty(settings.pred_iou_thresh, settings.stability_score_thresh)
                 if not records
                 else why_none_kept(records, size, filter)
             )
             run_logger().info("image %s: %s", image_id, why)
-        return records_to_rows(
-            kept, image_id, round=round, stage=stage, source="auto", model_version=model_version
-        )
+        return records_to_rows(kept, image_id, source="auto", model_version=shard.model_version)
 
-    return run_shard(
-        store,
-        round=round,
-        stage=stage,
-        shard=shard,
-        image_ids=image_ids,
-        model_version=model_version,
-        settings={"autogen": settings.model_dump(), "filter": filter.model_dump()},
-        per_image=per_image,
-        on_progress=on_progress,
-    )
+    settings_used = {"autogen": settings.model_dump(), "filter": filter.model_dump()}
+    return ctx.run_shard(settings_used, per_image, on_progress)

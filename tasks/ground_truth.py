@@ -18,7 +18,6 @@ import numpy as np
 from pycocotools import mask as coco_mask
 
 from tasks.ingest import load_image
-from tasks.records import encode_mask
 
 
 @dataclass
@@ -84,15 +83,18 @@ def write_coco(uri: str, entries: list[tuple[str, list[np.ndarray]]]) -> None:
         height, width = masks[0].shape if masks else (0, 0)
         images.append({"id": image_id, "file_name": file_name, "height": int(height), "width": int(width)})
         for mask in masks:
-            counts, area, bbox = encode_mask(mask)
+            rle = coco_mask.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
             annotations.append(
                 {
                     "id": len(annotations) + 1,
                     "image_id": image_id,
                     "category_id": 1,
-                    "segmentation": {"size": [int(height), int(width)], "counts": counts},
-                    "area": area,
-                    "bbox": bbox,
+                    "segmentation": {
+                        "size": [int(height), int(width)],
+                        "counts": rle["counts"].decode("ascii"),
+                    },
+                    "area": int(coco_mask.area(rle)),
+                    "bbox": [float(v) for v in coco_mask.toBbox(rle)],
                     "iscrowd": 0,
                 }
             )

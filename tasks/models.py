@@ -70,6 +70,19 @@ def embedding_version(store, model_version: str) -> str:
     return str(config.get("embeddings_of") or model_version)
 
 
+def cached_embedding(store, image_id: str, model_version: str, embeddings: str | None = None):
+    """The stored C x H x W embedding of ``image_id`` for ``model_version`` (kept under ``embeddings`` when its
+    encoder is another version's). KeyError naming the image and the versions when it was not embedded."""
+    key = embeddings or model_version
+    try:
+        return store.get_embedding(image_id, key)
+    except KeyError:
+        under = f" (its encoder's embeddings are kept under {key!r})" if key != model_version else ""
+        raise KeyError(
+            f"image {image_id} has no embedding for model {model_version}{under}: run embed first"
+        ) from None
+
+
 def shared_embeddings(store, parent_version: str, state: dict) -> str | None:
     """The embedding version a new model with ``state`` (a state dict) may share: its parent's, when the two
     image encoders are identical; else None (the new version must re-embed)."""

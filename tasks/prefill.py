@@ -12,96 +12,61 @@ import pandas as pd
 from prefect import task
 
 from sam_core.predictor import SamPredictor
-from stores import Store
 from tasks.annotate import AnnotatorSettings, annotated_rows, annotation_request
 from tasks.autogen import AutogenSettings, generate_records, make_generator, records_to_rows
-from tasks.calibrate import calibrated_settings
 from tasks.filter import FilterSettings, filter_records
 from tasks.ground_truth import load_ground_truth
-from tasks.models import embedding_version, load_model
 from tasks.progress import CACHE_POLICY, OnProgress
 from tasks.records import decode_mask
-from tasks.shards import run_shard
+from tasks.shards import Shard, ShardSummary
+from tasks.stage import StageContext
 
 
 def confident_rows(
-    store,
-    generator,
-    image_id: str,
-    size: tuple[int, int],
-    model_version: str,
-    confident: FilterSettings,
-    round: int,
-    stage: str,
-    embeddings: str | None = None,
+    ctx: StageContext, generator, image_id: str, size: tuple[int, int], confident: FilterSettings
 ) -> pd.DataFrame:
     """Masks-table rows (source="model") of the automatic masks of one image (height, width ``size``) that pass
     the ``confident`` filter, from its cached embedding: what stage 2 places before a person looks, here or as a
     Label Studio prediction (tasks.labelstudio.push)."""
-    records = generate_records(store, generator, image_id, model_version, *size, embeddings=embeddings)
-    kept = filter_records(records, size, confident)
-    return records_to_rows(
-        kept, image_id, round=round, stage=stage, source="model", model_version=model_version
-    )
+    kept = filter_records(generate_records(ctx, generator, image_id, size), size, confident)
+    return records_to_rows(kept, image_id, source="model", model_version=ctx.model_version)
 
 
 @task(
     name="prefill",
     retries=1,
     retry_delay_seconds=2,
-    task_run_name="prefill-r{round}-{stage}-{shard}",
+    task_run_name="prefill-r{shard.round}-{shard.stage}-{shard.name}",
     cache_policy=CACHE_POLICY,
 )
 def prefill(
-    store_url: str,
-    model_version: str,
-    image_ids: list[str],
-    round: int,
-    stage: str,
-    shard: str,
+    shard: Shard,
     settings: AutogenSettings,
     confident: FilterSettings,
     annotator: AnnotatorSettings,
     device: str = "cpu",
     on_progress: OnProgress | None = None,
-) -> dict:
+) -> ShardSummary:
     """Semi-automatic annotation of one shard of images; writes the shard and returns its summary.
     ``on_progress(images done, images of the shard)`` is called after each image."""
-    store = Store(store_url)
-    settings, confident, _ = calibrated_settings(store, model_version, settings, confident)
-    model = load_model(store, model_version, device)
-    generator = make_generator(model, settings)
-    predictor = SamPredictor(model)
+    ctx = StageContext.open(shard, device)
+    settings, confident = ctx.calibrated(settings, confident)
+    generator = make_generator(ctx.model, settings)
+    predictor = SamPredictor(ctx.model)
     who = annotator.build()
     truth = load_ground_truth(annotator.ground_truth) if annotator.ground_truth else None
-    embeddings = embedding_version(store, model_version)
 
     def per_image(image_id, image):
         size = (int(image["height"]), int(image["width"]))
-        prefilled = confident_rows(
-            store, generator, image_id, size, model_version, confident, round, stage, embeddings
-        )
+        prefilled = confident_rows(ctx, generator, image_id, size, confident)
         masks = [decode_mask(r.counts, r.height, r.width) for r in prefilled.itertuples(index=False)]
-        request = annotation_request(
-            store, predictor, image_id, image, model_version, truth, prefilled=masks, embeddings=embeddings
-        )
-        added = annotated_rows(
-            who.annotate(request), image_id, round=round, stage=stage, model_version=model_version
-        )
+        request = annotation_request(ctx, predictor, image_id, image, truth, prefilled=masks)
+        added = annotated_rows(who.annotate(request), image_id, model_version=shard.model_version)
         return pd.concat([f for f in (prefilled, added) if len(f)] or [prefilled], ignore_index=True)
 
-    return run_shard(
-        store,
-        round=round,
-        stage=stage,
-        shard=shard,
-        image_ids=image_ids,
-        model_version=model_version,
-        settings={
-            "autogen": settings.model_dump(),
-            "confident": confident.model_dump(),
-            "annotator": annotator.model_dump(),
-        },
-        per_image=per_image,
-        on_progress=on_progress,
-    )
+    settings_used = {
+        "autogen": settings.model_dump(),
+        "confident": confident.model_dump(),
+        "annotator": annotator.model_dump(),
+    }
+    return ctx.run_shard(settings_used, per_image, on_progress)

@@ -1,27 +1,46 @@
-"""Rows of the store's masks table from masks in memory, and back.
+"""Rows of the store's masks table from masks in memory, and masks back from rows.
 
-Masks are stored as COCO compressed RLE (pycocotools' ``counts`` string, column-major). A mask's id is derived
-from what it is (image, round, stage, source, RLE; ``stores.mask_id_for``), so a rerun of the same step writes the
-same ids and the store's shard replacement leaves no duplicates.
+A stage hands the store each mask as COCO compressed RLE (pycocotools' ``counts`` string, column-major, with its
+height and width) and what only the stage knows of it: its scores, prompt points, crop, source, annotator, clicks
+and seconds, in the masks schema's own columns (``stores.schemas.MASKS``). What follows from the mask itself, its
+area, its box and its id, the store derives when it writes the shard (``stores.masks.prepare_masks``): the id
+from what the mask is (image, round, stage, source, RLE; ``stores.mask_id_for``), so a rerun of the same step
+writes the same ids and the store's shard replacement leaves no duplicates.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import json
 
 import numpy as np
 import pandas as pd
 from pycocotools import mask as coco_mask
 
-from stores import mask_id_for
+from stores import CROP_BOX
+
+MASK_COLUMNS = [
+    "image_id",
+    "counts",
+    "height",
+    "width",
+    "predicted_iou",
+    "stability_score",
+    "point_coords_json",
+    *CROP_BOX,
+    "source",
+    "model_version",
+    "annotator",
+    "clicks",
+    "seconds",
+]
+"""The columns a stage writes: the masks schema's, less what the store derives (mask_id, area, bbox_*) or
+stamps (created_at) and what only a sync or an import sets (supersedes, deleted, external_id)."""
 
 
-def encode_mask(mask: np.ndarray) -> tuple[str, int, list[float]]:
-    """HxW bool mask -> (COCO counts string, area in pixels, bbox [x, y, w, h] in pixels)."""
+def encode_mask(mask: np.ndarray) -> str:
+    """HxW bool mask -> its COCO compressed RLE counts string (column-major)."""
     rle = coco_mask.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
-    counts = rle["counts"].decode("ascii") if isinstance(rle["counts"], bytes) else rle["counts"]
-    bbox = [float(v) for v in coco_mask.toBbox(rle)]
-    return counts, int(coco_mask.area(rle)), bbox
+    return rle["counts"].decode("ascii") if isinstance(rle["counts"], bytes) else rle["counts"]
 
 
 def decode_mask(counts: str, height: int, width: int) -> np.ndarray:
@@ -42,8 +61,6 @@ def mask_rows(
     image_id: str,
     masks: list,
     *,
-    round: int,
-    stage: str,
     source: str,
     model_version: str,
     predicted_iou: list[float | None] | None = None,
@@ -54,71 +71,41 @@ def mask_rows(
     clicks: list[int | None] | None = None,
     seconds: list[float | None] | None = None,
 ) -> pd.DataFrame:
-    """Masks-table rows for the masks of one image, in the given order.
+    """Masks-table rows (MASK_COLUMNS) for the masks of one image, in the given order.
 
     masks: HxW bool arrays or COCO RLE dicts {"size": [H, W], "counts": str}. The optional per-mask lists must
-    have one entry per mask. mask_id is ``stores.mask_id_for`` (image, round, stage, source, RLE): the same mask
-    written again by a rerun gets the same id.
+    have one entry per mask: point_coords [[x, y], ...] and crop_box [x, y, w, h] in pixels (default: no points,
+    and the whole image as the crop).
     """
     n = len(masks)
-    now = datetime.now(UTC)
     rows = []
     for i, mask in enumerate(masks):
         if isinstance(mask, dict):
             height, width = (int(v) for v in mask["size"])
             code = mask["counts"].decode("ascii") if isinstance(mask["counts"], bytes) else mask["counts"]
-            rle = {"size": [height, width], "counts": code.encode("ascii")}
-            area, bbox = int(coco_mask.area(rle)), [float(v) for v in coco_mask.toBbox(rle)]
         else:
             height, width = (int(v) for v in mask.shape)
-            code, area, bbox = encode_mask(mask)
+            code = encode_mask(mask)
+        points = _at(point_coords, i, n) or []
+        crop = _at(crop_box, i, n) or [0.0, 0.0, float(width), float(height)]
         rows.append(
             {
-                "mask_id": mask_id_for(image_id, round, stage, source, code),
                 "image_id": image_id,
                 "counts": code,
                 "height": height,
                 "width": width,
-                "area": area,
-                "bbox": bbox,
                 "predicted_iou": _at(predicted_iou, i, n),
                 "stability_score": _at(stability_score, i, n),
-                "point_coords": _at(point_coords, i, n) or [],
-                "crop_box": _at(crop_box, i, n) or [0.0, 0.0, float(width), float(height)],
+                "point_coords_json": json.dumps([[float(x), float(y)] for x, y in points]),
+                **{name: float(v) for name, v in zip(CROP_BOX, crop, strict=True)},
                 "source": source,
                 "model_version": model_version,
                 "annotator": annotator,
                 "clicks": _at(clicks, i, n),
                 "seconds": _at(seconds, i, n),
-                "created_at": now,
-                "supersedes": None,
-                "deleted": False,
             }
         )
     return pd.DataFrame(rows, columns=MASK_COLUMNS)
-
-
-MASK_COLUMNS = [
-    "mask_id",
-    "image_id",
-    "counts",
-    "height",
-    "width",
-    "area",
-    "bbox",
-    "predicted_iou",
-    "stability_score",
-    "point_coords",
-    "crop_box",
-    "source",
-    "model_version",
-    "annotator",
-    "clicks",
-    "seconds",
-    "created_at",
-    "supersedes",
-    "deleted",
-]
 
 
 def _at(values, i: int, n: int):

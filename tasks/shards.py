@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
+from typing import TypedDict
 
 from tasks.progress import OnProgress
 from tasks.records import MASK_COLUMNS
@@ -52,30 +54,47 @@ def mark_done(store, round: int, stage: str, shard: str, print_: str, summary: d
     store.write_state(STATE_TABLE, _key(round, stage, shard), {"fingerprint": print_, **summary})
 
 
+class ShardSummary(TypedDict):
+    """What a shard's run returns: its name, the images it did, the masks it wrote, the images it skipped (each
+    with its reason), and whether an earlier run had already written the shard."""
+
+    shard: str
+    images: int
+    masks: int
+    skipped: list[dict]
+    resumed: bool
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One shard of a stage's images, all a shard task needs to know of where it works: the store, the model
+    version, the round and stage its masks belong to, its name (``shard_name``: the file
+    ``masks/round=R/stage=S/shard-<name>.parquet``) and its images."""
+
+    store_url: str
+    model_version: str
+    round: int
+    stage: str
+    name: str
+    image_ids: tuple[str, ...]
+
+
 def run_shard(
-    store,
-    *,
-    round: int,
-    stage: str,
-    shard: str,
-    image_ids: list[str],
-    model_version: str,
-    settings: dict,
-    per_image,
-    on_progress: OnProgress | None = None,
-) -> dict:
-    """Run ``per_image(image_row) -> DataFrame of mask rows`` over a shard, write the rows as one atomic shard,
-    and mark the shard done. A shard already done with the same fingerprint is skipped (its summary returned).
-    ``on_progress(images done, images of the shard)`` is called after each image (at once for a skipped shard).
+    store, shard: Shard, settings: dict, per_image, on_progress: OnProgress | None = None
+) -> ShardSummary:
+    """Run ``per_image(image_id, image_row) -> DataFrame of mask rows`` over the shard's images, write the rows as
+    one atomic shard, and mark the shard done. A shard already done with the same fingerprint (its images, the
+    model and ``settings``) is skipped (its summary returned). ``on_progress(images done, images of the shard)``
+    is called after each image (at once for a skipped shard).
 
     ``per_image`` may raise ValueError/KeyError/OSError for one image: the image is recorded in the summary's
-    ``skipped`` list with the reason, and the shard goes on. Returns {"shard", "images", "masks", "skipped",
-    "resumed"}.
+    ``skipped`` list with the reason, and the shard goes on.
     """
     import pandas as pd
 
-    print_ = fingerprint(image_ids, model_version, settings)
-    done = shard_done(store, round, stage, shard, print_)
+    round, stage, image_ids = shard.round, shard.stage, list(shard.image_ids)
+    print_ = fingerprint(image_ids, shard.model_version, settings)
+    done = shard_done(store, round, stage, shard.name, print_)
     report = on_progress or (lambda done, total: None)
     if done is not None:
         report(len(image_ids), len(image_ids))
@@ -94,12 +113,12 @@ def run_shard(
     rows = [f for f in frames if len(f)]
     masks = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=MASK_COLUMNS)
     # An empty shard is written too: it replaces what an earlier run of this shard may have left.
-    store.write_masks(masks, round=round, stage=stage, shard=shard)
+    store.write_masks(masks, round=round, stage=stage, shard=shard.name)
     summary = {
-        "shard": shard,
+        "shard": shard.name,
         "images": len(image_ids) - len(skipped),
         "masks": len(masks),
         "skipped": skipped,
     }
-    mark_done(store, round, stage, shard, print_, summary)
+    mark_done(store, round, stage, shard.name, print_, summary)
     return {**summary, "resumed": False}

@@ -171,12 +171,6 @@ def coco_rle_to_brush_rle(counts: str | bytes, height: int, width: int) -> list[
     return mask_to_brush_rle(coco_rle_to_mask(counts, height, width))
 
 
-def mask_stats(mask: np.ndarray) -> tuple[int, list[float]]:
-    """Area (pixels) and bbox [x, y, w, h] (pixels, COCO convention) of a bool mask."""
-    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
-    return int(mask_utils.area(rle)), [float(v) for v in mask_utils.toBbox(rle)]
-
-
 def percent_to_pixels(x_pct: float, y_pct: float, width: int, height: int) -> tuple[float, float]:
     """A point in percent of the image (Label Studio) -> pixel coordinates (x right, y down)."""
     return x_pct * width / 100.0, y_pct * height / 100.0

@@ -14,13 +14,13 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 from prefect import task
 
-from stores import Store
+from stores import Store, mask_id_for
 from tasks.autogen import AutogenSettings, make_generator
-from tasks.calibrate import calibrated_settings
 from tasks.filter import FilterSettings
-from tasks.models import embedding_version, load_model
 from tasks.prefill import confident_rows
 from tasks.progress import OnProgress
+from tasks.shards import Shard
+from tasks.stage import StageContext
 
 from .project import add_tasks, ensure_ml_backend, ensure_project, existing_tasks
 from .server import connect
@@ -58,21 +58,27 @@ def confident_masks(
     """The model's confident automatic masks of the images (masks-table rows, source="model"), from their cached
     embeddings; the thresholds come from the model's calibration when ``confident`` names a target precision.
     ``on_progress(images done, images)`` after each image."""
-    autogen, confident, _ = calibrated_settings(store, model_version, autogen, confident)
-    generator = make_generator(load_model(store, model_version, device), autogen)
-    embeddings = embedding_version(store, model_version)
+    shard = Shard(store.url, model_version, round, stage, name="push", image_ids=tuple(image_ids))
+    ctx = StageContext.open(shard, device, store)
+    autogen, confident = ctx.calibrated(autogen, confident)
+    generator = make_generator(ctx.model, autogen)
     images = store.images().set_index("image_id")
     frames = []
     for done, image_id in enumerate(image_ids, 1):
         size = (int(images.loc[image_id, "height"]), int(images.loc[image_id, "width"]))
-        rows = confident_rows(
-            store, generator, image_id, size, model_version, confident, round, stage, embeddings
-        )
+        rows = confident_rows(ctx, generator, image_id, size, confident)
         if len(rows):
             frames.append(rows)
         if on_progress is not None:
             on_progress(done, len(image_ids))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if not frames:
+        return pd.DataFrame()
+    masks = pd.concat(frames, ignore_index=True)
+    # The id the store would give each mask in this round and stage: a prediction's result id carries it.
+    masks["mask_id"] = [
+        mask_id_for(m.image_id, round, stage, m.source, m.counts) for m in masks.itertuples(index=False)
+    ]
+    return masks
 
 
 def push_images(

@@ -34,7 +34,7 @@ import pandas as pd
 from tasks.retrain import changes_since_trained
 
 from .client import LabelStudioClient
-from .convert import BrushRLEError, brush_rle_to_mask, mask_stats, mask_to_coco_rle
+from .convert import BrushRLEError, brush_rle_to_mask, mask_to_coco_rle
 from .project import KEYPOINT_NAME, RECT_NAME
 
 logger = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def _tombstone(
         "annotator": annotator,
         "supersedes": prev["mask_id"],
         "deleted": True,
-        "point_coords": [],
+        "point_coords_json": "[]",
     }
 
 
@@ -215,7 +215,6 @@ def _brush_rows(
     for rid, mask in good:
         mask_id = labelstudio_mask_id(task_id, ann_id, rid, updated_at)
         height, width = mask.shape
-        area, bbox = mask_stats(mask)
         old = prev_results.get(rid)
         rows.append(
             {
@@ -226,12 +225,10 @@ def _brush_rows(
                 "counts": mask_to_coco_rle(mask)["counts"],
                 "height": height,
                 "width": width,
-                "area": area,
-                "bbox": bbox,
                 "source": "human",
                 "annotator": annotator,
                 "seconds": seconds,
-                "point_coords": [],
+                "point_coords_json": "[]",
                 "supersedes": old["mask_id"] if old and old["mask_id"] != mask_id else None,
                 "deleted": False,
             }

@@ -101,17 +101,18 @@ def test_autogen_reports_each_image_and_a_shard_done_before_at_once(engine):
     from tasks.embed import embed
     from tasks.filter import FilterSettings
     from tasks.ingest import ingest
+    from tasks.shards import Shard
 
     ingest.fn(engine["store"], [engine["images"]])
     embed.fn(engine["store"], engine["model"], backend="local")
     ids = sorted(Store(engine["store"]).images()["image_id"])
-    shard = (engine["store"], engine["model"], ids, 3, "fully_automatic", "00000")
+    shard = Shard(engine["store"], engine["model"], 3, "fully_automatic", "00000", tuple(ids))
     settings = (AutogenSettings(points_per_side=2), FilterSettings())
     calls, report = _recorder()
-    autogen.fn(*shard, *settings, on_progress=report)
+    autogen.fn(shard, *settings, on_progress=report)
     assert calls == [(1, 3), (2, 3), (3, 3)]
     calls, report = _recorder()
-    assert autogen.fn(*shard, *settings, on_progress=report)["resumed"]
+    assert autogen.fn(shard, *settings, on_progress=report)["resumed"]
     assert calls == [(3, 3)]
 
 
@@ -132,8 +133,6 @@ def _human_masks(engine) -> None:
         mask_rows(
             image.image_id,
             truth.masks_for(image.uri)[:2],
-            round=1,
-            stage="assisted_manual",
             source="human",
             model_version=engine["model"],
         )

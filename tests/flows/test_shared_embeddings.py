@@ -40,6 +40,7 @@ def test_a_frozen_encoder_retrain_shares_its_parents_embeddings_and_a_full_one_d
     from tasks.ingest import ingest
     from tasks.models import register_model
     from tasks.retrain import retrain
+    from tasks.shards import Shard
 
     url, model = engine["store"], engine["model"]
     ingest.fn(url, [engine["images"]])
@@ -48,7 +49,7 @@ def test_a_frozen_encoder_retrain_shares_its_parents_embeddings_and_a_full_one_d
     first = embed.fn(url, model, backend="local")
     assert sorted(first.embedded) == ids
     annotator = AnnotatorSettings(ground_truth=engine["ground_truth"], max_clicks=1, seconds_per_image=None)
-    annotate.fn(url, model, ids, 1, "assisted_manual", "00000", annotator)
+    annotate.fn(Shard(url, model, 1, "assisted_manual", "00000", tuple(ids)), annotator)
     tiny = TrainConfig(steps=1, masks_per_image=2, correction_points=0, no_point_iterations=0)
 
     retrain.fn(url, model, "frozen", 1, replace(tiny, cache_embeddings=True), backend="local")
@@ -71,12 +72,7 @@ def test_a_frozen_encoder_retrain_shares_its_parents_embeddings_and_a_full_one_d
         )
     # The stages read them: automatic masks of the frozen version need no embed of their own.
     summary = autogen.fn(
-        url,
-        "frozen-again",
-        ids,
-        2,
-        "fully_automatic",
-        "00000",
+        Shard(url, "frozen-again", 2, "fully_automatic", "00000", tuple(ids)),
         AutogenSettings(points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0),
         FilterSettings(min_area=0, max_area_fraction=1.0),
     )
@@ -89,7 +85,7 @@ def test_a_frozen_encoder_retrain_shares_its_parents_embeddings_and_a_full_one_d
 
 
 def test_a_missing_shared_embedding_names_both_versions(engine):
-    from tasks.autogen import cached_embedding
+    from tasks.models import cached_embedding
 
     store = Store(engine["store"])
     with pytest.raises(KeyError, match=r"model r2 \(its encoder's embeddings are kept under 'seed'\)"):

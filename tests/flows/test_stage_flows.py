@@ -130,3 +130,22 @@ def test_bad_parameters_are_refused_by_the_models():
         FullyAutomaticParams(round=-1)
     with pytest.raises(ValueError):
         AnnotatorSettings(iou_target=1.5)
+
+
+def test_each_run_names_the_annotator_and_the_calibrated_filters_of_its_own_stage():
+    from flows.params import LabelStudioPushParams, RoundParams
+
+    assert (
+        AssistedManualParams().stage_filters() == {} and AssistedManualParams().stage_annotator() is not None
+    )
+    semi = SemiAutomaticParams()
+    assert semi.stage_filters() == {"confident": semi.confident} and semi.stage_annotator() == semi.annotator
+    auto = FullyAutomaticParams()
+    assert auto.stage_filters() == {"filter": auto.filter} and auto.stage_annotator() is None
+    # a round holds every stage's settings and uses only its own stage's
+    assert RoundParams(stage="assisted_manual").stage_filters() == {}
+    assert list(RoundParams(stage="semi_automatic").stage_filters()) == ["confident"]
+    round3 = RoundParams(stage="fully_automatic")
+    assert list(round3.stage_filters()) == ["filter"] and round3.stage_annotator() is None
+    assert LabelStudioPushParams(stage="assisted_manual").stage_filters() == {}
+    assert list(LabelStudioPushParams(stage="semi_automatic").stage_filters()) == ["confident"]

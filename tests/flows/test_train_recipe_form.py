@@ -75,3 +75,21 @@ def test_a_new_knob_needs_only_its_field_to_appear_in_a_form():
 def test_a_knob_refuses_a_bound_it_does_not_know():
     with pytest.raises(TypeError, match="unknown bounds"):
         knob(1, "steps", minimum=1)
+
+
+def test_the_demos_retrain_recipe_refuses_a_key_that_would_not_reach_the_trainer(monkeypatch):
+    import flows.demo
+    from flows.demo import RETRAIN_RECIPE, DemoConfig, checked_recipe, round_params
+
+    data = {"ground_truth": "gt.json"}
+    settings = round_params(
+        "memory://demo", data, DemoConfig.quick(), 1, "assisted_manual", "embedded"
+    ).retrain
+    assert {k: getattr(settings, k) for k in RETRAIN_RECIPE} == RETRAIN_RECIPE  # every override arrives
+    with pytest.raises(ValueError, match=r"'freeze_norm_stat' is no knob of sam_core.train.TrainConfig"):
+        checked_recipe({"freeze_norm_stat": True, "masks_per_image": 12})
+    with pytest.raises(ValueError, match=r"'warmup_steps' is a knob the retrain form does not show"):
+        checked_recipe({"warmup_steps": 10})
+    monkeypatch.setattr(flows.demo, "RETRAIN_RECIPE", {**RETRAIN_RECIPE, "focal_weigth": 2.0})
+    with pytest.raises(ValueError, match="focal_weigth"):
+        round_params("memory://demo", data, DemoConfig.quick(), 1, "assisted_manual", "embedded")

@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.calibrate import STABILITY_GRID, best_matches, operating_point, wilson_lower
+from tasks.calibrate import best_matches
 from tasks.filter import FilterSettings, filter_records
+from tasks.thresholds import STABILITY_GRID, operating_point, wilson_lower
 
 
 def _brute_force(table: pd.DataFrame, target: float, match_iou: float, min_kept: int):
@@ -188,3 +189,32 @@ def test_the_stage_filter_says_why_it_kept_nothing():
     assert filter_records(records, (64, 64), tiny_area) == []
     assert "outside the area limits (1000 px" in why_none_kept(records, (64, 64), tiny_area)
     assert why_none_kept([], (64, 64), strict) == "the generator kept no mask"
+
+
+def test_the_threshold_policy_needs_neither_prefect_nor_the_store():
+    """tasks.thresholds, and every project module it builds on, imports no Prefect and no store: the policy
+    can be read, tested and reused without either."""
+    import ast
+    import importlib.util
+    from pathlib import Path
+
+    seen, todo, outside = set(), ["tasks.thresholds"], set()
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        tree = ast.parse(Path(importlib.util.find_spec(module).origin).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                if name.split(".")[0] in ("tasks", "sam_core") and importlib.util.find_spec(name):
+                    todo.append(name)
+                outside.add(name.split(".")[0])
+    assert "tasks.filter" in seen and "sam_core.mask_utils" in seen
+    assert not outside & {"prefect", "stores"}, sorted(seen)

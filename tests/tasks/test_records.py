@@ -1,10 +1,11 @@
-"""Mask rows and COCO ground truth round-trip exactly; mask ids are deterministic."""
+"""Mask rows and COCO ground truth round-trip exactly; the store derives each mask's area, box and id."""
 
 import numpy as np
 import pytest
 
+from stores import BBOX, CROP_BOX, Store
 from tasks.ground_truth import GroundTruth, write_coco
-from tasks.records import decode_mask, decode_rows, encode_mask, mask_rows
+from tasks.records import MASK_COLUMNS, decode_mask, decode_rows, encode_mask, mask_rows
 
 
 def _masks():
@@ -15,34 +16,46 @@ def _masks():
     return [a, b]
 
 
-def test_encode_decode_roundtrip_with_area_and_xywh_box():
+def test_encode_decode_roundtrip():
     a = _masks()[0]
-    counts, area, bbox = encode_mask(a)
-    assert area == 54 and bbox == [3.0, 2.0, 9.0, 6.0]
-    assert np.array_equal(decode_mask(counts, 20, 30), a)
+    assert np.array_equal(decode_mask(encode_mask(a), 20, 30), a)
 
 
-def test_mask_rows_are_deterministic_and_decode_back():
+def test_mask_rows_speak_the_masks_schema_and_decode_back():
     masks = _masks()
     rows = mask_rows(
         "img",
         masks,
-        round=1,
-        stage="assisted_manual",
         source="human",
         model_version="m0",
+        point_coords=[[[3, 4]], [[21.5, 12.0], [22, 13]]],
         clicks=[2, 3],
         seconds=[11.0, 14.0],
         annotator="simulated",
     )
-    again = mask_rows("img", masks, round=1, stage="assisted_manual", source="human", model_version="m0")
-    assert list(rows.mask_id) == list(again.mask_id) and rows.mask_id.nunique() == 2
-    other = mask_rows("img", masks, round=2, stage="assisted_manual", source="human", model_version="m0")
-    assert not set(rows.mask_id) & set(other.mask_id)
+    assert list(rows.columns) == MASK_COLUMNS
     assert all(np.array_equal(x, y) for x, y in zip(decode_rows(rows), masks, strict=True))
     assert list(rows.clicks) == [2, 3]
+    assert list(rows.point_coords_json) == ["[[3.0, 4.0]]", "[[21.5, 12.0], [22.0, 13.0]]"]
+    assert rows[CROP_BOX].to_numpy().tolist() == [[0.0, 0.0, 30.0, 20.0]] * 2  # the whole image
+    rle = {"size": [20, 30], "counts": encode_mask(masks[0]).encode("ascii")}
+    assert mask_rows("img", [rle], source="auto", model_version="m0").counts.iloc[0] == rows.counts.iloc[0]
     with pytest.raises(ValueError, match="per-mask"):
-        mask_rows("img", masks, round=1, stage="s", source="auto", model_version="m", clicks=[1])
+        mask_rows("img", masks, source="auto", model_version="m", clicks=[1])
+
+
+def test_the_store_derives_area_box_and_deterministic_ids(tmp_path):
+    store = Store(str(tmp_path / "store"))
+    rows = mask_rows("img", _masks(), source="human", model_version="m0")
+    for round, shard in ((1, "a"), (1, "b"), (2, "a")):
+        store.write_masks(rows, round=round, stage="assisted_manual", shard=shard)
+    stored = store.masks(round=1).sort_values("mask_id")
+    assert sorted(stored["area"]) == [54, 54, 81, 81]
+    assert stored.set_index("area")[BBOX].loc[54].to_numpy().tolist()[0] == [3.0, 2.0, 9.0, 6.0]
+    # the same masks written again in the same round and stage get the same ids; in another round, others
+    ids = stored["mask_id"].tolist()
+    assert ids[0] == ids[1] != ids[2] == ids[3]
+    assert not set(ids) & set(store.masks(round=2)["mask_id"])
 
 
 def test_coco_ground_truth_roundtrip_by_file_name(tmp_path):
