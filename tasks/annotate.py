@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-from prefect import task
 from pydantic import BaseModel, Field
 
 from sam_core.predictor import SamPredictor
@@ -19,10 +18,10 @@ from tasks.annotators import AnnotationRequest, SimulatedAnnotator
 from tasks.ground_truth import load_ground_truth
 from tasks.labelstudio.annotator import LabelStudioAnnotator
 from tasks.labelstudio.client import LabelStudioClient
-from tasks.progress import CACHE_POLICY, OnProgress
+from tasks.progress import OnProgress
 from tasks.records import mask_rows
 from tasks.shards import Shard, ShardSummary
-from tasks.stage import StageContext
+from tasks.stage import StageContext, shard_task
 
 
 class AnnotatorSettings(BaseModel):
@@ -112,13 +111,7 @@ def annotated_rows(annotated, image_id, *, model_version):
     )
 
 
-@task(
-    name="annotate",
-    retries=1,
-    retry_delay_seconds=2,
-    task_run_name="annotate-r{shard.round}-{shard.stage}-{shard.name}",
-    cache_policy=CACHE_POLICY,
-)
+@shard_task("annotate")
 def annotate(
     shard: Shard,
     annotator: AnnotatorSettings,

@@ -8,17 +8,16 @@ and write the shard's masks as one atomic file with ``source="auto"``.
 
 from __future__ import annotations
 
-from prefect import task
 from pydantic import BaseModel, Field
 
 from sam_core import defaults
 from sam_core.automatic_mask_generator import AutomaticMaskGenerator
 from tasks.filter import FilterSettings, filter_records, why_none_kept
-from tasks.progress import CACHE_POLICY, OnProgress
+from tasks.progress import OnProgress
 from tasks.records import mask_rows
 from tasks.runlog import run_logger
 from tasks.shards import Shard, ShardSummary
-from tasks.stage import StageContext
+from tasks.stage import StageContext, shard_task
 
 
 class AutogenSettings(BaseModel):
@@ -64,13 +63,7 @@ def records_to_rows(records: list[dict], image_id: str, *, source, model_version
     )
 
 
-@task(
-    name="autogen",
-    retries=1,
-    retry_delay_seconds=2,
-    task_run_name="autogen-r{shard.round}-{shard.stage}-{shard.name}",
-    cache_policy=CACHE_POLICY,
-)
+@shard_task("autogen")
 def autogen(
     shard: Shard,
     settings: AutogenSettings,

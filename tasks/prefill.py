@@ -9,17 +9,16 @@ masks per image. Both kinds are written in one atomic shard.
 from __future__ import annotations
 
 import pandas as pd
-from prefect import task
 
 from sam_core.predictor import SamPredictor
 from tasks.annotate import AnnotatorSettings, annotated_rows, annotation_request
 from tasks.autogen import AutogenSettings, generate_records, make_generator, records_to_rows
 from tasks.filter import FilterSettings, filter_records
 from tasks.ground_truth import load_ground_truth
-from tasks.progress import CACHE_POLICY, OnProgress
+from tasks.progress import OnProgress
 from tasks.records import decode_mask
 from tasks.shards import Shard, ShardSummary
-from tasks.stage import StageContext
+from tasks.stage import StageContext, shard_task
 
 
 def confident_rows(
@@ -32,13 +31,7 @@ def confident_rows(
     return records_to_rows(kept, image_id, source="model", model_version=ctx.model_version)
 
 
-@task(
-    name="prefill",
-    retries=1,
-    retry_delay_seconds=2,
-    task_run_name="prefill-r{shard.round}-{shard.stage}-{shard.name}",
-    cache_policy=CACHE_POLICY,
-)
+@shard_task("prefill")
 def prefill(
     shard: Shard,
     settings: AutogenSettings,

@@ -8,7 +8,8 @@ calibration, and the shard runner that skips a shard already written and writes 
 what one image gives, run the shard. The Label Studio push builds the same context for the confident masks it
 sends as predictions.
 
-``ShardTask`` is the call ``flows.steps.run_shards`` makes of each of the three tasks.
+``ShardTask`` is the call ``flows.steps.run_shards`` makes of each of the three tasks, and ``shard_task`` the
+Prefect task they are declared as.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Protocol
 
 import numpy as np
 import pandas as pd
+from prefect import task
 from pydantic import BaseModel
 
 from sam_core.sam import Sam
@@ -25,9 +27,21 @@ from stores import Store
 from tasks.calibrate import calibrated_settings
 from tasks.filter import FilterSettings
 from tasks.models import cached_embedding, embedding_version, load_model
-from tasks.progress import OnProgress
+from tasks.progress import CACHE_POLICY, OnProgress
 from tasks.shards import Shard, ShardSummary, run_shard
 from tasks.thresholds import GeneratorSettings
+
+
+def shard_task(name: str):
+    """Declare a stage's shard task: retried once (a shard already written is skipped, so a retry redoes only
+    the unwritten one), its run named ``NAME-rROUND-STAGE-SHARD`` in the Prefect UI, cached on its inputs."""
+    return task(
+        name=name,
+        retries=1,
+        retry_delay_seconds=2,
+        task_run_name=f"{name}-r{{shard.round}}-{{shard.stage}}-{{shard.name}}",
+        cache_policy=CACHE_POLICY,
+    )
 
 
 class PerImage(Protocol):
