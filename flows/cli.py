@@ -651,6 +651,12 @@ def segment(
     checkpoint: str = typer.Option(
         None, metavar="PATH", help="with --text: an unregistered text checkpoint (path or URL) instead of -m"
     ),
+    clip_checkpoint: str = typer.Option(
+        None,
+        metavar="PATH",
+        help="with --text and a CLIP text model: its open_clip weights file here (default: the file it was "
+        "trained with)",
+    ),
     store: str = STORE,
 ) -> None:
     """Automatic masks of one image, drawn over it (no store writes; the embedded model by default); with
@@ -659,6 +665,8 @@ def segment(
         _fail(
             ValueError("--checkpoint is for a text model and needs --text; a plain checkpoint segments by -m")
         )
+    if clip_checkpoint is not None and text is None:
+        _fail(ValueError("--clip-checkpoint is for a CLIP text model and needs --text"))
     if checkpoint is not None and model_version != EMBEDDED_VERSION:
         _fail(ValueError("give -m VERSION or --checkpoint, not both"))
     if text is not None:
@@ -673,7 +681,7 @@ def segment(
         pixels = load_image(image)
         version = resolve_version(store_obj, model_version) if store_obj else EMBEDDED_VERSION
         if text is not None:
-            _segment_text(pixels, text, out, store_obj, version, checkpoint)
+            _segment_text(pixels, text, out, store_obj, version, checkpoint, clip_checkpoint)
             return
         model = load_model(store_obj, version)
         settings = AutogenSettings(
@@ -708,14 +716,16 @@ def _segment_store(store: str | None, model_version: str):
     return None
 
 
-def _segment_text(pixels, text: str, out: Path, store_obj, version: str, checkpoint: str | None) -> None:
+def _segment_text(
+    pixels, text: str, out: Path, store_obj, version: str, checkpoint: str | None, clip_checkpoint: str | None
+) -> None:
     """segment --text: the phrase's masks (sam_core.text_instances.segment_phrase) as an overlay, the presence
     score and each mask printed; an empty answer says why on stderr. Bad input raises ValueError / OSError."""
     if checkpoint is not None:
         check_checkpoint(checkpoint, Path(checkpoint).stem)
-        model, text_encoder = load_text_checkpoint(checkpoint)
-    else:
-        model, text_encoder = load_text_model(store_obj, version)  # embedded needs no store (and has no text)
+        model, text_encoder = load_text_checkpoint(checkpoint, clip_checkpoint=clip_checkpoint)
+    else:  # embedded needs no store (and has no text path)
+        model, text_encoder = load_text_model(store_obj, version, clip_checkpoint=clip_checkpoint)
     text_encoder.tokenize([check_phrase(text, text_encoder.name)])  # its words and length, before any compute
     predictor = SamPredictor(model, text_encoder=text_encoder)
     predictor.set_image(pixels)

@@ -154,26 +154,35 @@ def load_model(store, model_version: str, device: str = "cpu"):
     return _load_cached(row["config"]["name"], row["checkpoint_uri"], device)[0]
 
 
-def load_text_model(store, model_version: str, device: str = "cpu"):
+def load_text_model(store, model_version: str, device: str = "cpu", clip_checkpoint: str | None = None):
     """(Sam, text encoder) of a registered text model, both in eval mode on ``device``. ValueError naming the
     version and how to get a text model when its checkpoint has none."""
     row = model_row(store, model_version)
-    return load_text_checkpoint(
-        row["checkpoint_uri"], row["config"]["name"], f"model {model_version!r}", device
-    )
+    label = f"model {model_version!r}"
+    return load_text_checkpoint(row["checkpoint_uri"], row["config"]["name"], label, device, clip_checkpoint)
 
 
 def load_text_checkpoint(
-    checkpoint_uri: str, config_name: str | None = None, label: str | None = None, device: str = "cpu"
+    checkpoint_uri: str,
+    config_name: str | None = None,
+    label: str | None = None,
+    device: str = "cpu",
+    clip_checkpoint: str | None = None,
 ):
     """(Sam, text encoder) of a text checkpoint (path or fsspec URL), registered or not; ``config_name``: the
-    config it is registered under (None: not registered, the checkpoint's own). ValueError naming ``label``
+    config it is registered under (None: not registered, the checkpoint's own); ``clip_checkpoint``: a CLIP text
+    model's open_clip weights here (default: the file its checkpoint names). ValueError naming ``label``
     (default: the checkpoint) when the checkpoint has no text path."""
     model, record = _load_cached(config_name, checkpoint_uri, device)
+    label = label or f"checkpoint {checkpoint_uri}"
     if record is None:
-        raise ValueError(f"{label or f'checkpoint {checkpoint_uri}'} has no text path; {GET_TEXT_MODEL}")
+        raise ValueError(f"{label} has no text path; {GET_TEXT_MODEL}")
+    if clip_checkpoint is not None and record["kind"] != "clip":
+        raise ValueError(
+            f"{label} reads text with the {record['kind']} text encoder, not CLIP's: no --clip-checkpoint"
+        )
     # Not cached with the model: CLIP's tower is large and only text prompts need it.
-    return model, text_encoder_from_record(record).to(device).eval()
+    return model, text_encoder_from_record(record, clip_checkpoint).to(device).eval()
 
 
 @lru_cache(maxsize=4)
