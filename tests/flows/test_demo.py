@@ -63,6 +63,7 @@ def test_quick_demo_runs_every_stage_and_writes_its_figures(quick_demo):
     assert trained["train"]["freeze_norm_stats"] is True
     assert trained["train"]["encoder_lr_scale"] == 1.0
     assert trained["train"]["cache_embeddings"] is False
+    assert trained["train"]["iou_target"] == "any_known"
     assert "embeddings_of" not in trained
     images = store.images()
     assert set(images["split"]) == {"train", "test", "val"}
@@ -189,3 +190,17 @@ def test_retrain_spread_verdict_weighs_the_last_gain_against_three_spreads(load_
     )
     wide = {1: 0.06, 2: 0.01}
     assert "NOT above 3 x the largest spread (0.180)" in script.verdict(rows, "miou@1", wide)
+
+
+def test_every_automatic_step_of_the_demo_uses_its_nms_and_grid():
+    """Stage 2's pre-fill, stage 3 and the evaluations keep automatic masks with the demo's box NMS, and the
+    calibrated thresholds are measured at the same NMS (tasks.thresholds takes it from these settings)."""
+    from flows.demo import DemoConfig, round_params
+
+    config = DemoConfig()
+    data = {"ground_truth": "gt.json"}
+    for round, stage in ((2, "semi_automatic"), (3, "fully_automatic")):
+        params = round_params("memory://demo", data, config, round, stage, "r1")
+        assert params.autogen.box_nms_thresh == config.box_nms_thresh < 0.7
+        assert params.autogen.points_per_side == config.points_per_side
+        assert params.evaluation.autogen.box_nms_thresh == config.box_nms_thresh
