@@ -9,6 +9,7 @@
     sam-engine export coco|sa1b DEST         the masks as COCO JSON or SA-1B per-image JSON
     sam-engine query images|masks|models|rounds
     sam-engine segment IMAGE --out PNG       automatic masks of one image, drawn over it
+    sam-engine segment IMAGE --text PHRASE   the masks a phrase names (a text model: scripts/train_text.py)
     sam-engine model add VERSION CONFIG CHECKPOINT
     sam-engine upgrade                       rewrite older masks files in the current schema
     sam-engine labelstudio ...               Label Studio for people (when installed)
@@ -42,7 +43,9 @@ from flows.params import (
 from flows.progress import progress_bar, step_bar, watching
 from flows.retrain import retrain_flow
 from flows.stages import STAGES, Stage
-from sam_core import defaults
+from sam_core import SamPredictor, defaults
+from sam_core.text_encoder import check_phrase
+from sam_core.text_instances import PRESENCE_THRESHOLD, segment_phrase
 from sam_core.train import TrainConfig
 from stores import Store, StoreNotFoundError
 from stores.fsio import resolve_filesystem
@@ -61,6 +64,8 @@ from tasks.models import (
     check_checkpoint,
     check_new_model,
     load_model,
+    load_text_checkpoint,
+    load_text_model,
     register_model,
     resolve_version,
 )
@@ -608,14 +613,18 @@ def upgrade(store: str = STORE) -> None:
 def model_add(
     model_version: str = typer.Argument(..., metavar="VERSION", help="name of the version"),
     config: str = typer.Argument(
-        ..., metavar="CONFIG", help="SAM config: vit_b, vit_l, vit_h, tiny or tiny_conv"
+        ...,
+        metavar="CONFIG",
+        help="SAM config: vit_b, vit_l, vit_h, tiny or tiny_conv (a text model: the one it was trained on, "
+        "tiny_conv for scripts/train_text.py's)",
     ),
     checkpoint: str = typer.Argument(
         ..., metavar="CHECKPOINT", help="checkpoint path or URL (Meta's sam_vit_*.pth load as they are)"
     ),
     store: str = STORE,
 ) -> None:
-    """Register a checkpoint as a model version, so flows can use it by name."""
+    """Register a checkpoint as a model version, so flows can use it by name; a text model's too (its text
+    path is known from the checkpoint when it is loaded)."""
     url = _store_url(store)
     try:  # every check before the store is opened, so a refused version leaves no folder and no row behind
         check_new_model(model_version, config)
@@ -634,21 +643,47 @@ def segment(
     points_per_side: int = POINTS_PER_SIDE,
     pred_iou_thresh: float = PRED_IOU_THRESH,
     stability_thresh: float = STABILITY_THRESH,
+    text: str = typer.Option(
+        None,
+        metavar="PHRASE",
+        help="the masks this phrase names instead of automatic masks ('every ...': each instance); needs a text "
+        "model (-m VERSION registered from scripts/train_text.py, or --checkpoint)",
+    ),
+    checkpoint: str = typer.Option(
+        None, metavar="PATH", help="with --text: an unregistered text checkpoint (path or URL) instead of -m"
+    ),
+    clip_checkpoint: str = typer.Option(
+        None,
+        metavar="PATH",
+        help="with --text and a CLIP text model: its open_clip weights file here (default: the file it was "
+        "trained with)",
+    ),
     store: str = STORE,
 ) -> None:
-    """Automatic masks of one image, drawn over it (no store writes; the embedded model by default)."""
-    if store is not None:
-        store_obj = _existing_store(store)
-    else:
-        try:
-            store_obj = Store(_store(None), create=False)
-        except (OSError, ValueError) as exc:
-            if not isinstance(exc, StoreNotFoundError) or model_version not in (EMBEDDED_VERSION, LATEST):
-                _fail(exc)
-            store_obj = None  # the shipped model needs no store, and a first try should not make one
+    """Automatic masks of one image, drawn over it (no store writes; the embedded model by default); with
+    --text, the masks of a phrase and its presence score."""
+    if checkpoint is not None and text is None:
+        _fail(
+            ValueError("--checkpoint is for a text model and needs --text; a plain checkpoint segments by -m")
+        )
+    if clip_checkpoint is not None and text is None:
+        _fail(ValueError("--clip-checkpoint is for a CLIP text model and needs --text"))
+    if checkpoint is not None and model_version != EMBEDDED_VERSION:
+        _fail(ValueError("give -m VERSION or --checkpoint, not both"))
+    if text is not None:
+        try:  # before any model is loaded: an empty or undecodable phrase needs no model to refuse
+            check_phrase(text)
+        except ValueError as exc:
+            _fail(exc)
+    store_obj = None
+    if checkpoint is None:
+        store_obj = _segment_store(store, model_version)
     try:
         pixels = load_image(image)
         version = resolve_version(store_obj, model_version) if store_obj else EMBEDDED_VERSION
+        if text is not None:
+            _segment_text(pixels, text, out, store_obj, version, checkpoint, clip_checkpoint)
+            return
         model = load_model(store_obj, version)
         settings = AutogenSettings(
             points_per_side=points_per_side,
@@ -667,6 +702,46 @@ def segment(
         typer.echo(
             generator.funnel.why_empty(generator.pred_iou_thresh, generator.stability_score_thresh), err=True
         )
+
+
+def _segment_store(store: str | None, model_version: str):
+    """segment's store: --store must exist; the default one may be missing when the shipped model is asked for
+    (None then: a first try should not make a store)."""
+    if store is not None:
+        return _existing_store(store)
+    try:
+        return Store(_store(None), create=False)
+    except (OSError, ValueError) as exc:
+        if not isinstance(exc, StoreNotFoundError) or model_version not in (EMBEDDED_VERSION, LATEST):
+            _fail(exc)
+    return None
+
+
+def _segment_text(
+    pixels, text: str, out: Path, store_obj, version: str, checkpoint: str | None, clip_checkpoint: str | None
+) -> None:
+    """segment --text: the phrase's masks (sam_core.text_instances.segment_phrase) as an overlay, the presence
+    score and each mask printed; an empty answer says why on stderr. Bad input raises ValueError / OSError."""
+    if checkpoint is not None:
+        check_checkpoint(checkpoint, Path(checkpoint).stem)
+        model, text_encoder = load_text_checkpoint(checkpoint, clip_checkpoint=clip_checkpoint)
+    else:  # embedded needs no store (and has no text path)
+        model, text_encoder = load_text_model(store_obj, version, clip_checkpoint=clip_checkpoint)
+    text_encoder.tokenize([check_phrase(text, text_encoder.name)])  # its words and length, before any compute
+    predictor = SamPredictor(model, text_encoder=text_encoder)
+    predictor.set_image(pixels)
+    found = segment_phrase(predictor, text)
+    overlay(pixels, found.masks).save(out)
+    verdict = "present" if found.present else "absent"
+    typer.echo(
+        f"presence {found.presence:.3f}: {found.phrase!r} judged {verdict} (threshold {PRESENCE_THRESHOLD})"
+    )
+    noun = "instance" if found.instances and found.masks else "mask"
+    typer.echo(f"{len(found.masks)} {noun}{'' if len(found.masks) == 1 else 's'} -> {out}")
+    for i, (mask, score) in enumerate(zip(found.masks, found.scores, strict=True), 1):
+        typer.echo(f"  {i}: {int(mask.sum())} px, predicted IoU {score:.3f}")
+    if found.why_empty:  # never an empty result in silence
+        typer.echo(found.why_empty, err=True)
 
 
 def _read(table, **filters):

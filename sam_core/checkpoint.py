@@ -17,7 +17,8 @@ the mask decoder's presence token and head). A checkpoint holds all of them or n
 
 Two readers, for two uses: ``read_state_dict`` gives only the tensors (what ``build_sam`` loads), and
 ``read_checkpoint`` gives the trainer's whole dict {"model", "config", "metadata"} (what resuming, the model
-registry and the embedded model read). Writing is the trainer's (``sam_core.train.Trainer.save``).
+registry and the embedded model read). Writing is ``atomic_save``'s (``sam_core.train.Trainer.save`` and the
+training scripts call it): a temporary name, then a rename, so a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import hashlib
 import io
 import pickle
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,6 +38,14 @@ TEXT_PREFIXES = ("prompt_encoder.text_projection.", "mask_decoder.presence_")
 def text_keys(keys) -> list[str]:
     """The names among ``keys`` that belong to the text path (see TEXT_PREFIXES)."""
     return [k for k in keys if k.startswith(TEXT_PREFIXES)]
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save ``obj`` to ``path`` (a local file) under a temporary name, then rename it into place: a reader,
+    or a run killed while writing, never sees half a checkpoint."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
 
 
 def load_checkpoint_object(checkpoint: str | bytes) -> Any:

@@ -7,19 +7,30 @@ from clicks, as SAM's automatic masks do: the phrase's own mask says where to lo
 each ask "the <phrase> here" (text + one positive click, what the trainer's click prompts teach: the one
 instance under the click), and non-maximum suppression by mask IoU keeps one mask per instance, best predicted
 IoU first.
+
+``segment_phrase`` is what a user asking "segment <phrase>" gets: nothing when the presence head judges the phrase
+absent, the instances when the phrase names several ("every ...", "each ...", "all ..."), else the phrase's mask;
+an empty answer always carries the reason.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from sam_core.mask_utils import binary_iou
 from sam_core.predictor import SamPredictor
+from sam_core.text_encoder import check_phrase
 
 POINTS_PER_SIDE = 16
 NMS_IOU = 0.5
 MIN_AREA = 16  # px of the image: smaller masks are noise, not instances
+PRESENCE_THRESHOLD = (
+    0.5  # presence probability at which a phrase counts as present (sam_core.text_eval's too)
+)
+SEVERAL_WORDS = ("every", "each", "all")  # a phrase starting with one of these names instances, not one thing
 
 
 def grid_clicks_inside(region: np.ndarray, points_per_side: int = POINTS_PER_SIDE) -> np.ndarray:
@@ -69,3 +80,62 @@ def find_instances(
         kept.append(mask)
         kept_scores.append(float(scores[i]))
     return kept, kept_scores
+
+
+def names_several(phrase: str) -> bool:
+    """Whether a phrase asks for every instance of what it names: its first word is one of SEVERAL_WORDS."""
+    words = phrase.lower().split()
+    return bool(words) and words[0] in SEVERAL_WORDS
+
+
+@dataclass
+class PhraseMasks:
+    """What a phrase finds on one image. masks: H x W bool each, best first; scores: their predicted IoU;
+    presence: the probability that what the phrase names is in the image, present: presence >= the threshold;
+    instances: whether the masks are instances (a phrase naming several) or the phrase's one mask; why_empty: the
+    reason when masks is empty."""
+
+    phrase: str
+    presence: float
+    present: bool
+    instances: bool
+    masks: list[np.ndarray] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    why_empty: str | None = None
+
+
+@torch.no_grad()
+def segment_phrase(
+    predictor: SamPredictor,
+    text: str | bytes,
+    presence_threshold: float = PRESENCE_THRESHOLD,
+    **instance_args,
+) -> PhraseMasks:
+    """The masks ``text`` names on the predictor's current image (see PhraseMasks). The phrase is checked by the
+    predictor's text encoder (ValueError naming what is wrong); instance_args go to find_instances."""
+    masks, scores, _, presence = predictor.predict(text=text)
+    phrase = check_phrase(text)
+    several = names_several(phrase)
+    result = PhraseMasks(phrase, presence, presence >= presence_threshold, several)
+    if not result.present:
+        result.why_empty = (
+            f"no mask: the model judges {phrase!r} absent from the image (presence {presence:.3f} < "
+            f"{presence_threshold})"
+        )
+        return result
+    union = masks[0]
+    if not union.any():
+        result.why_empty = (
+            f"no mask: {phrase!r} is judged present (presence {presence:.3f}) but its mask is empty"
+        )
+        return result
+    if not several:
+        result.masks, result.scores = [union], [float(scores[0])]
+        return result
+    result.masks, result.scores = find_instances(predictor, phrase, union=union, **instance_args)
+    if not result.masks:
+        result.why_empty = (
+            f"no mask: {phrase!r} is judged present (presence {presence:.3f}), but the clicks inside its mask of "
+            f"{int(union.sum())} px gave no instance of at least {MIN_AREA} px"
+        )
+    return result

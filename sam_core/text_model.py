@@ -97,6 +97,26 @@ def text_checkpoint(model: Sam, text_encoder: TextEncoder, config: dict, metadat
     }
 
 
+def is_text_checkpoint(ckpt: dict) -> bool:
+    """Whether a checkpoint dict (sam_core.checkpoint.read_checkpoint) is a text model's: a text encoder and a
+    text_dim > 0 recorded."""
+    return bool(ckpt.get("text_encoder")) and bool((ckpt.get("sam_config") or {}).get("text_dim"))
+
+
+def text_sam_from_checkpoint(ckpt: dict, name: str = "<in memory>") -> Sam:
+    """The Sam of a text checkpoint dict (its text path loaded strictly), in eval mode, without its text
+    encoder: what answers clicks and boxes, or takes an encoder built later (``text_encoder_from_record``).
+    ValueError naming ``name`` when the checkpoint has no text path."""
+    if not is_text_checkpoint(ckpt):
+        raise ValueError(
+            f"{name}: not a text model checkpoint (no text encoder or text_dim recorded); a plain SAM checkpoint "
+            "loads with build_sam, and sam_core.text_model.text_model_from_checkpoint starts a text path on it"
+        )
+    model = build_sam_from_config(SamConfig.from_dict(ckpt["sam_config"]))
+    load_weights(model, ckpt)
+    return model.eval()
+
+
 def load_text_model(
     checkpoint: str | Path | dict, clip_checkpoint: str | Path | None = None
 ) -> tuple[Sam, TextEncoder]:
@@ -104,20 +124,14 @@ def load_text_model(
     or loaded dict). ValueError naming the file when it is a checkpoint without a text path."""
     ckpt = read_checkpoint(checkpoint)
     name = "<in memory>" if isinstance(checkpoint, dict) else str(checkpoint)
-    if not ckpt.get("text_encoder") or not (ckpt.get("sam_config") or {}).get("text_dim"):
-        raise ValueError(
-            f"{name}: not a text model checkpoint (no text encoder or text_dim recorded); a plain SAM checkpoint "
-            "loads with build_sam, and sam_core.text_model.text_model_from_checkpoint starts a text path on it"
-        )
-    model = build_sam_from_config(SamConfig.from_dict(ckpt["sam_config"]))
-    load_weights(model, ckpt)
+    model = text_sam_from_checkpoint(ckpt, name)
     encoder = text_encoder_from_record(ckpt["text_encoder"], clip_checkpoint)
     if encoder.embed_dim != model.prompt_encoder.text_dim:
         raise ValueError(
             f"{name}: the text encoder gives {encoder.embed_dim}-d embeddings but the model's text path takes "
             f"{model.prompt_encoder.text_dim}"
         )
-    return model.eval(), encoder
+    return model, encoder
 
 
 def _cpu(value):

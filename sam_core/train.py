@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from sam_core.build import build_sam
-from sam_core.checkpoint import encoder_digest, load_weights
+from sam_core.checkpoint import atomic_save, encoder_digest, load_weights
 from sam_core.losses import iou_head_loss, known_mask_iou, mask_iou, mask_loss, min_over_masks
 from sam_core.prompts import noisy_box, sample_error_points, sample_points_in
 from sam_core.train_data import SyntheticDataset, prepare_sample
@@ -729,9 +729,7 @@ class Trainer:
         """Write the checkpoint atomically (temporary name, then rename) so a reader never sees half of it."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(self.checkpoint(metrics, half=half), tmp)
-        tmp.replace(path)
+        atomic_save(self.checkpoint(metrics, half=half), path)
 
 
 def train(

@@ -8,7 +8,8 @@
 (5-15 s), and records the pid and URL in ``DIR/prefect-server.json`` so that ``stop`` ends exactly that server.
 Analytics are off: the machine may have no internet access.
 
-Tests import :func:`start_server` / :func:`stop_server` (they return and take a :class:`LocalPrefectServer`).
+Tests import :func:`start_server` / :func:`stop_server` (they return and take a :class:`LocalPrefectServer`), and
+drive a server with :func:`prefect_cli`, :func:`run_deployment` and :func:`deployment_runs`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from pathlib import Path
 from stores.fsio import free_port
 
 STATE_FILE = "prefect-server.json"
+ROOT = Path(__file__).resolve().parents[1]  # where prefect.yaml is: the CLI deploys from here
+FINAL_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
 
 @dataclass
@@ -75,8 +78,7 @@ def start_server(home: Path, port: int | None = None, timeout: float = 90.0) -> 
     port = port or free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     log_path = home / "prefect-server.log"
-    prefect = Path(sys.executable).with_name("prefect")
-    command = [str(prefect) if prefect.exists() else "prefect", "server", "start"]
+    command = [_prefect(), "server", "start"]
     command += ["--host", "127.0.0.1", "--port", str(port)]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
@@ -120,6 +122,70 @@ def stop_server(server: LocalPrefectServer, timeout: float = 20.0) -> None:
     state = Path(server.home) / STATE_FILE
     if state.exists() and json.loads(state.read_text()).get("pid") == server.pid:
         state.unlink()
+
+
+def prefect_cli(env: dict[str, str], *args: str, timeout: float = 240) -> str:
+    """Run ``prefect ARGS`` from the repository root against the server ``env`` names (server_env); its stdout.
+    Raises RuntimeError with both outputs when the command fails."""
+    done = subprocess.run(
+        [_prefect(), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"prefect {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+    return done.stdout
+
+
+def run_deployment(
+    api, env: dict[str, str], name: str, parameters: dict, log: Path, timeout: float = 300
+) -> dict:
+    """Create a run of the deployment ``name`` (of the flow of that name) as the UI does, let a process worker of
+    the pool "sam-engine" execute it once (its output appended to ``log``), and return the finished run.
+    ``api`` is an httpx.Client on the server's API URL. Raises RuntimeError, with the end of the worker's log,
+    when the run does not complete within ``timeout`` seconds."""
+    deployment = api.get(f"/deployments/name/{name}/{name}").json()
+    created = api.post(f"/deployments/{deployment['id']}/create_flow_run", json={"parameters": parameters})
+    if created.status_code != 201:
+        raise RuntimeError(f"{name}: the run was not created: {created.text}")
+    run_id = created.json()["id"]
+    with open(log, "ab") as out:
+        worker = subprocess.Popen(
+            [_prefect(), "worker", "start", "--pool", "sam-engine", "--run-once"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        run = api.get(f"/flow_runs/{run_id}").json()
+        while time.monotonic() < deadline and run["state"]["type"] not in FINAL_STATES:
+            time.sleep(2)
+            run = api.get(f"/flow_runs/{run_id}").json()
+        if run["state"]["type"] != "COMPLETED":
+            raise RuntimeError(f"{name}: run {run_id} is {run['state']['type']}:\n{log.read_text()[-4000:]}")
+        return run
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(timeout=30)
+
+
+def deployment_runs(api, name: str, timeout: float) -> list[dict]:
+    """The runs of the deployment ``name``, polled until there is one or ``timeout`` seconds have passed."""
+    deployment = api.get(f"/deployments/name/{name}/{name}").json()
+    query = {"deployments": {"id": {"any_": [deployment["id"]]}}}
+    deadline = time.monotonic() + timeout
+    runs = api.post("/flow_runs/filter", json=query).json()
+    while time.monotonic() < deadline and not runs:
+        time.sleep(2)
+        runs = api.post("/flow_runs/filter", json=query).json()
+    return runs
+
+
+def _prefect() -> str:
+    prefect = Path(sys.executable).with_name("prefect")
+    return str(prefect) if prefect.exists() else "prefect"
 
 
 def _reap(pid: int) -> None:

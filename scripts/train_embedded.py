@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sam_core.checkpoint import config_name, load_weights, read_checkpoint  # noqa: E402
+from sam_core.checkpoint import atomic_save, config_name, load_weights, read_checkpoint  # noqa: E402
 from sam_core.embedded import EMBEDDED_CHECKPOINT  # noqa: E402
 from sam_core.evaluate import (  # noqa: E402
     evaluate_automatic,
@@ -39,6 +39,7 @@ from sam_core.evaluate import (  # noqa: E402
     format_table,
     iou_head_reliability,
 )
+from sam_core.recipes import parse_overrides, recipe_changes  # noqa: E402
 from sam_core.synthetic import scene, split_seeds  # noqa: E402
 from sam_core.train import TrainConfig, Trainer, build_model  # noqa: E402
 
@@ -94,12 +95,6 @@ def validate(trainer: Trainer, scenes: list) -> dict:
     return evaluate_interactive(model, scenes, max_clicks=VAL_CLICKS, min_area=MIN_AREA)
 
 
-def atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-
-
 def run(
     run_dir: Path,
     recipe: TrainConfig,
@@ -126,7 +121,7 @@ def run(
         log.info(
             "resumed %s at step %d (%.0f s trained so far)", state_path, trainer.step_index, state["seconds"]
         )
-        changed = recipe_changes(state["config"], dataclasses.asdict(recipe))
+        changed = recipe_changes(state["config"], recipe)
         if changed:  # a run that goes on under another recipe says so, and its checkpoints carry the record
             with changes_path.open("a") as f:
                 f.write(json.dumps({"step": trainer.step_index, "fields": changed}) + "\n")
@@ -148,9 +143,7 @@ def run(
         if not changes_path.exists():
             earlier = installed["metadata"].get("recipe_changes", [])
             changes_path.write_text("".join(json.dumps(row) + "\n" for row in earlier))
-        changed = (
-            recipe_changes(installed["config"], dataclasses.asdict(recipe)) if "config" in installed else {}
-        )
+        changed = recipe_changes(installed["config"], recipe) if "config" in installed else {}
         changed["optimizer"] = [
             "the installed run's",
             f"fresh AdamW, lr warmed up over {recipe.warmup_steps} steps",
@@ -232,18 +225,6 @@ def run(
         # (A SIGTERM handler that unwound like Ctrl-C hung a 2-thread run twice here, so there is none.)
         save_state()
     return best_path
-
-
-def recipe_changes(before: dict, after: dict) -> dict:
-    """{field: [old, new]} for the recipe fields that differ (metadata aside); a field the earlier recipe did not
-    have yet counts as its default."""
-    defaults = dataclasses.asdict(TrainConfig())
-    old = {k: before.get(k, defaults.get(k)) for k in after}
-    return {k: [old[k], v] for k, v in after.items() if k != "metadata" and _plain(old[k]) != _plain(v)}
-
-
-def _plain(value):
-    return list(value) if isinstance(value, tuple) else value
 
 
 def _seconds_per_step(trainer: Trainer) -> float:
@@ -470,24 +451,6 @@ def _recipe_line(config: dict) -> str:
     )
 
 
-def parse_overrides(pairs: list[str]) -> dict:
-    """["key=value", ...] -> {key: value} typed like the recipe's fields."""
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or key not in fields:
-            raise SystemExit(f"--set {pair!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
-        current = getattr(RECIPE, key)
-        if isinstance(current, bool):
-            out[key] = value.lower() in ("1", "true", "yes")
-        elif isinstance(current, int | float) and current is not None:
-            out[key] = type(current)(value)
-        else:
-            out[key] = None if value == "None" else value
-    return out
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", type=Path, default=Path.home() / ".cache/sam-engine/embedded")
@@ -516,7 +479,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.install_from:
         install(args.install_from)
         return
-    recipe = dataclasses.replace(RECIPE, **parse_overrides(args.set))
+    recipe = dataclasses.replace(RECIPE, **parse_overrides(RECIPE, args.set))
     best = run(
         args.run_dir,
         recipe,

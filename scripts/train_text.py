@@ -30,7 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sam_core.checkpoint import atomic_save  # noqa: E402
 from sam_core.evaluate import evaluate_interactive  # noqa: E402
+from sam_core.recipes import parse_overrides, recipe_changes  # noqa: E402
 from sam_core.synthetic import scene, split_seeds  # noqa: E402
 from sam_core.text_eval import evaluate_text, format_text_table  # noqa: E402
 from sam_core.text_model import load_text_model  # noqa: E402
@@ -58,12 +60,6 @@ def validation_score(metrics: dict) -> float:
     return metrics["miou_one"] + metrics["recall_several@0.5"] + presence
 
 
-def atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-
-
 def run(
     run_dir: Path,
     recipe: TextTrainConfig,
@@ -85,11 +81,7 @@ def run(
     if state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         trainer.restore(state)
-        changed = {
-            k: [v, getattr(recipe, k)]
-            for k, v in state["config"].items()
-            if k != "metadata" and v != _plain(getattr(recipe, k))
-        }
+        changed = recipe_changes(state["config"], recipe)
         log.info(
             "resumed %s at step %d/%d (%.0f s trained so far)%s",
             state_path,
@@ -269,30 +261,6 @@ def model_card(ckpt: dict, metrics: dict, split: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def parse_overrides(pairs: list[str]) -> dict:
-    """["key=value", ...] -> {key: value} typed like the recipe's fields."""
-    fields = {f.name for f in dataclasses.fields(TextTrainConfig)}
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or key not in fields or isinstance(getattr(RECIPE, key), dict):
-            raise SystemExit(f"--set {pair!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
-        current = getattr(RECIPE, key)
-        if isinstance(current, bool):
-            out[key] = value.lower() in ("1", "true", "yes")
-        elif value == "None":
-            out[key] = None
-        elif isinstance(current, int | float):
-            out[key] = type(current)(value)
-        else:
-            out[key] = value
-    return out
-
-
-def _plain(value):
-    return list(value) if isinstance(value, tuple) else value
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", type=Path, default=Path.home() / ".cache/sam-engine/text")
@@ -326,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.evaluate:
         evaluate(args.evaluate, args.split, args.scenes, args.clip_checkpoint, args.card)
         return
-    recipe = dataclasses.replace(RECIPE, **parse_overrides(args.set))
+    recipe = dataclasses.replace(RECIPE, **parse_overrides(RECIPE, args.set))
     if args.clip_model or args.clip_checkpoint:
         config = {"model_name": args.clip_model or "ViT-B-32", "checkpoint": args.clip_checkpoint}
         recipe = dataclasses.replace(recipe, text_encoder="clip", text_encoder_config=config)

@@ -10,20 +10,32 @@ its encoder frozen (a decoder-only retrain, the demo's seed) records in ``config
 whose encoder it kept, after checking that the two encoders' weights are identical (``sam_core.checkpoint.encoder_digest``), and reads
 and writes that version's embeddings: the images need not be encoded again, which is most of a round's compute.
 Any other new version (one trained end to end, a checkpoint registered by hand) re-embeds.
+
+A text model (a checkpoint of scripts/train_text.py: a Sam with a text path and its text encoder, see
+sam_core.text_model) registers like any checkpoint, under the config it was trained on (``tiny_conv`` for the
+embedded model's); the loader reads the checkpoint once and knows it by its contents. ``load_model`` gives its
+Sam, which answers clicks and boxes as any model does; ``load_text_model`` gives it with its text encoder.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from functools import lru_cache
 
-from sam_core.build import CONFIGS, build_sam
-from sam_core.checkpoint import encoder_digest, read_checkpoint
+from sam_core.build import CONFIGS, SamConfig, build_sam
+from sam_core.checkpoint import encoder_digest, load_weights, read_checkpoint
 from sam_core.embedded import EMBEDDED_CHECKPOINT, embedded_config_name
+from sam_core.text_model import is_text_checkpoint, text_encoder_from_record, text_sam_from_checkpoint
 from stores.fsio import check_key
 
 EMBEDDED_VERSION = "embedded"
 LATEST = "latest"
+# What a user without a text model does next (the CLI prints it after "has no text path").
+GET_TEXT_MODEL = (
+    "train one with scripts/train_text.py and register its best.pt: "
+    "sam-engine model add NAME tiny_conv RUN_DIR/best.pt"
+)
 
 _LOCK = threading.Lock()
 
@@ -149,13 +161,75 @@ def register_model(
 
 
 def load_model(store, model_version: str, device: str = "cpu"):
-    """The ``Sam`` of ``model_version`` in eval mode on ``device``, cached per process (by store, version)."""
+    """The ``Sam`` of ``model_version`` in eval mode on ``device``, cached per process (by store, version); a
+    text model's with its text path."""
     row = model_row(store, model_version)
-    return _load_cached(row["config"]["name"], row["checkpoint_uri"], device)
+    return _load_cached(row["config"]["name"], row["checkpoint_uri"], device)[0]
+
+
+def load_text_model(store, model_version: str, device: str = "cpu", clip_checkpoint: str | None = None):
+    """(Sam, text encoder) of a registered text model, both in eval mode on ``device``. ValueError naming the
+    version and how to get a text model when its checkpoint has none."""
+    row = model_row(store, model_version)
+    label = f"model {model_version!r}"
+    return load_text_checkpoint(row["checkpoint_uri"], row["config"]["name"], label, device, clip_checkpoint)
+
+
+def load_text_checkpoint(
+    checkpoint_uri: str,
+    config_name: str | None = None,
+    label: str | None = None,
+    device: str = "cpu",
+    clip_checkpoint: str | None = None,
+):
+    """(Sam, text encoder) of a text checkpoint (path or fsspec URL), registered or not; ``config_name``: the
+    config it is registered under (None: not registered, the checkpoint's own); ``clip_checkpoint``: a CLIP text
+    model's open_clip weights here (default: the file its checkpoint names). ValueError naming ``label``
+    (default: the checkpoint) when the checkpoint has no text path."""
+    model, record = _load_cached(config_name, checkpoint_uri, device)
+    label = label or f"checkpoint {checkpoint_uri}"
+    if record is None:
+        raise ValueError(f"{label} has no text path; {GET_TEXT_MODEL}")
+    if clip_checkpoint is not None and record["kind"] != "clip":
+        raise ValueError(
+            f"{label} reads text with the {record['kind']} text encoder, not CLIP's: no --clip-checkpoint"
+        )
+    # Not cached with the model: CLIP's tower is large and only text prompts need it.
+    return model, text_encoder_from_record(record, clip_checkpoint).to(device).eval()
 
 
 @lru_cache(maxsize=4)
-def _load_cached(config_name: str, checkpoint_uri: str, device: str):
+def _load_cached(config_name: str | None, checkpoint_uri: str, device: str):
+    """(Sam, the checkpoint's text-encoder record or None), the checkpoint read once. ``config_name`` None
+    (an unregistered file asked for its text path): a plain checkpoint gives (None, None) and is not built."""
     with _LOCK:  # concurrent task threads must not build the same model twice
-        model = build_sam(config_name, checkpoint=checkpoint_uri)
-    return model.to(device).eval()
+        ckpt = read_checkpoint(checkpoint_uri)
+        if is_text_checkpoint(ckpt):
+            _check_text_config(ckpt, config_name, checkpoint_uri)
+            model, record = text_sam_from_checkpoint(ckpt, checkpoint_uri), ckpt["text_encoder"]
+        elif config_name is None:
+            return None, None
+        else:
+            model, record = build_sam(config_name), None
+            load_weights(model, ckpt)
+    return model.to(device).eval(), record
+
+
+def _check_text_config(ckpt: dict, config_name: str | None, checkpoint_uri: str) -> None:
+    """A text checkpoint records its whole config; the name it is registered under must be that config without
+    the text path, or a typo in ``model add`` would go unnoticed."""
+    if config_name is None:
+        return
+    recorded = SamConfig.from_dict(ckpt["sam_config"])
+    base = CONFIGS.get(config_name)
+    if base is None or dataclasses.replace(recorded, text_dim=0, text_tokens=base.text_tokens) != base:
+        trained_on = [
+            repr(name)
+            for name, cfg in CONFIGS.items()
+            if dataclasses.replace(recorded, text_dim=0, text_tokens=cfg.text_tokens) == cfg
+        ]
+        raise ValueError(
+            f"checkpoint {checkpoint_uri} is a text model trained on config "
+            f"{trained_on[0] if trained_on else 'none of ' + str(sorted(CONFIGS))}, registered as {config_name!r}"
+            + (f"; register it with CONFIG {trained_on[0]}" if trained_on else "")
+        )

@@ -25,6 +25,17 @@ def _annotator(engine, **kw):
     return AnnotatorSettings(ground_truth=engine["ground_truth"], max_clicks=2, seconds_per_image=40.0, **kw)
 
 
+def _params(kind, engine, **fields):
+    """``kind`` (a stage's parameters) on the tiny engine: its store, model and images, embedded in process."""
+    common = {
+        "store": engine["store"],
+        "model_version": engine["model"],
+        "ingest": [engine["images"]],
+        "embed": {"backend": "local"},
+    }
+    return kind(**{**common, **fields})
+
+
 def _masks(store_url, **kw):
     from stores import Store
 
@@ -35,14 +46,8 @@ def _masks(store_url, **kw):
 def test_assisted_manual_records_clicks_and_skips_the_corrupt_image(engine):
     from flows.assisted_manual import assisted_manual
 
-    params = AssistedManualParams(
-        store=engine["store"],
-        model_version=engine["model"],
-        ingest=[engine["images"]],
-        shard_size=2,
-        annotator=_annotator(engine),
-        embed={"backend": "local"},
-        overlay_images=1,
+    params = _params(
+        AssistedManualParams, engine, shard_size=2, annotator=_annotator(engine), overlay_images=1
     )
     figures = assisted_manual(params)
     masks = _masks(engine["store"], round=1, stage="assisted_manual")
@@ -63,15 +68,7 @@ def test_assisted_manual_records_clicks_and_skips_the_corrupt_image(engine):
 def test_fully_automatic_writes_auto_masks_idempotently(engine):
     from flows.fully_automatic import fully_automatic
 
-    params = FullyAutomaticParams(
-        store=engine["store"],
-        round=3,
-        model_version=engine["model"],
-        ingest=[engine["images"]],
-        autogen=OPEN_AUTOGEN,
-        filter=OPEN_FILTER,
-        embed={"backend": "local"},
-    )
+    params = _params(FullyAutomaticParams, engine, round=3, autogen=OPEN_AUTOGEN, filter=OPEN_FILTER)
     first = fully_automatic(params)
     masks = _masks(engine["store"], round=3)
     assert first["masks"] == len(masks) > 0 and set(masks.source) == {"auto"}
@@ -82,16 +79,14 @@ def test_fully_automatic_writes_auto_masks_idempotently(engine):
 def test_semi_automatic_prefills_then_the_annotator_adds(engine):
     from flows.semi_automatic import semi_automatic
 
-    params = SemiAutomaticParams(
-        store=engine["store"],
+    params = _params(
+        SemiAutomaticParams,
+        engine,
         round=2,
-        model_version=engine["model"],
-        ingest=[engine["images"]],
         images=ImageSelection(max_images=2),
         autogen=OPEN_AUTOGEN,
         confident=OPEN_FILTER,
         annotator=_annotator(engine),
-        embed={"backend": "local"},
     )
     figures = semi_automatic(params)
     masks = _masks(engine["store"], round=2)
@@ -109,19 +104,13 @@ def test_missing_store_or_model_fails_before_any_work(engine, tmp_path):
         fully_automatic(FullyAutomaticParams(store=missing, model_version=engine["model"]))
     assert not (tmp_path / "no-such-store").exists()  # a mistyped store URL leaves no folder behind
     with pytest.raises(ValueError, match="unknown model_version 'nope'"):
-        fully_automatic(
-            FullyAutomaticParams(store=engine["store"], model_version="nope", ingest=[engine["images"]])
-        )
+        fully_automatic(_params(FullyAutomaticParams, engine, model_version="nope"))
     assert Store(engine["store"]).images().empty  # refused before ingesting anything
 
     from flows.assisted_manual import assisted_manual
 
     with pytest.raises(ValueError, match="ground_truth"):
-        assisted_manual(
-            AssistedManualParams(
-                store=engine["store"], model_version=engine["model"], ingest=[engine["images"]]
-            )
-        )
+        assisted_manual(_params(AssistedManualParams, engine))
     assert Store(engine["store"]).images().empty
 
 

@@ -5,11 +5,7 @@ trigger on the synced event."""
 
 from __future__ import annotations
 
-import os
 import secrets
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -25,47 +21,6 @@ from .conftest import make_images
 from .test_integration import _post_as_browser
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-ROOT = Path(__file__).resolve().parents[2]
-PREFECT = str(Path(sys.executable).with_name("prefect"))
-FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
-
-
-def _cli(env, *args, timeout=240):
-    done = subprocess.run(
-        [PREFECT, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
-    assert done.returncode == 0, f"prefect {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
-def _run_deployment(api, env, name: str, parameters: dict, log: Path) -> dict:
-    """Create a run of the deployment as the UI does, let a worker execute it once, return the finished run."""
-    deployment = api.get(f"/deployments/name/{name}/{name}").json()
-    created = api.post(f"/deployments/{deployment['id']}/create_flow_run", json={"parameters": parameters})
-    assert created.status_code == 201, created.text
-    run_id = created.json()["id"]
-    with open(log, "ab") as out:
-        worker = subprocess.Popen(
-            [PREFECT, "worker", "start", "--pool", "sam-engine", "--run-once"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 300
-        run = api.get(f"/flow_runs/{run_id}").json()
-        while time.monotonic() < deadline and run["state"]["type"] not in FINAL:
-            time.sleep(2)
-            run = api.get(f"/flow_runs/{run_id}").json()
-        assert run["state"]["type"] == "COMPLETED", log.read_text()[-4000:]
-        return run
-    finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, 15)
-            worker.wait(timeout=30)
 
 
 def test_push_label_sync_and_the_retrain_the_trigger_starts(
@@ -89,8 +44,8 @@ def test_push_label_sync_and_the_retrain_the_trigger_starts(
             SAM_ENGINE_BACKEND_TOKEN=backend_token,
             OMP_NUM_THREADS="1",
         )
-        _cli(env, "work-pool", "create", "sam-engine", "--type", "process")
-        _cli(env, "--no-prompt", "deploy", "--all")
+        server_mod.prefect_cli(env, "work-pool", "create", "sam-engine", "--type", "process")
+        server_mod.prefect_cli(env, "--no-prompt", "deploy", "--all")
         api = httpx.Client(base_url=server.api_url, timeout=30)
         sync_schedule = api.get("/deployments/name/labelstudio-sync/labelstudio-sync").json()["schedules"]
         assert sync_schedule and not sync_schedule[0]["active"]  # created paused
@@ -103,7 +58,7 @@ def test_push_label_sync_and_the_retrain_the_trigger_starts(
                 "ml_backend_url": backend_url,
             }
         }
-        _run_deployment(api, env, "labelstudio-push", push, tmp_path / "worker-push.log")
+        server_mod.run_deployment(api, env, "labelstudio-push", push, tmp_path / "worker-push.log")
         project_id = int(ls_client.find_project(title)["id"])
         (ml,) = ls_client.get("/api/ml", project=project_id)  # SAM answers the project's clicks
         assert ml["url"].rstrip("/") == backend_url.rstrip("/") and ml["state"] == "CO"
@@ -119,19 +74,12 @@ def test_push_label_sync_and_the_retrain_the_trigger_starts(
             _post_as_browser(ls_client, project_id, task["id"], [result], lead_time=20.0)
 
         sync = {"params": {"project": title, "retrain_threshold": 2}}
-        _run_deployment(api, env, "labelstudio-sync", sync, tmp_path / "worker-sync.log")
+        server_mod.run_deployment(api, env, "labelstudio-sync", sync, tmp_path / "worker-sync.log")
         masks = pd.read_parquet(tmp_path / "store" / "masks")  # plain pandas, no engine code
         assert len(masks) == 2 and set(masks["source"]) == {"human"}
         assert set(masks["image_id"]) == set(images["image_id"]) and set(masks["round"].astype(int)) == {1}
 
-        retrain = api.get("/deployments/name/retrain/retrain").json()
-        runs = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not runs:
-            runs = api.post(
-                "/flow_runs/filter", json={"deployments": {"id": {"any_": [retrain["id"]]}}}
-            ).json()
-            time.sleep(2)
+        runs = server_mod.deployment_runs(api, "retrain", timeout=120)
         assert runs, "the due sync started no retrain run"
         assert int(runs[0]["parameters"]["params"]["round"]) == 1
     finally:

@@ -67,7 +67,7 @@ def script(load_script):
 
 
 def test_a_run_validates_keeps_its_best_and_resumes_exactly(script, tmp_path, capsys):
-    recipe = dataclasses.replace(script.RECIPE, **script.parse_overrides(TINY))
+    recipe = dataclasses.replace(script.RECIPE, **script.parse_overrides(script.RECIPE, TINY))
     stopped, straight = tmp_path / "stopped", tmp_path / "straight"
     script.run(stopped, recipe, val_every=2, stop_at=2, val_scenes=1, checkpoint_every=1, val_click_scenes=1)
     state = torch.load(stopped / "state.pt", weights_only=True)
@@ -100,13 +100,15 @@ def test_a_run_validates_keeps_its_best_and_resumes_exactly(script, tmp_path, ca
 
 
 def test_recipe_overrides_are_typed_and_unknown_fields_refused(script):
-    assert script.parse_overrides(["steps=7", "lr=0.01", "dataset_size=None", "text_encoder=clip"]) == {
+    assert script.parse_overrides(
+        script.RECIPE, ["steps=7", "lr=0.01", "dataset_size=None", "text_encoder=clip"]
+    ) == {
         "steps": 7,
         "lr": 0.01,
         "dataset_size": None,
         "text_encoder": "clip",
     }
     with pytest.raises(SystemExit, match="expected FIELD=VALUE"):
-        script.parse_overrides(["nope=1"])
+        script.parse_overrides(script.RECIPE, ["nope=1"])
     with pytest.raises(ValueError, match="point_probability must be in"):
         TextTrainer(TextTrainConfig(point_probability=2.0))

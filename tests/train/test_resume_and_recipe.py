@@ -9,8 +9,10 @@ import dataclasses
 import numpy as np
 import torch
 
-from sam_core.train import TrainConfig, Trainer, interactive_loss, lr_at, make_optimizer
+from sam_core.train import TrainConfig, Trainer, lr_at, make_optimizer
 from sam_core.train_data import SyntheticDataset
+
+from .conftest import StubSam, stub_interactive_loss
 
 
 def _conv_config(**overrides) -> TrainConfig:
@@ -70,7 +72,7 @@ def test_checkpoints_hold_the_moving_average_of_the_weights():
     assert torch.equal(plain.checkpoint()["model"][key], plain.model.state_dict()[key])
 
 
-class _ShownMaskSam(torch.nn.Module):
+class _ShownMaskSam(StubSam):
     """Three outputs of constant logits 5, -5, 3 with predicted IoU 0.1, 0.2, 0.9: against a full target the
     lowest loss is output 0, the most confident output 2. Records the mask prompt of every pass."""
 
@@ -78,41 +80,22 @@ class _ShownMaskSam(torch.nn.Module):
         super().__init__()
         self.scale = torch.nn.Parameter(torch.ones(()))
         self.mask_inputs = []
-        outer = self
 
-        class PE(torch.nn.Module):
-            def get_dense_pe(self):
-                return torch.zeros((1, 8, 4, 4))
+    def prompted(self, points, boxes, masks):
+        self.mask_inputs.append(None if masks is None else masks.clone())
 
-            def forward(self, points, boxes, masks):
-                outer.mask_inputs.append(None if masks is None else masks.clone())
-                return torch.zeros((points[0].shape[0], points[0].shape[1], 8)), torch.zeros((1, 8, 4, 4))
-
-        class MD(torch.nn.Module):
-            def forward(
-                self,
-                image_embeddings,
-                image_pe,
-                sparse_prompt_embeddings,
-                dense_prompt_embeddings,
-                multimask_output,
-            ):
-                n = sparse_prompt_embeddings.shape[0]
-                values = torch.tensor([5.0, -5.0, 3.0]) if multimask_output else torch.tensor([3.0])
-                ious = torch.tensor([0.1, 0.2, 0.9]) if multimask_output else torch.tensor([0.9])
-                low = (outer.scale * values).view(1, -1, 1, 1).expand(n, -1, 8, 8)
-                return low, ious.expand(n, -1)
-
-        self.prompt_encoder, self.mask_decoder = PE(), MD()
+    def decode(self, n, multimask_output):
+        values = torch.tensor([5.0, -5.0, 3.0]) if multimask_output else torch.tensor([3.0])
+        ious = torch.tensor([0.1, 0.2, 0.9]) if multimask_output else torch.tensor([0.9])
+        low = (self.scale * values).view(1, -1, 1, 1).expand(n, -1, 8, 8)
+        return low, ious.expand(n, -1)
 
 
 def test_the_next_pass_gets_the_mask_the_iou_head_ranks_first_not_the_lowest_loss_one():
     model = _ShownMaskSam()
     gt = torch.ones((2, 16, 16))
     config = TrainConfig(correction_points=1, no_point_iterations=0, pixel_loss="bce", focal_weight=1.0)
-    loss, _ = interactive_loss(
-        model, torch.zeros((1, 8, 4, 4)), gt, False, None, config, np.random.default_rng(0), torch.Generator()
-    )
+    loss, _ = stub_interactive_loss(model, gt, config)
     loss.backward()
     assert model.mask_inputs[0] is None
     assert torch.all(model.mask_inputs[1] == 3.0), "output 2 (predicted IoU 0.9) is what the user was shown"

@@ -7,11 +7,12 @@ from sam_core.train import (
     TrainConfig,
     Trainer,
     background_region,
-    interactive_loss,
     iteration_schedule,
     train,
 )
 from sam_core.train_data import SyntheticDataset, prepare_sample
+
+from .conftest import StubSam, stub_interactive_loss
 
 
 def test_schedule_is_first_prompt_8_points_and_2_maskonly_passes_one_of_them_last():
@@ -44,47 +45,29 @@ def test_min_over_masks_backpropagates_only_the_lowest_loss_output():
         min_over_masks(torch.zeros(3))
 
 
-class _RecordingSam(torch.nn.Module):
-    """A stand-in with SAM's interfaces on 16x16 masks that records every decoder call."""
+class _RecordingSam(StubSam):
+    """Records every pass's prompts; its outputs are constants it learns (``bias``)."""
 
     def __init__(self):
         super().__init__()
         self.bias = torch.nn.Parameter(torch.zeros(4))
         self.calls = []
-        outer = self
 
-        class PE(torch.nn.Module):
-            def get_dense_pe(self):
-                return torch.zeros((1, 8, 4, 4))
+    def prompted(self, points, boxes, masks):
+        self.calls.append(
+            {
+                "coords": None if points is None else points[0].clone(),
+                "points": None if points is None else points[1].clone(),
+                "box": boxes is not None,
+                "mask_input": masks is not None,
+            }
+        )
 
-            def forward(self, points, boxes, masks):
-                n = (points[0] if points is not None else boxes).shape[0]
-                k = (points[0].shape[1] if points is not None else 0) + (2 if boxes is not None else 0)
-                outer.calls.append(
-                    {
-                        "points": None if points is None else points[1].clone(),
-                        "box": boxes is not None,
-                        "mask_input": masks is not None,
-                    }
-                )
-                return torch.zeros((n, k, 8)), torch.zeros((n, 8, 4, 4))
-
-        class MD(torch.nn.Module):
-            def forward(
-                self,
-                image_embeddings,
-                image_pe,
-                sparse_prompt_embeddings,
-                dense_prompt_embeddings,
-                multimask_output,
-            ):
-                outer.calls[-1]["multimask"] = multimask_output
-                m = 3 if multimask_output else 1
-                n = sparse_prompt_embeddings.shape[0]
-                low = outer.bias[:m].view(1, m, 1, 1).expand(n, m, 8, 8)
-                return low, torch.zeros((n, m)) + outer.bias[3]
-
-        self.prompt_encoder, self.mask_decoder = PE(), MD()
+    def decode(self, n, multimask_output):
+        self.calls[-1]["multimask"] = multimask_output
+        m = 3 if multimask_output else 1
+        low = self.bias[:m].view(1, m, 1, 1).expand(n, m, 8, 8)
+        return low, torch.zeros((n, m)) + self.bias[3]
 
 
 @pytest.mark.parametrize("use_box", [False, True])
@@ -93,17 +76,7 @@ def test_interactive_loss_runs_11_passes_with_mask_feedback_and_growing_clicks(u
     gt = torch.zeros((2, 16, 16))
     gt[:, 4:12, 4:12] = 1
     boxes = torch.tensor([[4.0, 4.0, 11.0, 11.0]] * 2)
-    config = TrainConfig()
-    loss, stats = interactive_loss(
-        model,
-        torch.zeros((1, 8, 4, 4)),
-        gt,
-        use_box,
-        boxes,
-        config,
-        np.random.default_rng(0),
-        torch.Generator().manual_seed(0),
-    )
+    loss, _ = stub_interactive_loss(model, gt, TrainConfig(), use_box, boxes)
     loss.backward()
     calls = model.calls
     assert len(calls) == 11
@@ -145,27 +118,10 @@ def test_background_prompts_click_first_where_their_region_says():
     region = torch.zeros((2, 16, 16), dtype=torch.bool)
     region[0] = gt[0] > 0
     region[1, 14, 2] = True  # the only background pixel it may click
-    coords = []
-    original = model.prompt_encoder.forward
-
-    def record(points, boxes, masks):
-        coords.append(None if points is None else points[0].clone())
-        return original(points, boxes, masks)
-
-    model.prompt_encoder.forward = record
-    loss, _ = interactive_loss(
-        model,
-        torch.zeros((1, 8, 4, 4)),
-        gt,
-        False,
-        None,
-        TrainConfig(correction_points=1, no_point_iterations=0),
-        np.random.default_rng(0),
-        torch.Generator().manual_seed(0),
-        region,
-    )
+    config = TrainConfig(correction_points=1, no_point_iterations=0)
+    loss, _ = stub_interactive_loss(model, gt, config, first_region=region)
     assert torch.isfinite(loss)
-    first = coords[0]
+    first = model.calls[0]["coords"]
     assert 4 <= first[0, 0, 0] < 8 and 4 <= first[0, 0, 1] < 8
     assert first[1, 0].tolist() == [2.0, 14.0]  # (x, y)
 
