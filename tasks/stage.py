@@ -24,11 +24,10 @@ from pydantic import BaseModel
 
 from sam_core.sam import Sam
 from sam_core.text_encoder import TextEncoder
-from sam_core.text_model import load_text_model
 from stores import Store
 from tasks.calibrate import calibrated_settings
 from tasks.filter import FilterSettings
-from tasks.models import cached_embedding, embedding_version, load_model, model_row
+from tasks.models import cached_embedding, embedding_version, load_model, load_text_model
 from tasks.progress import CACHE_POLICY, OnProgress
 from tasks.shards import Shard, ShardSummary, run_shard
 from tasks.thresholds import GeneratorSettings
@@ -44,13 +43,6 @@ def shard_task(name: str):
         task_run_name=f"{name}-r{{shard.round}}-{{shard.stage}}-{{shard.name}}",
         cache_policy=CACHE_POLICY,
     )
-
-
-def _load_text_model(store: Store, model_version: str, device: str) -> tuple[Sam, TextEncoder]:
-    """(Sam with its text path, its text encoder) of a registered text checkpoint, on ``device``. Read here,
-    uncached, until tasks.models loads text checkpoints itself (its load_model builds a plain Sam)."""
-    model, encoder = load_text_model(model_row(store, model_version)["checkpoint_uri"])
-    return model.to(device).eval(), encoder.to(device).eval()
 
 
 class PerImage(Protocol):
@@ -90,7 +82,7 @@ class StageContext:
         text encoder (ValueError naming the version's checkpoint when it has no text path)."""
         store = store or Store(shard.store_url)
         if text:
-            model, text_encoder = _load_text_model(store, shard.model_version, device)
+            model, text_encoder = load_text_model(store, shard.model_version, device)
         else:
             model, text_encoder = load_model(store, shard.model_version, device), None
         return cls(

@@ -100,8 +100,10 @@ def test_an_image_the_phrase_is_judged_absent_from_gets_no_mask_and_the_summary_
     assert figures["absent"] == 2 and figures["masks"] == 0
 
 
-def test_a_model_without_a_text_path_is_refused_naming_its_checkpoint(text_store):
+def test_a_model_without_a_text_path_is_refused_saying_how_to_get_one(text_store):
     store, shard = text_store
     plain = Shard(store.url, EMBEDDED_VERSION, 1, "fully_automatic", "00000", shard.image_ids)
-    with pytest.raises(ValueError, match="not a text model checkpoint"):
+    with pytest.raises(
+        ValueError, match="model .embedded. has no text path; train one with scripts/train_text.py"
+    ):
         text_autogen.fn(plain, TextAutogenSettings(phrase=PHRASE))
