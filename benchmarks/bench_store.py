@@ -10,7 +10,7 @@ million mask encodes), so every string is valid and decodes to its H x W mask. T
 SA-1B-style JSON per image; the reference read loads one round's JSON files into the same kind of DataFrame.
 Both reads run with a warm page cache (files just written), taking turns, best of --repeat, and must return the
 same masks: boxes, scores, prompt points and crop boxes are compared outside the timing (Parquet holds bbox and
-crop_box as four float columns each and point_coords as JSON text, masks schema version 2). The last line is the
+crop_box as four float columns each and point_coords as JSON text, since masks schema version 2). The last line is the
 Parquet/JSON read-time ratio, for pandas' default dtypes and for dtype_backend='pyarrow'.
 """
 

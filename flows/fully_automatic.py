@@ -1,7 +1,8 @@
 """Stage 3, fully automatic: a regular grid of point prompts per image, and the masks that pass the filter.
 
 No people: each image's cached embedding is prompted with a grid of points, the decoder's masks are filtered by
-predicted IoU and stability, de-duplicated by box NMS and cleaned of small holes and islands, and kept.
+predicted IoU and stability, de-duplicated by box NMS and cleaned of small holes and islands, and kept. With a
+phrase (``text``), each image is asked for every instance of it instead (tasks.text_autogen).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from prefect import flow
 from flows.params import FullyAutomaticParams
 from flows.steps import check_inputs, finish_stage, ingest_and_select, now, run_embed, run_shards
 from tasks.autogen import autogen
+from tasks.text_autogen import text_autogen
 
 STAGE = "fully_automatic"
 
@@ -23,5 +25,11 @@ def fully_automatic(params: FullyAutomaticParams | None = None) -> dict:
     params = check_inputs(params)
     image_ids, skipped = ingest_and_select(params)
     image_ids, failed = run_embed(params, image_ids)
-    summaries = run_shards(autogen, params, STAGE, image_ids, settings=params.autogen, filter=params.filter)
+    text = params.text_settings()
+    if text is not None:
+        summaries = run_shards(text_autogen, params, STAGE, image_ids, settings=text)
+    else:
+        summaries = run_shards(
+            autogen, params, STAGE, image_ids, settings=params.autogen, filter=params.filter
+        )
     return finish_stage(params, STAGE, summaries, started, skipped + failed)

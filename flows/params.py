@@ -11,7 +11,7 @@ import dataclasses
 import typing
 from typing import Literal
 
-from pydantic import BaseModel, Field, create_model, model_validator
+from pydantic import BaseModel, Field, create_model, field_validator, model_validator
 
 from flows.stages import Stage
 from sam_core.train import TrainConfig
@@ -21,6 +21,7 @@ from tasks.calibrate import CalibrationSettings
 from tasks.filter import CONFIDENT, FilterSettings
 from tasks.retrain import TRAIN_SOURCES
 from tasks.settings import EngineSettings
+from tasks.text_autogen import TextAutogenSettings
 
 
 def _default_store() -> str:
@@ -103,10 +104,25 @@ class SemiAutomaticParams(StageParams):
 
 
 class FullyAutomaticParams(StageParams):
-    """Stage 3: a grid of point prompts per image, filtered masks kept without people."""
+    """Stage 3: a grid of point prompts per image, filtered masks kept without people; or, with ``text``, every
+    instance of a phrase (a text model version, tasks.text_autogen)."""
 
     autogen: AutogenSettings = Field(default_factory=AutogenSettings)
     filter: FilterSettings = Field(default_factory=FilterSettings)
+    text: str | None = Field(
+        None,
+        description="find every instance of this phrase (e.g. 'every red ring') instead of prompting a grid; "
+        "needs a text model version",
+    )
+
+    @field_validator("text")
+    @classmethod
+    def _a_phrase(cls, text: str | None) -> str | None:
+        return None if text is None else TextAutogenSettings(phrase=text).phrase
+
+    def text_settings(self) -> TextAutogenSettings | None:
+        """The text stage's settings, None without a phrase (the grid runs)."""
+        return None if self.text is None else TextAutogenSettings(phrase=self.text)
 
     def stage_filters(self) -> dict[str, FilterSettings]:
         return {"filter": self.filter}

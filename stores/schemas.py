@@ -7,7 +7,8 @@ Each table has its own schema version, raised when the form of its files changes
 another version with SchemaMismatchError naming it. Masks version 2 stores bbox and crop_box as four float
 columns each and point_coords as JSON text: version 1 kept them as list columns, which pandas turns into one
 numpy array per row and list (about half the time of a plain `pandas.read_parquet` of a round's masks).
-`Store.upgrade_masks()` rewrites version-1 masks files as version 2.
+Masks version 3 adds `phrase`, the text prompt a mask answers (null for masks from points, boxes or people).
+`Store.upgrade_masks()` rewrites masks files of versions 1 and 2 as version 3.
 """
 
 import pyarrow as pa
@@ -64,6 +65,7 @@ MASKS = pa.schema(
         ("point_coords_json", pa.string()),  # JSON [[x, y], ...]: the prompt points in pixels, as in SA-1B
         *((name, pa.float64()) for name in CROP_BOX),  # null when unknown
         ("source", pa.string()),  # "auto" | "model" | "human"
+        ("phrase", pa.string()),  # the text prompt a mask answers ("every red ring"); null for any other
         ("model_version", pa.string()),
         ("annotator", pa.string()),
         ("clicks", pa.int32()),
@@ -131,14 +133,17 @@ JSON_COLUMNS = {"models": ("config", "metrics"), "rounds": ("metrics",)}
 SCHEMA_VERSIONS = {
     "images": 1,
     "embeddings": 1,
-    "masks": 2,
+    "masks": 3,
     "models": 1,
     "rounds": 1,
     "state": 1,
     "calibration": 1,
 }
 # what to do with a file of an older version, where there is a way
-UPGRADES = {("masks", "1"): "Store(<root>).upgrade_masks() rewrites the store's version-1 masks files"}
+UPGRADES = {
+    ("masks", version): f"Store(<root>).upgrade_masks() rewrites the store's version-{version} masks files"
+    for version in ("1", "2")
+}
 
 
 def with_metadata(schema: pa.Schema, table: str) -> pa.Schema:

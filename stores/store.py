@@ -53,13 +53,19 @@ TABLES = ("images", "embeddings", "masks", "models", "rounds", "state", "calibra
 _FLOAT16_MAX = 65504.0
 _MASKS_V1_LISTS = ("bbox", "crop_box", "point_coords")  # list columns of masks schema version 1
 _MASK_FILE_OPTIONS = dict(
-    use_dictionary=["image_id", "source", "model_version", "annotator"],
+    use_dictionary=["image_id", "source", "phrase", "model_version", "annotator"],
     # lz4, not zstd: unpacking zstd was about half of the CPU time of a plain pandas.read_parquet of one
     # round (250,000 masks: 0.46 s with lz4, 0.88 s with zstd; files 1.6x bigger). counts not at all: its
     # COCO RLE strings are already compact (lz4 packs them 1.3x) and unpacking them was still half of such
     # a read (0.33 s -> 0.17 s on 2 busy cores); files 1.26x bigger (250,000 masks: 130 MB -> 163 MB)
     compression={name: "none" if name == "counts" else "lz4" for name in MASKS.names},
 )
+
+
+def _masks_v2_as_v3(table: pa.Table) -> pa.Table:
+    """A masks schema version 2 table in version 3's form: the same columns and values, and a null `phrase`."""
+    phrase = pa.nulls(len(table), MASKS.field("phrase").type)
+    return table.append_column("phrase", phrase).select(MASKS.names).cast(MASKS)
 
 
 def _now() -> datetime:
@@ -342,8 +348,10 @@ class Store(KeyedTables):
         """Rewrite every masks file of an older schema version in the current one; return the paths rewritten.
 
         Rows keep their ids, times and values; only the form changes (version 1 -> 2: the list columns bbox,
-        crop_box and point_coords become bbox_x ... bbox_h, crop_box_x ... crop_box_h and point_coords_json).
-        Each file is replaced atomically under its own name. Run it while no round writes masks: until every
+        crop_box and point_coords become bbox_x ... bbox_h, crop_box_x ... crop_box_h and point_coords_json;
+        version 2 -> 3: a `phrase` column, null in every older row, since no older mask answered a text prompt).
+        Each file is replaced atomically under its own name, so a crash leaves every file whole in one version or
+        the other and a rerun rewrites only those still old. Run it while no round writes masks: until every
         file is upgraded, Store.masks() refuses the old ones and a plain pandas read of the mixed files fills
         the columns one version lacks with nulls.
         """
@@ -355,17 +363,20 @@ class Store(KeyedTables):
             found_table, version = file_version(table.schema)
             if found_table == "masks" and version == current:
                 continue
-            if (found_table, version) != ("masks", "1"):
+            if found_table != "masks" or version not in ("1", "2"):
                 raise SchemaMismatchError(
                     f"{path}: file holds table {found_table!r} schema version {version!r}, "
                     f"which upgrade_masks cannot turn into masks schema version {current}"
                 )
-            # Python ints and lists: ids with nulls stay exact, and the list columns keep their list form
-            df = table.drop_columns(list(_MASKS_V1_LISTS)).to_pandas(integer_object_nulls=True)
-            for name in _MASKS_V1_LISTS:
-                df[name] = table[name].to_pylist()
-            part = _partition_values(path, base)
-            new = prepare_masks(df, int(part["round"]), part["stage"], f"upgrade of {path}")
+            if version == "2":
+                new = _masks_v2_as_v3(table)
+            else:
+                # Python ints and lists: ids with nulls stay exact, and the list columns keep their list form
+                df = table.drop_columns(list(_MASKS_V1_LISTS)).to_pandas(integer_object_nulls=True)
+                for name in _MASKS_V1_LISTS:
+                    df[name] = table[name].to_pylist()
+                part = _partition_values(path, base)
+                new = prepare_masks(df, int(part["round"]), part["stage"], f"upgrade of {path}")
             self._write("masks", path[len(self.root) + 1 :].split("/"), new, **_MASK_FILE_OPTIONS)
             upgraded.append(path)
         return upgraded

@@ -1,8 +1,8 @@
 """Rows of the store's masks table from masks in memory, and masks back from rows.
 
 A stage hands the store each mask as COCO compressed RLE (pycocotools' ``counts`` string, column-major, with its
-height and width) and what only the stage knows of it: its scores, prompt points, crop, source, annotator, clicks
-and seconds, in the masks schema's own columns (``stores.schemas.MASKS``). What follows from the mask itself, its
+height and width) and what only the stage knows of it: its scores, prompt points, crop, source, the phrase it
+answers (text prompts), annotator, clicks and seconds, in the masks schema's own columns (``stores.schemas.MASKS``). What follows from the mask itself, its
 area, its box and its id, the store derives when it writes the shard (``stores.masks.prepare_masks``): the id
 from what the mask is (image, round, stage, source, RLE; ``stores.mask_id_for``), so a rerun of the same step
 writes the same ids and the store's shard replacement leaves no duplicates.
@@ -28,6 +28,7 @@ MASK_COLUMNS = [
     "point_coords_json",
     *CROP_BOX,
     "source",
+    "phrase",
     "model_version",
     "annotator",
     "clicks",
@@ -67,6 +68,7 @@ def mask_rows(
     stability_score: list[float | None] | None = None,
     point_coords: list[list[list[float]]] | None = None,
     crop_box: list[list[float]] | None = None,
+    phrase: str | None = None,
     annotator: str | None = None,
     clicks: list[int | None] | None = None,
     seconds: list[float | None] | None = None,
@@ -75,7 +77,7 @@ def mask_rows(
 
     masks: HxW bool arrays or COCO RLE dicts {"size": [H, W], "counts": str}. The optional per-mask lists must
     have one entry per mask: point_coords [[x, y], ...] and crop_box [x, y, w, h] in pixels (default: no points,
-    and the whole image as the crop).
+    and the whole image as the crop). phrase: the text prompt every one of these masks answers (None: none did).
     """
     n = len(masks)
     rows = []
@@ -99,6 +101,7 @@ def mask_rows(
                 "point_coords_json": json.dumps([[float(x), float(y)] for x, y in points]),
                 **{name: float(v) for name, v in zip(CROP_BOX, crop, strict=True)},
                 "source": source,
+                "phrase": phrase,
                 "model_version": model_version,
                 "annotator": annotator,
                 "clicks": _at(clicks, i, n),

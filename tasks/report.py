@@ -52,7 +52,17 @@ def stage_figures(store, round: int, stage: str, summaries: list[dict], model_ve
         "seconds_per_mask": round_or_none(human["seconds"].mean() if len(human) else None),
         "skipped": len(skipped),
         "skipped_images": skipped,
+        **_absent_figures(summaries),
     }
+
+
+def _absent_figures(summaries: list[dict]) -> dict:
+    """A text-prompted stage's images where the phrase was judged absent (tasks.text_autogen); nothing for a
+    stage without a phrase, whose figures stay as they were."""
+    if not any("absent" in summary for summary in summaries):
+        return {}
+    absent = [a for summary in summaries for a in summary.get("absent", [])]
+    return {"absent": len(absent), "absent_images": absent}
 
 
 def round_or_none(value, digits: int = 4):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 from tasks.progress import OnProgress
 from tasks.records import MASK_COLUMNS
@@ -56,13 +56,15 @@ def mark_done(store, round: int, stage: str, shard: str, print_: str, summary: d
 
 class ShardSummary(TypedDict):
     """What a shard's run returns: its name, the images it did, the masks it wrote, the images it skipped (each
-    with its reason), and whether an earlier run had already written the shard."""
+    with its reason), and whether an earlier run had already written the shard; a text-prompted shard
+    (tasks.text_autogen) adds the images where its phrase was judged absent, each with its presence score."""
 
     shard: str
     images: int
     masks: int
     skipped: list[dict]
     resumed: bool
+    absent: NotRequired[list[dict]]
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,12 @@ class Shard:
 
 
 def run_shard(
-    store, shard: Shard, settings: dict, per_image, on_progress: OnProgress | None = None
+    store,
+    shard: Shard,
+    settings: dict,
+    per_image,
+    on_progress: OnProgress | None = None,
+    notes: dict | None = None,
 ) -> ShardSummary:
     """Run ``per_image(image_id, image_row) -> DataFrame of mask rows`` over the shard's images, write the rows as
     one atomic shard, and mark the shard done. A shard already done with the same fingerprint (its images, the
@@ -88,7 +95,9 @@ def run_shard(
     is called after each image (at once for a skipped shard).
 
     ``per_image`` may raise ValueError/KeyError/OSError for one image: the image is recorded in the summary's
-    ``skipped`` list with the reason, and the shard goes on.
+    ``skipped`` list with the reason, and the shard goes on. ``notes``: what ``per_image`` records on the way
+    beside the rows (JSON-able, e.g. the images a phrase is absent from), added to the summary and kept in the
+    done record, so that a resumed shard says the same.
     """
     import pandas as pd
 
@@ -119,6 +128,7 @@ def run_shard(
         "images": len(image_ids) - len(skipped),
         "masks": len(masks),
         "skipped": skipped,
+        **(notes or {}),
     }
     mark_done(store, round, stage, shard.name, print_, summary)
     return {**summary, "resumed": False}

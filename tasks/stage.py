@@ -23,10 +23,11 @@ from prefect import task
 from pydantic import BaseModel
 
 from sam_core.sam import Sam
+from sam_core.text_encoder import TextEncoder
 from stores import Store
 from tasks.calibrate import calibrated_settings
 from tasks.filter import FilterSettings
-from tasks.models import cached_embedding, embedding_version, load_model
+from tasks.models import cached_embedding, embedding_version, load_model, load_text_model
 from tasks.progress import CACHE_POLICY, OnProgress
 from tasks.shards import Shard, ShardSummary, run_shard
 from tasks.thresholds import GeneratorSettings
@@ -64,23 +65,32 @@ class ShardTask(Protocol):
 @dataclass(frozen=True)
 class StageContext:
     """The shard, the store, the model and the version whose stored embeddings it reads, built once by
-    :meth:`open`."""
+    :meth:`open`; for a text-prompted stage, the text encoder the model's text path was trained with."""
 
     shard: Shard
     store: Store
     model: Sam
     embeddings: str
+    text_encoder: TextEncoder | None = None
 
     @classmethod
-    def open(cls, shard: Shard, device: str = "cpu", store: Store | None = None) -> StageContext:
+    def open(
+        cls, shard: Shard, device: str = "cpu", store: Store | None = None, text: bool = False
+    ) -> StageContext:
         """The context of ``shard``, its model loaded on ``device``; ``store``: the shard's store when the caller
-        has it open already (with its storage options)."""
+        has it open already (with its storage options); ``text``: load the version as a text model, with its
+        text encoder (ValueError naming the version's checkpoint when it has no text path)."""
         store = store or Store(shard.store_url)
+        if text:
+            model, text_encoder = load_text_model(store, shard.model_version, device)
+        else:
+            model, text_encoder = load_model(store, shard.model_version, device), None
         return cls(
             shard=shard,
             store=store,
-            model=load_model(store, shard.model_version, device),
+            model=model,
             embeddings=embedding_version(store, shard.model_version),
+            text_encoder=text_encoder,
         )
 
     @property
@@ -100,9 +110,13 @@ class StageContext:
         return autogen, filter
 
     def run_shard(
-        self, settings: dict, per_image: PerImage, on_progress: OnProgress | None = None
+        self,
+        settings: dict,
+        per_image: PerImage,
+        on_progress: OnProgress | None = None,
+        notes: dict | None = None,
     ) -> ShardSummary:
         """``per_image`` over the shard's images, their rows written as one shard; a shard already written by the
         same model with the same ``settings`` (JSON-able: what determines its masks) is skipped
-        (tasks.shards.run_shard)."""
-        return run_shard(self.store, self.shard, settings, per_image, on_progress)
+        (tasks.shards.run_shard). ``notes``: what per_image records beside the rows, added to the summary."""
+        return run_shard(self.store, self.shard, settings, per_image, on_progress, notes)

@@ -138,3 +138,14 @@ def test_each_run_names_the_annotator_and_the_calibrated_filters_of_its_own_stag
     assert list(round3.stage_filters()) == ["filter"] and round3.stage_annotator() is None
     assert LabelStudioPushParams(stage="assisted_manual").stage_filters() == {}
     assert list(LabelStudioPushParams(stage="semi_automatic").stage_filters()) == ["confident"]
+
+
+def test_a_fully_automatic_phrase_is_checked_before_a_run_and_unset_keeps_the_grid():
+    from pydantic import ValidationError
+
+    assert FullyAutomaticParams().text is None and FullyAutomaticParams().text_settings() is None
+    for blank in ("", "  "):
+        with pytest.raises(ValidationError, match="text"):
+            FullyAutomaticParams(text=blank)
+    params = FullyAutomaticParams(text=" every red ring ")
+    assert params.text == "every red ring" and params.text_settings().phrase == "every red ring"

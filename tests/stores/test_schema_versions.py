@@ -1,4 +1,4 @@
-"""Each table carries its own schema version; masks files of version 1 are refused by name, and upgraded."""
+"""Each table carries its own schema version; masks files of versions 1 and 2 are refused by name, and upgraded."""
 
 import json
 
@@ -14,8 +14,9 @@ from stores.schemas import MASKS, META_TABLE, META_VERSION
 
 
 def _as_version_1(table: pa.Table, version: bytes = b"1") -> pa.Table:
-    """A masks table of the current version in the form masks version 1 stored it: boxes and points as lists."""
-    flat = set(BBOX) | set(CROP_BOX) | {"point_coords_json"}
+    """A masks table of the current version in the form masks version 1 stored it: boxes and points as lists,
+    no phrase."""
+    flat = set(BBOX) | set(CROP_BOX) | {"point_coords_json", "phrase"}
     crop_box = np.stack([table[c].to_numpy() for c in CROP_BOX], axis=1)
     lists = {
         "bbox": pa.array(
@@ -38,6 +39,12 @@ def _as_version_1(table: pa.Table, version: bytes = b"1") -> pa.Table:
             columns[f.name] = table[f.name]
     meta = {META_TABLE: b"masks", META_VERSION: version}
     return pa.table(columns).replace_schema_metadata(meta)
+
+
+def _as_version_2(table: pa.Table) -> pa.Table:
+    """A masks table of the current version in the form masks version 2 stored it: every column but phrase."""
+    meta = {META_TABLE: b"masks", META_VERSION: b"2"}
+    return table.drop_columns(["phrase"]).replace_schema_metadata(meta)
 
 
 def _put(store, path: str, table: pa.Table) -> None:
@@ -63,9 +70,29 @@ def old_store(store, make_masks, images_frame):
     return store, path, round_0, written
 
 
-def test_tables_have_their_own_versions_and_masks_is_at_2():
+@pytest.fixture
+def v2_store(store, make_masks, images_frame):
+    """A store whose masks shards 'b' and 'c' were written by masks schema version 2 (no phrase), beside a
+    current shard 'a' of text-prompted masks."""
+    store.write_images(images_frame(["img1", "img2", "img3"]))
+    current, _ = make_masks("img1", 2, seed=1)
+    current["phrase"] = "every red ring"
+    store.write_masks(current, 0, "fully_automatic", "a")
+    paths, written = [], []
+    for shard, image_id, seed in (("b", "img2", 2), ("c", "img3", 3)):
+        df, _ = make_masks(image_id, 3, seed=seed)
+        df["external_id"] = [None, 2**60 + 1, 7]  # beyond float64's exact integers
+        paths.append(store.write_masks(df, 1, "assisted_manual", shard))
+        written.append(read_parquet_file(store.fs, paths[-1], "masks"))
+    round_0 = store.masks(round=0)
+    for path, table in zip(paths, written, strict=True):
+        _put(store, path, _as_version_2(table))
+    return store, paths, written, round_0
+
+
+def test_tables_have_their_own_versions_and_masks_is_at_3():
     assert (
-        SCHEMA_VERSIONS["masks"] == 2 and SCHEMA_VERSIONS["images"] == 1
+        SCHEMA_VERSIONS["masks"] == 3 and SCHEMA_VERSIONS["images"] == 1
     )  # images files of before still read
 
 
@@ -73,8 +100,8 @@ def test_a_version_1_masks_file_is_refused_by_name_with_the_way_to_upgrade(old_s
     store, path, _, _ = old_store
     with pytest.raises(
         SchemaMismatchError,
-        match=rf"{path}: file holds table 'masks' schema version '1', expected table 'masks' schema version 2; "
-        r"Store\(<root>\)\.upgrade_masks\(\) rewrites",
+        match=rf"{path}: file holds table 'masks' schema version '1', expected table 'masks' schema version 3; "
+        r"Store\(<root>\)\.upgrade_masks\(\) rewrites the store's version-1 masks files",
     ):
         store.masks()
     with pytest.raises(SchemaMismatchError, match=path):  # which masks are current depends on every file
@@ -84,7 +111,9 @@ def test_a_version_1_masks_file_is_refused_by_name_with_the_way_to_upgrade(old_s
 def test_upgrade_masks_rewrites_version_1_files_with_the_same_rows(old_store):
     store, path, round_0, written = old_store
     assert store.upgrade_masks() == [path]
-    assert read_parquet_file(store.fs, path, "masks").equals(written)  # what version 2 itself wrote
+    upgraded = read_parquet_file(store.fs, path, "masks")
+    assert upgraded.equals(written)  # what version 3 itself wrote
+    assert upgraded["phrase"].null_count == len(upgraded)  # no mask of version 1 answered a phrase
     assert store.upgrade_masks() == []  # nothing left to do
     pd.testing.assert_frame_equal(store.masks(round=0), round_0)  # current files are left as they were
     plain = pd.read_parquet(store.table_url("masks"), storage_options=store.storage_options)
@@ -93,13 +122,58 @@ def test_upgrade_masks_rewrites_version_1_files_with_the_same_rows(old_store):
 
 def test_a_masks_file_of_an_unknown_version_is_refused_and_not_upgraded(old_store):
     store, path, _, written = old_store
-    _put(store, path, _as_version_1(written, version=b"3"))
+    _put(store, path, _as_version_1(written, version=b"4"))
     with pytest.raises(
-        SchemaMismatchError, match=rf"{path}: file holds table 'masks' schema version '3', expected"
+        SchemaMismatchError, match=rf"{path}: file holds table 'masks' schema version '4', expected"
     ):
         store.masks()
-    with pytest.raises(SchemaMismatchError, match=r"upgrade_masks cannot turn into masks schema version 2"):
+    with pytest.raises(SchemaMismatchError, match=r"upgrade_masks cannot turn into masks schema version 3"):
         store.upgrade_masks()
+
+
+def test_a_version_2_masks_file_is_refused_by_name_with_the_way_to_upgrade(v2_store):
+    store, paths, _, _ = v2_store
+    with pytest.raises(
+        SchemaMismatchError,
+        match=rf"{paths[0]}: file holds table 'masks' schema version '2', expected table 'masks' schema version "
+        r"3; Store\(<root>\)\.upgrade_masks\(\) rewrites the store's version-2 masks files",
+    ):
+        store.masks()
+
+
+def test_upgrade_masks_rewrites_version_2_files_with_the_same_rows_and_a_null_phrase(v2_store):
+    store, paths, written, round_0 = v2_store
+    assert sorted(store.upgrade_masks()) == sorted(paths)
+    for path, before in zip(paths, written, strict=True):
+        assert read_parquet_file(store.fs, path, "masks").equals(before)  # ids, times, exact int64 ids kept
+    assert store.upgrade_masks() == []  # a rerun does nothing twice
+    pd.testing.assert_frame_equal(store.masks(round=0), round_0)  # the current shard is left as it was
+    plain = pd.read_parquet(store.table_url("masks"), storage_options=store.storage_options)
+    by_round = plain.groupby("round", observed=True)["phrase"]
+    assert by_round.apply(lambda p: p.isna().all()).to_dict() == {0: False, 1: True}
+    assert set(plain.loc[plain["round"] == 0, "phrase"]) == {"every red ring"}
+
+
+def test_an_upgrade_that_crashes_midway_leaves_whole_files_and_a_rerun_finishes_it(v2_store, monkeypatch):
+    store, paths, written, _ = v2_store
+    real_write, calls = store._write, []
+
+    def crash_on_second(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(store, "_write", crash_on_second)
+    with pytest.raises(OSError, match="disk full"):
+        store.upgrade_masks()
+    monkeypatch.undo()
+    versions = sorted(pq.read_schema(store.fs.open(p)).metadata[META_VERSION] for p in paths)
+    assert versions == [b"2", b"3"]  # one file upgraded, the other untouched, neither half-written
+    (left,) = store.upgrade_masks()
+    assert store.upgrade_masks() == [] and left in paths
+    for path, before in zip(paths, written, strict=True):
+        assert read_parquet_file(store.fs, path, "masks").equals(before)
 
 
 def test_the_cli_upgrade_command_rewrites_old_files_and_then_finds_none(old_store):

@@ -1,6 +1,7 @@
 """Mask rows and COCO ground truth round-trip exactly; the store derives each mask's area, box and id."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from stores import BBOX, CROP_BOX, Store
@@ -34,6 +35,7 @@ def test_mask_rows_speak_the_masks_schema_and_decode_back():
         annotator="simulated",
     )
     assert list(rows.columns) == MASK_COLUMNS
+    assert rows["phrase"].isna().all()  # clicks answer no phrase
     assert all(np.array_equal(x, y) for x, y in zip(decode_rows(rows), masks, strict=True))
     assert list(rows.clicks) == [2, 3]
     assert list(rows.point_coords_json) == ["[[3.0, 4.0]]", "[[21.5, 12.0], [22.0, 13.0]]"]
@@ -42,6 +44,19 @@ def test_mask_rows_speak_the_masks_schema_and_decode_back():
     assert mask_rows("img", [rle], source="auto", model_version="m0").counts.iloc[0] == rows.counts.iloc[0]
     with pytest.raises(ValueError, match="per-mask"):
         mask_rows("img", masks, source="auto", model_version="m", clicks=[1])
+
+
+def test_rows_of_a_text_prompt_carry_its_phrase_into_the_store_and_plain_pandas(tmp_path):
+    store = Store(str(tmp_path / "store"))
+    rows = mask_rows("img", _masks(), source="auto", model_version="m0", phrase="every red ring")
+    assert list(rows["phrase"]) == ["every red ring"] * 2
+    store.write_masks(rows, round=1, stage="fully_automatic", shard="a")
+    store.write_masks(
+        mask_rows("img", _masks()[:1], source="human", model_version="m0"), 1, "assisted_manual", "a"
+    )
+    plain = pd.read_parquet(tmp_path / "store" / "masks").sort_values("stage")
+    assert plain["phrase"].isna().tolist() == [True, False, False]
+    assert plain["phrase"].tolist()[1:] == ["every red ring"] * 2
 
 
 def test_the_store_derives_area_box_and_deterministic_ids(tmp_path):

@@ -1,0 +1,121 @@
+"""Text autogen: the fully automatic stage prompted by a phrase ("every red ring") instead of a grid of points.
+
+For each image of a shard: set its cached embedding (the encoder never runs again), ask the model for the phrase
+alone, whose presence score says whether what the phrase names is in the image at all (SAM 3's split of
+recognition from localisation). Where it is judged absent the image gets no mask, and the shard's summary names
+the image with its presence score: an empty image is then an answer, not a failure. Where it is present, the
+phrase's instances (``sam_core.text_instances.find_instances``: clicks inside the phrase's mask, one mask per
+instance after non-maximum suppression) are written with ``source="auto"``, the phrase, and the decoder's
+predicted IoU. The presence score is one number per image, not per mask: it lives in the summary, not the rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydantic import BaseModel, Field, field_validator
+
+from sam_core.predictor import SamPredictor
+from sam_core.text_encoder import check_phrase
+from sam_core.text_instances import NMS_IOU, POINTS_PER_SIDE, find_instances
+from tasks.progress import OnProgress
+from tasks.records import mask_rows
+from tasks.runlog import run_logger
+from tasks.shards import Shard, ShardSummary
+from tasks.stage import StageContext, shard_task
+
+
+class TextAutogenSettings(BaseModel):
+    """What a text-prompted automatic stage asks, and how it turns the answer into masks."""
+
+    phrase: str = Field(..., min_length=1, description="what to find in every image, e.g. 'every red ring'")
+    presence_threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="presence probability below which the phrase counts as absent"
+    )
+    points_per_side: int = Field(
+        POINTS_PER_SIDE, ge=1, le=64, description="grid of clicks (per side) tried inside the phrase's mask"
+    )
+    nms_iou: float = Field(NMS_IOU, ge=0.0, le=1.0, description="masks overlapping more are one instance")
+    min_predicted_iou: float = Field(0.0, ge=0.0, le=1.0, description="instances rated lower are dropped")
+
+    @field_validator("phrase")
+    @classmethod
+    def _a_phrase(cls, phrase: str) -> str:
+        # empty, whitespace-only or not UTF-8: refused when the parameters are made, before any run starts
+        return check_phrase(phrase)
+
+
+@dataclass
+class PhraseAnswer:
+    """What a phrase finds on one image: masks (H x W bool, best first) with their predicted IoU, the presence
+    probability, and why there is no mask when there is none (``absent``: the presence head judged it so)."""
+
+    presence: float
+    masks: list[np.ndarray] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    absent: bool = False
+    why_empty: str | None = None
+
+
+def answer_phrase(predictor: SamPredictor, settings: TextAutogenSettings) -> PhraseAnswer:
+    """The instances of ``settings.phrase`` on the predictor's current image (a text model with its encoder)."""
+    phrase = settings.phrase
+    union, _, _, presence = predictor.predict(text=phrase)
+    if presence < settings.presence_threshold:
+        why = f"{phrase!r} judged absent (presence {presence:.3f} < {settings.presence_threshold})"
+        return PhraseAnswer(presence, absent=True, why_empty=why)
+    masks, scores = find_instances(
+        predictor, phrase, union=union[0], points_per_side=settings.points_per_side, nms_iou=settings.nms_iou
+    )
+    kept = [i for i, score in enumerate(scores) if score >= settings.min_predicted_iou]
+    answer = PhraseAnswer(presence, [masks[i] for i in kept], [scores[i] for i in kept])
+    if not kept:
+        answer.why_empty = (
+            f"{phrase!r} judged present (presence {presence:.3f}) but no instance of it was found"
+            + (f" rated >= {settings.min_predicted_iou}" if masks else "")
+        )
+    return answer
+
+
+@shard_task("text-autogen")
+def text_autogen(
+    shard: Shard,
+    settings: TextAutogenSettings,
+    device: str = "cpu",
+    on_progress: OnProgress | None = None,
+) -> ShardSummary:
+    """Find every instance of ``settings.phrase`` in one shard of images and write them (see the module docstring).
+    The summary's ``absent`` lists the images the phrase was judged absent from, each with its presence score.
+    ``on_progress(images done, images of the shard)`` is called after each image."""
+    return run_text_shard(StageContext.open(shard, device, text=True), settings, on_progress)
+
+
+def run_text_shard(
+    ctx: StageContext, settings: TextAutogenSettings, on_progress: OnProgress | None = None
+) -> ShardSummary:
+    """The text shard over an open context (``ctx.model`` with its text path, ``ctx.text_encoder``)."""
+    predictor = SamPredictor(ctx.model, text_encoder=ctx.text_encoder)
+    predictor.encode_text(
+        [settings.phrase]
+    )  # a phrase this encoder cannot read fails the shard, not each image
+    absent: list[dict] = []
+
+    def per_image(image_id, image):
+        size = (int(image["height"]), int(image["width"]))
+        predictor.set_embedding(ctx.embedding(image_id), size)
+        answer = answer_phrase(predictor, settings)
+        if answer.absent:
+            absent.append({"image_id": image_id, "presence": round(answer.presence, 4)})
+        if answer.why_empty:
+            run_logger().info("image %s: no mask: %s", image_id, answer.why_empty)
+        return mask_rows(
+            image_id,
+            answer.masks,
+            source="auto",
+            model_version=ctx.model_version,
+            predicted_iou=answer.scores,
+            phrase=settings.phrase,
+        )
+
+    return ctx.run_shard({"text_autogen": settings.model_dump()}, per_image, on_progress, {"absent": absent})
