@@ -87,7 +87,7 @@ TABLE_COLUMNS = (
 
 @dataclass
 class DemoConfig:
-    """Sizes of the demo. The defaults fit in about 10 minutes on 2 CPU cores."""
+    """Sizes of the demo. The defaults took 833 s on an idle 2-core machine (the target is 10 minutes)."""
 
     # The new domain (sam_core.domains): "cells", or "shapes" for the embedded model's own world.
     domain: str = "cells"
@@ -107,7 +107,7 @@ class DemoConfig:
     retrain_steps: int = 150
     retrain_lr: float = 3e-4
     # A 16x16 grid (the engine's default is 32x32) puts about one point on every cell (16 px apart; cells are
-    # 18-50 px across) and keeps the demo within 10 minutes.
+    # 18-50 px across) and costs a quarter of its decoder passes.
     points_per_side: int = 16
     eval_points_per_side: int = 16
     # Box NMS of the automatic masks (stage 2's pre-fill, stage 3, the evaluations), well below the paper's 0.7:
