@@ -211,6 +211,12 @@ class EvalSettings(BaseModel):
     split: str = Field("test", description="evaluation images (never annotated by the stages)")
     max_images: int = Field(16, ge=1, le=100_000)
     max_clicks: int = Field(9, ge=1, le=20)
+    max_masks_per_image: int | None = Field(
+        None,
+        ge=1,
+        description="the clicks score at most this many ground-truth masks an image, the same ones for every "
+        "version (None: all)",
+    )
     amg_max_images: int | None = Field(
         None, ge=1, description="automatic precision/recall on the first this many images (None: all)"
     )

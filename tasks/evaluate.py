@@ -51,6 +51,7 @@ def evaluate(
     split: str = "test",
     max_images: int | None = 16,
     max_clicks: int = 9,
+    max_masks_per_image: int | None = None,
     autogen: AutogenSettings | None = None,
     filter: FilterSettings | None = None,
     amg_max_images: int | None = None,
@@ -63,6 +64,8 @@ def evaluate(
     oracle variants are kept under their full names. ``autogen``: generator settings for precision/recall
     (None: skip the automatic part). ``filter``: the fully automatic stage's filter on top of the generator (its
     calibrated thresholds included), so that precision/recall measure the masks that stage would keep.
+    ``max_masks_per_image``: the clicks score at most this many ground-truth masks an image, drawn at random
+    with a fixed seed, so every version is scored on the same masks (None: all).
     ``amg_max_images``: score the automatic masks on the first this many images only (None: all).
     ``on_progress(images done, images in all)``: each image counts once for the clicks and once for the automatic
     masks (the CLI's progress bar).
@@ -77,6 +80,7 @@ def evaluate(
         model,
         _Reporting([(image, masks) for _, image, masks in samples], lambda done: report(done, total)),
         max_clicks=max_clicks,
+        max_masks_per_image=max_masks_per_image,
     )
     report(len(samples), total)
     metrics = {

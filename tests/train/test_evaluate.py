@@ -96,3 +96,16 @@ def test_evaluate_interactive_by_area_counts_every_scored_mask():
     metrics = evaluate_interactive(model, [(image, [small, large])], max_clicks=2, by_area=True)
     assert sum(r["masks"] for r in metrics["by_area"]) == metrics["masks"] == 2
     assert "by_area" not in evaluate_interactive(model, [(image, [small, large])], max_clicks=2)
+
+
+def test_evaluate_interactive_scores_the_same_subset_of_masks_every_time():
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    image = np.zeros((64, 64, 3), np.uint8)
+    squares = [_square(y, x, 8, size=64) for y in (4, 24, 44) for x in (4, 24, 44)]
+    dataset = [(image, squares), (image, squares[:2])]
+    capped = evaluate_interactive(model, dataset, max_clicks=2, max_masks_per_image=3)
+    assert capped["masks"] == 3 + 2  # the second image has fewer masks than the cap: all of them
+    again = evaluate_interactive(model, dataset, max_clicks=2, max_masks_per_image=3)
+    assert again["miou@2_oracle"] == capped["miou@2_oracle"]
+    assert evaluate_interactive(model, dataset, max_clicks=2)["masks"] == 9 + 2
