@@ -16,6 +16,8 @@ from pydantic import BaseModel, Field, field_validator
 from sam_core.predictor import SamPredictor
 from sam_core.text_encoder import check_phrase
 from sam_core.text_instances import NMS_IOU, POINTS_PER_SIDE, PRESENCE_THRESHOLD, PhraseMasks, segment_phrase
+from stores import Store
+from tasks.models import load_text_model
 from tasks.progress import OnProgress
 from tasks.records import mask_rows
 from tasks.runlog import run_logger
@@ -59,6 +61,24 @@ def answer_phrase(predictor: SamPredictor, settings: TextAutogenSettings) -> Phr
         points_per_side=settings.points_per_side,
         nms_iou=settings.nms_iou,
     )
+
+
+def check_text_round(store_url: str, model_version: str, round: int, stage: str, phrase: str) -> None:
+    """Fail fast, before any image is embedded: ``model_version`` is a text model whose encoder reads ``phrase``
+    (its words and context length), and the round's ``stage`` holds no masks of another prompt. One phrase per
+    round and stage: the shards of a second phrase would be written under the same names and replace the first
+    phrase's masks (a rerun of the same phrase resumes). ValueError naming what is wrong."""
+    store = Store(store_url)
+    _, encoder = load_text_model(store, model_version)
+    encoder.tokenize([check_phrase(phrase, encoder.name)])
+    earlier = store.masks(round=round, stage=stage)["phrase"]
+    others = sorted(set(earlier.dropna()) - {phrase})
+    if others or earlier.isna().any():
+        what = f"phrase {others[0]!r}" if others else "a grid of points (no phrase)"
+        raise ValueError(
+            f"round {round} {stage} already holds masks of {what}; one phrase per round and stage (a second "
+            f"would replace them): give {phrase!r} another round"
+        )
 
 
 @shard_task("text-autogen")
