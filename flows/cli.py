@@ -393,7 +393,7 @@ def find(
     store: str = STORE,
     split: str = typer.Option("train", metavar="SPLIT", help="the images the round works on"),
     max_images: int = typer.Option(None, min=1, metavar="N", help="at most this many images of the split"),
-    embed_backend: Backend = typer.Option("ray", help="how images not yet embedded are: 'ray' or 'local'"),
+    embed_backend: Backend = typer.Option("ray", help="what embeds the images that have no embedding yet"),
 ) -> None:
     """A text-prompted fully automatic round: every instance of PHRASE in the store's images, written as round
     N's fully automatic masks (source=auto, the phrase in their phrase column). Needs a text model (-m VERSION

@@ -109,3 +109,13 @@ def test_a_phrase_or_model_the_round_cannot_use_is_one_line_before_any_image_is_
     assert result.exit_code == 2 and message in result.output.strip().splitlines()[-1]
     assert Store(text_store).masks().empty
     assert not any(Store(text_store).has_embedding(i, "text-v1") for i in Store(text_store).images().image_id)
+
+
+def test_help_of_find_says_what_it_takes_in_words():
+    import re
+
+    result = CliRunner().invoke(app, ["find", "--help"], env={"COLUMNS": "140"})
+    assert result.exit_code == 0 and not re.search(r"<(str|int|float|bool|path|list)", result.output)
+    assert re.search(r"\* +PHRASE +what to find, e.g. 'every striped object'", result.output)
+    assert re.search(r"--round +-r +N \[x>=0\] +round number: one phrase each", result.output)
+    assert re.search(r"--embed-backend +ray\|local .*\[default: ray\]", result.output)
