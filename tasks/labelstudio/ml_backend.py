@@ -17,8 +17,10 @@ text encoder): ``sam_core.text_instances.segment_phrase``, as ``sam-engine segme
 red object" gives one mask and "every red object" one per instance. A context with clicks or a box is answered as
 before, whatever the text box holds. A phrase the backend cannot read (empty, over the text encoder's context
 length, a word it does not know, not UTF-8) or a backend without a text model is a 400 naming the reason; Label
-Studio shows only a refused request's status line, so the reason is its reason phrase too. A token protects it: Label Studio sends it as the HTTP basic-auth
-password (register the backend with auth_method=BASIC_AUTH); `Authorization: Bearer <token>` works too.
+Studio shows only a refused request's status line, so the reason is its reason phrase too.
+
+A token protects it: Label Studio sends it as the HTTP basic-auth password (register the backend with
+auth_method=BASIC_AUTH); `Authorization: Bearer <token>` works too.
 The server is the standard library's threaded HTTP server: one decoder pass per click needs nothing more, and the
 predictor is guarded by a lock because it holds one image at a time.
 """
