@@ -4,6 +4,7 @@
     sam-engine ingest URI... [--split S]     register images (files, folders, globs; any fsspec URL)
     sam-engine embed [--model-version V]     image embeddings for every image not yet embedded
     sam-engine round --stage STAGE ...       one round: a stage, then retrain and evaluate
+    sam-engine find PHRASE --round N -m V    a text round: every instance of a phrase as automatic masks
     sam-engine train / eval                  retrain a model version / evaluate one on held-out images
     sam-engine calibrate GROUND_TRUTH        a version's automatic-mask thresholds, measured on labelled images
     sam-engine export coco|sa1b DEST         the masks as COCO JSON or SA-1B per-image JSON
@@ -31,10 +32,12 @@ from pydantic import BaseModel
 import flows  # noqa: F401  (sets the Prefect defaults before anything imports prefect)
 from flows.data_engine_round import data_engine_round
 from flows.demo import DemoConfig, run_demo
+from flows.fully_automatic import fully_automatic
 from flows.labelstudio_cli import app as labelstudio_app
 from flows.params import (
     EmbedSettings,
     EvalSettings,
+    FullyAutomaticParams,
     ImageSelection,
     RetrainParams,
     RoundParams,
@@ -377,6 +380,36 @@ def round_(
         )
         with step_bar() as show, watching(show):
             figures = data_engine_round(params, train_backend=train_backend)
+    except (OSError, ValueError, KeyError) as exc:
+        _fail(exc)
+    _print_json({k: v for k, v in figures.items() if k != "skipped_images"})
+
+
+@app.command()
+def find(
+    phrase: str = typer.Argument(..., metavar="PHRASE", help="what to find, e.g. 'every striped object'"),
+    round: int = typer.Option(..., "--round", "-r", min=0, metavar="N", help="round number: one phrase each"),
+    model_version: str = MODEL,
+    store: str = STORE,
+    split: str = typer.Option("train", metavar="SPLIT", help="the images the round works on"),
+    max_images: int = typer.Option(None, min=1, metavar="N", help="at most this many images of the split"),
+    embed_backend: Backend = typer.Option("ray", help="what embeds the images that have no embedding yet"),
+) -> None:
+    """A text-prompted fully automatic round: every instance of PHRASE in the store's images, written as round
+    N's fully automatic masks (source=auto, the phrase in their phrase column). Needs a text model (-m VERSION
+    registered from scripts/train_text.py); one phrase per round."""
+    try:  # before Prefect starts: an empty or undecodable phrase needs no model to refuse
+        check_phrase(phrase)
+        params = FullyAutomaticParams(
+            store=_existing_store(store).url,
+            round=round,
+            model_version=model_version,
+            images=ImageSelection(split=split, max_images=max_images),
+            embed=EmbedSettings(backend=embed_backend),
+            text=phrase,
+        )
+        with step_bar() as show, watching(show):
+            figures = fully_automatic(params)
     except (OSError, ValueError, KeyError) as exc:
         _fail(exc)
     _print_json({k: v for k, v in figures.items() if k != "skipped_images"})

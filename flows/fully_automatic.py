@@ -2,7 +2,8 @@
 
 No people: each image's cached embedding is prompted with a grid of points, the decoder's masks are filtered by
 predicted IoU and stability, de-duplicated by box NMS and cleaned of small holes and islands, and kept. With a
-phrase (``text``), each image is asked for every instance of it instead (tasks.text_autogen).
+phrase (``text``), each image is asked for every instance of it instead (tasks.text_autogen): a text model's
+round, one phrase per round and stage, checked before any image is embedded.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from prefect import flow
 from flows.params import FullyAutomaticParams
 from flows.steps import check_inputs, finish_stage, ingest_and_select, now, run_embed, run_shards
 from tasks.autogen import autogen
-from tasks.text_autogen import text_autogen
+from tasks.text_autogen import check_text_round, text_autogen
 
 STAGE = "fully_automatic"
 
@@ -23,9 +24,11 @@ def fully_automatic(params: FullyAutomaticParams | None = None) -> dict:
     params = params or FullyAutomaticParams()
     started = now()
     params = check_inputs(params)
+    text = params.text_settings()
+    if text is not None:
+        check_text_round(params.store, params.model_version, params.round, STAGE, text.phrase)
     image_ids, skipped = ingest_and_select(params)
     image_ids, failed = run_embed(params, image_ids)
-    text = params.text_settings()
     if text is not None:
         summaries = run_shards(text_autogen, params, STAGE, image_ids, settings=text)
     else:

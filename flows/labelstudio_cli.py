@@ -82,6 +82,9 @@ def backend(
         metavar="CONFIG",
         help="the --checkpoint's SAM config: tiny (default), tiny_conv, vit_b, vit_l, vit_h",
     ),
+    clip_checkpoint: str = typer.Option(
+        None, metavar="PATH", help="a CLIP text model's open_clip weights file here (default: its own)"
+    ),
     host: str = typer.Option("127.0.0.1", metavar="HOST"),
     port: int = typer.Option(9090, metavar="PORT"),
     token_env: str = typer.Option(
@@ -98,13 +101,15 @@ def backend(
         )
     store_obj = Store(store_url)
     try:
-        sam, version = serving_model(store_obj, model_version, model, checkpoint)
+        sam, version, text_encoder = serving_model(
+            store_obj, model_version, model, checkpoint, clip_checkpoint
+        )
     except (OSError, ValueError) as exc:
         _fail(str(exc))
     token = os.environ.get(token_env) or None
     if token is None:
         typer.echo(f"warning: {token_env} is not set; the backend accepts every caller", err=True)
-    backend_app = SamBackend(store_obj, sam, version, token=token)
+    backend_app = SamBackend(store_obj, sam, version, token=token, text_encoder=text_encoder)
     httpd = make_server(backend_app, host, port)
     typer.echo(
         f"SAM ML backend on http://{host}:{httpd.server_address[1]} serving {version} (store {store_url})"

@@ -9,8 +9,9 @@ instance under the click), and non-maximum suppression by mask IoU keeps one mas
 IoU first.
 
 ``segment_phrase`` is what a user asking "segment <phrase>" gets: nothing when the presence head judges the phrase
-absent, the instances when the phrase names several ("every ...", "each ...", "all ..."), else the phrase's mask;
-an empty answer always carries the reason.
+absent, the instances when the phrase names several ("every ...", "each ...", "all ...") or the caller always
+wants instances (the text-prompted automatic stage), else the phrase's mask; an empty
+answer always carries the reason.
 """
 
 from __future__ import annotations
@@ -109,13 +110,19 @@ def segment_phrase(
     predictor: SamPredictor,
     text: str | bytes,
     presence_threshold: float = PRESENCE_THRESHOLD,
+    always_instances: bool = False,
+    min_predicted_iou: float = 0.0,
     **instance_args,
 ) -> PhraseMasks:
     """The masks ``text`` names on the predictor's current image (see PhraseMasks). The phrase is checked by the
-    predictor's text encoder (ValueError naming what is wrong); instance_args go to find_instances."""
+    predictor's text encoder (ValueError naming what is wrong); instance_args go to find_instances.
+
+    ``always_instances``: look for instances whatever the phrase's first word (the automatic stage asks "find
+    every PHRASE" of every image); ``min_predicted_iou``: masks rated lower are dropped, and an answer left empty
+    by it says so."""
     masks, scores, _, presence = predictor.predict(text=text)
     phrase = check_phrase(text)
-    several = names_several(phrase)
+    several = always_instances or names_several(phrase)
     result = PhraseMasks(phrase, presence, presence >= presence_threshold, several)
     if not result.present:
         result.why_empty = (
@@ -129,13 +136,22 @@ def segment_phrase(
             f"no mask: {phrase!r} is judged present (presence {presence:.3f}) but its mask is empty"
         )
         return result
-    if not several:
-        result.masks, result.scores = [union], [float(scores[0])]
-        return result
-    result.masks, result.scores = find_instances(predictor, phrase, union=union, **instance_args)
-    if not result.masks:
+    if several:
+        found, rated = find_instances(predictor, phrase, union=union, **instance_args)
+    else:
+        found, rated = [union], [float(scores[0])]
+    if not found:
         result.why_empty = (
             f"no mask: {phrase!r} is judged present (presence {presence:.3f}), but the clicks inside its mask of "
             f"{int(union.sum())} px gave no instance of at least {MIN_AREA} px"
+        )
+        return result
+    kept = [i for i, score in enumerate(rated) if score >= min_predicted_iou]
+    result.masks, result.scores = [found[i] for i in kept], [rated[i] for i in kept]
+    if not kept:
+        what = f"none of its {len(found)} instances is" if several else "its mask is not"
+        result.why_empty = (
+            f"no mask: {phrase!r} is judged present (presence {presence:.3f}), but {what} rated at least "
+            f"{min_predicted_iou} (predicted IoU {max(rated):.3f} at best)"
         )
     return result

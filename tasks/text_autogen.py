@@ -4,21 +4,20 @@ For each image of a shard: set its cached embedding (the encoder never runs agai
 alone, whose presence score says whether what the phrase names is in the image at all (SAM 3's split of
 recognition from localisation). Where it is judged absent the image gets no mask, and the shard's summary names
 the image with its presence score: an empty image is then an answer, not a failure. Where it is present, the
-phrase's instances (``sam_core.text_instances.find_instances``: clicks inside the phrase's mask, one mask per
-instance after non-maximum suppression) are written with ``source="auto"``, the phrase, and the decoder's
-predicted IoU. The presence score is one number per image, not per mask: it lives in the summary, not the rows.
+phrase's instances (``sam_core.text_instances.segment_phrase`` asked for instances: clicks inside the phrase's
+mask, one mask per instance after non-maximum suppression) are written with ``source="auto"``, the phrase, and
+the decoder's predicted IoU. The presence score is one number per image, not per mask: it lives in the summary, not the rows.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
 from sam_core.predictor import SamPredictor
 from sam_core.text_encoder import check_phrase
-from sam_core.text_instances import NMS_IOU, POINTS_PER_SIDE, find_instances
+from sam_core.text_instances import NMS_IOU, POINTS_PER_SIDE, PRESENCE_THRESHOLD, PhraseMasks, segment_phrase
+from stores import Store
+from tasks.models import load_text_model
 from tasks.progress import OnProgress
 from tasks.records import mask_rows
 from tasks.runlog import run_logger
@@ -31,7 +30,10 @@ class TextAutogenSettings(BaseModel):
 
     phrase: str = Field(..., min_length=1, description="what to find in every image, e.g. 'every red ring'")
     presence_threshold: float = Field(
-        0.5, ge=0.0, le=1.0, description="presence probability below which the phrase counts as absent"
+        PRESENCE_THRESHOLD,
+        ge=0.0,
+        le=1.0,
+        description="presence probability below which the phrase counts as absent",
     )
     points_per_side: int = Field(
         POINTS_PER_SIDE, ge=1, le=64, description="grid of clicks (per side) tried inside the phrase's mask"
@@ -46,36 +48,37 @@ class TextAutogenSettings(BaseModel):
         return check_phrase(phrase)
 
 
-@dataclass
-class PhraseAnswer:
-    """What a phrase finds on one image: masks (H x W bool, best first) with their predicted IoU, the presence
-    probability, and why there is no mask when there is none (``absent``: the presence head judged it so)."""
-
-    presence: float
-    masks: list[np.ndarray] = field(default_factory=list)
-    scores: list[float] = field(default_factory=list)
-    absent: bool = False
-    why_empty: str | None = None
-
-
-def answer_phrase(predictor: SamPredictor, settings: TextAutogenSettings) -> PhraseAnswer:
-    """The instances of ``settings.phrase`` on the predictor's current image (a text model with its encoder)."""
-    phrase = settings.phrase
-    union, _, _, presence = predictor.predict(text=phrase)
-    if presence < settings.presence_threshold:
-        why = f"{phrase!r} judged absent (presence {presence:.3f} < {settings.presence_threshold})"
-        return PhraseAnswer(presence, absent=True, why_empty=why)
-    masks, scores = find_instances(
-        predictor, phrase, union=union[0], points_per_side=settings.points_per_side, nms_iou=settings.nms_iou
+def answer_phrase(predictor: SamPredictor, settings: TextAutogenSettings) -> PhraseMasks:
+    """The instances of ``settings.phrase`` on the predictor's current image (a text model with its encoder):
+    ``sam_core.text_instances.segment_phrase`` asked for instances whatever the phrase's first word, since the
+    stage finds every one."""
+    return segment_phrase(
+        predictor,
+        settings.phrase,
+        presence_threshold=settings.presence_threshold,
+        always_instances=True,
+        min_predicted_iou=settings.min_predicted_iou,
+        points_per_side=settings.points_per_side,
+        nms_iou=settings.nms_iou,
     )
-    kept = [i for i, score in enumerate(scores) if score >= settings.min_predicted_iou]
-    answer = PhraseAnswer(presence, [masks[i] for i in kept], [scores[i] for i in kept])
-    if not kept:
-        answer.why_empty = (
-            f"{phrase!r} judged present (presence {presence:.3f}) but no instance of it was found"
-            + (f" rated >= {settings.min_predicted_iou}" if masks else "")
+
+
+def check_text_round(store_url: str, model_version: str, round: int, stage: str, phrase: str) -> None:
+    """Fail fast, before any image is embedded: ``model_version`` is a text model whose encoder reads ``phrase``
+    (its words and context length), and the round's ``stage`` holds no masks of another prompt. One phrase per
+    round and stage: the shards of a second phrase would be written under the same names and replace the first
+    phrase's masks (a rerun of the same phrase resumes). ValueError naming what is wrong."""
+    store = Store(store_url)
+    _, encoder = load_text_model(store, model_version)
+    encoder.tokenize([check_phrase(phrase, encoder.name)])
+    earlier = store.masks(round=round, stage=stage)["phrase"]
+    others = sorted(set(earlier.dropna()) - {phrase})
+    if others or earlier.isna().any():
+        what = f"phrase {others[0]!r}" if others else "a grid of points (no phrase)"
+        raise ValueError(
+            f"round {round} {stage} already holds masks of {what}; one phrase per round and stage (a second "
+            f"would replace them): give {phrase!r} another round"
         )
-    return answer
 
 
 @shard_task("text-autogen")
@@ -105,10 +108,10 @@ def run_text_shard(
         size = (int(image["height"]), int(image["width"]))
         predictor.set_embedding(ctx.embedding(image_id), size)
         answer = answer_phrase(predictor, settings)
-        if answer.absent:
+        if not answer.present:
             absent.append({"image_id": image_id, "presence": round(answer.presence, 4)})
         if answer.why_empty:
-            run_logger().info("image %s: no mask: %s", image_id, answer.why_empty)
+            run_logger().info("image %s: %s", image_id, answer.why_empty)
         return mask_rows(
             image_id,
             answer.masks,

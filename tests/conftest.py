@@ -26,3 +26,42 @@ def _load_script(name: str):
 def load_script():
     """``load_script("retrain_spread")`` -> the module of scripts/retrain_spread.py."""
     return _load_script
+
+
+@pytest.fixture(scope="session")
+def trained_text_model():
+    """(text model, its embedded text encoder), both in eval mode: the tiny_conv model's text path trained for
+    15 steps on one synthetic scene, the first train scene (``split_seeds("train", 1)[0]``), clicks and boxes off
+    (about 6 s on one core). Enough for that scene's phrases to be judged present (presence about 0.68) and to
+    give masks ("every part inside the mottled object": 3 instances); the text stage, the Label Studio text box
+    and the text round share it."""
+    from sam_core.text_train import TextTrainConfig, TextTrainer
+
+    one_scene = dict(
+        dataset_size=1, scenes_per_step=1, warmup_steps=2, lr=2e-3, point_probability=0.0, box_probability=0.0
+    )
+    trainer = TextTrainer(TextTrainConfig(steps=15, decoder_lr_scale=0.1, **one_scene))
+    for _ in range(15):
+        trainer.step()
+    return trainer.model.eval(), trainer.text_encoder.eval()
+
+
+@pytest.fixture(scope="session")
+def register_text_model(trained_text_model):
+    """``register_text_model(store, version)``: the trained text model's checkpoint written to the store and
+    registered as ``version`` (config tiny_conv), as scripts/train_text.py's best.pt is with `model add`."""
+    import io
+
+    import torch
+
+    from sam_core.text_model import text_checkpoint
+    from tasks.models import register_model
+
+    model, encoder = trained_text_model
+    buffer = io.BytesIO()
+    torch.save(text_checkpoint(model, encoder, config={}, metadata={}), buffer)
+
+    def register(store, version: str) -> None:
+        register_model(store, version, "tiny_conv", store.write_checkpoint(version, buffer.getvalue()))
+
+    return register

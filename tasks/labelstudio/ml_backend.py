@@ -9,8 +9,18 @@ Each task names its engine image by `data.image_id`. The backend takes that imag
 on a first visit computes it once with the image encoder and stores it), keeps the last few in memory, and answers a
 click with the prompt encoder + mask decoder only. As in the SAM paper's interactive protocol (and the simulated
 annotator), a click that extends the previous request's clicks feeds that request's low-resolution logits back as
-the mask prompt, so each click refines the mask the annotator sees. A token protects it: Label Studio sends it as the HTTP basic-auth
-password (register the backend with auth_method=BASIC_AUTH); `Authorization: Bearer <token>` works too.
+the mask prompt, so each click refines the mask the annotator sees.
+
+A phrase typed in the project's text box (a textarea result in the context, with no click or box beside it) is
+answered with the masks it names, by a text model (a version trained with scripts/train_text.py, served with its
+text encoder): ``sam_core.text_instances.segment_phrase``, as ``sam-engine segment --text`` answers it, so "the
+red object" gives one mask and "every red object" one per instance. A context with clicks or a box is answered as
+before, whatever the text box holds. A phrase the backend cannot read (empty, over the text encoder's context
+length, a word it does not know, not UTF-8) or a backend without a text model is a 400 naming the reason; Label
+Studio shows only a refused request's status line, so the reason is its reason phrase too.
+
+A token protects it: Label Studio sends it as the HTTP basic-auth password (register the backend with
+auth_method=BASIC_AUTH); `Authorization: Bearer <token>` works too.
 The server is the standard library's threaded HTTP server: one decoder pass per click needs nothing more, and the
 predictor is guarded by a lock because it holds one image at a time.
 """
@@ -33,18 +43,22 @@ import torch
 
 from sam_core.build import build_sam
 from sam_core.predictor import SamPredictor
+from sam_core.text_encoder import TextEncoder, check_phrase
+from sam_core.text_instances import PRESENCE_THRESHOLD, segment_phrase
 from tasks.ingest import load_image
 from tasks.models import (
     EMBEDDED_VERSION,
+    GET_TEXT_MODEL,
     check_checkpoint,
     check_model,
     embedding_version,
     load_model,
+    load_text_model,
     resolve_version,
 )
 
 from .convert import mask_to_brush_rle, percent_to_pixels, rect_percent_to_box
-from .project import BRUSH_NAME, DEFAULT_LABELS, IMAGE_NAME
+from .project import BRUSH_NAME, DEFAULT_LABELS, IMAGE_NAME, brush_label
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +73,12 @@ class BackendError(Exception):
 
 # Answers kept for the next click's mask prompt: one 1 x 256 x 256 float32 logits array each (256 KiB).
 ANSWERS_KEPT = 64
+SPATIAL_PROMPTS = ("keypointlabels", "rectanglelabels")
+TEXT_PROMPT = "textarea"  # what Label Studio calls a TextArea's result
+
+
+def _kind(prompt) -> str:
+    return str(prompt.get("type", "")).lower() if isinstance(prompt, dict) else ""
 
 
 class SamBackend:
@@ -66,16 +86,27 @@ class SamBackend:
 
     store: a stores.Store (images table, embeddings). model: a sam_core Sam. model_version: the key of
     the embeddings it reads and writes. token: required on /setup and /predict when set. cache_size: embeddings kept
-    in memory.
+    in memory. text_encoder: the encoder a text model's text path was trained with (None: phrases are refused);
+    presence_threshold: the presence below which a phrase is judged absent from the image (no mask).
     """
 
-    def __init__(self, store, model, model_version: str, token: str | None = None, cache_size: int = 8):
+    def __init__(
+        self,
+        store,
+        model,
+        model_version: str,
+        token: str | None = None,
+        cache_size: int = 8,
+        text_encoder: TextEncoder | None = None,
+        presence_threshold: float = PRESENCE_THRESHOLD,
+    ):
         self.store = store
         self.model_version = model_version
         # Embeddings are read and written under the version that owns the model's image encoder.
         self._embeddings = embedding_version(store, model_version)
         self._token = token
-        self.predictor = SamPredictor(model)
+        self.predictor = SamPredictor(model, text_encoder=text_encoder)
+        self.presence_threshold = float(presence_threshold)
         # sam_core's predictor can upsample only the best of the three masks: a third of the post-processing.
         self._best_only = "best_only" in inspect.signature(self.predictor.predict).parameters
         self._lock = threading.Lock()
@@ -151,13 +182,19 @@ class SamBackend:
     # -- protocol ------------------------------------------------------------------------------------------------
 
     def health(self) -> dict:
-        return {"status": "UP", "model_class": "SamBackend", "model_version": self.model_version}
+        return {
+            "status": "UP",
+            "model_class": "SamBackend",
+            "model_version": self.model_version,
+            "text_prompts": self.predictor.text_encoder is not None,
+        }
 
     def setup(self, body: dict) -> dict:
         return {"model_version": self.model_version}
 
     def predict(self, body: dict) -> dict:
-        """One prediction per task: the mask for the context's clicks/box (empty when there is no context)."""
+        """One prediction per task: the mask for the context's clicks/box, else the masks of its phrase (empty
+        when there is no context)."""
         if not isinstance(body, dict) or not isinstance(body.get("tasks"), list):
             raise BackendError(
                 HTTPStatus.BAD_REQUEST, "predict body must be a JSON object with a 'tasks' list"
@@ -165,6 +202,8 @@ class SamBackend:
         params = body.get("params") or {}
         context = params.get("context") or body.get("context") or {}
         prompts = (context or {}).get("result") or []
+        kinds = {_kind(prompt) for prompt in prompts}
+        texts = [p for p in prompts if _kind(p) == TEXT_PROMPT] if not kinds & set(SPATIAL_PROMPTS) else []
         results = []
         for task in body["tasks"]:
             data = (task.get("data") or {}) if isinstance(task, dict) else {}
@@ -175,6 +214,10 @@ class SamBackend:
             if not prompts:
                 self._image(str(image_id))  # still refuse unknown images
                 results.append({"result": [], "score": 0.0, "model_version": self.model_version})
+                continue
+            if texts:
+                label = brush_label(body.get("label_config"))
+                results.append(self._predict_text(str(image_id), task_id, texts, label))
                 continue
             results.append(self._predict_one(str(image_id), task_id, prompts))
         return {"results": results}
@@ -240,6 +283,66 @@ class SamBackend:
         }
         return {"result": [result], "score": score, "model_version": self.model_version}
 
+    def _phrase(self, task_id, texts: list) -> str:
+        """The one phrase of the context's text-box results, checked by the text encoder as the CLI checks it
+        (its words and context length too); BackendError 400 naming what is wrong."""
+        phrases = []
+        for prompt in texts:
+            given = (prompt.get("value") or {}).get("text")
+            phrases += given if isinstance(given, list) else [given]
+        if len(phrases) != 1:
+            raise BackendError(
+                HTTPStatus.BAD_REQUEST,
+                f"task {task_id}: the text box holds {len(phrases)} phrases; the backend answers one at a time",
+            )
+        encoder = self.predictor.text_encoder
+        if encoder is None:
+            raise BackendError(
+                HTTPStatus.BAD_REQUEST,
+                f"task {task_id}: a phrase needs a text model, and this backend serves {self.model_version!r}, "
+                f"which has no text path; {GET_TEXT_MODEL}, then serve it: sam-engine labelstudio backend -m NAME",
+            )
+        try:
+            phrase = check_phrase(phrases[0], encoder.name)
+            encoder.tokenize([phrase])  # its words and length, before the image is touched
+        except (TypeError, ValueError) as exc:
+            raise BackendError(HTTPStatus.BAD_REQUEST, f"task {task_id}: bad text prompt: {exc}") from exc
+        return phrase
+
+    def _predict_text(self, image_id: str, task_id, texts: list, label: str) -> dict:
+        """The masks the context's phrase names on the image (segment_phrase), one brush result each, best first;
+        an empty answer carries ``why_empty``."""
+        phrase = self._phrase(task_id, texts)
+        with self._lock:
+            height, width = self._use_image(image_id)
+            with torch.inference_mode():
+                found = segment_phrase(self.predictor, phrase, self.presence_threshold)
+        results = []
+        for mask, score in zip(found.masks, found.scores, strict=True):
+            result = {
+                "id": uuid.uuid4().hex[:10],
+                "from_name": BRUSH_NAME,
+                "to_name": IMAGE_NAME,
+                "type": "brushlabels",
+                "original_width": width,
+                "original_height": height,
+                "image_rotation": 0,
+                "value": {"format": "rle", "rle": mask_to_brush_rle(mask), "brushlabels": [label]},
+                "score": float(score),
+                "readonly": False,
+            }
+            results.append(result)
+        answer = {
+            "result": results,
+            "score": max(found.scores, default=0.0),
+            "model_version": self.model_version,
+            "presence": found.presence,
+        }
+        if found.why_empty:
+            logger.info("ml backend task %s, image %s: %s", task_id, image_id, found.why_empty)
+            answer["why_empty"] = found.why_empty
+        return answer
+
     def _remember(self, key: tuple, low_res: np.ndarray) -> None:
         self._answered[key] = low_res
         self._answered.move_to_end(key)
@@ -254,9 +357,9 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args) -> None:  # route to logging, never print headers
         logger.debug("ml backend %s - %s", self.address_string(), format % args)
 
-    def _send(self, status: int, body: dict) -> None:
+    def _send(self, status: int, body: dict, reason: str | None = None) -> None:
         data = json.dumps(body).encode()
-        self.send_response(status)
+        self.send_response(status, _status_line_text(reason) if reason else None)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -281,16 +384,31 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong ML backend token"})
         try:
             body = json.loads(raw or b"{}")
+        except UnicodeDecodeError as exc:
+            error = (
+                f"body is not valid UTF-8: byte 0x{raw[exc.start : exc.start + 1].hex()} at offset {exc.start} "
+                f"({exc.reason}); send JSON encoded as UTF-8"
+            )
+            return self._send(HTTPStatus.BAD_REQUEST, {"error": error}, error)
         except json.JSONDecodeError as exc:
             return self._send(HTTPStatus.BAD_REQUEST, {"error": f"body is not JSON: {exc}"})
         try:
             self._send(HTTPStatus.OK, handlers[route](body))
         except BackendError as exc:
             logger.info("ml backend %s refused: %s", route, exc)
-            self._send(exc.status, {"error": str(exc)})
+            self._send(exc.status, {"error": str(exc)}, str(exc))
         except Exception as exc:  # noqa: BLE001 - answer 500 with the reason instead of dropping the connection
             logger.exception("ml backend %s failed", route)
             self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(exc).__name__}: {exc}"})
+
+
+def _status_line_text(reason: str, limit: int = 400) -> str:
+    """A refusal's reason as an HTTP reason phrase: Label Studio reports a refused /predict to the browser as
+    "400 Client Error: <reason phrase> for url: ..." and drops the body. One line of Latin-1 (the status line's
+    charset), cut at ``limit`` characters."""
+    line = " ".join(reason.split())
+    line = line if len(line) <= limit else line[: limit - 3] + "..."
+    return line.encode("latin-1", "replace").decode("latin-1")
 
 
 def make_server(backend: SamBackend, host: str = "127.0.0.1", port: int = 9090) -> ThreadingHTTPServer:
@@ -316,21 +434,40 @@ def build_model(name: str = "tiny", checkpoint: str | None = None):
 
 
 def serving_model(
-    store, model_version: str | None = None, config: str | None = None, checkpoint: str | None = None
+    store,
+    model_version: str | None = None,
+    config: str | None = None,
+    checkpoint: str | None = None,
+    clip_checkpoint: str | None = None,
 ):
-    """(the Sam the backend serves, in eval mode; the model version its answers and embeddings carry).
+    """(the Sam the backend serves, in eval mode; the model version its answers and embeddings carry; the text
+    encoder of a text model, which the text box needs, else None).
 
     Without ``checkpoint``: the store's ``model_version`` (default ``embedded``, the shipped model; ``latest``,
     or any registered version), so a backend started with no options answers with trained weights, never random
     ones. With ``checkpoint`` (a path or fsspec URL): that file built as SAM config ``config`` (default tiny),
     labelled ``model_version`` (default the config name). An unknown version raises ValueError naming the known
-    ones; a missing checkpoint raises FileNotFoundError naming it.
+    ones; a missing checkpoint raises FileNotFoundError naming it. A registered text model (scripts/train_text.py)
+    is served with its text encoder; ``clip_checkpoint``: a CLIP text model's open_clip weights file here (default:
+    the file it was trained with).
     """
     if checkpoint is None:
         version = resolve_version(store, model_version or EMBEDDED_VERSION)
         check_model(store, version)
-        return load_model(store, version), version
+        model = load_model(store, version)
+        if model.prompt_encoder.text_dim:
+            model, text_encoder = load_text_model(store, version, clip_checkpoint=clip_checkpoint)
+            return model, version, text_encoder
+        if clip_checkpoint is not None:
+            raise ValueError(
+                f"--clip-checkpoint is for a CLIP text model; model {version!r} has no text path"
+            )
+        return model, version, None
     config = config or "tiny"
     version = model_version or config
+    if clip_checkpoint is not None:
+        raise ValueError(
+            "--clip-checkpoint is for a registered CLIP text model (-m VERSION), not --checkpoint"
+        )
     check_checkpoint(checkpoint, version)
-    return build_sam(config, checkpoint).eval(), version
+    return build_sam(config, checkpoint).eval(), version, None

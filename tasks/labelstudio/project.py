@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import quote, urlparse
+from xml.etree import ElementTree
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
@@ -23,13 +24,16 @@ IMAGE_NAME = "image"
 BRUSH_NAME = "mask"
 KEYPOINT_NAME = "click"
 RECT_NAME = "box"
+TEXT_NAME = "prompt"
 DEFAULT_LABELS = ("object",)
+TEXT_PLACEHOLDER = "a phrase (needs a text model), e.g. every striped object"
 
 
 def label_config(labels: Iterable[str] = DEFAULT_LABELS) -> str:
     """The labeling config: brush masks, plus keypoints and rectangles marked smart so each click or box goes to
-    the ML backend (interactive SAM). Point and box prompts are not stored as annotations the engine syncs; only
-    brush results are masks."""
+    the ML backend (interactive SAM), and a text box whose phrase the backend answers with the masks it names
+    (a text model; with auto-annotation on, Label Studio sends the phrase when it is added). Point, box and text
+    prompts are not stored as annotations the engine syncs; only brush results are masks."""
     labels = list(labels)
     if not labels:
         raise ValueError("labels must name at least one label")
@@ -41,8 +45,21 @@ def label_config(labels: Iterable[str] = DEFAULT_LABELS) -> str:
         f'<BrushLabels name="{BRUSH_NAME}" toName="{IMAGE_NAME}">{items}</BrushLabels>'
         f'<KeyPointLabels name="{KEYPOINT_NAME}" toName="{IMAGE_NAME}" smart="true">{smart}</KeyPointLabels>'
         f'<RectangleLabels name="{RECT_NAME}" toName="{IMAGE_NAME}" smart="true">{smart}</RectangleLabels>'
+        # One phrase at a time (maxSubmissions 1), editable to ask the next one.
+        f'<TextArea name="{TEXT_NAME}" toName="{IMAGE_NAME}" editable="true" rows="1" maxSubmissions="1" '
+        f'showSubmitButton="true" placeholder={quoteattr(TEXT_PLACEHOLDER)}/>'
         "</View>"
     )
+
+
+def brush_label(config: str | None) -> str:
+    """The first brush label of a labeling config (what a text answer's masks are labelled with: a phrase picks
+    no label); DEFAULT_LABELS[0] when the config is missing, unreadable or has none."""
+    try:
+        label = ElementTree.fromstring(config or "").find(".//BrushLabels/Label")
+    except ElementTree.ParseError:
+        label = None
+    return label.get("value", DEFAULT_LABELS[0]) if label is not None else DEFAULT_LABELS[0]
 
 
 def image_url(uri: str, document_root: str | Path | None = None) -> str:

@@ -35,15 +35,15 @@ from tasks.retrain import changes_since_trained
 
 from .client import LabelStudioClient
 from .convert import BrushRLEError, brush_rle_to_mask, mask_to_coco_rle
-from .project import KEYPOINT_NAME, RECT_NAME
+from .project import KEYPOINT_NAME, RECT_NAME, TEXT_NAME
 
 logger = logging.getLogger(__name__)
 
 STATE_TABLE = "labelstudio_sync"
 SYNC_EVENT = "sam-engine.labels.synced"
 LABELLED_STAGES = ("assisted_manual", "semi_automatic")  # the stages whose masks people make
-# Prompt results the smart tools leave in an annotation: the inputs to SAM, not masks.
-_PROMPT_TYPES = {"keypointlabels", "rectanglelabels", "keypoint", "rectangle"}
+# Prompt results the smart tools and the text box leave in an annotation: the inputs to SAM, not masks.
+_PROMPT_TYPES = {"keypointlabels", "rectanglelabels", "keypoint", "rectangle", "textarea"}
 
 
 @dataclass
@@ -184,8 +184,8 @@ def _brush_rows(
             report.skipped.append(SkippedResult(task_id, ann_id, None, "result is not an object"))
             continue
         rtype = str(result.get("type", "")).lower()
-        if rtype in _PROMPT_TYPES and result.get("from_name") in (KEYPOINT_NAME, RECT_NAME):
-            continue  # a click or box given to SAM; the mask it produced is its own brush result
+        if rtype in _PROMPT_TYPES and result.get("from_name") in (KEYPOINT_NAME, RECT_NAME, TEXT_NAME):
+            continue  # a click, box or phrase given to SAM; the masks it produced are their own brush results
         if rtype != "brushlabels":
             report.skipped.append(SkippedResult(task_id, ann_id, rid, f"foreign result type {rtype!r}"))
             continue

@@ -103,3 +103,20 @@ def test_backend_refuses_a_bad_model_in_one_line(monkeypatch, tmp_path):
         result, backend = _backend(monkeypatch, "--store", store, *args)
         assert result.exit_code == 2 and backend is None
         assert result.output.strip().splitlines()[-1] == message
+
+
+def test_backend_serves_a_registered_text_model_with_its_text_encoder(
+    monkeypatch, tmp_path, register_text_model
+):
+    from stores import Store
+
+    store = (tmp_path / "store").as_uri()
+    register_text_model(Store(store), "text-v1")
+    result, backend = _backend(monkeypatch, "--store", store, "-m", "text-v1")
+    assert result.exit_code == 0, result.output
+    assert backend.model_version == "text-v1" and backend.health()["text_prompts"] is True
+    result, backend = _backend(monkeypatch, "--store", store, "--clip-checkpoint", "clip.bin")
+    assert result.exit_code == 2 and backend is None
+    assert result.output.strip().splitlines()[-1] == (
+        "error: --clip-checkpoint is for a CLIP text model; model 'embedded' has no text path"
+    )

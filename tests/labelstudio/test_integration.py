@@ -1,11 +1,13 @@
 """Against a real Label Studio: project from the engine, annotations posted as a browser would, sync, edit,
-delete, re-sync; malformed and foreign results; a wrong token; SAM answering a click through Label Studio."""
+delete, re-sync; malformed and foreign results; a wrong token; SAM answering a click, and a text model answering
+a phrase typed in the text box, through Label Studio."""
 
 import logging
 import secrets
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from label_studio_sdk.converter.brush import encode_rle
 
@@ -216,6 +218,57 @@ def test_label_studio_calls_the_ml_backend_for_a_keypoint(ls_client, store, docu
         # Registering it with the wrong token fails: Label Studio reports our backend's 401 on /setup.
         with pytest.raises(LabelStudioError, match="401 Client Error: Unauthorized for url: .*/setup"):
             ls_client.add_ml_backend(pid, url, title="wrong token", token="not-the-token")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_label_studio_returns_the_masks_of_a_phrase_typed_in_the_text_box(
+    ls_client, store, document_root, trained_text_model, run_id
+):
+    from PIL import Image
+
+    from sam_core.synthetic import make_scene, split_seeds
+
+    # The scene the shared text model was trained on, served by Label Studio from its document root.
+    folder = Path(document_root) / f"text-{run_id}"
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(make_scene(split_seeds("train", 1)[0]).image).save(folder / "scene.png")
+    row = {"image_id": f"scene-{run_id}", "uri": str(folder / "scene.png"), "width": 256, "height": 256}
+    store.write_images(pd.DataFrame([{**row, "sha256": "s", "split": "train"}]))
+    pid = project.ensure_project(ls_client, f"engine text {run_id}", labels=["cell"])
+    assert f'<TextArea name="{project.TEXT_NAME}"' in ls_client.get_project(pid)["label_config"]
+    task = project.add_tasks(ls_client, pid, store.images(), document_root=document_root)[row["image_id"]]
+    model, encoder = trained_text_model
+    backend_token = secrets.token_hex(16)
+    srv, url = serve_in_thread(
+        SamBackend(store, model, "text-test", token=backend_token, text_encoder=encoder)
+    )
+    try:
+        ml = ls_client.add_ml_backend(pid, url, token=backend_token)
+        assert ml["state"] == "CO"
+
+        def typed(phrase):
+            """The context the browser sends when a phrase is added in the text box with auto-annotation on."""
+            box = {"from_name": project.TEXT_NAME, "to_name": project.IMAGE_NAME, "type": "textarea"}
+            return ls_client.interactive_annotating(
+                ml["id"], task, {"result": [{**box, "value": {"text": [phrase]}}]}
+            )
+
+        answer = typed("every part inside the mottled object")
+        assert "errors" not in answer, answer
+        results = answer["data"]["result"]
+        assert len(results) > 1 and answer["data"]["model_version"] == "text-test"  # one mask per instance
+        for result in results:
+            assert result["type"] == "brushlabels" and result["value"]["brushlabels"] == ["cell"]
+            assert brush_rle_to_mask(result["value"]["rle"], 256, 256).sum() >= 16
+
+        # A phrase the backend cannot take: Label Studio passes the reason on (from the refusal's status line).
+        refused = typed("   ")
+        assert "400 Client Error: task" in refused["errors"][0]
+        assert "bad text prompt: text is empty (only whitespace)" in refused["errors"][0]
+        refused = typed("the " * 12 + "object")
+        assert "takes at most 12 (its context length)" in refused["errors"][0]
     finally:
         srv.shutdown()
         srv.server_close()

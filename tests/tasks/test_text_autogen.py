@@ -4,47 +4,28 @@ from gets no mask and is named in the summary."""
 
 from __future__ import annotations
 
-import io
-
 import pandas as pd
 import pytest
-import torch
 from pydantic import ValidationError
 
 from sam_core import SamPredictor
 from sam_core.synthetic import make_scene, split_seeds
-from sam_core.text_model import text_checkpoint
-from sam_core.text_train import TextTrainConfig, TextTrainer
 from stores import Store
-from tasks.models import EMBEDDED_VERSION, register_model
+from tasks.models import EMBEDDED_VERSION
 from tasks.report import stage_figures
 from tasks.shards import Shard
 from tasks.text_autogen import TextAutogenSettings, text_autogen
 
 VERSION = "text-m"
 PHRASE = "every part inside the mottled object"
-ONE_SCENE = dict(
-    dataset_size=1, scenes_per_step=1, warmup_steps=2, lr=2e-3, point_probability=0.0, box_probability=0.0
-)
-
-
-@pytest.fixture(scope="module")
-def trained():
-    """A text model trained for 15 steps on one scene (seconds): enough for its phrases to give masks."""
-    trainer = TextTrainer(TextTrainConfig(steps=15, decoder_lr_scale=0.1, **ONE_SCENE))
-    for _ in range(15):
-        trainer.step()
-    return trainer.model.eval(), trainer.text_encoder.eval()
 
 
 @pytest.fixture
-def text_store(tmp_path, trained):
+def text_store(tmp_path, trained_text_model, register_text_model):
     """A store holding two copies of the scene, embedded by a registered text model version."""
-    model, encoder = trained
+    model, _ = trained_text_model
     store = Store((tmp_path / "engine").as_uri())
-    buffer = io.BytesIO()
-    torch.save(text_checkpoint(model, encoder, config={}, metadata={}), buffer)
-    register_model(store, VERSION, "tiny_conv", store.write_checkpoint(VERSION, buffer.getvalue()))
+    register_text_model(store, VERSION)
     scene = make_scene(split_seeds("train", 1)[0])
     predictor = SamPredictor(model)
     predictor.set_image(scene.image)
@@ -107,3 +88,20 @@ def test_a_model_without_a_text_path_is_refused_saying_how_to_get_one(text_store
         ValueError, match="model .embedded. has no text path; train one with scripts/train_text.py"
     ):
         text_autogen.fn(plain, TextAutogenSettings(phrase=PHRASE))
+
+
+def test_instances_rated_below_the_cut_are_dropped_and_an_emptied_image_says_why(text_store, caplog):
+    store, shard = text_store
+    loose = text_autogen.fn(shard, TextAutogenSettings(phrase=PHRASE, points_per_side=12))
+    cut = float(store.masks(round=1, stage="fully_automatic")["predicted_iou"].max())
+    strict = TextAutogenSettings(phrase=PHRASE, points_per_side=12, min_predicted_iou=cut)
+    summary = text_autogen.fn(shard, strict)  # other settings: the shard is redone, not resumed
+    masks = store.masks(round=1, stage="fully_automatic")
+    assert not summary["resumed"] and summary["masks"] == 2 < loose["masks"]  # the best of each image
+    assert (masks["predicted_iou"] >= cut).all() and summary["absent"] == []
+    caplog.set_level("INFO")
+    none = text_autogen.fn(
+        shard, TextAutogenSettings(phrase=PHRASE, points_per_side=8, min_predicted_iou=1.0)
+    )
+    assert none["masks"] == 0 and none["absent"] == []  # present, only rated too low
+    assert "but none of its" in caplog.text and "rated at least 1.0" in caplog.text

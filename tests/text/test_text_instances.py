@@ -4,11 +4,13 @@ non-maximum suppression; and the matching that scores them."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from sam_core import SamPredictor
 from sam_core.mask_utils import binary_iou
+from sam_core.synthetic import make_scene, split_seeds
 from sam_core.text_eval import connected_pieces, matched_instances
-from sam_core.text_instances import NMS_IOU, find_instances, grid_clicks_inside
+from sam_core.text_instances import NMS_IOU, find_instances, grid_clicks_inside, segment_phrase
 
 
 def _disk(cx, cy, r, size=64):
@@ -46,3 +48,40 @@ def test_find_instances_keeps_one_mask_per_instance_best_first(text_model, embed
         assert masks[i].shape == (256, 256) and masks[i].sum() >= 16
         for j in range(i):
             assert binary_iou(masks[i], masks[j]) <= NMS_IOU
+
+
+@pytest.fixture(scope="module")
+def trained_predictor(trained_text_model):
+    """The trained text model on the scene it was trained on (split_seeds("train", 1)[0])."""
+    model, encoder = trained_text_model
+    predictor = SamPredictor(model, text_encoder=encoder)
+    predictor.set_image(make_scene(split_seeds("train", 1)[0]).image)
+    return predictor
+
+
+def test_segment_phrase_looks_for_instances_when_asked_whatever_the_first_word(trained_predictor):
+    one = segment_phrase(trained_predictor, "the rectangle")
+    assert one.present and not one.instances and len(one.masks) == 1 and one.why_empty is None
+    union = trained_predictor.predict(text="the rectangle")[0][0]
+    assert np.array_equal(one.masks[0], union)
+    each = segment_phrase(trained_predictor, "the rectangle", always_instances=True, points_per_side=8)
+    found, scores = find_instances(trained_predictor, "the rectangle", union=union, points_per_side=8)
+    assert each.instances and len(each.masks) == len(found) > 1 and each.scores == scores
+    assert all(np.array_equal(a, b) for a, b in zip(each.masks, found, strict=True))
+
+
+def test_segment_phrase_drops_masks_rated_below_the_cut_and_says_so_when_none_is_left(trained_predictor):
+    phrase = "every part inside the mottled object"
+    every = segment_phrase(trained_predictor, phrase)
+    assert len(every.scores) > 2
+    cut = every.scores[1]  # best first: the cut keeps the first two
+    kept = segment_phrase(trained_predictor, phrase, min_predicted_iou=cut)
+    assert kept.scores == every.scores[:2] and len(kept.masks) == 2
+    none = segment_phrase(trained_predictor, phrase, min_predicted_iou=0.99)
+    assert none.masks == [] and none.present
+    assert none.why_empty == (
+        f"no mask: {phrase!r} is judged present (presence {every.presence:.3f}), but none of its "
+        f"{len(every.masks)} instances is rated at least 0.99 (predicted IoU {every.scores[0]:.3f} at best)"
+    )
+    single = segment_phrase(trained_predictor, "the rectangle", min_predicted_iou=0.99)
+    assert single.masks == [] and "but its mask is not rated at least 0.99" in single.why_empty
