@@ -53,11 +53,11 @@ def labelstudio_push(params: LabelStudioPushParams | None = None) -> dict:
         image_ids,
         params.round,
         params.stage,
-        params.project,
-        params.labels,
-        masks,
-        params.document_root or document_root(),
-        params.ml_backend_url or os.environ.get("SAM_ENGINE_BACKEND_URL"),
+        project=params.project,
+        labels=params.labels,
+        masks=masks,
+        document_root=params.document_root or document_root(),
+        ml_backend_url=params.ml_backend_url or os.environ.get("SAM_ENGINE_BACKEND_URL"),
     )
     summary["skipped_images"] = skipped
     print(

@@ -133,31 +133,12 @@ def push_images(
 
 @task(name="labelstudio-push", retries=2, retry_delay_seconds=5, task_run_name="push-r{round}-{stage}")
 def push_task(
-    store_url: str,
-    labelstudio_url: str | None,
-    image_ids: list[str],
-    round: int,
-    stage: str,
-    project: str,
-    labels: list[str],
-    masks: pd.DataFrame | None = None,
-    document_root: str | None = None,
-    ml_backend_url: str | None = None,
+    store_url: str, labelstudio_url: str | None, image_ids: list[str], round: int, stage: str, **push
 ) -> dict:
-    """push_images as a Prefect task (safe to retry: a rerun skips the tasks already made). Returns the summary."""
+    """push_images as a Prefect task, on the store and the Label Studio at these URLs; ``push``: push_images's
+    keywords from ``project`` on. Safe to retry: a rerun skips the tasks already made. Returns the summary."""
     with connect(labelstudio_url) as client:
-        report = push_images(
-            client,
-            Store(store_url),
-            image_ids,
-            round,
-            stage,
-            project,
-            labels,
-            masks,
-            document_root,
-            ml_backend_url,
-        )
+        report = push_images(client, Store(store_url), image_ids, round, stage, **push)
     return report.summary()
 
 
