@@ -1,8 +1,11 @@
 """Shared pytest setup. Area fixtures live in tests/<area>/conftest.py."""
 
 import importlib.util
+import json
 import os
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -65,3 +68,34 @@ def register_text_model(trained_text_model):
         register_model(store, version, "tiny_conv", store.write_checkpoint(version, buffer.getvalue()))
 
     return register
+
+
+class JsonStub(BaseHTTPRequestHandler):
+    """The handler of a fake HTTP service (Label Studio's API in the tests): quiet, and answers in JSON."""
+
+    def log_message(self, *args):
+        pass
+
+    def reply(self, status: int, body) -> None:
+        """``body`` as JSON. HTTP/1.0: the closed connection ends the body, so no Content-Length is needed."""
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(json.dumps(body).encode())
+
+
+@pytest.fixture
+def serve_stub():
+    """``serve_stub(handler_class)`` -> its URL: the class served on a free local port until the test ends."""
+    servers = []
+
+    def serve(handler: type[BaseHTTPRequestHandler]) -> str:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()

@@ -4,10 +4,7 @@ and the one after adds nothing. The CLI says in one line what is missing."""
 
 from __future__ import annotations
 
-import json
 import secrets
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
 import numpy as np
@@ -19,8 +16,10 @@ from stores import Store
 from tasks.labelstudio import project
 from tasks.labelstudio.sync import STATE_TABLE
 
+from ..conftest import JsonStub
 
-class _LabelStudio(BaseHTTPRequestHandler):
+
+class _LabelStudio(JsonStub):
     """Just enough of Label Studio's API for a sync: one project, its tasks, its users. Answers 503 while
     ``failures`` is above zero."""
 
@@ -28,43 +27,28 @@ class _LabelStudio(BaseHTTPRequestHandler):
     calls = 0
     tasks: list = []
 
-    def log_message(self, *args):
-        pass
-
-    def _json(self, status, body):
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
     def do_GET(self):
         cls = type(self)
         cls.calls += 1
         if cls.failures > 0:
             cls.failures -= 1
-            return self._json(503, {"detail": "down for maintenance"})
+            return self.reply(503, {"detail": "down for maintenance"})
         path = urlparse(self.path).path
         if path == "/api/projects":
-            return self._json(200, {"results": [{"id": 7, "title": "sam-engine"}], "next": None})
+            return self.reply(200, {"results": [{"id": 7, "title": "sam-engine"}], "next": None})
         if path == "/api/tasks":
-            return self._json(200, {"tasks": cls.tasks, "total": len(cls.tasks)})
+            return self.reply(200, {"tasks": cls.tasks, "total": len(cls.tasks)})
         if path == "/api/users":
-            return self._json(200, [{"id": 1, "email": "ann@example.org"}])
-        return self._json(404, {"detail": f"no {path}"})
+            return self.reply(200, [{"id": 1, "email": "ann@example.org"}])
+        return self.reply(404, {"detail": f"no {path}"})
 
 
 @pytest.fixture
-def labelstudio(monkeypatch):
+def labelstudio(monkeypatch, serve_stub):
     handler = type("LabelStudio", (_LabelStudio,), {"failures": 0, "calls": 0, "tasks": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("SAM_ENGINE_LS_URL", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("SAM_ENGINE_LS_URL", serve_stub(handler))
     monkeypatch.setenv("SAM_ENGINE_LS_TOKEN", secrets.token_hex(20))
-    yield handler
-    server.shutdown()
-    server.server_close()
+    return handler
 
 
 def _task(task_id: int, image_id: str, height: int, width: int) -> dict:

@@ -1,10 +1,7 @@
 """Label Studio down, answering 5xx, or refusing the token: retries, then a clear error; the store unchanged."""
 
-import json
 import logging
 import secrets
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -18,42 +15,29 @@ from tasks.labelstudio.client import (
 )
 from tasks.labelstudio.sync import STATE_TABLE, cursor_key, sync_project
 
+from ..conftest import JsonStub
 
-class _Stub(BaseHTTPRequestHandler):
+
+class _Stub(JsonStub):
     """Answers every request with `status`, counting the calls."""
 
     status = 500
     calls = 0
 
-    def log_message(self, *args):
-        pass
-
     def _answer(self):
         type(self).calls += 1
-        body = json.dumps({"detail": "boom"}).encode()
-        self.send_response(self.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        self.reply(self.status, {"detail": "boom"})
 
     do_GET = do_POST = do_PATCH = do_DELETE = _answer
 
 
 @pytest.fixture
-def stub():
+def stub(serve_stub):
     def start(status):
         handler = type("Stub", (_Stub,), {"status": status, "calls": 0})
-        srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        servers.append(srv)
-        return f"http://127.0.0.1:{srv.server_address[1]}", handler
+        return serve_stub(handler), handler
 
-    servers = []
-    yield start
-    for srv in servers:
-        srv.shutdown()
-        srv.server_close()
+    return start
 
 
 def _store_is_empty(store, key):
