@@ -52,36 +52,30 @@ def test_malformed_rle_is_refused_naming_the_row(seeded, make_masks, counts, mes
     assert snapshot(seeded) == before
 
 
-def test_rle_that_does_not_cover_its_size_is_refused(seeded, make_masks):
+@pytest.mark.parametrize(
+    ("shape", "spoil", "message"),
+    [
+        (  # the RLE covers 24 x 32 pixels
+            {"seed": 3},
+            lambda df: df.assign(height=[25, 24]),
+            r"row 0 image_id=img1: counts covers 768 pixels but the mask is 25 x 32",
+        ),
+        (  # a valid RLE, but img1 is 24 x 32
+            {"height": 32, "width": 24, "seed": 4},
+            lambda df: df,
+            r"row 0 image_id=img1: mask is 32 x 24 but the image is 24 x 32",
+        ),
+        ({"seed": 5}, lambda df: df.assign(area=[None, 1]), r"row 1 image_id=img1: area=1 but counts holds"),
+        ({"seed": 5}, lambda df: df.assign(source="robot"), r"row 0 image_id=img1: source='robot'"),
+        ({"seed": 5}, lambda df: df.drop(columns="counts"), r"missing required columns \['counts'\]"),
+    ],
+    ids=["rle_short_of_its_size", "size_differs_from_the_image", "wrong_area", "unknown_source", "no_counts"],
+)
+def test_a_bad_masks_row_is_refused_naming_it(seeded, make_masks, shape, spoil, message):
     before = snapshot(seeded)
-    df, _ = make_masks("img1", 2, seed=3)
-    df.loc[0, "height"] = 25  # the RLE covers 24 x 32 pixels
-    with pytest.raises(
-        BadRecordError, match=r"row 0 image_id=img1: counts covers 768 pixels but the mask is 25 x 32"
-    ):
-        seeded.write_masks(df, 0, "fully_automatic", 1)
-    assert snapshot(seeded) == before
-
-
-def test_mask_whose_size_differs_from_its_image_is_refused(seeded, make_masks):
-    before = snapshot(seeded)
-    df, _ = make_masks("img1", 2, height=32, width=24, seed=4)  # a valid RLE, but img1 is 24 x 32
-    with pytest.raises(
-        BadRecordError, match=r"row 0 image_id=img1: mask is 32 x 24 but the image is 24 x 32"
-    ):
-        seeded.write_masks(df, 0, "fully_automatic", 1)
-    assert snapshot(seeded) == before
-
-
-def test_wrong_area_unknown_source_and_missing_columns_are_refused(seeded, make_masks):
-    before = snapshot(seeded)
-    df, _ = make_masks("img1", 2, seed=5)
-    with pytest.raises(BadRecordError, match=r"row 1 image_id=img1: area=1 but counts holds"):
-        seeded.write_masks(df.assign(area=[None, 1]), 0, "fully_automatic", 1)
-    with pytest.raises(BadRecordError, match=r"row 0 image_id=img1: source='robot'"):
-        seeded.write_masks(df.assign(source="robot"), 0, "fully_automatic", 1)
-    with pytest.raises(BadRecordError, match=r"missing required columns \['counts'\]"):
-        seeded.write_masks(df.drop(columns="counts"), 0, "fully_automatic", 1)
+    df, _ = make_masks("img1", 2, **shape)
+    with pytest.raises(BadRecordError, match=message):
+        seeded.write_masks(spoil(df), 0, "fully_automatic", 1)
     assert snapshot(seeded) == before
 
 

@@ -96,12 +96,22 @@ def test_tables_have_their_own_versions_and_masks_is_at_3():
     )  # images files of before still read
 
 
-def test_a_version_1_masks_file_is_refused_by_name_with_the_way_to_upgrade(old_store):
-    store, path, _, _ = old_store
+@pytest.fixture(params=[1, 2])
+def older_file(request, store):  # store: its filesystems parametrize this fixture too
+    """(store, the path of one of its masks files written by schema version 1 or 2, that version)."""
+    if request.param == 1:
+        store, path, _, _ = request.getfixturevalue("old_store")
+    else:
+        store, (path, _), _, _ = request.getfixturevalue("v2_store")
+    return store, path, request.param
+
+
+def test_a_masks_file_of_version_1_or_2_is_refused_by_name_with_the_way_to_upgrade(older_file):
+    store, path, version = older_file
     with pytest.raises(
         SchemaMismatchError,
-        match=rf"{path}: file holds table 'masks' schema version '1', expected table 'masks' schema version 3; "
-        r"Store\(<root>\)\.upgrade_masks\(\) rewrites the store's version-1 masks files",
+        match=rf"{path}: file holds table 'masks' schema version '{version}', expected table 'masks' schema "
+        rf"version 3; Store\(<root>\)\.upgrade_masks\(\) rewrites the store's version-{version} masks files",
     ):
         store.masks()
     with pytest.raises(SchemaMismatchError, match=path):  # which masks are current depends on every file
@@ -129,16 +139,6 @@ def test_a_masks_file_of_an_unknown_version_is_refused_and_not_upgraded(old_stor
         store.masks()
     with pytest.raises(SchemaMismatchError, match=r"upgrade_masks cannot turn into masks schema version 3"):
         store.upgrade_masks()
-
-
-def test_a_version_2_masks_file_is_refused_by_name_with_the_way_to_upgrade(v2_store):
-    store, paths, _, _ = v2_store
-    with pytest.raises(
-        SchemaMismatchError,
-        match=rf"{paths[0]}: file holds table 'masks' schema version '2', expected table 'masks' schema version "
-        r"3; Store\(<root>\)\.upgrade_masks\(\) rewrites the store's version-2 masks files",
-    ):
-        store.masks()
 
 
 def test_upgrade_masks_rewrites_version_2_files_with_the_same_rows_and_a_null_phrase(v2_store):
