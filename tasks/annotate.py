@@ -9,6 +9,7 @@ gets the cached embedding, so a click costs one mask-decoder pass. Accepted mask
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -33,13 +34,16 @@ class AnnotatorSettings(BaseModel):
     ground_truth: str | None = Field(
         None, description="COCO instances JSON with the images' ground truth (URL)"
     )
-    iou_target: float = Field(0.9, gt=0.0, le=1.0, description="accept a mask at this IoU with the truth")
-    max_clicks: int = Field(10, ge=1, le=50)
-    seconds_per_object: float = Field(5.0, ge=0.0)
-    seconds_per_click: float = Field(3.0, ge=0.0)
-    brush_seconds: float = Field(20.0, ge=0.0)
+    # The simulated annotator's own fields: their defaults are its defaults.
+    iou_target: float = Field(
+        SimulatedAnnotator.iou_target, gt=0.0, le=1.0, description="accept a mask at this IoU with the truth"
+    )
+    max_clicks: int = Field(SimulatedAnnotator.max_clicks, ge=1, le=50)
+    seconds_per_object: float = Field(SimulatedAnnotator.seconds_per_object, ge=0.0)
+    seconds_per_click: float = Field(SimulatedAnnotator.seconds_per_click, ge=0.0)
+    brush_seconds: float = Field(SimulatedAnnotator.brush_seconds, ge=0.0)
     seconds_per_image: float | None = Field(
-        150.0, gt=0.0, description="time budget per image (None: no limit)"
+        SimulatedAnnotator.seconds_per_image, gt=0.0, description="time budget per image (None: no limit)"
     )
 
     labelstudio_project: int | None = Field(
@@ -65,14 +69,7 @@ class AnnotatorSettings(BaseModel):
             raise ValueError(
                 "the simulated annotator needs ground_truth: a COCO JSON URL with the images' masks"
             )
-        return SimulatedAnnotator(
-            iou_target=self.iou_target,
-            max_clicks=self.max_clicks,
-            seconds_per_object=self.seconds_per_object,
-            seconds_per_click=self.seconds_per_click,
-            brush_seconds=self.brush_seconds,
-            seconds_per_image=self.seconds_per_image,
-        )
+        return SimulatedAnnotator(**self.model_dump(include={f.name for f in fields(SimulatedAnnotator)}))
 
 
 def annotation_request(ctx: StageContext, predictor, image_id, image, ground_truth, prefilled=()):
