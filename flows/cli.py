@@ -17,19 +17,40 @@
 
 Settings come from the environment (SAM_ENGINE_STORE, SAM_ENGINE_HOME, SAM_ENGINE_RAY_ADDRESS, PREFECT_API_URL;
 see tasks/settings.py); --store overrides the store.
+
+`segment` is in flows/segment_cli.py, `labelstudio` in flows/labelstudio_cli.py, and what the commands share
+(options, the store they open, the error line) in flows/cli_common.py.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
 import typer
 import typer.core
-from pydantic import BaseModel
 
 import flows  # noqa: F401  (sets the Prefect defaults before anything imports prefect)
+from flows.cli_common import (
+    MODEL,
+    ONLY_ROUND,
+    ONLY_STAGE,
+    POINTS_PER_SIDE,
+    PRED_IOU_THRESH,
+    STABILITY_THRESH,
+    STAGE_HELP,
+    STORE,
+    Backend,
+    confident_filter,
+    existing_store,
+    fail,
+    form_default,
+    fraction,
+    new_store_url,
+    on_model_version,
+    print_json,
+    read,
+)
 from flows.data_engine_round import data_engine_round
 from flows.demo import DemoConfig, run_demo
 from flows.fully_automatic import fully_automatic
@@ -45,36 +66,22 @@ from flows.params import (
 )
 from flows.progress import progress_bar, step_bar, watching
 from flows.retrain import retrain_flow
-from flows.stages import STAGES, Stage
-from sam_core import SamPredictor, defaults
+from flows.segment_cli import segment
+from flows.stages import Stage
 from sam_core.text_encoder import check_phrase
-from sam_core.text_instances import PRESENCE_THRESHOLD, segment_phrase
 from sam_core.train import TrainConfig
-from stores import Store, StoreNotFoundError
-from stores.fsio import resolve_filesystem
-from tasks.autogen import AutogenSettings, make_generator
+from stores import Store
+from tasks.autogen import AutogenSettings
 from tasks.calibrate import CalibrationSettings, read_calibration
 from tasks.calibrate import calibrate as calibrate_task
 from tasks.embed import embed as embed_task
 from tasks.evaluate import evaluate
 from tasks.export import export
-from tasks.filter import CONFIDENT, FilterSettings
-from tasks.ingest import IMAGE_EXTENSIONS, load_image
+from tasks.filter import FilterSettings
+from tasks.ingest import IMAGE_EXTENSIONS
 from tasks.ingest import ingest as ingest_task
-from tasks.models import (
-    EMBEDDED_VERSION,
-    LATEST,
-    check_checkpoint,
-    check_new_model,
-    load_model,
-    load_text_checkpoint,
-    load_text_model,
-    register_model,
-    resolve_version,
-)
-from tasks.overlays import overlay
+from tasks.models import check_checkpoint, check_new_model, register_model
 from tasks.ray_cluster import shutdown_ray
-from tasks.settings import EngineSettings
 from tasks.thresholds import filter_operating_point
 
 app = typer.Typer(
@@ -115,76 +122,7 @@ app.add_typer(model_app, name="model")
 app.add_typer(labelstudio_app, name="labelstudio")
 
 
-def _default(form: type[BaseModel], name: str):
-    """The default of a form's field: an option that a flow parameter also has shows the flow's default."""
-    return form.model_fields[name].default
-
-
-STORE = typer.Option(
-    None, "--store", metavar="URI", help="store URL or path (default: SAM_ENGINE_STORE or ./.engine/store)"
-)
-MODEL = typer.Option(
-    "embedded", "--model-version", "-m", metavar="VERSION", help="model version ('latest': the newest)"
-)
-# The automatic mask generator's grid and fixed thresholds (the paper's defaults), wherever a command runs it.
-POINTS_PER_SIDE = typer.Option(
-    defaults.POINTS_PER_SIDE,
-    min=1,
-    max=128,
-    metavar="N",
-    help="automatic masks: an N x N grid of point prompts per image",
-)
-PRED_IOU_THRESH = typer.Option(
-    defaults.PRED_IOU_THRESH,
-    min=0.0,
-    max=1.0,
-    metavar="T",
-    help="automatic masks: keep predicted IoU > T (fixed thresholds)",
-)
-STABILITY_THRESH = typer.Option(
-    defaults.STABILITY_SCORE_THRESH,
-    min=0.0,
-    max=1.0,
-    metavar="S",
-    help="automatic masks: keep stability score >= S (fixed thresholds)",
-)
-STAGE_HELP = f"one of {', '.join(STAGES)}"
-ONLY_ROUND = typer.Option(None, metavar="N", help="only this round")
-ONLY_STAGE = typer.Option(None, metavar="STAGE", help=f"only this stage: {STAGE_HELP}")
-Backend = Literal["ray", "local"]
 Domain = Literal["cells", "shapes"]  # sam_core.domains.DOMAINS
-
-
-def _store(url: str | None) -> str:
-    """The store URL: --store, else SAM_ENGINE_STORE, else file://$SAM_ENGINE_HOME/store."""
-    return url or EngineSettings.from_env().store_url
-
-
-def _store_url(url: str | None) -> str:
-    """The store URL of a command that may create the store, its protocol checked; creates nothing yet."""
-    resolved = _store(url)
-    try:
-        resolve_filesystem(resolved)
-    except (OSError, ValueError) as exc:
-        _fail(exc)
-    return resolved
-
-
-def _existing_store(url: str | None):
-    """The Store of a command that reads: one that is not there is an error (exit 2), and no folder is made."""
-    try:
-        return Store(_store(url), create=False)
-    except (OSError, ValueError) as exc:
-        _fail(exc)
-
-
-def _fail(exc: Exception) -> None:
-    """One line on stderr and exit code 2: bad input is the user's to fix, not a traceback to read."""
-    message = f"error: {exc}"
-    if isinstance(exc, StoreNotFoundError):
-        message += " (`sam-engine ingest` or `sam-engine model add` creates a store)"
-    typer.secho(message, fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
 
 
 @app.command()
@@ -208,7 +146,7 @@ def demo(
         try:
             check_checkpoint(checkpoint, "pretrained")
         except OSError as exc:
-            _fail(exc)
+            fail(exc)
     config = DemoConfig.quick() if quick else DemoConfig()
     config.train_backend = train_backend
     config.start_checkpoint = checkpoint
@@ -232,12 +170,12 @@ def ingest(
     """Register images in the store (image id = sha256 of the bytes); unreadable files are listed and skipped.
 
     Exits with code 2 when nothing could be registered (then no store is created)."""
-    url = _store_url(store)
+    url = new_store_url(store)
     try:
         with progress_bar("reading files") as report:
             result = ingest_task.fn(url, uris, split=split, on_progress=report)
     except (OSError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
     for unmatched in result.unmatched if result.image_ids else []:  # else the error line says it
         typer.secho(f"warning: {unmatched['reason']}", fg=typer.colors.YELLOW, err=True)
     for skipped in result.skipped:
@@ -249,7 +187,7 @@ def ingest(
     skipped = f"{_files(len(result.skipped))} skipped ({counts})" if result.skipped else ""
     if not result.image_ids:
         causes = [u["reason"] for u in result.unmatched] + ([skipped] if skipped else [])
-        _fail(ValueError(f"no image registered from {' '.join(uris)}: {'; '.join(causes)}"))
+        fail(ValueError(f"no image registered from {' '.join(uris)}: {'; '.join(causes)}"))
     if skipped:
         typer.secho(skipped, fg=typer.colors.YELLOW, err=True)
     if result.ignored:
@@ -269,23 +207,17 @@ def embed(
         "ray", help="'ray' (actor pool; GPUs when the cluster has them) or 'local'"
     ),
     batch_size: int = typer.Option(
-        _default(EmbedSettings, "batch_size"), min=1, metavar="N", help="images per encoder batch"
+        form_default(EmbedSettings, "batch_size"), min=1, metavar="N", help="images per encoder batch"
     ),
     actors: int = typer.Option(
-        _default(EmbedSettings, "actors"), min=1, metavar="N", help="encoder actors on Ray"
+        form_default(EmbedSettings, "actors"), min=1, metavar="N", help="encoder actors on Ray"
     ),
 ) -> None:
     """Compute image embeddings for every image that has none for the model version (cached ones are kept)."""
-    store_obj = _existing_store(store)
-    url = store_obj.url
-    try:
-        version = resolve_version(store_obj, model_version)
-        with progress_bar(f"embedding images with {version}") as report:
-            result = embed_task.fn(
-                url, version, batch_size=batch_size, actors=actors, backend=backend, on_progress=report
-            )
-    except (OSError, ValueError, KeyError) as exc:
-        _fail(exc)
+    with on_model_version(store, model_version, "embedding images with") as (opened, version, report):
+        result = embed_task.fn(
+            opened.url, version, batch_size=batch_size, actors=actors, backend=backend, on_progress=report
+        )
     typer.echo(f"embedded {len(result.embedded)}, already cached {result.skipped_existing}")
     for failed in result.failed:
         typer.secho(f"failed {failed['uri']}: {failed['reason']}", fg=typer.colors.YELLOW)
@@ -307,40 +239,34 @@ def round_(
     ),
     retrain_steps: int = typer.Option(TrainConfig.steps, min=0, metavar="N", help="0: no retrain"),
     train_backend: Backend = typer.Option("ray", help="'ray' (Ray Train) or 'local'"),
-    target_precision: float = typer.Option(
+    target_precision: float = fraction(
         None,
-        min=0.0,
-        max=1.0,
-        metavar="P",
-        help="automatic masks: thresholds from the model's calibration at this precision (sam-engine calibrate) "
+        "P",
+        "automatic masks: thresholds from the model's calibration at this precision (sam-engine calibrate) "
         "instead of the paper's fixed ones; the new version is calibrated on the --calibration-split images",
     ),
-    confident_precision: float = typer.Option(
+    confident_precision: float = fraction(
         None,
-        min=0.0,
-        max=1.0,
-        metavar="P",
-        help="the same for the semi-automatic stage's pre-filled masks (set it above --target-precision)",
+        "P",
+        "the same for the semi-automatic stage's pre-filled masks (set it above --target-precision)",
     ),
     calibration_split: str = typer.Option(
-        _default(CalibrationSettings, "split"),
+        form_default(CalibrationSettings, "split"),
         metavar="SPLIT",
         help="labelled images (in --ground-truth) to calibrate on",
     ),
     points_per_side: int = POINTS_PER_SIDE,
     pred_iou_thresh: float = PRED_IOU_THRESH,
     stability_thresh: float = STABILITY_THRESH,
-    match_iou: float = typer.Option(
-        _default(FilterSettings, "match_iou"),
+    match_iou: float = fraction(
+        form_default(FilterSettings, "match_iou"),
+        "IOU",
+        "with --target-precision / --confident-precision: the IoU at which a mask counts as right",
         min=0.01,
-        max=1.0,
-        metavar="IOU",
-        help="with --target-precision / --confident-precision: the IoU at which a mask counts as right",
     ),
 ) -> None:
     """One data-engine round: the stage, then a retrain on all accepted masks, then a held-out evaluation."""
     calibrated = {} if target_precision is None else {"target_precision": target_precision}
-    confident = {} if confident_precision is None else {"target_precision": confident_precision}
     try:
         stage3 = FilterSettings(
             min_predicted_iou=pred_iou_thresh,
@@ -354,7 +280,7 @@ def round_(
             stability_score_thresh=stability_thresh,
         )
         params = RoundParams(
-            store=_existing_store(store).url,
+            store=existing_store(store).url,
             round=round,
             stage=stage,
             model_version=model_version,
@@ -362,15 +288,13 @@ def round_(
             annotator={"ground_truth": ground_truth},
             autogen=autogen,
             filter=stage3,
-            confident=FilterSettings.model_validate(
-                {**CONFIDENT.model_dump(), "match_iou": match_iou, **confident}
-            ),
+            confident=confident_filter(confident_precision, match_iou=match_iou),
             retrain=TrainSettings(steps=retrain_steps) if retrain_steps else None,
             new_model_version=new_model_version,
             calibration=CalibrationSettings(
                 ground_truth=ground_truth, split=calibration_split, points_per_side=points_per_side
             )
-            if (calibrated or confident) and ground_truth
+            if (calibrated or confident_precision is not None) and ground_truth
             else None,
             evaluation=EvalSettings(
                 ground_truth=ground_truth, filter=stage3 if calibrated else None, autogen=autogen
@@ -381,8 +305,8 @@ def round_(
         with step_bar() as show, watching(show):
             figures = data_engine_round(params, train_backend=train_backend)
     except (OSError, ValueError, KeyError) as exc:
-        _fail(exc)
-    _print_json({k: v for k, v in figures.items() if k != "skipped_images"})
+        fail(exc)
+    print_json({k: v for k, v in figures.items() if k != "skipped_images"})
 
 
 @app.command()
@@ -401,7 +325,7 @@ def find(
     try:  # before Prefect starts: an empty or undecodable phrase needs no model to refuse
         check_phrase(phrase)
         params = FullyAutomaticParams(
-            store=_existing_store(store).url,
+            store=existing_store(store).url,
             round=round,
             model_version=model_version,
             images=ImageSelection(split=split, max_images=max_images),
@@ -411,8 +335,8 @@ def find(
         with step_bar() as show, watching(show):
             figures = fully_automatic(params)
     except (OSError, ValueError, KeyError) as exc:
-        _fail(exc)
-    _print_json({k: v for k, v in figures.items() if k != "skipped_images"})
+        fail(exc)
+    print_json({k: v for k, v in figures.items() if k != "skipped_images"})
 
 
 @app.command()
@@ -434,7 +358,7 @@ def train(
     """Retrain on every accepted mask so far and register the new model version."""
     try:
         params = RetrainParams(
-            store=_existing_store(store).url,
+            store=existing_store(store).url,
             parent_version=parent_version,
             model_version=model_version,
             round=round,
@@ -444,8 +368,8 @@ def train(
         with step_bar() as show, watching(show):
             row = retrain_flow(params, backend=backend)
     except (OSError, ValueError, KeyError) as exc:
-        _fail(exc)
-    _print_json(row)
+        fail(exc)
+    print_json(row)
 
 
 @app.command("eval")
@@ -455,25 +379,19 @@ def eval_(
     ),
     model_version: str = MODEL,
     split: str = typer.Option(
-        _default(EvalSettings, "split"), metavar="SPLIT", help="the held-out images to evaluate on"
+        form_default(EvalSettings, "split"), metavar="SPLIT", help="the held-out images to evaluate on"
     ),
     max_images: int = typer.Option(
-        _default(EvalSettings, "max_images"), min=1, metavar="N", help="at most this many images"
+        form_default(EvalSettings, "max_images"), min=1, metavar="N", help="at most this many images"
     ),
     store: str = STORE,
 ) -> None:
     """mIoU after 1..9 clicks, NoC@85/90 and automatic-mask precision/recall of a model version."""
-    store_obj = _existing_store(store)
-    url = store_obj.url
-    try:
-        version = resolve_version(store_obj, model_version)
-        with progress_bar(f"evaluating {version}") as report:
-            metrics = evaluate.fn(
-                url, version, ground_truth, split=split, max_images=max_images, on_progress=report
-            )
-    except (OSError, ValueError, KeyError) as exc:
-        _fail(exc)
-    _print_json(metrics)
+    with on_model_version(store, model_version, "evaluating") as (opened, version, report):
+        metrics = evaluate.fn(
+            opened.url, version, ground_truth, split=split, max_images=max_images, on_progress=report
+        )
+    print_json(metrics)
 
 
 @app.command()
@@ -483,15 +401,15 @@ def calibrate(
     ),
     model_version: str = MODEL,
     split: str = typer.Option(
-        _default(CalibrationSettings, "split"),
+        form_default(CalibrationSettings, "split"),
         metavar="SPLIT",
         help="the labelled images to calibrate on (not train, not test)",
     ),
     max_images: int = typer.Option(
-        _default(CalibrationSettings, "max_images"), min=1, metavar="N", help="at most this many images"
+        form_default(CalibrationSettings, "max_images"), min=1, metavar="N", help="at most this many images"
     ),
     points_per_side: int = typer.Option(
-        _default(CalibrationSettings, "points_per_side"),
+        form_default(CalibrationSettings, "points_per_side"),
         min=1,
         metavar="N",
         help="grid density of the candidate masks",
@@ -499,27 +417,21 @@ def calibrate(
     target_precision: list[float] = typer.Option(
         [0.8, 0.9], metavar="P", help="print the operating point for these precisions (repeatable)"
     ),
-    match_iou: float = typer.Option(
-        _default(FilterSettings, "match_iou"),
-        min=0.0,
-        max=1.0,
-        metavar="IOU",
-        help="IoU with ground truth at which a mask counts as right",
+    match_iou: float = fraction(
+        form_default(FilterSettings, "match_iou"),
+        "IOU",
+        "IoU with ground truth at which a mask counts as right",
     ),
     store: str = STORE,
 ) -> None:
     """Score a version's automatic masks against ground truth and store them, so that filters can ask for a
     target precision (FilterSettings.target_precision) instead of fixed thresholds; prints the operating points."""
-    store_obj = _existing_store(store)
-    url = store_obj.url
-    try:
-        version = resolve_version(store_obj, model_version)
+    with on_model_version(store, model_version, "calibrating") as (opened, version, report):
         settings = CalibrationSettings(
             ground_truth=ground_truth, split=split, max_images=max_images, points_per_side=points_per_side
         )
-        with progress_bar(f"calibrating {version}") as report:
-            summary = calibrate_task.fn(url, version, settings, on_progress=report)
-        table = read_calibration(store_obj, version)
+        summary = calibrate_task.fn(opened.url, version, settings, on_progress=report)
+        table = read_calibration(opened, version)
         # As a stage with the default generator and filter (their NMS and area limits) would apply them.
         summary["operating_points"] = {
             str(p): filter_operating_point(
@@ -527,9 +439,7 @@ def calibrate(
             )
             for p in target_precision
         }
-    except (OSError, ValueError, KeyError) as exc:
-        _fail(exc)
-    _print_json(summary)
+    print_json(summary)
 
 
 @export_app.command("coco")
@@ -541,7 +451,7 @@ def export_coco(
 ) -> None:
     """COCO instances JSON (RLE segmentations) of the current masks."""
     result = _export(store, destination, "coco", round, stage)
-    _print_json(result | {"files": [destination]})
+    print_json(result | {"files": [destination]})
 
 
 @export_app.command("sa1b")
@@ -554,22 +464,22 @@ def export_sa1b(
     """SA-1B per-image JSON files of the current masks."""
     result = _export(store, destination, "sa1b", round, stage)
     result["files"] = len(result["files"])
-    _print_json(result)
+    print_json(result)
 
 
 def _export(store: str | None, destination: str, format: str, round: int | None, stage: str | None) -> dict:
     """The export task's summary for the CLI; a bad destination or store is one line and exit 2."""
-    url = _existing_store(store).url
+    url = existing_store(store).url
     try:
         return export.fn(url, destination, format, round=round, stage=stage)
     except (OSError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @query_app.command("images")
 def query_images(store: str = STORE) -> None:
     """Images per split."""
-    images = _read(_existing_store(store).images)
+    images = read(existing_store(store).images)
     typer.echo(images.groupby("split").size().to_string() if len(images) else "no images")
 
 
@@ -583,7 +493,7 @@ def query_masks(
     store: str = STORE,
 ) -> None:
     """Masks per round, stage and source, with mean clicks and seconds per mask."""
-    masks = _read(_existing_store(store).masks, round=round, stage=stage, source=source)
+    masks = read(existing_store(store).masks, round=round, stage=stage, source=source)
     if masks.empty:
         typer.echo("no masks")
         return
@@ -599,7 +509,7 @@ def query_masks(
 @query_app.command("models")
 def query_models(store: str = STORE) -> None:
     """Registered model versions with their lineage."""
-    models = _read(_existing_store(store).models)
+    models = read(existing_store(store).models)
     cols = ["model_version", "parent_version", "trained_on_round", "checkpoint_uri", "created_at"]
     typer.echo(models[cols].to_string(index=False) if len(models) else "no models (only 'embedded')")
 
@@ -607,7 +517,7 @@ def query_models(store: str = STORE) -> None:
 @query_app.command("rounds")
 def query_rounds(store: str = STORE) -> None:
     """The figures of every round and stage."""
-    rounds = _read(_existing_store(store).rounds)
+    rounds = read(existing_store(store).rounds)
     if rounds.empty:
         typer.echo("no rounds")
         return
@@ -634,11 +544,11 @@ def query_rounds(store: str = STORE) -> None:
 @app.command()
 def upgrade(store: str = STORE) -> None:
     """Rewrite a store's masks files of an older schema version in the current one (rows unchanged)."""
-    store_obj = _existing_store(store)
+    store_obj = existing_store(store)
     try:
         paths = store_obj.upgrade_masks()
     except (OSError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
     typer.echo(f"upgraded {len(paths)} masks file(s)" if paths else "every masks file is current")
 
 
@@ -658,135 +568,17 @@ def model_add(
 ) -> None:
     """Register a checkpoint as a model version, so flows can use it by name; a text model's too (its text
     path is known from the checkpoint when it is loaded)."""
-    url = _store_url(store)
+    url = new_store_url(store)
     try:  # every check before the store is opened, so a refused version leaves no folder and no row behind
         check_new_model(model_version, config)
         check_checkpoint(checkpoint, model_version)
         register_model(Store(url), model_version, config, checkpoint)
     except (OSError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
     typer.echo(f"registered {model_version} ({config}) from {checkpoint}")
 
 
-@app.command()
-def segment(
-    image: str = typer.Argument(..., metavar="IMAGE", help="image file or URL"),
-    out: Path = typer.Option(Path("segment.png"), metavar="PATH", help="overlay PNG to write"),
-    model_version: str = MODEL,
-    points_per_side: int = POINTS_PER_SIDE,
-    pred_iou_thresh: float = PRED_IOU_THRESH,
-    stability_thresh: float = STABILITY_THRESH,
-    text: str = typer.Option(
-        None,
-        metavar="PHRASE",
-        help="the masks this phrase names instead of automatic masks ('every ...': each instance); needs a text "
-        "model (-m VERSION registered from scripts/train_text.py, or --checkpoint)",
-    ),
-    checkpoint: str = typer.Option(
-        None, metavar="PATH", help="with --text: an unregistered text checkpoint (path or URL) instead of -m"
-    ),
-    clip_checkpoint: str = typer.Option(
-        None,
-        metavar="PATH",
-        help="with --text and a CLIP text model: its open_clip weights file here (default: the file it was "
-        "trained with)",
-    ),
-    store: str = STORE,
-) -> None:
-    """Automatic masks of one image, drawn over it (no store writes; the embedded model by default); with
-    --text, the masks of a phrase and its presence score."""
-    if checkpoint is not None and text is None:
-        _fail(
-            ValueError("--checkpoint is for a text model and needs --text; a plain checkpoint segments by -m")
-        )
-    if clip_checkpoint is not None and text is None:
-        _fail(ValueError("--clip-checkpoint is for a CLIP text model and needs --text"))
-    if checkpoint is not None and model_version != EMBEDDED_VERSION:
-        _fail(ValueError("give -m VERSION or --checkpoint, not both"))
-    if text is not None:
-        try:  # before any model is loaded: an empty or undecodable phrase needs no model to refuse
-            check_phrase(text)
-        except ValueError as exc:
-            _fail(exc)
-    store_obj = None
-    if checkpoint is None:
-        store_obj = _segment_store(store, model_version)
-    try:
-        pixels = load_image(image)
-        version = resolve_version(store_obj, model_version) if store_obj else EMBEDDED_VERSION
-        if text is not None:
-            _segment_text(pixels, text, out, store_obj, version, checkpoint, clip_checkpoint)
-            return
-        model = load_model(store_obj, version)
-        settings = AutogenSettings(
-            points_per_side=points_per_side,
-            pred_iou_thresh=pred_iou_thresh,
-            stability_score_thresh=stability_thresh,
-        )
-        generator = make_generator(model, settings)
-        generator.output_mode = "binary_mask"
-        with progress_bar(f"segmenting {image.rsplit('/', 1)[-1]}: grid points") as report:
-            records = generator.generate(pixels, on_progress=report)
-    except (OSError, ValueError, KeyError) as exc:
-        _fail(exc)
-    overlay(pixels, [r["segmentation"] for r in records]).save(out)
-    typer.echo(f"{len(records)} masks -> {out}")
-    if not records:  # never an empty result in silence
-        typer.echo(
-            generator.funnel.why_empty(generator.pred_iou_thresh, generator.stability_score_thresh), err=True
-        )
-
-
-def _segment_store(store: str | None, model_version: str):
-    """segment's store: --store must exist; the default one may be missing when the shipped model is asked for
-    (None then: a first try should not make a store)."""
-    if store is not None:
-        return _existing_store(store)
-    try:
-        return Store(_store(None), create=False)
-    except (OSError, ValueError) as exc:
-        if not isinstance(exc, StoreNotFoundError) or model_version not in (EMBEDDED_VERSION, LATEST):
-            _fail(exc)
-    return None
-
-
-def _segment_text(
-    pixels, text: str, out: Path, store_obj, version: str, checkpoint: str | None, clip_checkpoint: str | None
-) -> None:
-    """segment --text: the phrase's masks (sam_core.text_instances.segment_phrase) as an overlay, the presence
-    score and each mask printed; an empty answer says why on stderr. Bad input raises ValueError / OSError."""
-    if checkpoint is not None:
-        check_checkpoint(checkpoint, Path(checkpoint).stem)
-        model, text_encoder = load_text_checkpoint(checkpoint, clip_checkpoint=clip_checkpoint)
-    else:  # embedded needs no store (and has no text path)
-        model, text_encoder = load_text_model(store_obj, version, clip_checkpoint=clip_checkpoint)
-    text_encoder.tokenize([check_phrase(text, text_encoder.name)])  # its words and length, before any compute
-    predictor = SamPredictor(model, text_encoder=text_encoder)
-    predictor.set_image(pixels)
-    found = segment_phrase(predictor, text)
-    overlay(pixels, found.masks).save(out)
-    verdict = "present" if found.present else "absent"
-    typer.echo(
-        f"presence {found.presence:.3f}: {found.phrase!r} judged {verdict} (threshold {PRESENCE_THRESHOLD})"
-    )
-    noun = "instance" if found.instances and found.masks else "mask"
-    typer.echo(f"{len(found.masks)} {noun}{'' if len(found.masks) == 1 else 's'} -> {out}")
-    for i, (mask, score) in enumerate(zip(found.masks, found.scores, strict=True), 1):
-        typer.echo(f"  {i}: {int(mask.sum())} px, predicted IoU {score:.3f}")
-    if found.why_empty:  # never an empty result in silence
-        typer.echo(found.why_empty, err=True)
-
-
-def _read(table, **filters):
-    """``table(**filters)`` (a Store reader); a damaged or foreign file is one line and exit 2."""
-    try:
-        return table(**filters)
-    except (OSError, ValueError) as exc:
-        _fail(exc)
-
-
-def _print_json(data) -> None:
-    typer.echo(json.dumps(data, indent=2, default=str))
+app.command()(segment)
 
 
 if __name__ == "__main__":

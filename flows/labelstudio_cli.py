@@ -19,11 +19,11 @@ from typing import Literal
 
 import typer
 
+from flows.cli_common import confident_filter, fraction
 from flows.labelstudio import labelstudio_push, labelstudio_sync
 from flows.params import ImageSelection, LabelStudioPushParams, LabelStudioSyncParams
 from flows.progress import step_bar, watching
 from stores import Store
-from tasks.filter import CONFIDENT, FilterSettings
 from tasks.labelstudio import server
 from tasks.labelstudio.ml_backend import SamBackend, make_server, serving_model
 from tasks.labelstudio.server import connect
@@ -161,18 +161,15 @@ def push(
         help="connect this SAM ML backend to the project (token in SAM_ENGINE_BACKEND_TOKEN; default "
         "SAM_ENGINE_BACKEND_URL)",
     ),
-    confident_precision: float = typer.Option(
+    confident_precision: float = fraction(
         None,
-        min=0.0,
-        max=1.0,
-        metavar="P",
-        help="semi_automatic: predict the masks at this calibrated precision (sam-engine calibrate) instead of "
-        "the paper's fixed thresholds",
+        "P",
+        "semi_automatic: predict the masks at this calibrated precision (sam-engine calibrate) instead of the "
+        "paper's fixed thresholds",
     ),
 ) -> None:
     """A round's images to a Label Studio project, one task each (a rerun adds none twice); prints the summary."""
     store_url = store or EngineSettings.from_env().store_url
-    confident = {} if confident_precision is None else {"target_precision": confident_precision}
     try:
         params = LabelStudioPushParams(
             store=store_url,
@@ -184,7 +181,7 @@ def push(
             labelstudio_url=labelstudio_url,
             document_root=document_root,
             ml_backend_url=ml_backend_url,
-            confident=FilterSettings.model_validate({**CONFIDENT.model_dump(), **confident}),
+            confident=confident_filter(confident_precision),
         )
         connect(labelstudio_url).close()  # say what is missing before Prefect starts
         with step_bar() as show, watching(show):
