@@ -39,43 +39,12 @@ from sam_core.evaluate import (  # noqa: E402
     format_table,
     iou_head_reliability,
 )
-from sam_core.recipes import parse_overrides, recipe_changes  # noqa: E402
+from sam_core.recipes import EMBEDDED_RECIPE, parse_overrides, recipe_changes  # noqa: E402
 from sam_core.synthetic import scene, split_seeds  # noqa: E402
 from sam_core.train import TrainConfig, Trainer, build_model  # noqa: E402
 
 log = logging.getLogger("train_embedded")
 
-# The embedded model's recipe. Each choice and the measurement behind it is in MODEL_CARD.md ("Recipe").
-RECIPE = TrainConfig(
-    model="tiny_conv",
-    steps=12_000,  # about eight CPU hours on 2 cores; the lr holds its peak until the last quarter
-    images_per_step=2,
-    masks_per_image=12,
-    correction_points=2,  # 3 decoder passes a mask: the first prompt, then 2 clicks on the shown mask's errors
-    no_point_iterations=0,
-    box_probability=0.25,  # the evaluation and the annotators click; boxes still get trained
-    lr=5e-4,
-    warmup_steps=200,
-    min_lr_ratio=0.05,
-    decay_fraction=0.25,
-    ema_decay=0.998,
-    weight_decay=0.05,
-    # BCE+dice 1:1 against the paper's focal+dice 20:1, the same recipe otherwise, two runs side by side from scratch
-    # (validation confident / oracle mIoU@1, mIoU@5 at steps 150 and 200): BCE 0.254 / 0.349 / 0.451 and
-    # 0.313 / 0.415 / 0.495, focal 0.098 / 0.110 / 0.142 and 0.239 / 0.280 / 0.305.
-    pixel_loss="bce",
-    focal_weight=1.0,
-    # Without it the masks were blobs of a fixed size around the click (validation oracle mIoU@1 flat at 0.48-0.50
-    # over steps 500-700); from step 700 at 5.0 it rose 0.50 -> 0.62 by step 2,000 (not separated from the steps
-    # themselves: one run, see MODEL_CARD.md's recipe changes).
-    grouping_loss_weight=5.0,
-    dice_weight=1.0,
-    attention_init_gain=2.0,
-    seed=0,
-    checkpoint_every=50,
-    log_every=10,
-    metadata={"name": "sam_tiny_synthetic", "data": "sam_core.synthetic train seeds"},
-)
 VAL_SCENES = 16
 VAL_CLICKS = 5
 MIN_AREA = 30  # the evaluator's smallest scored mask, in pixels
@@ -338,7 +307,7 @@ def model_card(ckpt: dict) -> str:
         f"Validation: the first {VAL_SCENES} val seeds; test: the first {test.get('scenes', '?')} test seeds "
         f"(held out; masks of at least {test.get('min_area', MIN_AREA)} px).",
         "",
-        "## Recipe (`RECIPE` in scripts/train_embedded.py)",
+        "## Recipe (`EMBEDDED_RECIPE` in sam_core/recipes.py)",
         _recipe_line(config),
         "",
         f"Trained {meta.get('steps')} steps in {meta.get('wall_seconds', 0) / 3600:.2f} h of wall time"
@@ -479,7 +448,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.install_from:
         install(args.install_from)
         return
-    recipe = dataclasses.replace(RECIPE, **parse_overrides(RECIPE, args.set))
+    recipe = dataclasses.replace(EMBEDDED_RECIPE, **parse_overrides(EMBEDDED_RECIPE, args.set))
     best = run(
         args.run_dir,
         recipe,

@@ -9,27 +9,19 @@ import dataclasses
 import numpy as np
 import torch
 
+from sam_core.recipes import EMBEDDED_RECIPE
 from sam_core.train import TrainConfig, Trainer, lr_at, make_optimizer
 from sam_core.train_data import SyntheticDataset
 
 from .conftest import StubSam, stub_interactive_loss
 
+# The embedded model's recipe at a size that trains in a moment (what these tests prove does not hang on size), its
+# moving average fast enough to move in a few steps.
+SMALL = {"steps": 8, "images_per_step": 2, "masks_per_image": 2, "correction_points": 1, "warmup_steps": 1}
+
 
 def _conv_config(**overrides) -> TrainConfig:
-    base = TrainConfig(
-        model="tiny_conv",
-        steps=8,
-        images_per_step=2,
-        masks_per_image=2,
-        correction_points=1,
-        no_point_iterations=0,
-        warmup_steps=1,
-        ema_decay=0.9,
-        pixel_loss="bce",
-        focal_weight=1.0,
-        log_every=0,
-    )
-    return dataclasses.replace(base, **overrides)
+    return dataclasses.replace(EMBEDDED_RECIPE, **{**SMALL, "ema_decay": 0.9, "log_every": 0, **overrides})
 
 
 def test_a_run_stopped_and_resumed_from_its_state_equals_the_run_that_never_stopped():

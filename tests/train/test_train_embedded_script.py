@@ -11,6 +11,7 @@ import torch
 
 from sam_core.checkpoint import read_checkpoint
 from sam_core.embedded import EMBEDDED_CHECKPOINT
+from sam_core.recipes import EMBEDDED_RECIPE
 from sam_core.train import TrainConfig
 
 TINY = ["steps=4", "images_per_step=1", "masks_per_image=2", "correction_points=1", "warmup_steps=1"]
@@ -23,7 +24,7 @@ def script(load_script):
 
 def test_a_run_keeps_its_best_resumes_and_installs_with_a_generated_card(script, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
-    recipe = dataclasses.replace(script.RECIPE, **script.parse_overrides(script.RECIPE, TINY))
+    recipe = dataclasses.replace(EMBEDDED_RECIPE, **script.parse_overrides(EMBEDDED_RECIPE, TINY))
     script.run(run_dir, recipe, None, 2, False, "cpu", False, stop_at=2, val_scenes=1)
     state = torch.load(run_dir / "state.pt", weights_only=True)
     assert state["step"] == 2 and (run_dir / "best.pt").exists()
@@ -50,8 +51,8 @@ def test_a_run_keeps_its_best_resumes_and_installs_with_a_generated_card(script,
 def test_with_no_state_a_run_goes_on_from_the_installed_weights_and_their_step(script, tmp_path):
     installed = read_checkpoint(EMBEDDED_CHECKPOINT)
     step = installed["metadata"]["steps"]
-    overrides = script.parse_overrides(script.RECIPE, [*TINY[1:], f"steps={step + 10}"])
-    recipe = script.RECIPE.__class__(**{**script.RECIPE.__dict__, **overrides})
+    overrides = script.parse_overrides(EMBEDDED_RECIPE, [*TINY[1:], f"steps={step + 10}"])
+    recipe = dataclasses.replace(EMBEDDED_RECIPE, **overrides)
     # hours bounds a broken resume that would start from step 0 instead
     script.run(tmp_path / "run", recipe, 0.01, 1000, True, "cpu", False, stop_at=step + 1, val_scenes=1)
     state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
@@ -68,13 +69,13 @@ def test_with_no_state_a_run_goes_on_from_the_installed_weights_and_their_step(s
 
 
 def test_overrides_are_typed_and_unknown_fields_refused(script):
-    assert script.parse_overrides(script.RECIPE, ["steps=10", "pixel_loss=focal", "ema_decay=0.5"]) == {
+    assert script.parse_overrides(EMBEDDED_RECIPE, ["steps=10", "pixel_loss=focal", "ema_decay=0.5"]) == {
         "steps": 10,
         "pixel_loss": "focal",
         "ema_decay": 0.5,
     }
     with pytest.raises(SystemExit, match="FIELD=VALUE"):
-        script.parse_overrides(script.RECIPE, ["stepz=10"])
+        script.parse_overrides(EMBEDDED_RECIPE, ["stepz=10"])
 
 
 def test_the_committed_model_card_is_what_the_committed_checkpoint_generates(script):
