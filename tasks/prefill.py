@@ -40,8 +40,8 @@ def prefill(
     device: str = "cpu",
     on_progress: OnProgress | None = None,
 ) -> ShardSummary:
-    """Semi-automatic annotation of one shard of images; writes the shard and returns its summary.
-    ``on_progress(images done, images of the shard)`` is called after each image."""
+    """Stage 2 on one shard of images (a tasks.stage.ShardTask): each image's confident automatic masks
+    (confident_rows), then the annotator's masks for the objects they do not cover."""
     ctx = StageContext.open(shard, device)
     settings, confident = ctx.calibrated(settings, confident)
     generator = make_generator(ctx.model, settings)
