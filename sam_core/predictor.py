@@ -153,24 +153,25 @@ class SamPredictor:
         """
         self._require_image()
         coords, labels = check_points(point_coords, point_labels, self.original_size)
-        boxes = check_boxes(box, self.original_size)
-        mask = check_mask_input(mask_input, self._low_res_size())
-        text_embedding = None if text is None else self.encode_text([text])
+        boxes = check_boxes(box, self.original_size)  # 1 x 4
+        mask = check_mask_input(mask_input, self._low_res_size())  # 1 x 1 x h x w
         if multimask_output is None:
             multimask_output = text is None
-        masks, iou, low_res, presence = self._predict(
-            self._to_points(coords, labels, batch_dim=True),
-            self._to_boxes(boxes),
-            self._to_tensor(mask),
-            multimask_output,
-            return_logits,
+        # One prompt is a batch of one: its points gain the batch dimension that boxes and mask already have.
+        batch = self.predict_batch(
+            None if coords is None else coords[None],
+            None if labels is None else labels[None],
+            boxes,
+            mask,
+            multimask_output=multimask_output,
+            return_logits=return_logits,
             best_only=best_only,
-            text=text_embedding,
+            text=text,
         )
-        outputs = (masks[0].cpu().numpy(), iou[0].cpu().numpy(), low_res[0].cpu().numpy())
+        outputs = tuple(output[0].cpu().numpy() for output in batch[:3])
         if text is None:
             return outputs
-        return (*outputs, float(torch.sigmoid(presence[0])))
+        return (*outputs, float(batch[3][0]))
 
     @torch.no_grad()
     def encode_text(self, texts) -> torch.Tensor:
@@ -249,7 +250,7 @@ class SamPredictor:
             if sizes and len(phrases) == 1:
                 text_embeddings = text_embeddings.expand(next(iter(sizes)), -1)
         masks, iou, low_res, presence = self._predict(
-            self._to_points(coords, labels, batch_dim=False),
+            self._to_points(coords, labels),
             self._to_boxes(box_array),
             self._to_tensor(mask),
             multimask_output,
@@ -312,15 +313,12 @@ class SamPredictor:
     def _to_tensor(self, array: np.ndarray | None) -> torch.Tensor | None:
         return None if array is None else torch.as_tensor(array, dtype=torch.float32, device=self.device)
 
-    def _to_points(self, coords, labels, batch_dim: bool):
+    def _to_points(self, coords, labels):
         if coords is None:
             return None
         coords = self.transform.apply_coords(coords, self.original_size)
         points = torch.as_tensor(coords, dtype=torch.float32, device=self.device)
-        labels_t = torch.as_tensor(labels, dtype=torch.int64, device=self.device)
-        if batch_dim:
-            points, labels_t = points[None], labels_t[None]
-        return points, labels_t
+        return points, torch.as_tensor(labels, dtype=torch.int64, device=self.device)
 
     def _to_boxes(self, boxes):
         if boxes is None:
