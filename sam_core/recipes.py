@@ -2,13 +2,19 @@
 sam_core.text_train.TextTrainConfig), and an experiment is a few overrides of it. The embedded model's recipe,
 EMBEDDED_RECIPE, is here, where the script that trains it and the tests of what it relies on both read it.
 
-The training scripts (scripts/train_embedded.py, scripts/train_text.py) take their overrides from the command line
-(``--set FIELD=VALUE``) and, when a run goes on under another recipe than it started with, say which fields changed.
+The training scripts (scripts/train_embedded.py, scripts/train_text.py) start from one command line
+(training_parser), take their overrides from it (``--set FIELD=VALUE``) and, when a run goes on under another
+recipe than it started with, say which fields changed.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import logging
+from pathlib import Path
+
+import torch
 
 from sam_core.train import TrainConfig
 
@@ -44,6 +50,30 @@ EMBEDDED_RECIPE = TrainConfig(
     log_every=10,
     metadata={"name": "sam_tiny_synthetic", "data": "sam_core.synthetic train seeds"},
 )
+
+
+def training_parser(doc: str, run_dir: Path, val_every: int) -> argparse.ArgumentParser:
+    """The command line every training script starts from, each adding its own options: the run's folder, when
+    to stop and to validate, threads and device, and the recipe's overrides (--set FIELD=VALUE, read by
+    parse_overrides)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--run-dir", type=Path, default=run_dir)
+    parser.add_argument(
+        "--stop-at", type=int, default=None, help="stop at this step (the schedule is unchanged)"
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--val-every", type=int, default=val_every, help="steps between validations")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override recipe fields")
+    return parser
+
+
+def parse_training_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The arguments of a training script, with torch's threads set and the log lines timed."""
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    return args
 
 
 def parse_overrides(recipe, pairs: list[str]) -> dict:

@@ -18,7 +18,6 @@ Experiments are overrides of the recipe, e.g. ``--set pixel_loss=focal focal_wei
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -39,7 +38,13 @@ from sam_core.evaluate import (  # noqa: E402
     format_table,
     iou_head_reliability,
 )
-from sam_core.recipes import EMBEDDED_RECIPE, parse_overrides, recipe_changes  # noqa: E402
+from sam_core.recipes import (  # noqa: E402
+    EMBEDDED_RECIPE,
+    parse_overrides,
+    parse_training_args,
+    recipe_changes,
+    training_parser,
+)
 from sam_core.synthetic import scene, split_seeds  # noqa: E402
 from sam_core.train import TrainConfig, Trainer, build_model  # noqa: E402
 
@@ -421,27 +426,17 @@ def _recipe_line(config: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run-dir", type=Path, default=Path.home() / ".cache/sam-engine/embedded")
+    parser = training_parser(__doc__, Path.home() / ".cache/sam-engine/embedded", val_every=100)
     parser.add_argument("--hours", type=float, default=None, help="stop after this much wall time")
-    parser.add_argument(
-        "--stop-at", type=int, default=None, help="stop at this step (the schedule is unchanged)"
-    )
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--val-every", type=int, default=100, help="steps between validations")
     parser.add_argument(
         "--from-installed", action="store_true", help="no state yet: go on from the installed weights"
     )
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--bf16", action="store_true", help="autocast to bfloat16 (GPU)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override recipe fields")
     parser.add_argument("--install-from", type=Path, default=None, help="score and install this checkpoint")
     parser.add_argument(
         "--card", action="store_true", help="regenerate MODEL_CARD.md from the installed weights"
     )
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args = parse_training_args(parser, argv)
     if args.card:
         print(write_card(torch.load(EMBEDDED_CHECKPOINT, map_location="cpu", weights_only=True)))
         return

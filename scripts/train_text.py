@@ -18,7 +18,6 @@ Experiments are overrides of the recipe: ``--set steps=500 decoder_lr_scale=0``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -32,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sam_core.checkpoint import atomic_save  # noqa: E402
 from sam_core.evaluate import evaluate_interactive  # noqa: E402
-from sam_core.recipes import parse_overrides, recipe_changes  # noqa: E402
+from sam_core.recipes import parse_overrides, parse_training_args, recipe_changes, training_parser  # noqa: E402
 from sam_core.synthetic import scene, split_seeds  # noqa: E402
 from sam_core.text_eval import evaluate_text, format_text_table  # noqa: E402
 from sam_core.text_model import load_text_model  # noqa: E402
@@ -262,20 +261,12 @@ def model_card(ckpt: dict, metrics: dict, split: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run-dir", type=Path, default=Path.home() / ".cache/sam-engine/text")
+    parser = training_parser(__doc__, Path.home() / ".cache/sam-engine/text", val_every=200)
     parser.add_argument("--minutes", type=float, default=None, help="stop after this much wall time")
-    parser.add_argument(
-        "--stop-at", type=int, default=None, help="stop at this step (the schedule is unchanged)"
-    )
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--val-every", type=int, default=200, help="steps between validations")
     parser.add_argument("--val-scenes", type=int, default=VAL_SCENES)
     parser.add_argument("--val-click-scenes", type=int, default=VAL_CLICK_SCENES, help="0: no click figures")
     parser.add_argument("--checkpoint-every", type=int, default=50)
     parser.add_argument("--log-every", type=int, default=10)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override recipe fields")
     parser.add_argument(
         "--clip-model", default=None, help="train with CLIP's text encoder of this open_clip model"
     )
@@ -288,9 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", default="test", help="the split --evaluate scores on")
     parser.add_argument("--scenes", type=int, default=50, help="how many scenes --evaluate scores")
     parser.add_argument("--card", action="store_true", help="--evaluate also writes MODEL_CARD.md beside it")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args = parse_training_args(parser, argv)
     if args.evaluate:
         evaluate(args.evaluate, args.split, args.scenes, args.clip_checkpoint, args.card)
         return
