@@ -19,7 +19,7 @@ from typing import Literal
 
 import typer
 
-from flows.cli_common import confident_filter, fraction
+from flows.cli_common import confident_filter, fraction, store_url
 from flows.labelstudio import labelstudio_push, labelstudio_sync
 from flows.params import ImageSelection, LabelStudioPushParams, LabelStudioSyncParams
 from flows.progress import step_bar, watching
@@ -27,9 +27,9 @@ from stores import Store
 from tasks.labelstudio import server
 from tasks.labelstudio.ml_backend import SamBackend, make_server, serving_model
 from tasks.labelstudio.server import connect
-from tasks.settings import EngineSettings
 
 app = typer.Typer(help="Label Studio: a local server for people to label, and the SAM ML backend it calls.")
+STORE = typer.Option(None, metavar="URI", help="store URL (default SAM_ENGINE_STORE)")
 
 
 @app.command()
@@ -63,7 +63,7 @@ def status(home: str = typer.Option(None, help="state folder the server was star
 
 @app.command()
 def backend(
-    store: str = typer.Option(None, metavar="URI", help="store URL (default SAM_ENGINE_STORE)"),
+    store: str = STORE,
     model_version: str = typer.Option(
         None,
         "--model-version",
@@ -93,13 +93,13 @@ def backend(
 ) -> None:
     """Serve the SAM ML backend until interrupted: the embedded model unless --model-version or --checkpoint
     says otherwise."""
-    store_url = store or EngineSettings.from_env().store_url
+    url = store_url(store)
     if model is not None and checkpoint is None:
         _fail(
             f"--model {model} needs --checkpoint; without one the backend serves --model-version "
             "(default embedded) from the store"
         )
-    store_obj = Store(store_url)
+    store_obj = Store(url)
     try:
         sam, version, text_encoder = serving_model(
             store_obj, model_version, model, checkpoint, clip_checkpoint
@@ -111,9 +111,7 @@ def backend(
         typer.echo(f"warning: {token_env} is not set; the backend accepts every caller", err=True)
     backend_app = SamBackend(store_obj, sam, version, token=token, text_encoder=text_encoder)
     httpd = make_server(backend_app, host, port)
-    typer.echo(
-        f"SAM ML backend on http://{host}:{httpd.server_address[1]} serving {version} (store {store_url})"
-    )
+    typer.echo(f"SAM ML backend on http://{host}:{httpd.server_address[1]} serving {version} (store {url})")
     try:
         httpd.serve_forever()
     except KeyboardInterrupt:
@@ -142,7 +140,7 @@ def push(
         help="assisted_manual (people click, SAM answers) or semi_automatic (the model's confident masks are "
         "the prediction people start from)",
     ),
-    store: str = typer.Option(None, metavar="URI", help="store URL (default SAM_ENGINE_STORE)"),
+    store: str = STORE,
     project: str = PROJECT,
     model_version: str = typer.Option(
         "embedded", "--model-version", "-m", metavar="VERSION", help="the model whose masks are predicted"
@@ -169,10 +167,10 @@ def push(
     ),
 ) -> None:
     """A round's images to a Label Studio project, one task each (a rerun adds none twice); prints the summary."""
-    store_url = store or EngineSettings.from_env().store_url
+    url = store_url(store)
     try:
         params = LabelStudioPushParams(
-            store=store_url,
+            store=url,
             round=round,
             stage=stage,
             model_version=model_version,
@@ -193,7 +191,7 @@ def push(
 
 @app.command()
 def sync(
-    store: str = typer.Option(None, metavar="URI", help="store URL (default SAM_ENGINE_STORE)"),
+    store: str = STORE,
     project: str = PROJECT,
     labelstudio_url: str = LS_URL,
     round: int = typer.Option(1, "--round", "-r", min=0, metavar="N", help="for tasks made by hand only"),
@@ -209,7 +207,7 @@ def sync(
     """Pull what people added, edited and deleted since the last sync into the store; prints the summary."""
     try:
         params = LabelStudioSyncParams(
-            store=store or EngineSettings.from_env().store_url,
+            store=store_url(store),
             project=project,
             labelstudio_url=labelstudio_url,
             round=round,
