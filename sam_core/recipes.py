@@ -18,27 +18,33 @@ import torch
 
 from sam_core.train import TrainConfig
 
+# How the embedded model learns to answer clicks, and how every retrain of it goes on learning (flows.demo):
+CLICK_TRAINING = {
+    "masks_per_image": 12,
+    # 3 decoder passes a mask: the first prompt, then 2 clicks on the shown mask's errors.
+    "correction_points": 2,
+    "no_point_iterations": 0,
+    # The evaluation and the annotators click; boxes still get trained.
+    "box_probability": 0.25,
+    # BCE+dice 1:1 against the paper's focal+dice 20:1, the same recipe otherwise, two runs side by side from scratch
+    # (validation confident / oracle mIoU@1, mIoU@5 at steps 150 and 200): BCE 0.254 / 0.349 / 0.451 and
+    # 0.313 / 0.415 / 0.495, focal 0.098 / 0.110 / 0.142 and 0.239 / 0.280 / 0.305.
+    "pixel_loss": "bce",
+    "focal_weight": 1.0,
+}
 # The embedded model's recipe (scripts/train_embedded.py trains it). Each choice and the measurement behind it is in
 # sam_core/weights/MODEL_CARD.md ("Recipe").
 EMBEDDED_RECIPE = TrainConfig(
     model="tiny_conv",
     steps=12_000,  # about eight CPU hours on 2 cores; the lr holds its peak until the last quarter
     images_per_step=2,
-    masks_per_image=12,
-    correction_points=2,  # 3 decoder passes a mask: the first prompt, then 2 clicks on the shown mask's errors
-    no_point_iterations=0,
-    box_probability=0.25,  # the evaluation and the annotators click; boxes still get trained
+    **CLICK_TRAINING,
     lr=5e-4,
     warmup_steps=200,
     min_lr_ratio=0.05,
     decay_fraction=0.25,
     ema_decay=0.998,
     weight_decay=0.05,
-    # BCE+dice 1:1 against the paper's focal+dice 20:1, the same recipe otherwise, two runs side by side from scratch
-    # (validation confident / oracle mIoU@1, mIoU@5 at steps 150 and 200): BCE 0.254 / 0.349 / 0.451 and
-    # 0.313 / 0.415 / 0.495, focal 0.098 / 0.110 / 0.142 and 0.239 / 0.280 / 0.305.
-    pixel_loss="bce",
-    focal_weight=1.0,
     # Without it the masks were blobs of a fixed size around the click (validation oracle mIoU@1 flat at 0.48-0.50
     # over steps 500-700); from step 700 at 5.0 it rose 0.50 -> 0.62 by step 2,000 (not separated from the steps
     # themselves: one run, see MODEL_CARD.md's recipe changes).
