@@ -36,6 +36,7 @@ from flows.data_engine_round import data_engine_round
 from flows.params import EvalSettings, ImageSelection, RoundParams, TrainSettings
 from flows.progress import Watcher, step_bar, watched_step, watching
 from sam_core.checkpoint import config_name, read_checkpoint
+from sam_core.recipes import CLICK_TRAINING
 from sam_core.train import TrainConfig
 from stores import Store
 from tasks.annotate import AnnotatorSettings
@@ -62,12 +63,7 @@ RETRAIN_RECIPE = {
     "encoder_lr_scale": 1.0,
     "freeze_norm_stats": True,
     "iou_target": "any_known",
-    "masks_per_image": 12,
-    "correction_points": 2,
-    "no_point_iterations": 0,
-    "focal_weight": 1.0,
-    "pixel_loss": "bce",
-    "box_probability": 0.25,
+    **CLICK_TRAINING,
 }
 TABLE_COLUMNS = (
     ("round", "round"),
