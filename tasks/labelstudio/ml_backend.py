@@ -63,6 +63,23 @@ from .project import BRUSH_NAME, DEFAULT_LABELS, IMAGE_NAME, brush_label
 logger = logging.getLogger(__name__)
 
 
+def brush_result(mask: np.ndarray, score: float, label: str, width: int, height: int) -> dict:
+    """One Label Studio prediction result: ``mask`` (HxW bool, the task image's size width x height) as a brush
+    region of ``label``, rated ``score`` (the decoder's predicted IoU)."""
+    return {
+        "id": uuid.uuid4().hex[:10],
+        "from_name": BRUSH_NAME,
+        "to_name": IMAGE_NAME,
+        "type": "brushlabels",
+        "original_width": width,
+        "original_height": height,
+        "image_rotation": 0,
+        "value": {"format": "rle", "rle": mask_to_brush_rle(mask), "brushlabels": [label]},
+        "score": float(score),
+        "readonly": False,
+    }
+
+
 class BackendError(Exception):
     """A request the backend refuses; status is the HTTP code it answers with."""
 
@@ -269,18 +286,7 @@ class SamBackend:
             best = int(np.argmax(scores))
             self._remember((image_id, tuple(used)), np.asarray(low_res[best : best + 1]))
         score = float(scores[best])
-        result = {
-            "id": uuid.uuid4().hex[:10],
-            "from_name": BRUSH_NAME,
-            "to_name": IMAGE_NAME,
-            "type": "brushlabels",
-            "original_width": width,
-            "original_height": height,
-            "image_rotation": 0,
-            "value": {"format": "rle", "rle": mask_to_brush_rle(masks[best]), "brushlabels": [label]},
-            "score": score,
-            "readonly": False,
-        }
+        result = brush_result(masks[best], score, label, width, height)
         return {"result": [result], "score": score, "model_version": self.model_version}
 
     def _phrase(self, task_id, texts: list) -> str:
@@ -317,21 +323,10 @@ class SamBackend:
             height, width = self._use_image(image_id)
             with torch.inference_mode():
                 found = segment_phrase(self.predictor, phrase, self.presence_threshold)
-        results = []
-        for mask, score in zip(found.masks, found.scores, strict=True):
-            result = {
-                "id": uuid.uuid4().hex[:10],
-                "from_name": BRUSH_NAME,
-                "to_name": IMAGE_NAME,
-                "type": "brushlabels",
-                "original_width": width,
-                "original_height": height,
-                "image_rotation": 0,
-                "value": {"format": "rle", "rle": mask_to_brush_rle(mask), "brushlabels": [label]},
-                "score": float(score),
-                "readonly": False,
-            }
-            results.append(result)
+        results = [
+            brush_result(mask, score, label, width, height)
+            for mask, score in zip(found.masks, found.scores, strict=True)
+        ]
         answer = {
             "result": results,
             "score": max(found.scores, default=0.0),
