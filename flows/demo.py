@@ -86,7 +86,7 @@ TABLE_COLUMNS = (
 
 @dataclass
 class DemoConfig:
-    """Sizes of the demo. The defaults took 833 s on an idle 2-core machine (the target is 10 minutes)."""
+    """Sizes of the demo. The defaults took 696 s on an idle 2-core machine (the target is 10 minutes)."""
 
     # The new domain (sam_core.domains): "cells", or "shapes" for the embedded model's own world.
     domain: str = "cells"
