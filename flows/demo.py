@@ -60,7 +60,7 @@ ROUNDS = ((1, "assisted_manual"), (2, "semi_automatic"), (3, "fully_automatic"))
 # kept: updated from one image a step they broke the first click) reached 0.56 and 26%, for about 15% more time a
 # step. 8 masks an image cost 40% less a step but 20% less a demo retrain, and made round 1's retrain (11 masks an
 # image to learn from) a lottery: held-out mIoU@1 0.282 with the demo's seed, 0.412 with seed + 10, where at 12 the
-# seeds' spread is 0.018.
+# seeds' spread is 0.027.
 RETRAIN_RECIPE = {
     "cache_embeddings": False,
     "encoder_lr_scale": 1.0,
