@@ -268,3 +268,14 @@ def test_the_evaluation_scores_automatic_masks_on_its_first_amg_max_images(engin
     assert first["amg_images"] == 1
     # the interactive part still sees every image
     assert first["eval_masks"] == every["eval_masks"] and first["miou@1"] == every["miou@1"]
+
+
+def test_the_evaluation_scores_at_most_max_masks_per_image_by_clicks(engine):
+    from tasks.evaluate import evaluate
+    from tasks.ingest import ingest
+
+    ingest.fn(engine["store"], [engine["test_images"]], split="test")
+    common = dict(ground_truth=engine["ground_truth"], max_images=2, max_clicks=1, autogen=None)
+    every = evaluate.fn(engine["store"], engine["model"], **common)
+    capped = evaluate.fn(engine["store"], engine["model"], max_masks_per_image=1, **common)
+    assert every["eval_masks"] > capped["eval_masks"] == capped["eval_images"] == 2
