@@ -109,8 +109,9 @@ def evaluate_interactive(
 
     dataset: a sequence of (image HxWx3 uint8, masks list of HxW bool). Unusable masks (empty, wrong shape) are
     counted in "skipped", never scored. ``max_masks_per_image``: score at most this many masks of each image, drawn
-    with a seeded generator, so the same model always meets the same masks (None: all). ``by_area`` adds "by_area": the same mIoUs per bin of mask area
-    (``area_breakdown``), which shows whether small objects or ambiguity hold the mean down.
+    with a seeded generator, so every model meets the same masks of the same dataset (None: all). ``by_area`` adds
+    "by_area": the same mIoUs per bin of mask area (``area_breakdown``), which shows whether small objects or
+    ambiguity hold the mean down.
     """
     model.eval()
     size = int(model.image_encoder.img_size)
