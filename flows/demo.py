@@ -100,7 +100,8 @@ class DemoConfig:
     annotator_seconds_per_image: float = 600.0
     # Interactive mIoU on 8 held-out images, at most test_masks_per_image masks of each (the same ones every
     # round): the images hold 57 masks on average. Scoring 24 of each took 18 CPU-s a version against 60 for all
-    # 456, and moved mIoU@1 and mIoU@5 by at most 0.004 (r1-r3 of a demo, one thread).
+    # 456, and moved mIoU@1 and mIoU@5 by at most 0.004 for r1-r3 of a demo and 0.011 for round 0 (one thread;
+    # benchmarks/bench_eval_masks.py: another draw of 192 moved round 0's mIoU@5 by 0.027).
     # Automatic masks are scored on the first amg_test_images only (a grid costs much more than clicks).
     test_images: int = 8
     test_masks_per_image: int | None = 24
