@@ -10,7 +10,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.params import AssistedManualParams
-from flows.steps import check_inputs, finish_stage, ingest_and_select, now, run_embed, run_shards
+from flows.steps import run_stage
 from tasks.annotate import annotate
 
 STAGE = "assisted_manual"
@@ -20,9 +20,4 @@ STAGE = "assisted_manual"
 def assisted_manual(params: AssistedManualParams | None = None) -> dict:
     """Stage 1: embed the images, then the annotator labels each one with SAM answering every click."""
     params = params or AssistedManualParams()
-    started = now()
-    params = check_inputs(params, needs_ground_truth=params.annotator.ground_truth)
-    image_ids, skipped = ingest_and_select(params)
-    image_ids, failed = run_embed(params, image_ids)
-    summaries = run_shards(annotate, params, STAGE, image_ids, annotator=params.annotator)
-    return finish_stage(params, STAGE, summaries, started, skipped + failed)
+    return run_stage(params, STAGE, annotate, annotator=params.annotator)

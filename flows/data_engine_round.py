@@ -41,10 +41,7 @@ def data_engine_round(params: RoundParams | None = None, train_backend: str = "r
     """
     params = params or RoundParams()
     started = now()
-    params = check_inputs(
-        params,
-        needs_ground_truth=params.annotator.ground_truth if params.stage != "fully_automatic" else None,
-    )
+    params = check_inputs(params)
     check_after_training(params.calibration, params.evaluation, params.retrain)
     figures = STAGE_FLOWS[params.stage](params.stage_params())
     skip = why_no_retrain(params, figures) if params.retrain is not None else None

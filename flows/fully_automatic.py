@@ -11,7 +11,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.params import FullyAutomaticParams
-from flows.steps import check_inputs, finish_stage, ingest_and_select, now, run_embed, run_shards
+from flows.steps import run_stage
 from tasks.autogen import autogen
 from tasks.text_autogen import check_text_round, text_autogen
 
@@ -22,17 +22,11 @@ STAGE = "fully_automatic"
 def fully_automatic(params: FullyAutomaticParams | None = None) -> dict:
     """Stage 3: embed, then generate and filter automatic masks for every image."""
     params = params or FullyAutomaticParams()
-    started = now()
-    params = check_inputs(params)
     text = params.text_settings()
     if text is not None:
-        check_text_round(params.store, params.model_version, params.round, STAGE, text.phrase)
-    image_ids, skipped = ingest_and_select(params)
-    image_ids, failed = run_embed(params, image_ids)
-    if text is not None:
-        summaries = run_shards(text_autogen, params, STAGE, image_ids, settings=text)
-    else:
-        summaries = run_shards(
-            autogen, params, STAGE, image_ids, settings=params.autogen, filter=params.filter
-        )
-    return finish_stage(params, STAGE, summaries, started, skipped + failed)
+
+        def one_phrase_a_round(params: FullyAutomaticParams) -> None:
+            check_text_round(params.store, params.model_version, params.round, STAGE, text.phrase)
+
+        return run_stage(params, STAGE, text_autogen, check=one_phrase_a_round, settings=text)
+    return run_stage(params, STAGE, autogen, settings=params.autogen, filter=params.filter)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.params import SemiAutomaticParams
-from flows.steps import check_inputs, finish_stage, ingest_and_select, now, run_embed, run_shards
+from flows.steps import run_stage
 from tasks.prefill import prefill
 
 STAGE = "semi_automatic"
@@ -20,17 +20,11 @@ STAGE = "semi_automatic"
 def semi_automatic(params: SemiAutomaticParams | None = None) -> dict:
     """Stage 2: embed, pre-fill confident automatic masks, then the annotator adds the missing objects."""
     params = params or SemiAutomaticParams()
-    started = now()
-    params = check_inputs(params, needs_ground_truth=params.annotator.ground_truth)
-    image_ids, skipped = ingest_and_select(params)
-    image_ids, failed = run_embed(params, image_ids)
-    summaries = run_shards(
-        prefill,
+    return run_stage(
         params,
         STAGE,
-        image_ids,
+        prefill,
         settings=params.autogen,
         confident=params.confident,
         annotator=params.annotator,
     )
-    return finish_stage(params, STAGE, summaries, started, skipped + failed)

@@ -3,6 +3,7 @@ progress artifact per image, and finish with the round's figures and report."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from pydantic import BaseModel
@@ -34,10 +35,10 @@ def open_store(url: str, must_exist: bool = True):
     return store
 
 
-def check_inputs(params: StageParams, needs_ground_truth: str | None = None):
+def check_inputs(params: StageParams):
     """Fail fast, before any work: the store exists (or images are to be ingested), the model version is
-    registered and its checkpoint exists, the stage's annotator can be built, the ground-truth file (when the
-    simulated annotator needs one) is readable, and a stage filter with a target precision finds the model's
+    registered and its checkpoint exists, the stage's annotator can be built, the ground-truth file it reads
+    (the simulated annotator's) is readable, and a stage filter with a target precision finds the model's
     calibration. Returns the parameters with ``latest`` resolved to a model version."""
     store = open_store(params.store, must_exist=not params.ingest)
     version = resolve_version(store, params.model_version)
@@ -45,8 +46,8 @@ def check_inputs(params: StageParams, needs_ground_truth: str | None = None):
     annotator = params.stage_annotator()
     if annotator is not None:
         annotator.build()  # a simulated annotator without ground truth, a Label Studio without a project...
-    if needs_ground_truth is not None:
-        load_ground_truth(needs_ground_truth)
+        if annotator.ground_truth is not None:
+            load_ground_truth(annotator.ground_truth)
     for name, settings in params.stage_filters().items():
         try:
             check_calibration(store, version, settings)
@@ -192,3 +193,23 @@ def why_no_retrain(params, figures: dict) -> str | None:
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def run_stage(
+    params: StageParams,
+    stage: str,
+    task: ShardTask,
+    check: Callable[[StageParams], None] | None = None,
+    **settings: BaseModel,
+) -> dict:
+    """One stage, start to end: check the inputs (and ``check(params)``, the stage's own) before any work,
+    ingest and select the images, embed them, run ``task`` over them shard by shard with the stage's
+    ``settings`` (the task's keywords), and finish with the stage's figures, which it returns."""
+    started = now()
+    params = check_inputs(params)
+    if check is not None:
+        check(params)
+    image_ids, skipped = ingest_and_select(params)
+    image_ids, failed = run_embed(params, image_ids)
+    summaries = run_shards(task, params, stage, image_ids, **settings)
+    return finish_stage(params, stage, summaries, started, skipped + failed)
