@@ -112,10 +112,8 @@ def _argument_type(param, ctx) -> str | None:
 typer.core.TyperOption.display_type_rich = _option_type
 typer.core.TyperArgument.display_type_rich = _argument_type
 
-export_app = typer.Typer(help="Export the current masks (superseded and deleted ones left out).")
 query_app = typer.Typer(help="Look at the store's tables (pandas underneath; see stores.query for more).")
 model_app = typer.Typer(help="The models registry: register checkpoints as model versions.")
-app.add_typer(export_app, name="export")
 app.add_typer(query_app, name="query")
 app.add_typer(model_app, name="model")
 
@@ -442,38 +440,32 @@ def calibrate(
     print_json(summary)
 
 
-@export_app.command("coco")
-def export_coco(
-    destination: str = typer.Argument(..., metavar="FILE", help="JSON file (path or URL)"),
+ExportFormat = Literal["coco", "sa1b"]  # tasks.export.export's formats
+
+
+@app.command("export")
+def export_masks(
+    format: ExportFormat = typer.Argument(
+        ...,
+        metavar="FORMAT",
+        help="coco: one COCO instances JSON (RLE segmentations); sa1b: one SA-1B JSON file per image",
+    ),
+    destination: str = typer.Argument(
+        ..., metavar="DEST", help="coco: the JSON file; sa1b: the folder (path or URL)"
+    ),
     round: int = ONLY_ROUND,
     stage: Stage = ONLY_STAGE,
     store: str = STORE,
 ) -> None:
-    """COCO instances JSON (RLE segmentations) of the current masks."""
-    result = _export(store, destination, "coco", round, stage)
-    print_json(result | {"files": [destination]})
-
-
-@export_app.command("sa1b")
-def export_sa1b(
-    destination: str = typer.Argument(..., metavar="DIR", help="directory (path or URL): one JSON per image"),
-    round: int = ONLY_ROUND,
-    stage: Stage = ONLY_STAGE,
-    store: str = STORE,
-) -> None:
-    """SA-1B per-image JSON files of the current masks."""
-    result = _export(store, destination, "sa1b", round, stage)
-    result["files"] = len(result["files"])
-    print_json(result)
-
-
-def _export(store: str | None, destination: str, format: str, round: int | None, stage: str | None) -> dict:
-    """The export task's summary for the CLI; a bad destination or store is one line and exit 2."""
+    """Export the current masks (superseded and deleted ones left out); prints what was written."""
     url = existing_store(store).url
     try:
-        return export.fn(url, destination, format, round=round, stage=stage)
+        result = export.fn(url, destination, format, round=round, stage=stage)
     except (OSError, ValueError) as exc:
         fail(exc)
+    if format == "sa1b":
+        result["files"] = len(result["files"])  # one file an image: the count says it, the list would flood
+    print_json(result)
 
 
 @query_app.command("images")

@@ -58,7 +58,14 @@ def test_ingest_query_segment_and_export(engine, tmp_path):
 
     result = runner.invoke(app, ["export", "coco", str(tmp_path / "coco.json"), *store])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["masks"] == 0
+    coco = json.loads(result.output)
+    assert coco["masks"] == 0 and coco["files"] == [str(tmp_path / "coco.json")]  # the store holds no masks yet
+    result = runner.invoke(app, ["export", "sa1b", str(tmp_path / "sa1b"), *store])
+    assert result.exit_code == 0, result.output
+    sa1b = json.loads(result.output)
+    assert sa1b["format"] == "sa1b" and sa1b["files"] == 0  # a count, one file an image
+    result = runner.invoke(app, ["export", "yolo", str(tmp_path / "y"), *store])
+    assert result.exit_code == 2 and "yolo" in result.output
 
 
 def test_bad_input_gives_a_clear_error_not_a_traceback(engine):
