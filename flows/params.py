@@ -132,6 +132,7 @@ TRAIN_KNOBS = (
     "steps",
     "masks_per_image",
     "lr",
+    "weight_decay",
     "freeze_image_encoder",
     "cache_embeddings",
     "encoder_lr_scale",

@@ -89,7 +89,7 @@ class TrainConfig:
     # Exponential moving average of the weights (0 = off); checkpoints then hold the average, which behaves like
     # an annealed model at any step of a long run.
     ema_decay: float = knob(0.0, "exponential moving average of the weights (0: off)", ge=0.0, lt=1.0)
-    weight_decay: float = 0.1
+    weight_decay: float = knob(0.1, "AdamW weight decay (norms, biases and tokens have none)", ge=0.0, lt=1.0)
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float | None = (
         None  # max gradient norm; None = no clipping (1.0 stalled from-scratch training)
