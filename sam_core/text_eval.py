@@ -1,10 +1,10 @@
-"""Held-out figures of a text-prompted model on synthetic scenes, as issue #19 asks for them.
+"""Held-out figures of a text-prompted model on synthetic scenes: one-object mIoU, several-instance recall, presence.
 
 Per scene, every phrase is prompted alone (text only, the single-mask output) in one decoder pass. Three families:
 - phrases that name one object (kind "one", and "part" phrases naming a single part): mIoU of the mask;
 - phrases that name several ("several", "part" with two or more parts): instance recall at IoU 0.5, two ways.
   "clicks": sam_core.text_instances.find_instances (text + a click at each grid point inside the phrase's mask,
-  non-maximum suppression), the figure the issue's floor is for. "pieces": the connected pieces of the phrase's
+  non-maximum suppression), the figure the model card's floor is for. "pieces": the connected pieces of the phrase's
   one mask (at least MIN_PIECE px), which cannot tell touching instances apart (on the ground-truth union they
   reach only 0.698). Each with its precision, so that a flood of masks does not pass for recall;
 - phrases absent from the image: presence accuracy (presence probability < 0.5), and beside it the presence
@@ -26,7 +26,7 @@ from sam_core.text_encoder import TextEncoder
 from sam_core.text_instances import find_instances
 
 MIN_PIECE = 16  # px of the scene: smaller connected pieces of a mask are noise, not instances
-# The issue's floors on held-out scenes.
+# The floors a text model must reach on held-out scenes (mIoU, instance recall, presence accuracy).
 FLOORS = {"miou_one": 0.7, "recall_several@0.5": 0.8, "presence_accuracy_absent": 0.9}
 
 
@@ -121,7 +121,7 @@ def evaluate_text(
 
 
 def format_text_table(metrics: dict) -> str:
-    """The figures as a Markdown table beside the issue's floors."""
+    """The figures as a Markdown table beside the floors."""
     way = metrics["instances_by"]
     rows = [
         ("mIoU, phrases naming one object", "miou_one", f"{metrics['phrases_one']} phrases"),

@@ -2,7 +2,7 @@
 
 One text prompt gives one mask: the union of what the phrase names. Instances that touch or overlap are one
 connected piece of it, so pieces alone cannot separate them: on 50 validation scenes, the connected pieces of the
-*ground-truth* union match only 0.698 of the instances at IoU 0.5 (issue #19 asks for 0.8). So the instances come
+*ground-truth* union match only 0.698 of the instances at IoU 0.5 (the recall floor is 0.8). So the instances come
 from clicks, as SAM's automatic masks do: the phrase's own mask says where to look, a grid of clicks inside it
 each ask "the <phrase> here" (text + one positive click, what the trainer's click prompts teach: the one
 instance under the click), and non-maximum suppression by mask IoU keeps one mask per instance, best predicted
