@@ -59,7 +59,9 @@ def test_ingest_query_segment_and_export(engine, tmp_path):
     result = runner.invoke(app, ["export", "coco", str(tmp_path / "coco.json"), *store])
     assert result.exit_code == 0, result.output
     coco = json.loads(result.output)
-    assert coco["masks"] == 0 and coco["files"] == [str(tmp_path / "coco.json")]  # the store holds no masks yet
+    assert coco["masks"] == 0 and coco["files"] == [
+        str(tmp_path / "coco.json")
+    ]  # the store holds no masks yet
     result = runner.invoke(app, ["export", "sa1b", str(tmp_path / "sa1b"), *store])
     assert result.exit_code == 0, result.output
     sa1b = json.loads(result.output)

@@ -71,13 +71,16 @@ def test_segment_phrase_looks_for_instances_when_asked_whatever_the_first_word(t
 
 
 def test_segment_phrase_drops_masks_rated_below_the_cut_and_says_so_when_none_is_left(trained_predictor):
-    phrase = "every part inside the mottled object"
-    every = segment_phrase(trained_predictor, phrase)
-    assert len(every.scores) > 2
-    cut = every.scores[1]  # best first: the cut keeps the first two
-    kept = segment_phrase(trained_predictor, phrase, min_predicted_iou=cut)
-    assert kept.scores == every.scores[:2] and len(kept.masks) == 2
-    none = segment_phrase(trained_predictor, phrase, min_predicted_iou=0.99)
+    # The scene holds several rectangles; how many instances a model trained for 15 steps finds differs between
+    # CPUs (2 to 4 seen), so the cut is placed by the count found: it drops the lowest rated one.
+    phrase = "every rectangle"
+    every = segment_phrase(trained_predictor, phrase, always_instances=True)
+    assert every.instances and len(every.scores) >= 2
+    assert every.scores == sorted(every.scores, reverse=True)
+    cut = every.scores[-2]  # best first: the cut keeps all but the last
+    kept = segment_phrase(trained_predictor, phrase, always_instances=True, min_predicted_iou=cut)
+    assert kept.scores == every.scores[:-1] and len(kept.masks) == len(every.masks) - 1
+    none = segment_phrase(trained_predictor, phrase, always_instances=True, min_predicted_iou=0.99)
     assert none.masks == [] and none.present
     assert none.why_empty == (
         f"no mask: {phrase!r} is judged present (presence {every.presence:.3f}), but none of its "
