@@ -76,7 +76,7 @@ from tasks.calibrate import CalibrationSettings, read_calibration
 from tasks.calibrate import calibrate as calibrate_task
 from tasks.embed import embed as embed_task
 from tasks.evaluate import evaluate
-from tasks.export import export
+from tasks.export import ExportFormat, export
 from tasks.filter import FilterSettings
 from tasks.ingest import IMAGE_EXTENSIONS
 from tasks.ingest import ingest as ingest_task
@@ -438,9 +438,6 @@ def calibrate(
             for p in target_precision
         }
     print_json(summary)
-
-
-ExportFormat = Literal["coco", "sa1b"]  # tasks.export.export's formats
 
 
 @app.command("export")

@@ -14,12 +14,14 @@ from stores import Store
 from stores.coco import export_coco
 from stores.sa1b import export_sa1b
 
+ExportFormat = Literal["coco", "sa1b"]  # the formats `export` writes, and the CLI offers
+
 
 @task(name="export", retries=1, retry_delay_seconds=2)
 def export(
     store_url: str,
     destination: str,
-    format: Literal["coco", "sa1b"] = "coco",
+    format: ExportFormat = "coco",
     round: int | None = None,
     stage: str | None = None,
 ) -> dict:
