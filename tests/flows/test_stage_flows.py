@@ -112,6 +112,11 @@ def test_missing_store_or_model_fails_before_any_work(engine, tmp_path):
     with pytest.raises(ValueError, match="ground_truth"):
         assisted_manual(_params(AssistedManualParams, engine))
     assert Store(engine["store"]).images().empty
+    # the simulated annotator's ground-truth file is read before any image is ingested or embedded
+    unreadable = _annotator(engine).model_copy(update={"ground_truth": str(tmp_path / "no-such-truth.json")})
+    with pytest.raises(FileNotFoundError, match="no-such-truth.json"):
+        assisted_manual(_params(AssistedManualParams, engine, annotator=unreadable))
+    assert Store(engine["store"]).images().empty
 
 
 def test_bad_parameters_are_refused_by_the_models():
