@@ -127,7 +127,8 @@ class DemoConfig:
     # 0.88 / 0.95, which the CPU-trained models' IoU heads rarely reach. A mask is right when it matches ground truth at match_iou.
     # The precision must hold at its 95% Wilson lower bound, so few val images make thresholds strict: calibrated
     # on 4, a demo's r2 kept 11.3 masks per test scene (24 scenes) at precision 0.875, recall 0.190; on 8, 18.5
-    # at 0.865, recall 0.307 (a calibration on 8 took 23-27 s on an idle machine).
+    # at 0.865, recall 0.307 (measured as benchmarks/bench_calibration_scenes.py does; a calibration on 8 took
+    # 23-27 s on an idle machine).
     val_images: int = 8
     calibration_points_per_side: int = 16
     auto_precision: float = 0.8

@@ -1,0 +1,95 @@
+"""How many validation scenes a calibration needs: automatic-mask precision and recall of a finished demo's
+versions on more held-out scenes than the demo scores, at thresholds calibrated on the demo's validation scenes or
+on a given number of them.
+
+A calibration keeps the thresholds whose precision reaches the target at its 95% Wilson lower bound
+(tasks.thresholds.operating_point), so on few scenes the bound, not the model, sets how strict they are. This copies
+the demo's store to a scratch folder (the demo's own store is never written), adds test and validation scenes of
+the demo's domain, and for each version the demo evaluated: calibrates it on ``--val`` scenes (0: keeps the demo's
+own calibration), then scores its automatic masks at the demo's target precision on ``--test`` scenes.
+
+    .venv/bin/python benchmarks/bench_calibration_scenes.py --demo demo_output --test 24 --val 0
+    .venv/bin/python benchmarks/bench_calibration_scenes.py --demo demo_output --test 24 --val 8
+
+One line per version: its thresholds, precision, recall and kept masks per test scene.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from flows.demo import DemoConfig  # noqa: E402
+from tasks.calibrate import calibrate  # noqa: E402
+from tasks.demo_data import write_synthetic_images  # noqa: E402
+from tasks.evaluate import evaluate  # noqa: E402
+from tasks.ingest import ingest  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--demo", type=Path, required=True, help="a finished demo's output folder")
+    parser.add_argument("--test", type=int, default=24, help="held-out scenes to score on")
+    parser.add_argument(
+        "--val", type=int, default=0, help="validation scenes to calibrate on (0: the demo's)"
+    )
+    parser.add_argument("--domain", default="cells")
+    args = parser.parse_args()
+    figures_path = args.demo / "figures.json"
+    if not figures_path.is_file():
+        raise SystemExit(f"{args.demo} is not a finished demo: it has no figures.json")
+    versions = list(dict.fromkeys(r["evaluated_model_version"] for r in json.loads(figures_path.read_text())))
+    config = DemoConfig()
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        shutil.copytree(args.demo / "engine" / "store", scratch / "store")
+        url = (scratch / "store").as_uri()
+        # The splits' scenes are numbered from the same seeds as the demo's, so its own test and val scenes are
+        # among these and ingest skips them (an image is its bytes' hash).
+        data = write_synthetic_images(
+            scratch / "data", train=0, test=args.test, corrupt=0, val=max(args.val, 1), domain=args.domain
+        )
+        ingest.fn(url, [data["test_dir"]], split="test")
+        ingest.fn(url, [data["val_dir"]], split="val")
+        calibrated_on = f"{args.val} new val scenes" if args.val else "the demo's val scenes"
+        print(
+            f"calibrated on {calibrated_on}, scored on {args.test} test scenes, target {config.auto_precision}"
+        )
+        for version in versions:
+            if args.val:
+                settings = config.calibration(data["ground_truth"]).model_copy(
+                    update={"max_images": args.val}
+                )
+                calibrate.fn(url, version, settings)
+            m = evaluate.fn(
+                url,
+                version,
+                data["ground_truth"],
+                split="test",
+                max_images=args.test,
+                max_clicks=1,
+                max_masks_per_image=1,  # the clicks are not what this measures
+                autogen=config.autogen(config.eval_points_per_side),
+                filter=config.stage3_filter(),
+                amg_max_images=args.test,
+            )
+            print(
+                f"{version:>10}: pred IoU >= {_threshold(m['amg_pred_iou_thresh'])}, "
+                f"stability >= {_threshold(m['amg_stability_thresh'])}, "
+                f"precision {m['amg_precision']:.3f}, recall {m['amg_recall']:.3f}, "
+                f"{m['amg_masks_per_image']:.1f} masks a scene ({m['amg_images']} scenes)"
+            )
+
+
+def _threshold(value: float | None) -> str:
+    return "none reaches the target" if value is None else f"{value:.3f}"
+
+
+if __name__ == "__main__":
+    main()
