@@ -86,7 +86,7 @@ TABLE_COLUMNS = (
 
 @dataclass
 class DemoConfig:
-    """Sizes of the demo. The defaults took 895 s on an idle 2-core AMD EPYC (the target is 10 minutes)."""
+    """Sizes of the demo. The defaults took 648 s on an idle 2-core AMD EPYC (the target is 10 minutes)."""
 
     # The new domain (sam_core.domains): "cells", or "shapes" for the embedded model's own world.
     domain: str = "cells"
@@ -107,13 +107,23 @@ class DemoConfig:
     test_images: int = 8
     test_masks_per_image: int | None = 24
     amg_test_images: int = 8
-    # Each retrain continues from the previous version on every mask accepted so far (RETRAIN_RECIPE).
-    retrain_steps: int = 150
+    # Each retrain continues from the previous version on every mask accepted so far (RETRAIN_RECIPE), for
+    # retrain_steps[round - 1] steps (the last entry for later rounds). The first retrain meets the new domain and
+    # needs the most: at 75 steps round 1's scored held-out mIoU@1 0.33 (two seeds, lr 3e-4 and 5e-4) against
+    # 0.387 at 150. Later ones start from a version that knows it, and 150 more steps drifted: round 3's retrain
+    # from a demo's r2 (0.475 / 0.592 at 1 / 5 clicks) scored 0.439 / 0.544 at 150 steps, 0.476 / 0.582 at 75;
+    # at 150 without stage 3's masks 0.469 / 0.568, at lr 1e-4 0.464 / 0.553, with an EMA of the weights
+    # 0.450 / 0.555. A step costs about 1.1 s on 2 cores: the decoder's 36 passes (12 masks, 3 prompts each).
+    retrain_steps: tuple[int, ...] = (150, 75)
     retrain_lr: float = 3e-4
     # A 16x16 grid (the engine's default is 32x32) puts about one point on every cell (16 px apart; cells are
     # 18-50 px across) and costs a quarter of its decoder passes.
     points_per_side: int = 16
     eval_points_per_side: int = 16
+    # Grid points decoded together by every automatic-mask pass (stages, calibrations, evaluations). The
+    # reference's 64 suits a GPU; on a CPU 8 generated the same masks in 0.63 of the time
+    # (benchmarks/bench_points_per_batch.py: 2.10 against 3.35 s an image on 2 cores).
+    points_per_batch: int = 8
     # Box NMS of the automatic masks (stage 2's pre-fill, stage 3, the evaluations), well below the paper's 0.7:
     # cells do not overlap, and a cell's partial masks and variants, whose boxes overlap its box by 0.3-0.7,
     # survived 0.7 as duplicates (10 of the 40 best-rated candidates of a round-2 calibration), and a duplicate
@@ -146,7 +156,7 @@ class DemoConfig:
             images_per_round=2,
             test_images=2,
             amg_test_images=1,
-            retrain_steps=2,
+            retrain_steps=(2,),
             points_per_side=4,
             eval_points_per_side=4,
             val_images=1,
@@ -156,7 +166,11 @@ class DemoConfig:
 
     def autogen(self, points_per_side: int) -> AutogenSettings:
         """The automatic masks' grid and NMS, for the stages and the evaluations alike."""
-        return AutogenSettings(points_per_side=points_per_side, box_nms_thresh=self.box_nms_thresh)
+        return AutogenSettings(
+            points_per_side=points_per_side,
+            points_per_batch=self.points_per_batch,
+            box_nms_thresh=self.box_nms_thresh,
+        )
 
     def stage3_filter(self):
         """The filter of stage 3 and of the evaluations' automatic masks."""
@@ -185,7 +199,12 @@ class DemoConfig:
             ground_truth=ground_truth,
             max_images=self.val_images,
             points_per_side=self.calibration_points_per_side,
+            points_per_batch=self.points_per_batch,
         )
+
+    def steps_of_round(self, round: int) -> int:
+        """Training steps of round ``round``'s retrain (1-based)."""
+        return self.retrain_steps[min(round, len(self.retrain_steps)) - 1]
 
 
 def make_data(root: Path, config: DemoConfig) -> dict:
@@ -303,7 +322,7 @@ def round_params(store_url: str, data: dict, config: DemoConfig, round: int, sta
         confident=config.confident_filter(),
         filter=config.stage3_filter(),
         retrain=TrainSettings(
-            steps=config.retrain_steps,
+            steps=config.steps_of_round(round),
             lr=config.retrain_lr,
             seed=round,
             **checked_recipe(RETRAIN_RECIPE),

@@ -192,9 +192,10 @@ def test_retrain_spread_verdict_weighs_the_last_gain_against_three_spreads(load_
     assert "NOT above 3 x the largest spread (0.180)" in script.verdict(rows, "miou@1", wide)
 
 
-def test_every_automatic_step_of_the_demo_uses_its_nms_and_grid():
-    """Stage 2's pre-fill, stage 3 and the evaluations keep automatic masks with the demo's box NMS, and the
-    calibrated thresholds are measured at the same NMS (tasks.thresholds takes it from these settings)."""
+def test_every_automatic_step_of_the_demo_uses_its_nms_grid_and_batch():
+    """Stage 2's pre-fill, stage 3, the calibrations and the evaluations generate automatic masks with the demo's
+    box NMS and CPU batch, and the calibrated thresholds are measured at the same NMS (tasks.thresholds takes it
+    from these settings)."""
     from flows.demo import DemoConfig, round_params
 
     config = DemoConfig()
@@ -204,3 +205,16 @@ def test_every_automatic_step_of_the_demo_uses_its_nms_and_grid():
         assert params.autogen.box_nms_thresh == config.box_nms_thresh < 0.7
         assert params.autogen.points_per_side == config.points_per_side
         assert params.evaluation.autogen.box_nms_thresh == config.box_nms_thresh
+        batches = {params.autogen.points_per_batch, params.evaluation.autogen.points_per_batch}
+        assert batches | {params.calibration.points_per_batch} == {config.points_per_batch}
+
+
+def test_the_first_retrain_of_the_demo_trains_longest_and_later_rounds_take_the_last_entry():
+    from flows.demo import ROUNDS, DemoConfig, round_params
+
+    config = DemoConfig(retrain_steps=(150, 75))
+    steps = [
+        round_params("memory://demo", {"ground_truth": "gt.json"}, config, r, stage, "r0").retrain.steps
+        for r, stage in ROUNDS
+    ]
+    assert steps == [150, 75, 75]
