@@ -68,6 +68,9 @@ RETRAIN_RECIPE = {
     "iou_target": "any_known",
     **CLICK_TRAINING,
 }
+# A retrain after a stage of automatic masks trains the prompt encoder and mask decoder on the image encoder's
+# cached embeddings (DemoConfig.encoder_frozen_stages).
+AUTOMATIC_RETRAIN = {"freeze_image_encoder": True, "cache_embeddings": True}
 TABLE_COLUMNS = (
     ("round", "round"),
     ("stage", "stage"),
@@ -86,7 +89,7 @@ TABLE_COLUMNS = (
 
 @dataclass
 class DemoConfig:
-    """Sizes of the demo. The defaults took 648 s on an idle 2-core AMD EPYC (the target is 10 minutes)."""
+    """Sizes of the demo. The defaults took 625 s on an idle 2-core AMD EPYC (the target is 10 minutes)."""
 
     # The new domain (sam_core.domains): "cells", or "shapes" for the embedded model's own world.
     domain: str = "cells"
@@ -115,6 +118,11 @@ class DemoConfig:
     # at 150 without stage 3's masks 0.469 / 0.568, at lr 1e-4 0.464 / 0.553, with an EMA of the weights
     # 0.450 / 0.555. A step costs about 1.1 s on 2 cores: the decoder's 36 passes (12 masks, 3 prompts each).
     retrain_steps: tuple[int, ...] = (150, 75)
+    # Stages whose retrain keeps the image encoder (AUTOMATIC_RETRAIN). Stage 3's masks are the model's own, a
+    # fifth of them wrong and the rest matching at IoU >= 0.5; tuning the encoder on them cost the clicks: round
+    # 3's retrain from a demo's r2 (0.456 / 0.608 at 1 / 5 clicks) scored 0.477 / 0.575 tuning it, 0.468 / 0.605
+    # keeping it, and 0.459 / 0.589 tuning it on stages 1-2's masks alone (75 steps each).
+    encoder_frozen_stages: tuple[str, ...] = ("fully_automatic",)
     retrain_lr: float = 3e-4
     # A 16x16 grid (the engine's default is 32x32) puts about one point on every cell (16 px apart; cells are
     # 18-50 px across) and costs a quarter of its decoder passes.
@@ -325,7 +333,9 @@ def round_params(store_url: str, data: dict, config: DemoConfig, round: int, sta
             steps=config.steps_of_round(round),
             lr=config.retrain_lr,
             seed=round,
-            **checked_recipe(RETRAIN_RECIPE),
+            **checked_recipe(
+                {**RETRAIN_RECIPE, **(AUTOMATIC_RETRAIN if stage in config.encoder_frozen_stages else {})}
+            ),
         ),
         new_model_version=f"r{round}",
         calibration=config.calibration(data["ground_truth"]),

@@ -209,12 +209,14 @@ def test_every_automatic_step_of_the_demo_uses_its_nms_grid_and_batch():
         assert batches | {params.calibration.points_per_batch} == {config.points_per_batch}
 
 
-def test_the_first_retrain_of_the_demo_trains_longest_and_later_rounds_take_the_last_entry():
+def test_the_first_retrain_of_the_demo_trains_longest_and_only_stage_3s_keeps_the_encoder():
     from flows.demo import ROUNDS, DemoConfig, round_params
 
-    config = DemoConfig(retrain_steps=(150, 75))
-    steps = [
-        round_params("memory://demo", {"ground_truth": "gt.json"}, config, r, stage, "r0").retrain.steps
+    config = DemoConfig(retrain_steps=(150, 75), encoder_frozen_stages=("fully_automatic",))
+    retrains = [
+        round_params("memory://demo", {"ground_truth": "gt.json"}, config, r, stage, "r0").retrain
         for r, stage in ROUNDS
     ]
-    assert steps == [150, 75, 75]
+    assert [r.steps for r in retrains] == [150, 75, 75]  # later rounds take the last entry
+    assert [r.freeze_image_encoder for r in retrains] == [False, False, True]
+    assert [r.cache_embeddings for r in retrains] == [False, False, True]
