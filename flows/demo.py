@@ -10,8 +10,8 @@ the same when they fine-tune SAM for microscopy. Here:
 2. Round 0: the model as it ships (the embedded model, or ``--checkpoint``), calibrated and evaluated on the
    held-out images of the new domain. No training.
 3. Round 1, assisted-manual; round 2, semi-automatic (confident masks pre-filled); round 3, fully automatic; each
-   on new images, each followed by a retrain of the whole model (the encoder's BatchNorm statistics kept) on
-   every mask accepted so far, a calibration and a held-out evaluation (flows.data_engine_round).
+   on new images, each followed by a retrain of the whole model (the encoder's BatchNorm statistics kept; after
+   stage 3, of the prompt encoder and decoder alone) on every mask accepted so far, a calibration and a held-out evaluation (flows.data_engine_round).
 4. After each round: a table of the figures so far, mask overlays, and a plot of the figures per round in
    the output directory. While a round runs, a bar on a terminal says which round and step it is in, with
    its count (steps, images) and the time left of the step.
