@@ -1,10 +1,11 @@
 """Automatic masks on a CPU: how many grid points to decode together (``points_per_batch``).
 
 The reference decodes 64 points at a time (192 masks: three per point), a size chosen for GPUs. On a CPU the
-decoder's per-mask work (the two-way transformer over 1,024 image tokens, the upscaling to 128 x 128) is
-memory-bound, and a smaller batch keeps it in cache. This runs the embedded model's automatic mask generator from
-cached embeddings on held-out cell scenes (the demo's domain and grid) at each batch size, interleaved, and
-checks that every batch size gives the same masks (count, and predicted IoU to float32 rounding).
+decoder's per-mask work (the two-way transformer over 1,024 image tokens, the upscaling to 128 x 128) ran faster
+in smaller batches on this project's 2-core machine, most likely because they stay in cache. This runs the
+embedded model's automatic mask generator from cached embeddings on held-out cell scenes with the demo's grid and
+box NMS (flows.demo.DemoConfig) at each batch size, interleaved, and checks that every batch size gives the same
+masks (count, and predicted IoU to float32 rounding).
 
     .venv/bin/python benchmarks/bench_points_per_batch.py [--images 4] [--repeats 3] [--threads 2]
 
@@ -24,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from flows.demo import DemoConfig  # noqa: E402
 from sam_core import defaults  # noqa: E402
 from sam_core.automatic_mask_generator import AutomaticMaskGenerator  # noqa: E402
 from sam_core.domains import domain_scene  # noqa: E402
@@ -39,8 +41,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4, help="held-out cell scenes")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the demo uses every core)")
-    parser.add_argument("--points-per-side", type=int, default=16, help="the demo's grid")
     args = parser.parse_args()
+    demo = DemoConfig()
     torch.set_num_threads(args.threads)
     model = load_embedded()
     predictor = SamPredictor(model)
@@ -55,9 +57,9 @@ def main() -> None:
         for batch in BATCHES:
             generator = AutomaticMaskGenerator(
                 model,
-                points_per_side=args.points_per_side,
+                points_per_side=demo.points_per_side,
                 points_per_batch=batch,
-                box_nms_thresh=0.3,
+                box_nms_thresh=demo.box_nms_thresh,
                 pred_iou_thresh=0.0,
                 stability_score_thresh=0.0,
             )

@@ -11,7 +11,8 @@ the same when they fine-tune SAM for microscopy. Here:
    held-out images of the new domain. No training.
 3. Round 1, assisted-manual; round 2, semi-automatic (confident masks pre-filled); round 3, fully automatic; each
    on new images, each followed by a retrain of the whole model (the encoder's BatchNorm statistics kept; after
-   stage 3, of the prompt encoder and decoder alone) on every mask accepted so far, a calibration and a held-out evaluation (flows.data_engine_round).
+   stage 3, of the prompt encoder and decoder alone) on every mask accepted so far, a calibration and a held-out
+   evaluation (flows.data_engine_round).
 4. After each round: a table of the figures so far, mask overlays, and a plot of the figures per round in
    the output directory. While a round runs, a bar on a terminal says which round and step it is in, with
    its count (steps, images) and the time left of the step.
@@ -112,7 +113,7 @@ class DemoConfig:
     amg_test_images: int = 8
     # Each retrain continues from the previous version on every mask accepted so far (RETRAIN_RECIPE), for
     # retrain_steps[round - 1] steps (the last entry for later rounds). The first retrain meets the new domain and
-    # needs the most: at 75 steps round 1's scored held-out mIoU@1 0.33 (two seeds, lr 3e-4 and 5e-4) against
+    # needs the most: at 75 steps round 1's scored held-out mIoU@1 0.331 and 0.330 (lr 3e-4, 5e-4) against
     # 0.387 at 150. Later ones start from a version that knows it, and 150 more steps drifted: round 3's retrain
     # from a demo's r2 (0.475 / 0.592 at 1 / 5 clicks) scored 0.439 / 0.544 at 150 steps, 0.476 / 0.582 at 75;
     # at 150 without stage 3's masks 0.469 / 0.568, at lr 1e-4 0.464 / 0.553, with an EMA of the weights
@@ -156,6 +157,18 @@ class DemoConfig:
     eval_clicks: int = 5
     train_backend: str = "local"
     embed_backend: str = "ray"
+
+    def __post_init__(self) -> None:
+        # A misspelt stage would leave every retrain tuning the encoder without a word, and an empty schedule
+        # would fail only at round 1's retrain, minutes in.
+        if not self.retrain_steps or any(not isinstance(n, int) or n < 1 for n in self.retrain_steps):
+            raise ValueError(
+                f"retrain_steps must be one or more step counts >= 1 (round 1's first), got {self.retrain_steps!r}"
+            )
+        stages = [stage for _, stage in ROUNDS]
+        unknown = sorted(set(self.encoder_frozen_stages) - set(stages))
+        if unknown:
+            raise ValueError(f"encoder_frozen_stages: {unknown} are not stages of the demo ({stages})")
 
     @classmethod
     def quick(cls) -> DemoConfig:

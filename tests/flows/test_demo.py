@@ -220,3 +220,13 @@ def test_the_first_retrain_of_the_demo_trains_longest_and_only_stage_3s_keeps_th
     assert [r.steps for r in retrains] == [150, 75, 75]  # later rounds take the last entry
     assert [r.freeze_image_encoder for r in retrains] == [False, False, True]
     assert [r.cache_embeddings for r in retrains] == [False, False, True]
+
+
+def test_a_demo_config_with_no_retrain_steps_or_an_unknown_stage_is_refused_by_name():
+    from flows.demo import DemoConfig
+
+    for steps in ((), (150, 0)):
+        with pytest.raises(ValueError, match="retrain_steps"):
+            DemoConfig(retrain_steps=steps)
+    with pytest.raises(ValueError, match="'fully_automatc'"):
+        DemoConfig(encoder_frozen_stages=("fully_automatc",))
