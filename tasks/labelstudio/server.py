@@ -114,9 +114,13 @@ def ensure_installed(venv: str | os.PathLike | None = None, python: str = "pytho
         for cmd in steps:
             proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
             if proc.returncode != 0:
+                log.flush()
+                # The log's last lines name the cause (a full disk, an unreachable index) where a CI run
+                # shows only this message and the log is gone with its machine.
+                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-5:])
                 raise LabelStudioServerError(
                     f"installing Label Studio failed at {' '.join(cmd[:3])!r} (exit {proc.returncode}); "
-                    f"see {log_path}"
+                    f"see {log_path}; it ends:\n{tail}"
                 )
     if not exe.exists():
         raise LabelStudioServerError(f"label-studio executable missing after install: {exe}; see {log_path}")

@@ -99,3 +99,13 @@ def test_up_refuses_a_taken_port(tmp_path):
         port = sock.getsockname()[1]
         with pytest.raises(server.LabelStudioServerError, match=f"port {port} .* is taken"):
             server.up(port=port, home=tmp_path / "home")
+
+
+def test_a_failed_install_says_why_in_the_error(tmp_path):
+    """CI shows only the exception; the install log is gone with the machine, so the error carries its end."""
+    fake_python = tmp_path / "python3.11"
+    fake_python.write_text("#!/bin/sh\necho 'Error: [Errno 28] No space left on device' >&2\nexit 1\n")
+    fake_python.chmod(0o755)
+    with pytest.raises(server.LabelStudioServerError, match="No space left on device") as err:
+        server.ensure_installed(tmp_path / "ls-venv", python=str(fake_python))
+    assert "-m venv" in str(err.value)
