@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from sam_core import defaults
 from sam_core.automatic_mask_generator import AutomaticMaskGenerator
-from tasks.filter import FilterSettings, filter_records, why_none_kept
+from tasks.filter import FilterSettings, filter_records, keeps_nothing, why_none_kept, why_nothing
 from tasks.progress import OnProgress
 from tasks.records import mask_rows
 from tasks.runlog import run_logger
@@ -79,6 +79,9 @@ def autogen(
     generator = make_generator(ctx.model, settings)
 
     def per_image(image_id, image):
+        if keeps_nothing(filter):
+            run_logger().info("image %s: %s", image_id, why_nothing(filter, shard.model_version))
+            return records_to_rows([], image_id, source="auto", model_version=shard.model_version)
         size = (int(image["height"]), int(image["width"]))
         records = generate_records(ctx, generator, image_id, size)
         kept = filter_records(records, size, filter)

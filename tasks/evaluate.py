@@ -17,7 +17,7 @@ from sam_core.evaluate import automatic_precision_recall, evaluate_interactive
 from stores import Store
 from tasks.autogen import AutogenSettings, make_generator
 from tasks.calibrate import calibrated_settings
-from tasks.filter import FilterSettings, filter_records
+from tasks.filter import FilterSettings, filter_records, keeps_nothing
 from tasks.ground_truth import evaluation_set
 from tasks.models import load_model
 from tasks.progress import CACHE_POLICY, OnProgress
@@ -103,8 +103,10 @@ def evaluate(
         generator = make_generator(model, autogen)
         generator.output_mode = "binary_mask"
         matched = predicted = truth = 0
+        # An unreachable operating point keeps nothing: precision 0 and recall 0 without the grid's decoding.
+        skip = filter is not None and keeps_nothing(filter)
         for done, (_, image, masks) in enumerate(automatic, start=len(samples) + 1):
-            records = generator.generate(image)
+            records = [] if skip else generator.generate(image)
             if filter is not None:
                 records = filter_records(records, image.shape[:2], filter)
             found = [r["segmentation"] for r in records]

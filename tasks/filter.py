@@ -52,6 +52,21 @@ class FilterSettings(BaseModel):
     )
 
 
+def keeps_nothing(settings: FilterSettings) -> bool:
+    """True when no mask can pass ``settings``: a calibration found no operating point at its target precision
+    and set both confidence thresholds to inf (tasks.thresholds.NOTHING). Callers then skip the automatic mask
+    generator, whose grid of decoder passes (about 2 s an image on 2 cores) could keep nothing."""
+    return bool(np.isinf(settings.min_predicted_iou) or np.isinf(settings.min_stability_score))
+
+
+def why_nothing(settings: FilterSettings, model_version: str) -> str:
+    """The sentence an empty result gives when ``keeps_nothing(settings)``."""
+    return (
+        f"no mask kept: the calibration of {model_version} found no thresholds at which its automatic masks are "
+        f"right {settings.target_precision} of the time (at IoU {settings.match_iou}), so none was generated"
+    )
+
+
 CONFIDENT = FilterSettings(min_predicted_iou=0.92, min_stability_score=0.97, min_area=32)
 """The semi-automatic stage's bar for masks it pre-fills without a person looking."""
 

@@ -13,7 +13,7 @@ import pandas as pd
 from sam_core.predictor import SamPredictor
 from tasks.annotate import AnnotatorSettings, annotated_rows, annotation_request
 from tasks.autogen import AutogenSettings, generate_records, make_generator, records_to_rows
-from tasks.filter import FilterSettings, filter_records
+from tasks.filter import FilterSettings, filter_records, keeps_nothing
 from tasks.ground_truth import load_ground_truth
 from tasks.progress import OnProgress
 from tasks.records import decode_mask
@@ -27,6 +27,8 @@ def confident_rows(
     """Masks-table rows (source="model") of the automatic masks of one image (height, width ``size``) that pass
     the ``confident`` filter, from its cached embedding: what stage 2 places before a person looks, here or as a
     Label Studio prediction (tasks.labelstudio.push)."""
+    if keeps_nothing(confident):
+        return records_to_rows([], image_id, source="model", model_version=ctx.model_version)
     kept = filter_records(generate_records(ctx, generator, image_id, size), size, confident)
     return records_to_rows(kept, image_id, source="model", model_version=ctx.model_version)
 

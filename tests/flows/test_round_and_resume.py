@@ -279,3 +279,63 @@ def test_the_evaluation_scores_at_most_max_masks_per_image_by_clicks(engine):
     every = evaluate.fn(engine["store"], engine["model"], **common)
     capped = evaluate.fn(engine["store"], engine["model"], max_masks_per_image=1, **common)
     assert every["eval_masks"] > capped["eval_masks"] == capped["eval_images"] == 2
+
+
+def test_an_unreachable_operating_point_skips_the_generator_and_says_why(engine, monkeypatch, caplog):
+    """Where the calibration found no thresholds at the target precision nothing can be kept, so the evaluation
+    and the stages decode no grid (about 2 s an image on 2 cores), score precision and recall 0, and say why."""
+    import logging
+
+    import numpy as np
+    import pandas as pd
+
+    from flows.fully_automatic import fully_automatic
+    from sam_core.automatic_mask_generator import AutomaticMaskGenerator
+    from stores import Store
+    from tasks.evaluate import evaluate
+    from tasks.ingest import ingest
+
+    store = Store(engine["store"])
+    n = 20  # every candidate wrong: no operating point at any precision
+    store.write_calibration(
+        engine["model"],
+        pd.DataFrame(
+            {
+                "image_id": "x",
+                "predicted_iou": np.linspace(0.9, 0.1, n),
+                "stability_score": 0.99,
+                "area": 100,
+                "image_area": 96 * 96,
+                "x0": 2.0 * np.arange(n),
+                "y0": 0.0,
+                "x1": 2.0 * np.arange(n) + 1,
+                "y1": 1.0,
+                "best_iou": 0.1,
+                "best_gt": np.arange(n),
+            }
+        ),
+    )
+
+    def never(*args, **kwargs):
+        raise AssertionError("the generator ran for an operating point that keeps nothing")
+
+    monkeypatch.setattr(AutomaticMaskGenerator, "generate", never)
+    monkeypatch.setattr(AutomaticMaskGenerator, "generate_from_embedding", never)
+    calibrated = FilterSettings(target_precision=0.8, match_iou=0.5, min_area=1)
+    ingest.fn(engine["store"], [engine["test_images"]], split="test")
+    metrics = evaluate.fn(
+        engine["store"],
+        engine["model"],
+        ground_truth=engine["ground_truth"],
+        max_images=2,
+        max_clicks=1,
+        autogen=OPEN_AUTOGEN,
+        filter=calibrated,
+    )
+    assert metrics["amg_images"] == 2 and metrics["amg_recall"] == metrics["amg_precision"] == 0.0
+    assert metrics["amg_pred_iou_thresh"] is None and metrics["miou@1"] > 0.0  # the clicks were still scored
+
+    with caplog.at_level(logging.INFO):
+        fully_automatic(_auto_params(engine["store"], engine).model_copy(update={"filter": calibrated}))
+    assert store.masks(round=4).empty
+    assert f"the calibration of {engine['model']} found no thresholds" in caplog.text
