@@ -69,9 +69,9 @@ RETRAIN_RECIPE = {
     "iou_target": "any_known",
     **CLICK_TRAINING,
 }
-# A retrain after a stage of automatic masks trains the prompt encoder and mask decoder on the image encoder's
-# cached embeddings (DemoConfig.encoder_frozen_stages).
-AUTOMATIC_RETRAIN = {"freeze_image_encoder": True, "cache_embeddings": True}
+# A stage's retrain at encoder lr scale 0 (DemoConfig.stage_encoder_lr_scale) keeps the image encoder and trains the
+# prompt encoder and mask decoder on its cached embeddings.
+FROZEN_ENCODER = {"freeze_image_encoder": True, "cache_embeddings": True}
 TABLE_COLUMNS = (
     ("round", "round"),
     ("stage", "stage"),
@@ -118,12 +118,14 @@ class DemoConfig:
     # from a demo's r2 (0.475 / 0.592 at 1 / 5 clicks) scored 0.439 / 0.544 at 150 steps, 0.476 / 0.582 at 75;
     # at 150 without stage 3's masks 0.469 / 0.568, at lr 1e-4 0.464 / 0.553, with an EMA of the weights
     # 0.450 / 0.555. A step costs about 1.1 s on 2 cores: the decoder's 36 passes (12 masks, 3 prompts each).
-    retrain_steps: tuple[int, ...] = (150, 75)
-    # Stages whose retrain keeps the image encoder (AUTOMATIC_RETRAIN). Stage 3's masks are the model's own, a
-    # fifth of them wrong and the rest matching at IoU >= 0.5; tuning the encoder on them cost the clicks: round
-    # 3's retrain from a demo's r2 (0.456 / 0.608 at 1 / 5 clicks) scored 0.477 / 0.575 tuning it, 0.468 / 0.605
-    # keeping it, and 0.459 / 0.589 tuning it on stages 1-2's masks alone (75 steps each).
-    encoder_frozen_stages: tuple[str, ...] = ("fully_automatic",)
+    retrain_steps: tuple[int, ...] = (225, 75)
+    # The image encoder's lr, as a fraction of retrain_lr, in the retrain after a stage ((stage, scale) pairs; 1.0
+    # for stages not named; 0 keeps the encoder, FROZEN_ENCODER). Stage 3's masks are the model's own, a fifth of
+    # them wrong and the rest matching at IoU >= 0.5, and tuning the encoder on them at the full lr cost the clicks:
+    # round 3's retrain from a demo's r2 (0.456 / 0.608 at 1 / 5 clicks, automatic recall 0.344) scored
+    # 0.477 / 0.575 (recall 0.395) at scale 1, 0.483 / 0.595 (0.362) at 0.3, 0.468 / 0.605 (0.309) keeping it,
+    # 0.459 / 0.589 at scale 1 on stages 1-2's masks alone (75 steps each).
+    stage_encoder_lr_scale: tuple[tuple[str, float], ...] = (("fully_automatic", 0.3),)
     retrain_lr: float = 3e-4
     # A 16x16 grid (the engine's default is 32x32) puts about one point on every cell (16 px apart; cells are
     # 18-50 px across) and costs a quarter of its decoder passes.
@@ -166,9 +168,14 @@ class DemoConfig:
                 f"retrain_steps must be one or more step counts >= 1 (round 1's first), got {self.retrain_steps!r}"
             )
         stages = [stage for _, stage in ROUNDS]
-        unknown = sorted(set(self.encoder_frozen_stages) - set(stages))
+        unknown = sorted({stage for stage, _ in self.stage_encoder_lr_scale} - set(stages))
         if unknown:
-            raise ValueError(f"encoder_frozen_stages: {unknown} are not stages of the demo ({stages})")
+            raise ValueError(f"stage_encoder_lr_scale: {unknown} are not stages of the demo ({stages})")
+        negative = [(stage, scale) for stage, scale in self.stage_encoder_lr_scale if not scale >= 0]
+        if negative:
+            raise ValueError(
+                f"stage_encoder_lr_scale: scales must be >= 0 (0 keeps the encoder), got {negative}"
+            )
 
     @classmethod
     def quick(cls) -> DemoConfig:
@@ -226,6 +233,11 @@ class DemoConfig:
     def steps_of_round(self, round: int) -> int:
         """Training steps of round ``round``'s retrain (1-based)."""
         return self.retrain_steps[min(round, len(self.retrain_steps)) - 1]
+
+    def encoder_recipe(self, stage: str) -> dict:
+        """The retrain knobs that set how the image encoder learns after ``stage`` (see stage_encoder_lr_scale)."""
+        scale = dict(self.stage_encoder_lr_scale).get(stage, 1.0)
+        return FROZEN_ENCODER if scale == 0 else {"encoder_lr_scale": float(scale)}
 
 
 def make_data(root: Path, config: DemoConfig) -> dict:
@@ -346,9 +358,7 @@ def round_params(store_url: str, data: dict, config: DemoConfig, round: int, sta
             steps=config.steps_of_round(round),
             lr=config.retrain_lr,
             seed=round,
-            **checked_recipe(
-                {**RETRAIN_RECIPE, **(AUTOMATIC_RETRAIN if stage in config.encoder_frozen_stages else {})}
-            ),
+            **checked_recipe({**RETRAIN_RECIPE, **config.encoder_recipe(stage)}),
         ),
         new_model_version=f"r{round}",
         calibration=config.calibration(data["ground_truth"]),

@@ -209,17 +209,22 @@ def test_every_automatic_step_of_the_demo_uses_its_nms_grid_and_batch():
         assert batches | {params.calibration.points_per_batch} == {config.points_per_batch}
 
 
-def test_the_first_retrain_of_the_demo_trains_longest_and_only_stage_3s_keeps_the_encoder():
+def test_the_first_retrain_of_the_demo_trains_longest_and_each_stage_sets_its_encoder_lr():
     from flows.demo import ROUNDS, DemoConfig, round_params
 
-    config = DemoConfig(retrain_steps=(150, 75), encoder_frozen_stages=("fully_automatic",))
-    retrains = [
-        round_params("memory://demo", {"ground_truth": "gt.json"}, config, r, stage, "r0").retrain
-        for r, stage in ROUNDS
-    ]
-    assert [r.steps for r in retrains] == [150, 75, 75]  # later rounds take the last entry
-    assert [r.freeze_image_encoder for r in retrains] == [False, False, True]
-    assert [r.cache_embeddings for r in retrains] == [False, False, True]
+    def retrains(config):
+        return [
+            round_params("memory://demo", {"ground_truth": "gt.json"}, config, r, stage, "r0").retrain
+            for r, stage in ROUNDS
+        ]
+
+    light = retrains(DemoConfig(retrain_steps=(150, 75), stage_encoder_lr_scale=(("fully_automatic", 0.3),)))
+    assert [r.steps for r in light] == [150, 75, 75]  # later rounds take the last entry
+    assert [r.encoder_lr_scale for r in light] == [1.0, 1.0, 0.3]
+    assert not any(r.freeze_image_encoder or r.cache_embeddings for r in light)
+    frozen = retrains(DemoConfig(stage_encoder_lr_scale=(("semi_automatic", 0.0),)))
+    assert [r.freeze_image_encoder for r in frozen] == [False, True, False]
+    assert [r.cache_embeddings for r in frozen] == [False, True, False]
 
 
 def test_a_demo_config_with_no_retrain_steps_or_an_unknown_stage_is_refused_by_name():
@@ -229,4 +234,6 @@ def test_a_demo_config_with_no_retrain_steps_or_an_unknown_stage_is_refused_by_n
         with pytest.raises(ValueError, match="retrain_steps"):
             DemoConfig(retrain_steps=steps)
     with pytest.raises(ValueError, match="'fully_automatc'"):
-        DemoConfig(encoder_frozen_stages=("fully_automatc",))
+        DemoConfig(stage_encoder_lr_scale=(("fully_automatc", 0.3),))
+    with pytest.raises(ValueError, match="must be >= 0"):
+        DemoConfig(stage_encoder_lr_scale=(("fully_automatic", -0.1),))
