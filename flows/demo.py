@@ -11,7 +11,7 @@ the same when they fine-tune SAM for microscopy. Here:
    held-out images of the new domain. No training.
 3. Round 1, assisted-manual; round 2, semi-automatic (confident masks pre-filled); round 3, fully automatic; each
    on new images, each followed by a retrain of the whole model (the encoder's BatchNorm statistics kept; after
-   stage 3, of the prompt encoder and decoder alone) on every mask accepted so far, a calibration and a held-out
+   stage 3, the encoder at 0.3 of the learning rate) on every mask accepted so far, a calibration and a held-out
    evaluation (flows.data_engine_round).
 4. After each round: a table of the figures so far, mask overlays, and a plot of the figures per round in
    the output directory. While a round runs, a bar on a terminal says which round and step it is in, with
@@ -90,7 +90,8 @@ TABLE_COLUMNS = (
 
 @dataclass
 class DemoConfig:
-    """Sizes of the demo. The defaults took 625 s on an idle 2-core AMD EPYC (the target is 10 minutes)."""
+    """Sizes of the demo. The defaults took 785 s on a 2-core AMD EPYC running nothing else of ours (the target is
+    10 minutes; the retrains took 493 s of it)."""
 
     # The new domain (sam_core.domains): "cells", or "shapes" for the embedded model's own world.
     domain: str = "cells"
@@ -114,17 +115,21 @@ class DemoConfig:
     # Each retrain continues from the previous version on every mask accepted so far (RETRAIN_RECIPE), for
     # retrain_steps[round - 1] steps (the last entry for later rounds). The first retrain meets the new domain and
     # needs the most: at 75 steps round 1's scored held-out mIoU@1 0.331 and 0.330 (lr 3e-4, 5e-4) against
-    # 0.387 at 150. Later ones start from a version that knows it, and 150 more steps drifted: round 3's retrain
-    # from a demo's r2 (0.475 / 0.592 at 1 / 5 clicks) scored 0.439 / 0.544 at 150 steps, 0.476 / 0.582 at 75;
-    # at 150 without stage 3's masks 0.469 / 0.568, at lr 1e-4 0.464 / 0.553, with an EMA of the weights
-    # 0.450 / 0.555. A step costs about 1.1 s on 2 cores: the decoder's 36 passes (12 masks, 3 prompts each).
+    # 0.387 at 150 and 0.422 at 225; at 150 it found no automatic threshold at precision 0.8 (its masks were blocky,
+    # matching their cells at IoU 0.4-0.6), at 225 it kept 129 validation candidates at 0.876 and reached test
+    # recall 0.292 (one correction click a mask instead of two, at 200 steps: 0.406 and recall 0.175). Later ones
+    # start from a version that knows it, and 150 more steps drifted: round 3's retrain from a demo's r2
+    # (0.475 / 0.592 at 1 / 5 clicks) scored 0.439 / 0.544 at 150 steps, 0.476 / 0.582 at 75; at 150 without
+    # stage 3's masks 0.469 / 0.568, at lr 1e-4 0.464 / 0.553, with an EMA of the weights 0.450 / 0.555. A step
+    # costs 1.1-1.3 s on 2 cores: the decoder's 36 passes (12 masks, 3 prompts each).
     retrain_steps: tuple[int, ...] = (225, 75)
     # The image encoder's lr, as a fraction of retrain_lr, in the retrain after a stage ((stage, scale) pairs; 1.0
     # for stages not named; 0 keeps the encoder, FROZEN_ENCODER). Stage 3's masks are the model's own, a fifth of
     # them wrong and the rest matching at IoU >= 0.5, and tuning the encoder on them at the full lr cost the clicks:
     # round 3's retrain from a demo's r2 (0.456 / 0.608 at 1 / 5 clicks, automatic recall 0.344) scored
     # 0.477 / 0.575 (recall 0.395) at scale 1, 0.483 / 0.595 (0.362) at 0.3, 0.468 / 0.605 (0.309) keeping it,
-    # 0.459 / 0.589 at scale 1 on stages 1-2's masks alone (75 steps each).
+    # 0.459 / 0.589 at scale 1 on stages 1-2's masks alone (75 steps each). From the next demo's r2 (r1 at 225
+    # steps; 0.469 / 0.590, recall 0.360): 0.477 / 0.584 (0.375) at 0.3, 0.472 / 0.587 (0.357) keeping it.
     stage_encoder_lr_scale: tuple[tuple[str, float], ...] = (("fully_automatic", 0.3),)
     retrain_lr: float = 3e-4
     # A 16x16 grid (the engine's default is 32x32) puts about one point on every cell (16 px apart; cells are
