@@ -178,11 +178,34 @@ def test_a_run_killed_mid_autogen_resumes_to_the_same_masks(engine, monkeypatch)
     assert _mask_set(engine["store"]) == _mask_set(clean)
 
 
+def _calibration_table(predicted_iou, stability_score, best_iou):
+    """A hand-made calibration table: one candidate per predicted IoU, each its own object on image "x", 100 px
+    boxes side by side (no NMS between them)."""
+    import numpy as np
+    import pandas as pd
+
+    n = len(predicted_iou)
+    return pd.DataFrame(
+        {
+            "image_id": "x",
+            "predicted_iou": predicted_iou,
+            "stability_score": stability_score,
+            "area": 100,
+            "image_area": 96 * 96,
+            "x0": 2.0 * np.arange(n),
+            "y0": 0.0,
+            "x1": 2.0 * np.arange(n) + 1,
+            "y1": 1.0,
+            "best_iou": best_iou,
+            "best_gt": np.arange(n),
+        }
+    )
+
+
 def test_calibrated_filters_and_a_replayed_split(engine):
     """A filter with a target precision takes its thresholds from the model's calibration (and refuses to start
     without one); the round calibrates the version it trains, and the retrain replays a labelled split."""
     import numpy as np
-    import pandas as pd
 
     from flows.data_engine_round import data_engine_round
     from stores import Store
@@ -228,21 +251,7 @@ def test_calibrated_filters_and_a_replayed_split(engine):
     n = 40
     store.write_calibration(
         engine["model"],
-        pd.DataFrame(
-            {
-                "image_id": "x",
-                "predicted_iou": np.linspace(0.1, -0.05, n),
-                "stability_score": 0.0,
-                "area": 100,
-                "image_area": 96 * 96,
-                "x0": 2.0 * np.arange(n),
-                "y0": 0.0,
-                "x1": 2.0 * np.arange(n) + 1,
-                "y1": 1.0,
-                "best_iou": np.where(np.arange(n) < 16, 0.9, 0.1),
-                "best_gt": np.arange(n),
-            }
-        ),
+        _calibration_table(np.linspace(0.1, -0.05, n), 0.0, np.where(np.arange(n) < 16, 0.9, 0.1)),
     )
     point = calibrated_settings(store, engine["model"], params.autogen, calibrated)[2]
     assert point["feasible"] and 0.0 < point["pred_iou_thresh"] < 0.06
@@ -287,7 +296,6 @@ def test_an_unreachable_operating_point_skips_the_generator_and_says_why(engine,
     import logging
 
     import numpy as np
-    import pandas as pd
 
     from flows.fully_automatic import fully_automatic
     from sam_core.automatic_mask_generator import AutomaticMaskGenerator
@@ -296,25 +304,8 @@ def test_an_unreachable_operating_point_skips_the_generator_and_says_why(engine,
     from tasks.ingest import ingest
 
     store = Store(engine["store"])
-    n = 20  # every candidate wrong: no operating point at any precision
-    store.write_calibration(
-        engine["model"],
-        pd.DataFrame(
-            {
-                "image_id": "x",
-                "predicted_iou": np.linspace(0.9, 0.1, n),
-                "stability_score": 0.99,
-                "area": 100,
-                "image_area": 96 * 96,
-                "x0": 2.0 * np.arange(n),
-                "y0": 0.0,
-                "x1": 2.0 * np.arange(n) + 1,
-                "y1": 1.0,
-                "best_iou": 0.1,
-                "best_gt": np.arange(n),
-            }
-        ),
-    )
+    # every candidate wrong: no operating point at any precision
+    store.write_calibration(engine["model"], _calibration_table(np.linspace(0.9, 0.1, 20), 0.99, 0.1))
 
     def never(*args, **kwargs):
         raise AssertionError("the generator ran for an operating point that keeps nothing")
