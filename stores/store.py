@@ -416,13 +416,43 @@ class Store(KeyedTables):
         return keep
 
     def masks(
-        self, round=None, stage=None, image_id=None, source=None, current_only: bool = True
+        self,
+        round=None,
+        stage=None,
+        image_id=None,
+        source=None,
+        current_only: bool = True,
+        columns: list[str] | None = None,
     ) -> pd.DataFrame:
         """Masks as a DataFrame (masks schema + round, stage), filtered by any of round/stage/image_id/source.
 
         image_id and source take one value or a list. current_only drops rows that a newer row supersedes (by its
-        `supersedes` column, following chains across all rounds) and tombstones (deleted=True).
+        `supersedes` column, following chains across all rounds) and tombstones (deleted=True). ``columns``: read
+        only these masks columns (and what the filters need), return them with round and stage; a question about
+        one column then skips the masks' RLE, most of a shard's bytes.
         """
+        if columns is not None:
+            unknown = sorted(set(columns) - set(MASKS.names) - set(MASKS_PARTITION.names))
+            if unknown:
+                raise ValueError(
+                    f"masks has no columns {unknown}; it has {MASKS.names + MASKS_PARTITION.names}"
+                )
+            wanted = [c for c in columns if c not in MASKS_PARTITION.names]
+            needed = {"image_id": image_id, "source": source}
+            read = list(
+                dict.fromkeys(
+                    wanted
+                    + [name for name, value in needed.items() if value is not None]
+                    + (["deleted", "mask_id"] if current_only else [])
+                )
+            )
+            frame = self._masks(round, stage, image_id, source, current_only, read)
+            return frame[list(dict.fromkeys(wanted + list(MASKS_PARTITION.names)))]
+        return self._masks(round, stage, image_id, source, current_only, None)
+
+    def _masks(
+        self, round, stage, image_id, source, current_only: bool, read: list[str] | None
+    ) -> pd.DataFrame:
         files = self._mask_files(round, stage)
         if image_id is not None and files:  # skip shards without the image: read their image_id column only
             wanted = pa.array([image_id] if isinstance(image_id, str) else list(image_id), type=pa.string())
@@ -433,7 +463,7 @@ class Store(KeyedTables):
 
             with ThreadPoolExecutor(max_workers=min(8, len(files))) as pool:
                 files = [f for f, ok in zip(files, pool.map(holds, files), strict=True) if ok]
-        table = self._read_all("masks", "masks", files)
+        table = self._read_all("masks", "masks", files, columns=read)
         if table is None:
             empty = MASKS.empty_table()
             for f in MASKS_PARTITION:

@@ -71,7 +71,7 @@ def check_text_round(store_url: str, model_version: str, round: int, stage: str,
     store = Store(store_url)
     _, encoder = load_text_model(store, model_version)
     encoder.tokenize([check_phrase(phrase, encoder.name)])
-    earlier = store.masks(round=round, stage=stage)["phrase"]
+    earlier = store.masks(round=round, stage=stage, columns=["phrase"])["phrase"]
     others = sorted(set(earlier.dropna()) - {phrase})
     if others or earlier.isna().any():
         what = f"phrase {others[0]!r}" if others else "a grid of points (no phrase)"

@@ -94,6 +94,17 @@ def test_a_newer_row_supersedes_and_a_tombstone_deletes(store, make_masks):
     everything = store.masks(current_only=False)
     assert {a, c, edit_id, "tombstone-c"} <= set(everything["mask_id"])  # nothing deleted in place
 
+    # A read of a few columns drops and filters the same rows, without reading the rest.
+    for kwargs in ({}, {"round": 2}, {"current_only": False}, {"source": "human", "image_id": "img1"}):
+        full = store.masks(**kwargs)
+        narrow = store.masks(columns=["mask_id", "area"], **kwargs)
+        assert list(narrow.columns) == ["mask_id", "area", "round", "stage"]
+        pd.testing.assert_frame_equal(
+            narrow.reset_index(drop=True), full[list(narrow.columns)].reset_index(drop=True)
+        )
+    with pytest.raises(ValueError, match=r"no columns \['mask'\]"):
+        store.masks(columns=["mask"])
+
 
 def test_images_are_idempotent_by_image_id(store, images_frame):
     assert store.write_images(images_frame(["a", "b"])) == 2
