@@ -431,28 +431,19 @@ class Store(KeyedTables):
         only these masks columns (and what the filters need), return them with round and stage; a question about
         one column then skips the masks' RLE, most of a shard's bytes.
         """
+        read = shown = None
         if columns is not None:
             unknown = sorted(set(columns) - set(MASKS.names) - set(MASKS_PARTITION.names))
             if unknown:
                 raise ValueError(
                     f"masks has no columns {unknown}; it has {MASKS.names + MASKS_PARTITION.names}"
                 )
-            wanted = [c for c in columns if c not in MASKS_PARTITION.names]
-            needed = {"image_id": image_id, "source": source}
-            read = list(
-                dict.fromkeys(
-                    wanted
-                    + [name for name, value in needed.items() if value is not None]
-                    + (["deleted", "mask_id"] if current_only else [])
-                )
-            )
-            frame = self._masks(round, stage, image_id, source, current_only, read)
-            return frame[list(dict.fromkeys(wanted + list(MASKS_PARTITION.names)))]
-        return self._masks(round, stage, image_id, source, current_only, None)
-
-    def _masks(
-        self, round, stage, image_id, source, current_only: bool, read: list[str] | None
-    ) -> pd.DataFrame:
+            shown = list(dict.fromkeys([c for c in columns if c in MASKS.names] + MASKS_PARTITION.names))
+            filtered = [
+                name for name, value in (("image_id", image_id), ("source", source)) if value is not None
+            ]
+            current = ["deleted", "mask_id"] if current_only else []
+            read = list(dict.fromkeys([c for c in shown if c in MASKS.names] + filtered + current))
         files = self._mask_files(round, stage)
         if image_id is not None and files:  # skip shards without the image: read their image_id column only
             wanted = pa.array([image_id] if isinstance(image_id, str) else list(image_id), type=pa.string())
@@ -465,10 +456,10 @@ class Store(KeyedTables):
                 files = [f for f, ok in zip(files, pool.map(holds, files), strict=True) if ok]
         table = self._read_all("masks", "masks", files, columns=read)
         if table is None:
-            empty = MASKS.empty_table()
+            table = MASKS.empty_table()
             for f in MASKS_PARTITION:
-                empty = empty.append_column(f.name, pa.array([], type=f.type))
-            return empty.to_pandas()
+                table = table.append_column(f.name, pa.array([], type=f.type))
+            return table.to_pandas() if shown is None else table.select(shown).to_pandas()
         for name, value in (("image_id", image_id), ("source", source)):
             if value is not None:
                 values = [value] if isinstance(value, str) else list(value)
@@ -480,4 +471,4 @@ class Store(KeyedTables):
             if superseded is not None and len(superseded):
                 keep = pc.and_(keep, pc.invert(pc.is_in(table["mask_id"], value_set=superseded)))
             table = table.filter(keep)
-        return table.to_pandas()
+        return table.to_pandas() if shown is None else table.select(shown).to_pandas()
