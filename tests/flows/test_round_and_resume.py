@@ -326,6 +326,18 @@ def test_an_unreachable_operating_point_skips_the_generator_and_says_why(engine,
     assert metrics["amg_images"] == 2 and metrics["amg_recall"] == metrics["amg_precision"] == 0.0
     assert metrics["amg_pred_iou_thresh"] is None and metrics["miou@1"] > 0.0  # the clicks were still scored
 
+    # Stage 2's pre-fill: no rows, and the generator never asked
+    from types import SimpleNamespace
+
+    from tasks.calibrate import calibrated_settings
+    from tasks.prefill import confident_rows
+
+    _, unreachable, _ = calibrated_settings(store, engine["model"], OPEN_AUTOGEN, calibrated)
+    ctx = SimpleNamespace(model_version=engine["model"])
+    assert confident_rows(
+        ctx, AutomaticMaskGenerator.__new__(AutomaticMaskGenerator), "x", (96, 96), unreachable
+    ).empty
+
     with caplog.at_level(logging.INFO):
         fully_automatic(_auto_params(engine["store"], engine).model_copy(update={"filter": calibrated}))
     assert store.masks(round=4).empty
