@@ -3,7 +3,9 @@
 Configurations (`SamConfig`): "vit_b", "vit_l", "vit_h" are Meta's official ones (1024 px input, patch 16,
 64 x 64 x 256 image embedding, 256 x 256 low-res masks). Ours, sized for a CPU: "tiny_conv", the embedded
 default, swaps the ViT for a small convolutional encoder (sam_core.conv_encoder: 256 px input, stride 8, the same
-32 x 32 x 256 embedding and decoder as "tiny"); "tiny" keeps SAM's ViT at 256 px input,
+32 x 32 x 256 embedding and decoder as "tiny"). "tiny_conv_slim" is "tiny_conv" at half the width from the
+embedding on (32 x 32 x 128; prompt encoder and mask decoder at 128, decoder MLP 512: 0.76M decoder parameters
+against 3.01M), the candidate for a cheaper embedded model. "tiny" keeps SAM's ViT at 256 px input,
 patch 8 (32 x 32 x 256 embedding, 128 x 128 low-res masks), ViT width 192, depth 6, 6 heads, window 8,
 global blocks (2, 5), decoder MLP 1024 (prompt encoder and the rest of the decoder as official).
 Tiny's size and cost, measured on this project's machine (AMD EPYC with AVX2, torch 2.14.1, float32):
@@ -117,6 +119,16 @@ CONFIGS: dict[str, SamConfig] = {
         patch_size=8,
         image_encoder="conv",
         decoder_mlp_dim=1024,
+    ),
+    # tiny_conv at half the decoder width (the prompt encoder's and the embedding's too): a demo retrain step,
+    # most of it the mask decoder's passes, takes 0.57-0.59 of the time (benchmarks/bench_decoder_width.py).
+    "tiny_conv_slim": SamConfig(
+        img_size=256,
+        patch_size=8,
+        image_encoder="conv",
+        prompt_embed_dim=128,
+        decoder_mlp_dim=512,
+        iou_head_hidden_dim=128,
     ),
 }
 

@@ -231,7 +231,7 @@ def test_ingest_mentions_the_files_it_ignored_by_extension(engine, tmp_path):
         (["v1", "tiny", "{folder}"], "model 'v1': checkpoint {folder} is a folder, not a checkpoint file"),
         (
             ["v1", "vit_x", "{checkpoint}"],
-            "unknown SAM config 'vit_x'; choose one of ['tiny', 'tiny_conv', 'vit_b', 'vit_h', 'vit_l']",
+            "unknown SAM config 'vit_x'; choose one of ['tiny', 'tiny_conv', 'tiny_conv_slim', 'vit_b', 'vit_h', 'vit_l']",
         ),
         (
             ["embedded", "tiny", "{checkpoint}"],

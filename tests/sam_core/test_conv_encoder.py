@@ -45,3 +45,26 @@ def test_config_records_the_encoder_and_older_records_mean_the_vit():
         from sam_core.build import build_sam_from_config
 
         build_sam_from_config(SamConfig(image_encoder="resnet"))
+
+
+def test_the_slim_config_trains_and_its_checkpoint_loads_as_the_embedded_model(tmp_path):
+    """tiny_conv_slim (the candidate cheaper embedded model): a 128-channel embedding, a training step, and a
+    checkpoint that load_embedded builds in the config it records."""
+    from sam_core.embedded import embedded_config_name, load_embedded
+    from sam_core.train import TrainConfig, Trainer
+
+    trainer = Trainer(
+        TrainConfig(model="tiny_conv_slim", steps=1, images_per_step=1, masks_per_image=2, dataset_size=2)
+    )
+    stats = trainer.step()
+    assert np.isfinite(stats["loss"]) and stats["masks"] >= 2
+    trainer.save(tmp_path / "slim.pt", half=True)
+    assert embedded_config_name(tmp_path / "slim.pt") == "tiny_conv_slim"
+    model = load_embedded(tmp_path / "slim.pt")
+    assert model.mask_decoder.transformer_dim == model.prompt_encoder.embed_dim == 128
+    with torch.no_grad():
+        assert model.image_encoder(torch.randn(1, 3, 256, 256)).shape == (1, 128, 32, 32)
+    predictor = SamPredictor(model)
+    predictor.set_image(np.random.default_rng(0).integers(0, 255, (200, 300, 3), dtype=np.uint8))
+    masks, iou, low_res = predictor.predict(point_coords=np.array([[150, 100]]), point_labels=np.array([1]))
+    assert masks.shape == (3, 200, 300) and iou.shape == (3,) and low_res.shape == (3, 128, 128)
