@@ -16,7 +16,6 @@ nothing of how well a narrower model learns: that needs the embedded model retra
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import sys
 import time
@@ -38,14 +37,8 @@ WIDTHS = (256, 192, 128)
 
 def config_at(width: int) -> str:
     """The name of BASE's config at decoder width ``width``, registered in build.CONFIGS for this process."""
-    base = build.CONFIGS[BASE]
     name = f"{BASE}_w{width}"
-    build.CONFIGS[name] = dataclasses.replace(
-        base,
-        prompt_embed_dim=width,
-        decoder_mlp_dim=base.decoder_mlp_dim * width // base.prompt_embed_dim,
-        iou_head_hidden_dim=width,
-    )
+    build.CONFIGS[name] = build.at_decoder_width(build.CONFIGS[BASE], width)
     return name
 
 

@@ -120,17 +120,23 @@ CONFIGS: dict[str, SamConfig] = {
         image_encoder="conv",
         decoder_mlp_dim=1024,
     ),
-    # tiny_conv at half the decoder width (the prompt encoder's and the embedding's too): a demo retrain step,
-    # most of it the mask decoder's passes, takes 0.57-0.59 of the time (benchmarks/bench_decoder_width.py).
-    "tiny_conv_slim": SamConfig(
-        img_size=256,
-        patch_size=8,
-        image_encoder="conv",
-        prompt_embed_dim=128,
-        decoder_mlp_dim=512,
-        iou_head_hidden_dim=128,
-    ),
 }
+
+
+def at_decoder_width(base: SamConfig, width: int) -> SamConfig:
+    """``base`` with its prompt encoder, mask decoder and image embedding at ``width`` channels, the decoder MLP
+    and the IoU head's hidden layer scaled alongside (benchmarks/bench_decoder_width.py times these)."""
+    return dataclasses.replace(
+        base,
+        prompt_embed_dim=width,
+        decoder_mlp_dim=base.decoder_mlp_dim * width // base.prompt_embed_dim,
+        iou_head_hidden_dim=width,
+    )
+
+
+# tiny_conv at half the decoder width: a demo retrain step, most of it the mask decoder's passes, takes 0.57-0.59
+# of the time (benchmarks/bench_decoder_width.py).
+CONFIGS["tiny_conv_slim"] = at_decoder_width(CONFIGS["tiny_conv"], 128)
 
 
 def build_sam_from_config(cfg: SamConfig) -> Sam:
