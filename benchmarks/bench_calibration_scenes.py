@@ -10,6 +10,11 @@ own calibration), then scores its automatic masks at the demo's target precision
 
     .venv/bin/python benchmarks/bench_calibration_scenes.py --demo demo_output --test 24 --val 0
     .venv/bin/python benchmarks/bench_calibration_scenes.py --demo demo_output --test 24 --val 8
+    .venv/bin/python benchmarks/bench_calibration_scenes.py --demo demo_output --val 8 --versions r2 \
+        --min-region-area 25
+
+``--min-region-area`` cleans the candidates (holes filled, islands dropped under that many pixels) in the
+calibration and the scoring alike; it needs ``--val`` (the demo's own calibration holds its own cleaning).
 
 One line per version: its thresholds, precision, recall and kept masks per test scene.
 """
@@ -17,6 +22,7 @@ One line per version: its thresholds, precision, recall and kept masks per test 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -40,12 +46,32 @@ def main() -> None:
         "--val", type=int, default=0, help="validation scenes to calibrate on (0: the demo's)"
     )
     parser.add_argument("--domain", default="cells")
+    parser.add_argument(
+        "--versions", nargs="*", help="the versions to score (default: every one the demo evaluated)"
+    )
+    parser.add_argument(
+        "--min-region-area",
+        type=int,
+        default=None,
+        help="clean masks of holes and islands under this many px (default: the demo's DemoConfig)",
+    )
     args = parser.parse_args()
     figures_path = args.demo / "figures.json"
     if not figures_path.is_file():
         raise SystemExit(f"{args.demo} is not a finished demo: it has no figures.json")
     versions = list(dict.fromkeys(r["evaluated_model_version"] for r in json.loads(figures_path.read_text())))
+    if args.versions:
+        unknown = sorted(set(args.versions) - set(versions))
+        if unknown:
+            raise SystemExit(f"{args.demo} evaluated no version {unknown}: it has {versions}")
+        versions = args.versions
     config = DemoConfig()
+    if args.min_region_area is not None:
+        if not args.val:
+            raise SystemExit(
+                "--min-region-area needs --val: the demo's own calibration holds its own cleaning"
+            )
+        config = dataclasses.replace(config, min_mask_region_area=args.min_region_area)
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         shutil.copytree(args.demo / "engine" / "store", scratch / "store")
@@ -59,7 +85,8 @@ def main() -> None:
         ingest.fn(url, [data["val_dir"]], split="val")
         calibrated_on = f"{args.val} new val scenes" if args.val else "the demo's val scenes"
         print(
-            f"calibrated on {calibrated_on}, scored on {args.test} test scenes, target {config.auto_precision}"
+            f"calibrated on {calibrated_on}, scored on {args.test} test scenes, target {config.auto_precision}, "
+            f"regions under {config.min_mask_region_area} px cleaned"
         )
         for version in versions:
             if args.val:

@@ -148,6 +148,14 @@ class DemoConfig:
     # candidates of three round-2 models reached precision 0.8 with 67-78 kept masks on 4 val scenes at 0.3;
     # at 0.4, two of the three reached it (26 and 63 masks), at 0.7 one (22).
     box_nms_thresh: float = 0.3
+    # Automatic masks (stage 2's pre-fill, stage 3, the calibrations and evaluations) have holes filled and
+    # islands dropped under this many pixels (AutomaticMaskGenerator.min_mask_region_area; 0: off). A CPU-trained
+    # model's masks of cells are speckled, and a mask whose stray pixels stretch its box escapes box NMS as a
+    # duplicate, which counts as wrong. Calibrated on 8 val scenes and scored on 24 test scenes
+    # (benchmarks/bench_calibration_scenes.py --val 8 --min-region-area N), a weak r2 (a slim model of 1,700
+    # steps) kept 6.8 masks a scene at precision 0.859, recall 0.112, without it; 12.7 at 0.866, recall 0.211, at
+    # 25 px, and the same at 50 and 100.
+    min_mask_region_area: int = 25
     # Automatic masks (stage 2's pre-fill, stage 3, the evaluations' AMG precision/recall) are kept at thresholds
     # measured for each model version on a few labelled validation images (tasks.calibrate), not at the paper's
     # 0.88 / 0.95, which the CPU-trained models' IoU heads rarely reach. A mask is right when it matches ground truth at match_iou.
@@ -203,6 +211,7 @@ class DemoConfig:
             points_per_side=points_per_side,
             points_per_batch=self.points_per_batch,
             box_nms_thresh=self.box_nms_thresh,
+            min_mask_region_area=self.min_mask_region_area,
         )
 
     def stage3_filter(self):
@@ -233,6 +242,7 @@ class DemoConfig:
             max_images=self.val_images,
             points_per_side=self.calibration_points_per_side,
             points_per_batch=self.points_per_batch,
+            min_mask_region_area=self.min_mask_region_area,
         )
 
     def steps_of_round(self, round: int) -> int:

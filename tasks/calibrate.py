@@ -47,6 +47,11 @@ class CalibrationSettings(BaseModel):
     max_images: int = Field(8, ge=1, le=10_000, description="at most this many (the first by image id)")
     points_per_side: int = Field(16, ge=1, le=128, description="grid points per side for the candidates")
     points_per_batch: int = Field(defaults.POINTS_PER_BATCH, ge=1, le=1024)
+    # The same cleaning as the generator the thresholds are for (AutogenSettings.min_mask_region_area): a
+    # calibration of uncleaned candidates would score masks the stage never keeps.
+    min_mask_region_area: int = Field(
+        0, ge=0, description="fill holes / drop islands smaller than this (px), as the stage's generator does"
+    )
 
 
 def best_matches(
@@ -93,6 +98,7 @@ def candidate_table(
         pred_iou_thresh=0.0,
         stability_score_thresh=0.0,
         box_nms_thresh=1.0,
+        min_mask_region_area=settings.min_mask_region_area,
         output_mode="binary_mask",
     )
     frames = []

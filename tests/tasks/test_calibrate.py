@@ -218,3 +218,32 @@ def test_the_threshold_policy_needs_neither_prefect_nor_the_store():
                 outside.add(name.split(".")[0])
     assert "tasks.filter" in seen and "sam_core.mask_utils" in seen
     assert not outside & {"prefect", "stores"}, sorted(seen)
+
+
+def test_calibration_candidates_are_cleaned_as_the_stage_generator_cleans_them():
+    """With min_mask_region_area the candidates a calibration scores are the masks the stage's generator makes
+    (at no thresholds and no NMS), islands dropped and holes filled; without it they keep their stray pixels."""
+    from sam_core.automatic_mask_generator import AutomaticMaskGenerator
+    from sam_core.domains import domain_scene
+    from sam_core.embedded import load_embedded
+    from tasks.calibrate import CalibrationSettings, candidate_table
+
+    model = load_embedded()
+    image, masks = domain_scene("shapes", 7)  # nearly all its masks have a stray pixel or a pinhole
+    settings = CalibrationSettings(ground_truth="unused.json", points_per_side=4, min_mask_region_area=25)
+    cleaned = candidate_table(model, [("a", image, masks)], settings)
+    raw = candidate_table(
+        model, [("a", image, masks)], settings.model_copy(update={"min_mask_region_area": 0})
+    )
+    generator = AutomaticMaskGenerator(
+        model,
+        points_per_side=4,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        box_nms_thresh=1.0,
+        min_mask_region_area=25,
+        output_mode="binary_mask",
+    )
+    stage = generator.generate(image)
+    assert sorted(cleaned.area) == sorted(r["area"] for r in stage)
+    assert len(cleaned) == len(raw) and sorted(cleaned.area) != sorted(raw.area)
