@@ -90,8 +90,9 @@ TABLE_COLUMNS = (
 
 @dataclass
 class DemoConfig:
-    """Sizes of the demo. The defaults took 785 s on a 2-core AMD EPYC running nothing else of ours (the target is
-    10 minutes; the retrains took 493 s of it)."""
+    """Sizes of the demo. The defaults took 555 s on a 2-core AMD EPYC running nothing else of ours (the target is
+    10 minutes; the retrains took 305 s of it), from the embedded model at decoder width 128 (tiny_conv_slim);
+    from the earlier one at SAM's 256 they took 785 s (493 s)."""
 
     # The new domain (sam_core.domains): "cells", or "shapes" for the embedded model's own world.
     domain: str = "cells"

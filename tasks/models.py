@@ -31,11 +31,16 @@ from stores.fsio import check_key
 
 EMBEDDED_VERSION = "embedded"
 LATEST = "latest"
-# What a user without a text model does next (the CLI prints it after "has no text path").
-GET_TEXT_MODEL = (
-    "train one with scripts/train_text.py and register its best.pt: "
-    "sam-engine model add NAME tiny_conv RUN_DIR/best.pt"
-)
+
+
+def get_text_model() -> str:
+    """What a user without a text model does next (the CLI prints it after "has no text path"): the text path
+    trains on the embedded model, so its best.pt registers under the embedded model's config."""
+    return (
+        "train one with scripts/train_text.py and register its best.pt: "
+        f"sam-engine model add NAME {embedded_config_name()} RUN_DIR/best.pt"
+    )
+
 
 _LOCK = threading.Lock()
 
@@ -189,7 +194,7 @@ def load_text_checkpoint(
     model, record = _load_cached(config_name, checkpoint_uri, device)
     label = label or f"checkpoint {checkpoint_uri}"
     if record is None:
-        raise ValueError(f"{label} has no text path; {GET_TEXT_MODEL}")
+        raise ValueError(f"{label} has no text path; {get_text_model()}")
     if clip_checkpoint is not None and record["kind"] != "clip":
         raise ValueError(
             f"{label} reads text with the {record['kind']} text encoder, not CLIP's: no --clip-checkpoint"

@@ -33,7 +33,7 @@ def load_script():
 
 @pytest.fixture(scope="session")
 def trained_text_model():
-    """(text model, its embedded text encoder), both in eval mode: the tiny_conv model's text path trained for
+    """(text model, its embedded text encoder), both in eval mode: the embedded model's text path trained for
     15 steps on one synthetic scene, the first train scene (``split_seeds("train", 1)[0]``), clicks and boxes off
     (about 6 s on one core). Enough for that scene's phrases to be judged present (presence about 0.68) and to
     give masks ("every rectangle": 3 to 6 instances, depending on the CPU); the text stage, the Label Studio text box
@@ -52,11 +52,13 @@ def trained_text_model():
 @pytest.fixture(scope="session")
 def register_text_model(trained_text_model):
     """``register_text_model(store, version)``: the trained text model's checkpoint written to the store and
-    registered as ``version`` (config tiny_conv), as scripts/train_text.py's best.pt is with `model add`."""
+    registered as ``version`` under the embedded model's config, as scripts/train_text.py's best.pt is with
+    `model add`."""
     import io
 
     import torch
 
+    from sam_core.embedded import embedded_config_name
     from sam_core.text_model import text_checkpoint
     from tasks.models import register_model
 
@@ -65,7 +67,9 @@ def register_text_model(trained_text_model):
     torch.save(text_checkpoint(model, encoder, config={}, metadata={}), buffer)
 
     def register(store, version: str) -> None:
-        register_model(store, version, "tiny_conv", store.write_checkpoint(version, buffer.getvalue()))
+        register_model(
+            store, version, embedded_config_name(), store.write_checkpoint(version, buffer.getvalue())
+        )
 
     return register
 

@@ -48,10 +48,10 @@ from sam_core.text_instances import PRESENCE_THRESHOLD, segment_phrase
 from tasks.ingest import load_image
 from tasks.models import (
     EMBEDDED_VERSION,
-    GET_TEXT_MODEL,
     check_checkpoint,
     check_model,
     embedding_version,
+    get_text_model,
     load_model,
     load_text_model,
     resolve_version,
@@ -306,7 +306,7 @@ class SamBackend:
             raise BackendError(
                 HTTPStatus.BAD_REQUEST,
                 f"task {task_id}: a phrase needs a text model, and this backend serves {self.model_version!r}, "
-                f"which has no text path; {GET_TEXT_MODEL}, then serve it: sam-engine labelstudio backend -m NAME",
+                f"which has no text path; {get_text_model()}, then serve it: sam-engine labelstudio backend -m NAME",
             )
         try:
             phrase = check_phrase(phrases[0], encoder.name)

@@ -18,7 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from flows.cli import app
-from sam_core.embedded import EMBEDDED_CHECKPOINT
+from sam_core.embedded import EMBEDDED_CHECKPOINT, embedded_config_name
 from sam_core.synthetic import make_scene, split_seeds
 from sam_core.text_train import TextTrainConfig, TextTrainer
 
@@ -34,9 +34,11 @@ TINY_RUN = TextTrainConfig(
     point_probability=0.0,
     box_probability=0.0,
 )
+# The text path trains on the embedded model and registers under its config.
+TEXT_CONFIG = embedded_config_name()
 NO_TEXT_PATH = (
     "has no text path; train one with scripts/train_text.py and register its best.pt: "
-    "sam-engine model add NAME tiny_conv RUN_DIR/best.pt\n"
+    f"sam-engine model add NAME {TEXT_CONFIG} RUN_DIR/best.pt\n"
 )
 
 
@@ -126,7 +128,7 @@ def test_an_absent_phrase_is_said_absent_and_the_overlay_is_the_image(text_run, 
 def test_a_registered_text_model_answers_as_its_file_and_a_wrong_config_is_named(text_run, tmp_path):
     store = ["--store", str(tmp_path / "store")]
     checkpoint = str(text_run["root"] / "text.pt")
-    for version, config in (("text1", "tiny_conv"), ("typo", "tiny")):
+    for version, config in (("text1", TEXT_CONFIG), ("typo", "tiny")):
         result = runner.invoke(app, ["model", "add", version, config, checkpoint, *store])
         assert result.exit_code == 0, result.output
     phrase = text_run["one"][0]
@@ -136,8 +138,8 @@ def test_a_registered_text_model_answers_as_its_file_and_a_wrong_config_is_named
     wrong, _ = segment(text_run, tmp_path, phrase, "-m", "typo", *store)
     assert wrong.exit_code == 2
     assert wrong.output == (
-        f"error: checkpoint {checkpoint} is a text model trained on config 'tiny_conv', registered as 'tiny'; "
-        "register it with CONFIG 'tiny_conv'\n"
+        f"error: checkpoint {checkpoint} is a text model trained on config {TEXT_CONFIG!r}, registered as "
+        f"'tiny'; register it with CONFIG {TEXT_CONFIG!r}\n"
     )
 
 

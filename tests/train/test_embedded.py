@@ -16,7 +16,7 @@ def test_embedded_checkpoint_is_small_fp16_and_carries_its_config_and_metrics():
     assert raw["model"]["mask_decoder.iou_token.weight"].dtype == torch.float16
     ckpt = read_checkpoint(EMBEDDED_CHECKPOINT)
     assert ckpt["model"]["mask_decoder.iou_token.weight"].dtype == torch.float32
-    assert ckpt["config"]["model"] == "tiny_conv" and ckpt["sam_config"]["image_encoder"] == "conv"
+    assert ckpt["config"]["model"] == "tiny_conv_slim" and ckpt["sam_config"]["image_encoder"] == "conv"
     assert "miou@1_oracle" in ckpt["metadata"]["test"]["interactive"]
     assert (EMBEDDED_CHECKPOINT.parent / "MODEL_CARD.md").exists()
 
