@@ -121,8 +121,9 @@ class DemoConfig:
     # recall 0.292 (one correction click a mask instead of two, at 200 steps: 0.406 and recall 0.175). Later ones
     # start from a version that knows it, and 150 more steps drifted: round 3's retrain from a demo's r2
     # (0.475 / 0.592 at 1 / 5 clicks) scored 0.439 / 0.544 at 150 steps, 0.476 / 0.582 at 75; at 150 without
-    # stage 3's masks 0.469 / 0.568, at lr 1e-4 0.464 / 0.553, with an EMA of the weights 0.450 / 0.555. A step
-    # costs 1.1-1.3 s on 2 cores: the decoder's 36 passes (12 masks, 3 prompts each).
+    # stage 3's masks 0.469 / 0.568, at lr 1e-4 0.464 / 0.553, with an EMA of the weights 0.450 / 0.555 (those
+    # figures are of the 256-wide embedded model). A step costs 0.8 s on 2 cores with the 128-wide one (1.1-1.3 s
+    # at 256): the decoder's 36 passes (12 masks, 3 prompts each).
     retrain_steps: tuple[int, ...] = (225, 75)
     # The image encoder's lr, as a fraction of retrain_lr, in the retrain after a stage ((stage, scale) pairs; 1.0
     # for stages not named; 0 keeps the encoder, FROZEN_ENCODER). Stage 3's masks are the model's own, a fifth of

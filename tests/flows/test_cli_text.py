@@ -24,9 +24,10 @@ from sam_core.text_train import TextTrainConfig, TextTrainer
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[2]
-# One training scene, clicks and boxes off: a dozen steps teach the text path this scene's phrases (seconds).
+# One training scene, clicks and boxes off: two dozen steps teach the text path this scene's phrases (seconds; on
+# the 128-wide embedded model 12 steps left a one-object phrase's mask at IoU 0.47).
 TINY_RUN = TextTrainConfig(
-    steps=12,
+    steps=24,
     dataset_size=1,
     scenes_per_step=1,
     warmup_steps=2,
