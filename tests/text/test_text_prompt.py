@@ -134,7 +134,8 @@ def test_predict_with_text_returns_masks_scores_logits_and_presence(text_model, 
 
 def test_predictor_refuses_text_without_a_text_encoder_or_the_wrong_one(text_model, embedded_text_encoder):
     predictor = SamPredictor(text_model)
-    predictor.set_embedding(torch.zeros(256, 32, 32), (256, 256))
+    # The embedding's channels are the model's prompt dimension (128 for the embedded model, 256 for SAM's).
+    predictor.set_embedding(torch.zeros(text_model.prompt_encoder.embed_dim, 32, 32), (256, 256))
     with pytest.raises(ValueError, match="text prompts need a text encoder"):
         predictor.predict(text="the red ellipse")
     with pytest.raises(ValueError, match="model has no text path"):
