@@ -547,8 +547,8 @@ def model_add(
     config: str = typer.Argument(
         ...,
         metavar="CONFIG",
-        help="SAM config: vit_b, vit_l, vit_h, tiny or tiny_conv (a text model: the one it was trained on, "
-        "tiny_conv for scripts/train_text.py's)",
+        help="SAM config: vit_b, vit_l, vit_h, tiny, tiny_conv or tiny_conv_slim (a text model: the one it was "
+        "trained on, the embedded model's tiny_conv_slim for scripts/train_text.py's)",
     ),
     checkpoint: str = typer.Argument(
         ..., metavar="CHECKPOINT", help="checkpoint path or URL (Meta's sam_vit_*.pth load as they are)"

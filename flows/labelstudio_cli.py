@@ -80,7 +80,7 @@ def backend(
     model: str = typer.Option(
         None,
         metavar="CONFIG",
-        help="the --checkpoint's SAM config: tiny (default), tiny_conv, vit_b, vit_l, vit_h",
+        help="the --checkpoint's SAM config: tiny (default), tiny_conv, tiny_conv_slim, vit_b, vit_l, vit_h",
     ),
     clip_checkpoint: str = typer.Option(
         None, metavar="PATH", help="a CLIP text model's open_clip weights file here (default: its own)"

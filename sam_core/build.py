@@ -1,11 +1,11 @@
 """Build SAM from a named configuration (checkpoints are read and checked by sam_core.checkpoint).
 
 Configurations (`SamConfig`): "vit_b", "vit_l", "vit_h" are Meta's official ones (1024 px input, patch 16,
-64 x 64 x 256 image embedding, 256 x 256 low-res masks). Ours, sized for a CPU: "tiny_conv", the embedded
-default, swaps the ViT for a small convolutional encoder (sam_core.conv_encoder: 256 px input, stride 8, the same
-32 x 32 x 256 embedding and decoder as "tiny"). "tiny_conv_slim" is "tiny_conv" at half the width from the
-embedding on (32 x 32 x 128; prompt encoder and mask decoder at 128, decoder MLP 512: 0.76M decoder parameters
-against 3.01M), the candidate for a cheaper embedded model. "tiny" keeps SAM's ViT at 256 px input,
+64 x 64 x 256 image embedding, 256 x 256 low-res masks). Ours, sized for a CPU: "tiny_conv" swaps the ViT for a
+small convolutional encoder (sam_core.conv_encoder: 256 px input, stride 8, the same 32 x 32 x 256 embedding and
+decoder as "tiny"). "tiny_conv_slim" is "tiny_conv" at half the width from the embedding on (32 x 32 x 128; prompt
+encoder and mask decoder at 128, decoder MLP 512: 0.76M decoder parameters against 3.01M), the embedded default
+since the demo's retrains needed it cheaper. "tiny" keeps SAM's ViT at 256 px input,
 patch 8 (32 x 32 x 256 embedding, 128 x 128 low-res masks), ViT width 192, depth 6, 6 heads, window 8,
 global blocks (2, 5), decoder MLP 1024 (prompt encoder and the rest of the decoder as official).
 Tiny's size and cost, measured on this project's machine (AMD EPYC with AVX2, torch 2.14.1, float32):
@@ -201,7 +201,7 @@ def _image_encoder(cfg: SamConfig) -> torch.nn.Module:
 def build_sam(
     name: str, checkpoint: str | None = None, text_dim: int = 0, allow_untrained_text: bool = False
 ) -> Sam:
-    """Sam for a named config ("vit_b", "vit_l", "vit_h", "tiny", "tiny_conv"), optionally loading a checkpoint from a
+    """Sam for a named config ("vit_b", "vit_l", "vit_h", "tiny", "tiny_conv", "tiny_conv_slim"), optionally loading a checkpoint from a
     path or any fsspec URL (see the module docstring for the format).
 
     text_dim > 0 adds the text path for text embeddings of that size; ``allow_untrained_text`` lets a checkpoint

@@ -149,7 +149,7 @@ def check_state_dict(
         raise ValueError(
             f"{source}: holds a {held!r} image encoder but the model has a {wanted!r} image encoder; "
             f"build the model with a config whose image_encoder is {held!r} "
-            f"(e.g. {'tiny_conv' if held == 'conv' else 'tiny / vit_b / vit_l / vit_h'})"
+            f"(e.g. {'tiny_conv / tiny_conv_slim' if held == 'conv' else 'tiny / vit_b / vit_l / vit_h'})"
         )
     missing = [k for k in expected if k not in state_dict]
     extra = [k for k in state_dict if k not in expected]
@@ -165,7 +165,7 @@ def check_state_dict(
             raise ValueError(
                 f"{source}: {key} has shape {tuple(state_dict[key].shape)} but the model expects "
                 f"{tuple(tensor.shape)}; is it a checkpoint for another architecture (vit_b / vit_l / vit_h / tiny / "
-                "tiny_conv)?" + also
+                "tiny_conv / tiny_conv_slim)?" + also
             )
     if key_problems:
         raise ValueError(f"{source} does not match the model: " + "; ".join(key_problems))

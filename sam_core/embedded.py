@@ -1,4 +1,4 @@
-"""The embedded default model: a small config (today "tiny_conv") trained by sam_core.train on the synthetic
+"""The embedded default model: a small config (today "tiny_conv_slim") trained by sam_core.train on the synthetic
 set, shipped in sam_core/weights/ (see MODEL_CARD.md there). Which config it is, the checkpoint records
 (``sam_core.checkpoint.config_name``)."""
 

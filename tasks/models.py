@@ -12,8 +12,8 @@ and writes that version's embeddings: the images need not be encoded again, whic
 Any other new version (one trained end to end, a checkpoint registered by hand) re-embeds.
 
 A text model (a checkpoint of scripts/train_text.py: a Sam with a text path and its text encoder, see
-sam_core.text_model) registers like any checkpoint, under the config it was trained on (``tiny_conv`` for the
-embedded model's); the loader reads the checkpoint once and knows it by its contents. ``load_model`` gives its
+sam_core.text_model) registers like any checkpoint, under the config it was trained on (the embedded model's,
+``tiny_conv_slim`` today); the loader reads the checkpoint once and knows it by its contents. ``load_model`` gives its
 Sam, which answers clicks and boxes as any model does; ``load_text_model`` gives it with its text encoder.
 """
 
