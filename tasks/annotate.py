@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from sam_core.predictor import SamPredictor
-from tasks.annotators import AnnotationRequest, SimulatedAnnotator
+from tasks.annotators import AnnotationOrder, AnnotationRequest, SimulatedAnnotator
 from tasks.ground_truth import load_ground_truth
 from tasks.labelstudio.annotator import LabelStudioAnnotator
 from tasks.labelstudio.client import LabelStudioClient
@@ -44,6 +44,10 @@ class AnnotatorSettings(BaseModel):
     brush_seconds: float = Field(SimulatedAnnotator.brush_seconds, ge=0.0)
     seconds_per_image: float | None = Field(
         SimulatedAnnotator.seconds_per_image, gt=0.0, description="time budget per image (None: no limit)"
+    )
+    order: AnnotationOrder = Field(
+        SimulatedAnnotator.order,
+        description="'largest' objects first, or 'levels' in turn (whole, part, subpart: more diverse masks)",
     )
 
     labelstudio_project: int | None = Field(

@@ -9,7 +9,11 @@ click at the point of the object farthest from its boundary, each next one at th
 farthest from that region's boundary, the previous low-resolution logits fed back as the mask prompt) and accepts
 a mask once its IoU with the ground truth reaches a target. It labels objects in order of prominence (largest
 first, as the paper's annotators were asked to), skips objects a prefilled mask already covers, and stops when
-the image's time budget is spent, so a better model buys more masks per image in the same time. A mask that does
+the image's time budget is spent, so a better model buys more masks per image in the same time. With
+``order="levels"`` it takes the objects level by level in turn (the largest whole object, the largest part, the
+largest subpart, the next whole object, ...; an object's level is how many others contain it): the paper's stage
+2 asked annotators for the less prominent objects, to make the masks more diverse, and an annotator who labels
+largest first spends an image of many similar cells on the cells alone and never reaches a nucleus. A mask that does
 not reach the target within ``max_clicks`` is finished with the brush (the ground truth, at extra cost), as the
 paper's annotators finished masks with brush and eraser.
 
@@ -20,7 +24,7 @@ Simulated time per mask = seconds_per_object (find the object, decide what it is
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -68,13 +72,42 @@ class Annotator(Protocol):
     def annotate(self, request: AnnotationRequest) -> list[AnnotatedMask]: ...
 
 
+AnnotationOrder = Literal["largest", "levels"]
+ORDERS: tuple[str, ...] = ("largest", "levels")
+CONTAINED = 0.9
+"""An object lies inside another when at least this fraction of its pixels are the other's (a nucleus in its
+cell; the synthetic scenes' parts lie wholly inside, less where a boundary erodes them)."""
+
+
+def labelling_order(masks: list[np.ndarray], order: str = "largest") -> list[int]:
+    """The indices of ``masks`` (HxW bool each) in the order a simulated annotator labels them: "largest" first,
+    or "levels" in turn, each level largest first, where an object's level is the number of larger masks that
+    contain it (CONTAINED). Ties keep the input order."""
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    areas = np.asarray([int(m.sum()) for m in masks], np.int64)
+    by_area = sorted(range(len(masks)), key=lambda i: -areas[i])
+    if order == "largest" or len(masks) < 2:
+        return by_area
+    flat = np.stack([m.reshape(-1) for m in masks]).astype(np.float32)
+    inside = (flat @ flat.T) >= CONTAINED * np.maximum(areas, 1)[:, None]  # [i, j]: i's pixels are j's
+    larger = areas[None, :] > areas[:, None]
+    level = (inside & larger).sum(axis=1)
+    rank = {
+        i: n for n, i in enumerate(sorted(by_area, key=lambda i: level[i]))
+    }  # largest first within a level
+    within = {i: rank[i] - int(np.sum(level < level[i])) for i in by_area}
+    return sorted(by_area, key=lambda i: (within[i], level[i]))
+
+
 @dataclass
 class SimulatedAnnotator:
     """Clicks by the paper's protocol against ``request.ground_truth``; see the module docstring.
 
     iou_target: accept a mask at this IoU with the ground truth. max_clicks: give up clicking and brush after
     this many. covered_iou: a ground-truth object is already done when a prefilled mask overlaps it at least this
-    much. seconds_per_image: the time budget per image (None: label every object).
+    much. seconds_per_image: the time budget per image (None: label every object). order: "largest" first, or
+    "levels" in turn (see the module docstring; ``labelling_order``).
     """
 
     iou_target: float = 0.9
@@ -85,6 +118,7 @@ class SimulatedAnnotator:
     seconds_per_image: float | None = 150.0
     covered_iou: float = 0.7
     min_area: int = 0
+    order: AnnotationOrder = "largest"
     name: str = "simulated"
 
     def __post_init__(self) -> None:
@@ -92,12 +126,14 @@ class SimulatedAnnotator:
             raise ValueError(f"iou_target must be in (0, 1], got {self.iou_target}")
         if self.max_clicks < 1:
             raise ValueError(f"max_clicks must be >= 1, got {self.max_clicks}")
+        if self.order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
 
     def annotate(self, request: AnnotationRequest) -> list[AnnotatedMask]:
         if request.ground_truth is None:
             raise ValueError(f"the simulated annotator needs ground truth for image {request.image_id}")
         objects = [m for m in request.ground_truth if m.sum() > max(self.min_area, 0)]
-        objects.sort(key=lambda m: -int(m.sum()))
+        objects = [objects[i] for i in labelling_order(objects, self.order)]
         done = list(request.prefilled)
         out: list[AnnotatedMask] = []
         spent = 0.0

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from sam_core.mask_utils import binary_iou
-from tasks.annotators import AnnotationRequest, SimulatedAnnotator
+from tasks.annotators import AnnotationRequest, SimulatedAnnotator, labelling_order
 
 
 def _disc(cx, cy, r, size=64):
@@ -119,3 +119,35 @@ def test_settings_build_the_simulated_or_the_label_studio_annotator(monkeypatch)
         AnnotatorSettings(kind="labelstudio").build()
     with pytest.raises(ValueError, match="ground_truth"):
         AnnotatorSettings().build()
+
+
+def _cells_with_parts():
+    """Two cells, each with a nucleus off its centre, and a nucleolus in the first nucleus."""
+    cell1, cell2 = _disc(20, 20, 14), _disc(46, 46, 12)
+    nucleus1, nucleus2 = _disc(28, 20, 5) & cell1, _disc(52, 46, 4) & cell2
+    nucleolus1 = _disc(29, 20, 2)
+    return cell1, cell2, nucleus1, nucleus2, nucleolus1
+
+
+def test_levels_order_takes_whole_part_and_subpart_in_turn():
+    cell1, cell2, nucleus1, nucleus2, nucleolus1 = _cells_with_parts()
+    masks = [nucleus2, cell2, nucleolus1, cell1, nucleus1]
+    assert labelling_order(masks, "largest") == [3, 1, 4, 0, 2]
+    assert labelling_order(masks, "levels") == [3, 4, 2, 1, 0]
+    assert labelling_order([], "levels") == [] and labelling_order([cell1], "levels") == [0]
+    with pytest.raises(ValueError, match="order"):
+        labelling_order(masks, "smallest")
+
+
+def test_levels_order_spends_the_budget_on_a_part_not_only_on_cells():
+    cell1, cell2, nucleus1, _, _ = _cells_with_parts()
+    objects = [cell1, cell2, nucleus1]
+    # The predictor answers a click with the first object under it: the nucleus for a click inside it.
+    predictor = ShrinkingPredictor([nucleus1, cell1, cell2], exact_after=1)
+    budget = {"seconds_per_object": 5.0, "seconds_per_click": 3.0, "seconds_per_image": 16.0}
+    largest = SimulatedAnnotator(**budget).annotate(_request(objects, predictor))
+    levels = SimulatedAnnotator(**budget, order="levels").annotate(_request(objects, predictor))
+    assert [binary_iou(m.mask, o) for m, o in zip(largest, (cell1, cell2), strict=True)] == [1.0, 1.0]
+    assert [binary_iou(m.mask, o) for m, o in zip(levels, (cell1, nucleus1), strict=True)] == [1.0, 1.0]
+    with pytest.raises(ValueError, match="order"):
+        SimulatedAnnotator(order="random")
