@@ -87,6 +87,34 @@ def known_mask_iou(logits: torch.Tensor, instances: torch.Tensor, clicks: torch.
     return torch.where(under[:, None, :], iou, torch.zeros_like(iou)).amax(dim=-1)
 
 
+def inside_unlabelled(
+    logits: torch.Tensor,
+    instances: torch.Tensor,
+    clicks: torch.Tensor,
+    match_iou: float = 0.5,
+    inside: float = 0.9,
+) -> torch.Tensor:
+    """Which outputs may be objects nobody labelled: NxK bool, True where an output matches no known mask under
+    its click at ``match_iou`` yet lies inside one of them (at least ``inside`` of its pixels): a nucleus
+    answered for a click in a labelled cell whose nucleus was never labelled. Its true IoU is unknown, so an IoU
+    head trained on partial labels should not learn it as a failure. Shapes as ``known_mask_iou``.
+    """
+    n, k = logits.shape[:2]
+    if instances.shape[0] == 0:
+        return torch.zeros((n, k), dtype=torch.bool, device=logits.device)
+    known = (instances.flatten(-2) > 0.5).float()  # M x HW
+    pred = (logits.detach() > 0).flatten(-2).float()  # N x K x HW
+    inter = pred @ known.T  # N x K x M
+    area = pred.sum(-1, keepdim=True)
+    iou = inter / (area + known.sum(-1) - inter).clamp(min=1)
+    x = clicks[:, 0].long().clamp(0, instances.shape[-1] - 1)
+    y = clicks[:, 1].long().clamp(0, instances.shape[-2] - 1)
+    under = (instances[:, y, x] > 0.5).T[:, None, :]  # N x 1 x M
+    matched = (under & (iou >= match_iou)).any(-1)
+    within = (under & (inter >= inside * area) & (area > 0)).any(-1)
+    return within & ~matched
+
+
 def min_over_masks(losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For NxM per-output losses, the lowest loss of each row and its index: (N,), (N,) long.
 

@@ -34,7 +34,14 @@ import torch.nn.functional as F
 
 from sam_core.build import build_sam
 from sam_core.checkpoint import atomic_save, encoder_digest, load_weights
-from sam_core.losses import iou_head_loss, known_mask_iou, mask_iou, mask_loss, min_over_masks
+from sam_core.losses import (
+    inside_unlabelled,
+    iou_head_loss,
+    known_mask_iou,
+    mask_iou,
+    mask_loss,
+    min_over_masks,
+)
 from sam_core.prompts import noisy_box, sample_error_points, sample_points_in
 from sam_core.train_data import SyntheticDataset, prepare_sample
 
@@ -53,7 +60,7 @@ BOUNDS = {
 """The bounds a training knob may carry in its field metadata, by pydantic's names: the test and its words."""
 
 PixelLoss = Literal["focal", "bce"]
-IouTarget = Literal["prompted", "any_known"]
+IouTarget = Literal["prompted", "any_known", "any_known_partial"]
 
 
 def knob(default, doc: str, **bounds):
@@ -122,7 +129,9 @@ class TrainConfig:
     iou_target: IouTarget = knob(
         "prompted",
         "what the IoU head learns for a single click's outputs: its IoU with the prompted mask (the paper's), or "
-        "the best IoU with any known mask under the click (any_known: ranks automatic masks better)",
+        "the best IoU with any known mask under the click (any_known: ranks automatic masks better), or that "
+        "but untrained for an output inside a known mask that matches none (any_known_partial: for images "
+        "whose labels are partial, where such an output may be a part nobody labelled)",
     )
     # Weight of the auxiliary loss that shapes the image embedding to group each instance's cells
     # (grouping_loss); 0 = off. Only while the encoder trains.
@@ -361,8 +370,8 @@ def interactive_loss(
     embedding: 1xCxhxw. gt: NxSxS float 0/1 at the encoder's input size; an empty row is a background prompt
     (its answer is no mask, its IoU target 0). boxes: Nx4 noisy boxes (used when use_box). first_region: NxSxS
     bool, where each first click is drawn (default: inside gt). instances: MxSxS float 0/1, every known mask of
-    the image: a single click's IoU targets when config.iou_target is "any_known". Returns the loss averaged over
-    passes and stats (IoU after the first and the last pass).
+    the image: a single click's IoU targets when config.iou_target is "any_known" or "any_known_partial".
+    Returns the loss averaged over passes and stats (IoU after the first and the last pass).
     """
     n, size = gt.shape[0], gt.shape[-1]
     gt_bool = gt > 0.5
@@ -403,6 +412,10 @@ def interactive_loss(
         best, _ = min_over_masks(per_output)
         if multimask and instances is not None and config.iou_target == "any_known":
             iou_loss = ((iou_pred - known_mask_iou(logits, instances, coords[:, 0])) ** 2).mean(dim=1)
+        elif multimask and instances is not None and config.iou_target == "any_known_partial":
+            squared = (iou_pred - known_mask_iou(logits, instances, coords[:, 0])) ** 2
+            judged = ~inside_unlabelled(logits, instances, coords[:, 0])
+            iou_loss = (squared * judged).sum(dim=1) / judged.sum(dim=1).clamp(min=1)
         else:
             iou_loss = iou_head_loss(iou_pred, logits, target).mean(dim=1)
         total = total + best.mean() + config.iou_loss_weight * iou_loss.mean()
@@ -533,7 +546,11 @@ class Trainer:
             image, masks = self.dataset[index]
             # The grouping loss and the background need every instance of the image; the prompts still go to
             # masks_per_image of them.
-            every = grouping or self.config.background_points > 0 or self.config.iou_target == "any_known"
+            every = (
+                grouping
+                or self.config.background_points > 0
+                or self.config.iou_target.startswith("any_known")
+            )
             limit = len(masks) if every else self.config.masks_per_image
             sample = prepare_sample(image, masks, self.img_size, limit, self.rng)
             for key, count in sample.skipped.items():

@@ -112,6 +112,68 @@ def test_known_mask_iou_scores_an_output_by_any_known_mask_under_the_click():
     assert torch.equal(known_mask_iou(logits, instances[:0], torch.tensor([[1.0, 1.0]])), torch.zeros(1, 3))
 
 
+def test_an_output_inside_a_labelled_mask_that_matches_none_may_be_an_unlabelled_part():
+    from sam_core.losses import inside_unlabelled
+
+    cell, nucleus = torch.zeros(8, 8), torch.zeros(8, 8)
+    cell[:4, :4] = 1
+    nucleus[:2, :2] = 1
+    logits = torch.full((1, 4, 8, 8), -1.0)
+    logits[0, 0, :4, :4] = 1  # the cell
+    logits[0, 1, :2, :2] = 1  # the nucleus
+    logits[0, 2, :5, :5] = 1  # the cell and more: a poor mask, not a part
+    logits[0, 3, 6:, 6:] = 1  # somewhere else
+    click = torch.tensor([[1.0, 1.0]])
+    # Only the cell is labelled: the nucleus output lies inside it and matches nothing known.
+    assert inside_unlabelled(logits, cell[None], click).tolist() == [[False, True, False, False]]
+    # With the nucleus labelled too, that output is judged like any other.
+    both = torch.stack([cell, nucleus])
+    assert inside_unlabelled(logits, both, click).tolist() == [[False, False, False, False]]
+    # A click on the background is under no known mask: every output is judged (its target is 0).
+    assert not inside_unlabelled(logits, cell[None], torch.tensor([[6.0, 6.0]])).any()
+    assert not inside_unlabelled(logits, cell[:0], click).any()
+
+
+def test_iou_target_any_known_partial_leaves_out_only_unlabelled_insides(small_config, monkeypatch):
+    """Where no output is an unlabelled inside, the partial target is any_known's; where every one is, the IoU
+    head learns nothing from the pass."""
+    import sam_core.train as train
+
+    small_config.correction_points = small_config.no_point_iterations = 0
+    small_config.iou_target = "any_known_partial"
+    trainer = Trainer(small_config)
+    sample = trainer._next_sample()
+    assert sample.instances is not None and sample.instances.shape[0] >= sample.masks.shape[0]
+    embedding = trainer._embedding(sample.index, sample.image).detach()
+
+    def loss(iou_target: str, iou_loss_weight: float = 1.0) -> float:
+        config = dataclasses.replace(small_config, iou_target=iou_target, iou_loss_weight=iou_loss_weight)
+        trainer.generator.manual_seed(0)
+        with torch.no_grad():
+            value, _ = train.interactive_loss(
+                trainer.model,
+                embedding,
+                sample.masks,
+                False,
+                sample.boxes,
+                config,
+                np.random.default_rng(0),
+                trainer.generator,
+                None,
+                sample.instances,
+            )
+        return value.item()
+
+    def every_output(unlabelled: bool):
+        return lambda logits, *_: torch.full(logits.shape[:2], unlabelled, dtype=torch.bool)
+
+    monkeypatch.setattr(train, "inside_unlabelled", every_output(False))
+    assert loss("any_known_partial") == pytest.approx(loss("any_known"), rel=1e-6)
+    monkeypatch.setattr(train, "inside_unlabelled", every_output(True))
+    assert loss("any_known_partial") == pytest.approx(loss("any_known", 0.0), rel=1e-6)
+    assert loss("any_known", 0.0) != pytest.approx(loss("any_known"), rel=1e-6)
+
+
 def test_iou_target_any_known_changes_only_the_iou_heads_loss(small_config):
     """The same prompts, the same mask loss; only the IoU head's targets differ."""
     from sam_core.train import interactive_loss
