@@ -63,7 +63,7 @@ def test_quick_demo_runs_every_stage_and_writes_its_figures(quick_demo):
     assert trained["train"]["freeze_norm_stats"] is True
     assert trained["train"]["encoder_lr_scale"] == 1.0
     assert trained["train"]["cache_embeddings"] is False
-    assert trained["train"]["iou_target"] == "any_known"
+    assert trained["train"]["iou_target"] == "any_known_partial"
     assert "embeddings_of" not in trained
     images = store.images()
     assert set(images["split"]) == {"train", "test", "val"}
@@ -237,3 +237,21 @@ def test_a_demo_config_with_no_retrain_steps_or_an_unknown_stage_is_refused_by_n
         DemoConfig(stage_encoder_lr_scale=(("fully_automatc", 0.3),))
     with pytest.raises(ValueError, match="must be >= 0"):
         DemoConfig(stage_encoder_lr_scale=(("fully_automatic", -0.1),))
+    with pytest.raises(ValueError, match="stage_annotator_order.*'semi_automatc'"):
+        DemoConfig(stage_annotator_order=(("semi_automatc", "levels"),))
+    with pytest.raises(ValueError, match="stage_annotator_order.*'smallest'"):
+        DemoConfig(stage_annotator_order=(("semi_automatic", "smallest"),))
+
+
+def test_the_demo_annotator_labels_largest_first_unless_a_stage_is_given_an_order():
+    from flows.demo import ROUNDS, DemoConfig, round_params
+
+    def orders(config):
+        data = {"ground_truth": "gt.json"}
+        return [
+            round_params("memory://demo", data, config, r, stage, "r0").annotator.order for r, stage in ROUNDS
+        ]
+
+    assert orders(DemoConfig()) == ["largest"] * 3
+    levels = DemoConfig(stage_annotator_order=(("semi_automatic", "levels"),))
+    assert orders(levels) == ["largest", "levels", "largest"]
