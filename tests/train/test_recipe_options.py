@@ -112,6 +112,28 @@ def test_known_mask_iou_scores_an_output_by_any_known_mask_under_the_click():
     assert torch.equal(known_mask_iou(logits, instances[:0], torch.tensor([[1.0, 1.0]])), torch.zeros(1, 3))
 
 
+def _first_pass_loss(trainer, sample, embedding, config) -> float:
+    """interactive_loss of ``sample`` under ``config``, with the same prompts at every call (the generators
+    reseeded). Looked up in sam_core.train at each call, so that a test may patch what it uses."""
+    import sam_core.train as train
+
+    trainer.generator.manual_seed(0)
+    with torch.no_grad():
+        value, _ = train.interactive_loss(
+            trainer.model,
+            embedding,
+            sample.masks,
+            False,
+            sample.boxes,
+            config,
+            np.random.default_rng(0),
+            trainer.generator,
+            None,
+            sample.instances,
+        )
+    return value.item()
+
+
 def test_an_output_inside_a_labelled_mask_that_matches_none_may_be_an_unlabelled_part():
     from sam_core.losses import inside_unlabelled
 
@@ -147,22 +169,8 @@ def test_iou_target_any_known_partial_leaves_out_only_unlabelled_insides(small_c
     embedding = trainer._embedding(sample.index, sample.image).detach()
 
     def loss(iou_target: str, iou_loss_weight: float = 1.0) -> float:
-        config = dataclasses.replace(small_config, iou_target=iou_target, iou_loss_weight=iou_loss_weight)
-        trainer.generator.manual_seed(0)
-        with torch.no_grad():
-            value, _ = train.interactive_loss(
-                trainer.model,
-                embedding,
-                sample.masks,
-                False,
-                sample.boxes,
-                config,
-                np.random.default_rng(0),
-                trainer.generator,
-                None,
-                sample.instances,
-            )
-        return value.item()
+        changes = {"iou_target": iou_target, "iou_loss_weight": iou_loss_weight}
+        return _first_pass_loss(trainer, sample, embedding, dataclasses.replace(small_config, **changes))
 
     def every_output(unlabelled: bool):
         return lambda logits, *_: torch.full(logits.shape[:2], unlabelled, dtype=torch.bool)
@@ -176,8 +184,6 @@ def test_iou_target_any_known_partial_leaves_out_only_unlabelled_insides(small_c
 
 def test_iou_target_any_known_changes_only_the_iou_heads_loss(small_config):
     """The same prompts, the same mask loss; only the IoU head's targets differ."""
-    from sam_core.train import interactive_loss
-
     small_config.correction_points = small_config.no_point_iterations = 0
     trainer = Trainer(small_config)
     assert trainer._next_sample().instances is None  # the paper's rule needs no other instance
@@ -187,22 +193,8 @@ def test_iou_target_any_known_changes_only_the_iou_heads_loss(small_config):
     embedding = trainer._embedding(sample.index, sample.image).detach()
 
     def loss(iou_target: str, iou_loss_weight: float = 1.0) -> float:
-        config = dataclasses.replace(small_config, iou_target=iou_target, iou_loss_weight=iou_loss_weight)
-        trainer.generator.manual_seed(0)
-        with torch.no_grad():
-            value, _ = interactive_loss(
-                trainer.model,
-                embedding,
-                sample.masks,
-                False,
-                sample.boxes,
-                config,
-                np.random.default_rng(0),
-                trainer.generator,
-                None,
-                sample.instances,
-            )
-        return value.item()
+        changes = {"iou_target": iou_target, "iou_loss_weight": iou_loss_weight}
+        return _first_pass_loss(trainer, sample, embedding, dataclasses.replace(small_config, **changes))
 
     assert loss("prompted", 0.0) == loss("any_known", 0.0)
     assert loss("prompted") != loss("any_known")
