@@ -32,6 +32,7 @@ import typer.core
 
 import flows  # noqa: F401  (sets the Prefect defaults before anything imports prefect)
 from flows.cli_common import (
+    MIN_REGION_AREA,
     MODEL,
     ONLY_ROUND,
     ONLY_STAGE,
@@ -254,6 +255,7 @@ def round_(
         help="labelled images (in --ground-truth) to calibrate on",
     ),
     points_per_side: int = POINTS_PER_SIDE,
+    min_region_area: int = MIN_REGION_AREA,
     pred_iou_thresh: float = PRED_IOU_THRESH,
     stability_thresh: float = STABILITY_THRESH,
     match_iou: float = fraction(
@@ -276,6 +278,7 @@ def round_(
             points_per_side=points_per_side,
             pred_iou_thresh=pred_iou_thresh,
             stability_score_thresh=stability_thresh,
+            min_mask_region_area=min_region_area,
         )
         params = RoundParams(
             store=existing_store(store).url,
@@ -290,7 +293,10 @@ def round_(
             retrain=TrainSettings(steps=retrain_steps) if retrain_steps else None,
             new_model_version=new_model_version,
             calibration=CalibrationSettings(
-                ground_truth=ground_truth, split=calibration_split, points_per_side=points_per_side
+                ground_truth=ground_truth,
+                split=calibration_split,
+                points_per_side=points_per_side,
+                min_mask_region_area=min_region_area,
             )
             if (calibrated or confident_precision is not None) and ground_truth
             else None,
@@ -412,6 +418,7 @@ def calibrate(
         metavar="N",
         help="grid density of the candidate masks",
     ),
+    min_region_area: int = MIN_REGION_AREA,
     target_precision: list[float] = typer.Option(
         [0.8, 0.9], metavar="P", help="print the operating point for these precisions (repeatable)"
     ),
@@ -426,7 +433,11 @@ def calibrate(
     target precision (FilterSettings.target_precision) instead of fixed thresholds; prints the operating points."""
     with on_model_version(store, model_version, "calibrating") as (opened, version, report):
         settings = CalibrationSettings(
-            ground_truth=ground_truth, split=split, max_images=max_images, points_per_side=points_per_side
+            ground_truth=ground_truth,
+            split=split,
+            max_images=max_images,
+            points_per_side=points_per_side,
+            min_mask_region_area=min_region_area,
         )
         summary = calibrate_task.fn(opened.url, version, settings, on_progress=report)
         table = read_calibration(opened, version)

@@ -57,6 +57,13 @@ POINTS_PER_SIDE = typer.Option(
     metavar="N",
     help="automatic masks: an N x N grid of point prompts per image",
 )
+MIN_REGION_AREA = typer.Option(
+    0,
+    "--min-region-area",
+    min=0,
+    metavar="PX",
+    help="automatic masks: fill holes and drop islands under PX pixels (0: off), in the calibration too",
+)
 PRED_IOU_THRESH = fraction(
     defaults.PRED_IOU_THRESH, "T", "automatic masks: keep predicted IoU > T (fixed thresholds)"
 )

@@ -87,3 +87,20 @@ def test_calibrate_scores_a_version_and_prints_its_operating_points(engine):
     assert set(summary["operating_points"]) == {"0.1"}
     result = runner.invoke(app, [*args, "--split", "val"])  # no such images: a clear error, nothing written
     assert result.exit_code != 0 and "no 'val' images with ground truth" in result.output
+
+
+def test_calibrate_cleans_the_candidates_as_min_region_area_says(engine):
+    from stores import Store
+    from tasks.calibrate import read_calibration
+
+    store = ["--store", engine["store"]]
+    assert runner.invoke(app, ["ingest", engine["test_images"], "--split", "test", *store]).exit_code == 0
+    args = ["calibrate", engine["ground_truth"], "-m", engine["model"], "--points-per-side", "4", *store]
+    areas = {}
+    for px in ("0", "100000"):  # 100,000 px: every island of a 256 x 256 image is dropped, every hole filled
+        result = runner.invoke(app, [*args, "--split", "test", "--min-region-area", px])
+        assert result.exit_code == 0, result.output
+        areas[px] = read_calibration(Store(engine["store"]), engine["model"])["area"].to_numpy()
+    assert len(areas["0"]) == len(areas["100000"]) and (areas["0"] != areas["100000"]).any()
+    bad = runner.invoke(app, [*args, "--split", "test", "--min-region-area", "-1"])
+    assert bad.exit_code == 2 and "--min-region-area" in bad.output
