@@ -93,9 +93,8 @@ def labelling_order(masks: list[np.ndarray], order: str = "largest") -> list[int
     inside = (flat @ flat.T) >= CONTAINED * np.maximum(areas, 1)[:, None]  # [i, j]: i's pixels are j's
     larger = areas[None, :] > areas[:, None]
     level = (inside & larger).sum(axis=1)
-    rank = {
-        i: n for n, i in enumerate(sorted(by_area, key=lambda i: level[i]))
-    }  # largest first within a level
+    # Each object's place within its level, largest first (the sort is stable over by_area).
+    rank = {i: n for n, i in enumerate(sorted(by_area, key=lambda i: level[i]))}
     within = {i: rank[i] - int(np.sum(level < level[i])) for i in by_area}
     return sorted(by_area, key=lambda i: (within[i], level[i]))
 
