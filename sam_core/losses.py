@@ -65,6 +65,22 @@ def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
+def _overlaps_under_click(logits: torch.Tensor, instances: torch.Tensor, clicks: torch.Tensor):
+    """How each output overlaps the known masks, and which of them lie under its click (M >= 1).
+
+    logits: NxKxHxW, instances: MxHxW float 0/1, clicks: Nx2 (x, y) pixels. Returns (intersection NxKxM in pixels,
+    the output's area NxKx1, IoU NxKxM, under Nx1xM bool)."""
+    known = (instances.flatten(-2) > 0.5).float()  # M x HW
+    pred = (logits.detach() > 0).flatten(-2).float()  # N x K x HW
+    inter = pred @ known.T  # N x K x M
+    area = pred.sum(-1, keepdim=True)
+    iou = inter / (area + known.sum(-1) - inter).clamp(min=1)
+    x = clicks[:, 0].long().clamp(0, instances.shape[-1] - 1)
+    y = clicks[:, 1].long().clamp(0, instances.shape[-2] - 1)
+    under = (instances[:, y, x] > 0.5).T[:, None, :]  # N x 1 x M
+    return inter, area, iou, under
+
+
 def known_mask_iou(logits: torch.Tensor, instances: torch.Tensor, clicks: torch.Tensor) -> torch.Tensor:
     """The best IoU of each output with any known mask under its click: what an automatic stage scores a
     candidate by (right when it matches some object), where a single click is ambiguous between a subpart, a
@@ -76,15 +92,8 @@ def known_mask_iou(logits: torch.Tensor, instances: torch.Tensor, clicks: torch.
     n, k = logits.shape[:2]
     if instances.shape[0] == 0:
         return logits.new_zeros((n, k))
-    known = instances.flatten(-2) > 0.5  # M x HW
-    pred = (logits.detach() > 0).flatten(-2).float()  # N x K x HW
-    inter = pred @ known.float().T  # N x K x M
-    union = pred.sum(-1, keepdim=True) + known.sum(-1).float() - inter
-    iou = inter / union.clamp(min=1)
-    x = clicks[:, 0].long().clamp(0, instances.shape[-1] - 1)
-    y = clicks[:, 1].long().clamp(0, instances.shape[-2] - 1)
-    under = (instances[:, y, x] > 0.5).T  # N x M
-    return torch.where(under[:, None, :], iou, torch.zeros_like(iou)).amax(dim=-1)
+    _, _, iou, under = _overlaps_under_click(logits, instances, clicks)
+    return torch.where(under, iou, torch.zeros_like(iou)).amax(dim=-1)
 
 
 def inside_unlabelled(
@@ -102,14 +111,7 @@ def inside_unlabelled(
     n, k = logits.shape[:2]
     if instances.shape[0] == 0:
         return torch.zeros((n, k), dtype=torch.bool, device=logits.device)
-    known = (instances.flatten(-2) > 0.5).float()  # M x HW
-    pred = (logits.detach() > 0).flatten(-2).float()  # N x K x HW
-    inter = pred @ known.T  # N x K x M
-    area = pred.sum(-1, keepdim=True)
-    iou = inter / (area + known.sum(-1) - inter).clamp(min=1)
-    x = clicks[:, 0].long().clamp(0, instances.shape[-1] - 1)
-    y = clicks[:, 1].long().clamp(0, instances.shape[-2] - 1)
-    under = (instances[:, y, x] > 0.5).T[:, None, :]  # N x 1 x M
+    inter, area, iou, under = _overlaps_under_click(logits, instances, clicks)
     matched = (under & (iou >= match_iou)).any(-1)
     within = (under & (inter >= inside * area) & (area > 0)).any(-1)
     return within & ~matched
