@@ -20,6 +20,7 @@ from flows.stages import STAGES
 from sam_core import defaults
 from stores import Store, StoreNotFoundError
 from stores.fsio import resolve_filesystem
+from tasks.autogen import AutogenSettings
 from tasks.filter import CONFIDENT, FilterSettings
 from tasks.models import resolve_version
 from tasks.settings import EngineSettings
@@ -58,7 +59,7 @@ POINTS_PER_SIDE = typer.Option(
     help="automatic masks: an N x N grid of point prompts per image",
 )
 MIN_REGION_AREA = typer.Option(
-    0,
+    form_default(AutogenSettings, "min_mask_region_area"),
     "--min-region-area",
     min=0,
     metavar="PX",

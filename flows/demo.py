@@ -199,12 +199,10 @@ class DemoConfig:
                 f"retrain_steps must be one or more step counts >= 1 (round 1's first), got {self.retrain_steps!r}"
             )
         stages = [stage for _, stage in ROUNDS]
-        unknown = sorted({stage for stage, _ in self.stage_encoder_lr_scale} - set(stages))
-        if unknown:
-            raise ValueError(f"stage_encoder_lr_scale: {unknown} are not stages of the demo ({stages})")
-        unknown = sorted({stage for stage, _ in self.stage_annotator_order} - set(stages))
-        if unknown:
-            raise ValueError(f"stage_annotator_order: {unknown} are not stages of the demo ({stages})")
+        for name in ("stage_encoder_lr_scale", "stage_annotator_order"):
+            unknown = sorted({stage for stage, _ in getattr(self, name)} - set(stages))
+            if unknown:
+                raise ValueError(f"{name}: {unknown} are not stages of the demo ({stages})")
         orders = sorted({order for _, order in self.stage_annotator_order} - set(ORDERS))
         if orders:
             raise ValueError(f"stage_annotator_order: {orders} are not orders ({ORDERS})")

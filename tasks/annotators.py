@@ -23,6 +23,7 @@ Simulated time per mask = seconds_per_object (find the object, decide what it is
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -93,9 +94,10 @@ def labelling_order(masks: list[np.ndarray], order: str = "largest") -> list[int
     inside = (flat @ flat.T) >= CONTAINED * np.maximum(areas, 1)[:, None]  # [i, j]: i's pixels are j's
     larger = areas[None, :] > areas[:, None]
     level = (inside & larger).sum(axis=1)
-    # Each object's place within its level, largest first (the sort is stable over by_area).
-    rank = {i: n for n, i in enumerate(sorted(by_area, key=lambda i: level[i]))}
-    within = {i: rank[i] - int(np.sum(level < level[i])) for i in by_area}
+    within, seen = {}, Counter()  # each object's place within its level, largest first
+    for i in by_area:
+        within[i] = seen[level[i]]
+        seen[level[i]] += 1
     return sorted(by_area, key=lambda i: (within[i], level[i]))
 
 
