@@ -32,6 +32,7 @@ import typer.core
 
 import flows  # noqa: F401  (sets the Prefect defaults before anything imports prefect)
 from flows.cli_common import (
+    CROP_LAYERS,
     MIN_REGION_AREA,
     MODEL,
     ONLY_ROUND,
@@ -83,7 +84,7 @@ from tasks.ingest import IMAGE_EXTENSIONS
 from tasks.ingest import ingest as ingest_task
 from tasks.models import check_checkpoint, check_new_model, register_model
 from tasks.ray_cluster import shutdown_ray
-from tasks.thresholds import filter_operating_point
+from tasks.thresholds import crop_layout, filter_operating_point
 
 app = typer.Typer(
     help="The SAM data engine: ingest images, embed them, run annotation rounds (assisted-manual, "
@@ -256,6 +257,7 @@ def round_(
     ),
     points_per_side: int = POINTS_PER_SIDE,
     min_region_area: int = MIN_REGION_AREA,
+    crop_layers: int = CROP_LAYERS,
     pred_iou_thresh: float = PRED_IOU_THRESH,
     stability_thresh: float = STABILITY_THRESH,
     match_iou: float = fraction(
@@ -279,6 +281,7 @@ def round_(
             pred_iou_thresh=pred_iou_thresh,
             stability_score_thresh=stability_thresh,
             min_mask_region_area=min_region_area,
+            crop_n_layers=crop_layers,
         )
         params = RoundParams(
             store=existing_store(store).url,
@@ -297,6 +300,7 @@ def round_(
                 split=calibration_split,
                 points_per_side=points_per_side,
                 min_mask_region_area=min_region_area,
+                crop_n_layers=crop_layers,
             )
             if (calibrated or confident_precision is not None) and ground_truth
             else None,
@@ -419,6 +423,7 @@ def calibrate(
         help="grid density of the candidate masks",
     ),
     min_region_area: int = MIN_REGION_AREA,
+    crop_layers: int = CROP_LAYERS,
     target_precision: list[float] = typer.Option(
         [0.8, 0.9], metavar="P", help="print the operating point for these precisions (repeatable)"
     ),
@@ -438,9 +443,10 @@ def calibrate(
             max_images=max_images,
             points_per_side=points_per_side,
             min_mask_region_area=min_region_area,
+            crop_n_layers=crop_layers,
         )
         summary = calibrate_task.fn(opened.url, version, settings, on_progress=report)
-        table = read_calibration(opened, version)
+        table = read_calibration(opened, version, crop_layout(settings))
         # As a stage with the default generator and filter (their NMS and area limits) would apply them.
         summary["operating_points"] = {
             str(p): filter_operating_point(

@@ -65,6 +65,15 @@ MIN_REGION_AREA = typer.Option(
     metavar="PX",
     help="automatic masks: fill holes and drop islands under PX pixels (0: off), in the calibration too",
 )
+CROP_LAYERS = typer.Option(
+    form_default(AutogenSettings, "crop_n_layers"),
+    "--crop-layers",
+    min=0,
+    max=3,
+    metavar="N",
+    help="automatic masks: also look at N layers of zoomed-in crops (layer i: (2**i)**2 crops, the same grid "
+    "each), as the paper's stage 3 did; thresholds are calibrated on the same crops",
+)
 PRED_IOU_THRESH = fraction(
     defaults.PRED_IOU_THRESH, "T", "automatic masks: keep predicted IoU > T (fixed thresholds)"
 )

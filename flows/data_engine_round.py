@@ -17,7 +17,7 @@ from flows.fully_automatic import fully_automatic
 from flows.params import RoundParams
 from flows.progress import flow_step
 from flows.semi_automatic import semi_automatic
-from flows.steps import check_after_training, check_inputs, now, why_no_retrain
+from flows.steps import calibrate_stage_crops, check_after_training, check_inputs, now, why_no_retrain
 from tasks.calibrate import calibrate
 from tasks.evaluate import evaluate
 from tasks.report import publish_report, record_round
@@ -41,8 +41,9 @@ def data_engine_round(params: RoundParams | None = None, train_backend: str = "r
     """
     params = params or RoundParams()
     started = now()
-    params = check_inputs(params)
+    params = check_inputs(params, calibrating=params.calibration)
     check_after_training(params.calibration, params.evaluation, params.retrain)
+    calibrate_stage_crops(params, params.calibration)
     figures = STAGE_FLOWS[params.stage](params.stage_params())
     skip = why_no_retrain(params, figures) if params.retrain is not None else None
     if skip is not None:

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from flows.params import EvalSettings, StageParams, TrainSettings
 from flows.progress import Report, flow_step
 from stores import Store
-from tasks.calibrate import CalibrationSettings, check_calibration
+from tasks.calibrate import CalibrationSettings, calibrate, check_calibration
 from tasks.embed import embed
 from tasks.ground_truth import load_ground_truth
 from tasks.ingest import ingest
@@ -21,6 +21,7 @@ from tasks.retrain import nothing_to_train_on, parent_trained_at, training_masks
 from tasks.settings import EngineSettings
 from tasks.shards import Shard, ShardSummary, plan_shards, shard_name
 from tasks.stage import ShardTask
+from tasks.thresholds import crop_layout
 
 
 def open_store(url: str, must_exist: bool = True):
@@ -35,11 +36,20 @@ def open_store(url: str, must_exist: bool = True):
     return store
 
 
-def check_inputs(params: StageParams):
+def stage_crop_layout(params: StageParams) -> str:
+    """The crop layout of the stage's generator (tasks.thresholds.crop_layout; "" for the whole image alone or
+    a stage without one): the calibration its filters read."""
+    autogen = getattr(params, "autogen", None)
+    return crop_layout(autogen) if autogen is not None else ""
+
+
+def check_inputs(params: StageParams, calibrating: CalibrationSettings | None = None):
     """Fail fast, before any work: the store exists (or images are to be ingested), the model version is
     registered and its checkpoint exists, the stage's annotator can be built, the ground-truth file it reads
     (the simulated annotator's) is readable, and a stage filter with a target precision finds the model's
-    calibration. Returns the parameters with ``latest`` resolved to a model version."""
+    calibration (of the stage's crop layout; with ``calibrating``, a round measures a missing crop calibration
+    itself before the stage: calibrate_stage_crops). Returns the parameters with ``latest`` resolved to a model
+    version."""
     store = open_store(params.store, must_exist=not params.ingest)
     version = resolve_version(store, params.model_version)
     check_model(store, version)
@@ -48,12 +58,31 @@ def check_inputs(params: StageParams):
         annotator.build()  # a simulated annotator without ground truth, a Label Studio without a project...
         if annotator.ground_truth is not None:
             load_ground_truth(annotator.ground_truth)
-    for name, settings in params.stage_filters().items():
-        try:
-            check_calibration(store, version, settings)
-        except FileNotFoundError as exc:
-            raise FileNotFoundError(f"{name}.target_precision: {exc}") from None
+    layout = stage_crop_layout(params)
+    if not (layout and calibrating is not None):
+        for name, settings in params.stage_filters().items():
+            try:
+                check_calibration(store, version, settings, layout=layout)
+            except FileNotFoundError as exc:
+                raise FileNotFoundError(f"{name}.target_precision: {exc}") from None
     return params.model_copy(update={"model_version": version})
+
+
+def calibrate_stage_crops(params: StageParams, calibration: CalibrationSettings | None) -> None:
+    """A stage whose generator zooms into crops keeps masks by thresholds measured on the same crops: when its
+    filters ask for a target precision and the store has no calibration of the stage's model for its crop
+    layout, measure one on ``calibration``'s images (with the stage's grid, cleaning and crops) first. A rerun
+    finds it and measures nothing."""
+    layout = stage_crop_layout(params)
+    wants = any(f.target_precision is not None for f in params.stage_filters().values())
+    if not layout or calibration is None or not wants:
+        return
+    if open_store(params.store).has_calibration(params.model_version, layout):
+        return
+    with flow_step(f"calibrating {params.model_version} on the stage's crops: images") as report:
+        calibrate(
+            params.store, params.model_version, calibration.for_generator(params.autogen), on_progress=report
+        )
 
 
 def check_after_training(
@@ -62,11 +91,19 @@ def check_after_training(
     """Fail fast, for what follows a stage: an evaluation that filters by a target precision needs the run to
     calibrate the version it evaluates, and the evaluation's, the calibration's and the replayed split's
     ground-truth files are readable."""
-    if evaluation is not None and evaluation.filter is not None and calibration is None:
-        if evaluation.filter.target_precision is not None:
+    if evaluation is not None and evaluation.filter is not None:
+        if evaluation.filter.target_precision is not None and calibration is None:
             raise ValueError(
                 "evaluation.filter.target_precision needs the version it evaluates calibrated: set `calibration`"
             )
+        if evaluation.filter.target_precision is not None and evaluation.autogen is not None:
+            wanted, measured = crop_layout(evaluation.autogen), crop_layout(calibration)
+            if wanted != measured:
+                raise ValueError(
+                    f"evaluation.autogen looks at crop layout {wanted or 'none (the whole image)'} but "
+                    f"`calibration` measures {measured or 'none (the whole image)'}: give both the same "
+                    "crop_n_layers, crop_n_points_downscale_factor and crop_overlap_ratio"
+                )
     for settings in (evaluation, calibration):
         if settings is not None:
             load_ground_truth(settings.ground_truth)

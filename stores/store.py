@@ -9,6 +9,7 @@ Layout (each directory is a Parquet dataset `pandas.read_parquet(root + "/<table
     state/<table>/<hash of key>.parquet                   small keyed tables (e.g. the Label Studio cursor)
     calibration/<model_version>.parquet                   a version's automatic candidates scored against
                                                           ground truth (tasks.calibrate)
+    calibration/<model_version>@<crop layout>.parquet     the same for a generator with crop layers
     checkpoints/<model_version>.pt                        the weights of the versions the engine trained
 File names come from what a file holds, so a rerun overwrites its own output instead of adding rows.
 """
@@ -265,29 +266,36 @@ class Store(KeyedTables):
         return {p.rsplit("/", 1)[1][: -len(".parquet")] for p in list_data_files(self.fs, base)}
 
     # ---- calibration and checkpoints: one file per model version ---------------------------------------------------
-    def _calibration_rel(self, model_version: str) -> list[str]:
-        return ["calibration", f"{check_key('model_version', model_version)}.parquet"]
+    def _calibration_rel(self, model_version: str, layout: str = "") -> list[str]:
+        # "@" is no key character, so no version's plain file can be another's layout file
+        name = check_key("model_version", model_version)
+        if layout:
+            name += "@" + check_key("crop layout", layout)
+        return ["calibration", f"{name}.parquet"]
 
-    def write_calibration(self, model_version: str, candidates: pd.DataFrame) -> str:
+    def write_calibration(self, model_version: str, candidates: pd.DataFrame, layout: str = "") -> str:
         """Publish the calibration candidates of ``model_version`` (the columns of schemas.CALIBRATION) atomically,
-        replacing any earlier ones whole; return the file's URL."""
+        replacing any earlier ones whole; return the file's URL. ``layout``: the crops of the generator that made
+        them (tasks.autogen.crop_layout; "" for the whole image alone), kept apart."""
         missing = [name for name in CALIBRATION.names if name not in candidates]
         if missing:
             raise BadRecordError(f"calibration of {model_version!r}: no columns {missing}")
         table = pa.Table.from_pandas(candidates[CALIBRATION.names], schema=CALIBRATION, preserve_index=False)
         return self.fs.unstrip_protocol(
-            self._write("calibration", self._calibration_rel(model_version), table)
+            self._write("calibration", self._calibration_rel(model_version, layout), table)
         )
 
-    def has_calibration(self, model_version: str) -> bool:
-        return self.fs.exists(self.path(*self._calibration_rel(model_version)))
+    def has_calibration(self, model_version: str, layout: str = "") -> bool:
+        return self.fs.exists(self.path(*self._calibration_rel(model_version, layout)))
 
-    def calibration(self, model_version: str) -> pd.DataFrame:
-        """The calibration candidates of ``model_version``; KeyError naming it when it has none. A file written
-        before calibration files carried a schema stamp (the same columns) is read as version 1."""
-        path = self.path(*self._calibration_rel(model_version))
+    def calibration(self, model_version: str, layout: str = "") -> pd.DataFrame:
+        """The calibration candidates of ``model_version`` (for crop layout ``layout``); KeyError naming it when it
+        has none. A file written before calibration files carried a schema stamp (the same columns) is read as
+        version 1."""
+        path = self.path(*self._calibration_rel(model_version, layout))
         if not self.fs.exists(path):
-            raise KeyError(f"model {model_version!r} has no calibration in store {self.url}")
+            where = f" for crop layout {layout!r}" if layout else ""
+            raise KeyError(f"model {model_version!r} has no calibration{where} in store {self.url}")
         table = read_parquet_file(self.fs, path, "calibration", check=False)
         if file_version(table.schema) != ("?", "?"):
             check_file_schema(table.schema, "calibration", path)

@@ -4,6 +4,10 @@ For each image of a shard: fetch its embedding for the model version from the st
 again), prompt the mask decoder with a regular grid of points (``AutomaticMaskGenerator.generate_from_embedding``:
 batched decoding, predicted-IoU and stability filters, box NMS, small-region cleanup), apply the stage's filter,
 and write the shard's masks as one atomic file with ``source="auto"``.
+
+With crop layers (``crop_n_layers`` > 0, as the paper's stage 3 ran: overlapping zoomed-in crops beside the whole
+image), the image itself is read and every crop is encoded in the task: the cache holds whole-image embeddings
+only. Small objects then meet the decoder at two or more times their size.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from pydantic import BaseModel, Field
 from sam_core import defaults
 from sam_core.automatic_mask_generator import AutomaticMaskGenerator
 from tasks.filter import FilterSettings, filter_records, keeps_nothing, why_none_kept, why_nothing
+from tasks.ingest import load_image
 from tasks.progress import OnProgress
 from tasks.records import mask_rows
 from tasks.runlog import run_logger
@@ -34,6 +39,22 @@ class AutogenSettings(BaseModel):
     stability_score_offset: float = Field(defaults.STABILITY_SCORE_OFFSET, gt=0.0)
     box_nms_thresh: float = Field(defaults.BOX_NMS_THRESH, ge=0.0, le=1.0)
     min_mask_region_area: int = Field(0, ge=0, description="fill holes / drop islands smaller than this (px)")
+    crop_n_layers: int = Field(
+        0,
+        ge=0,
+        le=3,
+        description="zoomed-in crop layers beside the whole image (layer i: (2**i)**2 overlapping crops, each "
+        "encoded in the task); 0: the cached whole-image embedding alone",
+    )
+    crop_n_points_downscale_factor: int = Field(
+        1, ge=1, le=16, description="crop layer i has points_per_side / factor**i points per side"
+    )
+    crop_overlap_ratio: float = Field(
+        defaults.CROP_OVERLAP_RATIO, ge=0.0, lt=1.0, description="overlap of neighbouring crops (layer 1)"
+    )
+    crop_nms_thresh: float = Field(
+        defaults.CROP_NMS_THRESH, ge=0.0, le=1.0, description="box NMS across crops (smaller crops win)"
+    )
 
 
 def make_generator(model, settings: AutogenSettings | dict):
@@ -42,10 +63,21 @@ def make_generator(model, settings: AutogenSettings | dict):
     return AutomaticMaskGenerator(model, output_mode="coco_rle", **settings.model_dump())
 
 
-def generate_records(ctx: StageContext, generator, image_id: str, size: tuple[int, int]) -> list[dict]:
-    """AMG records of one image (height, width ``size``) from its cached embedding. KeyError (naming the image)
-    if it was not embedded."""
-    return generator.generate_from_embedding(ctx.embedding(image_id), (int(size[0]), int(size[1])))
+def generate_records(ctx: StageContext, generator, image_id: str, image) -> list[dict]:
+    """AMG records of one image (``image``: its images-table row, with height, width and uri) from its cached
+    embedding; KeyError (naming the image) if it was not embedded. A generator with crop layers reads the image
+    and encodes its crops (the whole image too: one more encoder pass, to keep the crops' order the reference's).
+    """
+    size = (int(image["height"]), int(image["width"]))
+    if generator.crop_n_layers > 0:
+        pixels = load_image(image["uri"])
+        if pixels.shape[:2] != size:
+            raise ValueError(
+                f"image {image_id} at {image['uri']} is {pixels.shape[0]} x {pixels.shape[1]} px, but the store "
+                f"says {size[0]} x {size[1]}: the file changed after ingest"
+            )
+        return generator.generate(pixels)
+    return generator.generate_from_embedding(ctx.embedding(image_id), size)
 
 
 def records_to_rows(records: list[dict], image_id: str, *, source, model_version, annotator=None):
@@ -83,7 +115,7 @@ def autogen(
             run_logger().info("image %s: %s", image_id, why_nothing(filter, shard.model_version))
             return records_to_rows([], image_id, source="auto", model_version=shard.model_version)
         size = (int(image["height"]), int(image["width"]))
-        records = generate_records(ctx, generator, image_id, size)
+        records = generate_records(ctx, generator, image_id, image)
         kept = filter_records(records, size, filter)
         if not kept:
             # an empty result says why: the bar that removed every mask, and the best value against it

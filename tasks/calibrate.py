@@ -31,7 +31,7 @@ from tasks.ground_truth import evaluation_set
 from tasks.models import load_model
 from tasks.progress import CACHE_POLICY, OnProgress
 from tasks.runlog import run_logger
-from tasks.thresholds import filter_operating_point, thresholds_at
+from tasks.thresholds import CROP_FIELDS, crop_layout, filter_operating_point, thresholds_at
 
 CANDIDATE_COLUMNS = tuple(CALIBRATION.names)
 """The columns of a calibration table (stores.schemas.CALIBRATION): one row per candidate mask."""
@@ -52,6 +52,23 @@ class CalibrationSettings(BaseModel):
     min_mask_region_area: int = Field(
         0, ge=0, description="fill holes / drop islands smaller than this (px), as the stage's generator does"
     )
+    # A stage with crop layers keeps masks by thresholds measured on the same crops (AutogenSettings has the
+    # same fields; tasks.autogen.crop_layout names the calibration file): a zoomed crop's masks rate otherwise.
+    crop_n_layers: int = Field(0, ge=0, le=3, description="crop layers, as the stage's generator has")
+    crop_n_points_downscale_factor: int = Field(1, ge=1, le=16, description="as the stage's generator")
+    crop_overlap_ratio: float = Field(
+        defaults.CROP_OVERLAP_RATIO, ge=0.0, lt=1.0, description="as the stage's generator"
+    )
+
+    def for_generator(self, autogen) -> CalibrationSettings:
+        """These settings (the images) with ``autogen``'s grid, cleaning and crops: a calibration of the
+        generator a stage runs."""
+        return self.model_copy(
+            update={
+                name: getattr(autogen, name)
+                for name in ("points_per_side", "points_per_batch", "min_mask_region_area", *CROP_FIELDS)
+            }
+        )
 
 
 def best_matches(
@@ -89,8 +106,8 @@ def candidate_table(
     """Every automatic candidate of ``samples`` [(image_id, HxWx3 uint8, [HxW bool GT])], one row each
     (CANDIDATE_COLUMNS: area and image_area in pixels, box x0, y0, x1, y1 in pixels).
     ``on_progress(images done, images)`` is called after each image."""
-    # No thresholds and no NMS: the thresholds are what we are choosing, and NMS depends on them
-    # (operating_point runs it per stability threshold).
+    # No thresholds and no NMS, within a crop or across crops: the thresholds are what we are choosing, and NMS
+    # depends on them (operating_point runs it per stability threshold).
     generator = AutomaticMaskGenerator(
         model,
         points_per_side=settings.points_per_side,
@@ -98,6 +115,10 @@ def candidate_table(
         pred_iou_thresh=0.0,
         stability_score_thresh=0.0,
         box_nms_thresh=1.0,
+        crop_n_layers=settings.crop_n_layers,
+        crop_n_points_downscale_factor=settings.crop_n_points_downscale_factor,
+        crop_overlap_ratio=settings.crop_overlap_ratio,
+        crop_nms_thresh=1.0,
         min_mask_region_area=settings.min_mask_region_area,
         output_mode="binary_mask",
     )
@@ -130,26 +151,34 @@ def candidate_table(
     return pd.concat(frames, ignore_index=True)[list(CANDIDATE_COLUMNS)]
 
 
-def read_calibration(store, model_version: str) -> pd.DataFrame:
-    """The candidate table of ``model_version``; FileNotFoundError naming the version when it was never
-    calibrated."""
-    if not store.has_calibration(model_version):
-        raise _not_calibrated(store, model_version)
-    return store.calibration(model_version)
+def read_calibration(store, model_version: str, layout: str = "") -> pd.DataFrame:
+    """The candidate table of ``model_version`` for crop layout ``layout`` (tasks.autogen.crop_layout);
+    FileNotFoundError naming the version (and layout) when it was never calibrated so."""
+    if not store.has_calibration(model_version, layout):
+        raise _not_calibrated(store, model_version, layout)
+    return store.calibration(model_version, layout)
 
 
-def _not_calibrated(store, model_version: str) -> FileNotFoundError:
+def _not_calibrated(store, model_version: str, layout: str = "") -> FileNotFoundError:
+    if layout:
+        return FileNotFoundError(
+            f"model {model_version!r} has no calibration for the crops of crop layout {layout!r} in store "
+            f"{store.url}: calibrate it with the stage's crop settings (CalibrationSettings.crop_n_layers and "
+            "the rest; a round's `calibration` parameter does it before the stage), or give the filter fixed "
+            "thresholds (target_precision=None)"
+        )
     return FileNotFoundError(
         f"model {model_version!r} has no calibration in store {store.url}: run the calibrate task "
         "(a round's `calibration` parameter) for it, or give the filter fixed thresholds (target_precision=None)"
     )
 
 
-def check_calibration(store, model_version: str, *filters) -> None:
-    """Fail fast: a filter that asks for a target precision needs ``model_version``'s calibration."""
+def check_calibration(store, model_version: str, *filters, layout: str = "") -> None:
+    """Fail fast: a filter that asks for a target precision needs ``model_version``'s calibration (of crop
+    layout ``layout``)."""
     if any(f.target_precision is not None for f in filters):
-        if not store.has_calibration(model_version):
-            raise _not_calibrated(store, model_version)
+        if not store.has_calibration(model_version, layout):
+            raise _not_calibrated(store, model_version, layout)
 
 
 def calibrated_settings(store, model_version: str, autogen, filter):
@@ -161,7 +190,8 @@ def calibrated_settings(store, model_version: str, autogen, filter):
     """
     if filter.target_precision is None:
         return autogen, filter, None
-    point = filter_operating_point(read_calibration(store, model_version), autogen, filter)
+    candidates = read_calibration(store, model_version, crop_layout(autogen))
+    point = filter_operating_point(candidates, autogen, filter)
     if not point["feasible"]:
         run_logger().warning(
             "model %s reaches precision %.2f at IoU %.2f at no threshold: no automatic mask is kept",
@@ -197,7 +227,7 @@ def calibrate(
     model = load_model(store, model_version, device)
     samples = evaluation_set(store, settings.ground_truth, settings.split, settings.max_images)
     candidates = candidate_table(model, samples, settings, on_progress)
-    url = store.write_calibration(model_version, candidates)
+    url = store.write_calibration(model_version, candidates, crop_layout(settings))
     run_logger().info(
         "calibrated %s on %d %s images (%d candidates)",
         model_version,

@@ -22,14 +22,15 @@ from tasks.stage import StageContext, shard_task
 
 
 def confident_rows(
-    ctx: StageContext, generator, image_id: str, size: tuple[int, int], confident: FilterSettings
+    ctx: StageContext, generator, image_id: str, image, confident: FilterSettings
 ) -> pd.DataFrame:
-    """Masks-table rows (source="model") of the automatic masks of one image (height, width ``size``) that pass
-    the ``confident`` filter, from its cached embedding: what stage 2 places before a person looks, here or as a
-    Label Studio prediction (tasks.labelstudio.push)."""
+    """Masks-table rows (source="model") of the automatic masks of one image (``image``: its images-table row)
+    that pass the ``confident`` filter, from its cached embedding: what stage 2 places before a person looks,
+    here or as a Label Studio prediction (tasks.labelstudio.push)."""
     if keeps_nothing(confident):
         return records_to_rows([], image_id, source="model", model_version=ctx.model_version)
-    kept = filter_records(generate_records(ctx, generator, image_id, size), size, confident)
+    size = (int(image["height"]), int(image["width"]))
+    kept = filter_records(generate_records(ctx, generator, image_id, image), size, confident)
     return records_to_rows(kept, image_id, source="model", model_version=ctx.model_version)
 
 
@@ -52,8 +53,7 @@ def prefill(
     truth = load_ground_truth(annotator.ground_truth) if annotator.ground_truth else None
 
     def per_image(image_id, image):
-        size = (int(image["height"]), int(image["width"]))
-        prefilled = confident_rows(ctx, generator, image_id, size, confident)
+        prefilled = confident_rows(ctx, generator, image_id, image, confident)
         masks = [decode_mask(r.counts, r.height, r.width) for r in prefilled.itertuples(index=False)]
         request = annotation_request(ctx, predictor, image_id, image, truth, prefilled=masks)
         added = annotated_rows(who.annotate(request), image_id, model_version=shard.model_version)

@@ -167,3 +167,19 @@ def thresholds_at(
     )
     filter = filter.model_copy(update={"min_predicted_iou": t, "min_stability_score": s})
     return autogen, filter
+
+
+CROP_FIELDS = ("crop_n_layers", "crop_n_points_downscale_factor", "crop_overlap_ratio")
+"""The settings that decide which crops a generator sees (its crop layout); a calibration is of one layout."""
+
+
+def crop_layout(settings) -> str:
+    """A name for the crops ``settings`` (AutogenSettings or CalibrationSettings) look at: "" for the whole image
+    alone, else e.g. "crops1-down1-overlap0.341". Thresholds calibrated on one layout's candidates are not
+    another's (a crop's zoomed masks rate differently), so calibrations are kept per layout."""
+    if settings.crop_n_layers == 0:
+        return ""
+    return (
+        f"crops{settings.crop_n_layers}-down{settings.crop_n_points_downscale_factor}"
+        f"-overlap{settings.crop_overlap_ratio:.3g}"
+    )

@@ -65,8 +65,7 @@ def confident_masks(
     images = store.images().set_index("image_id")
     frames = []
     for done, image_id in enumerate(image_ids, 1):
-        size = (int(images.loc[image_id, "height"]), int(images.loc[image_id, "width"]))
-        rows = confident_rows(ctx, generator, image_id, size, confident)
+        rows = confident_rows(ctx, generator, image_id, images.loc[image_id], confident)
         if len(rows):
             frames.append(rows)
         if on_progress is not None:

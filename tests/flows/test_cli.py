@@ -104,3 +104,28 @@ def test_calibrate_cleans_the_candidates_as_min_region_area_says(engine):
     assert len(areas["0"]) == len(areas["100000"]) and (areas["0"] != areas["100000"]).any()
     bad = runner.invoke(app, [*args, "--split", "test", "--min-region-area", "-1"])
     assert bad.exit_code == 2 and "--min-region-area" in bad.output
+
+
+def test_calibrate_with_crop_layers_keeps_the_crops_calibration_apart(engine):
+    from stores import Store
+    from tasks.calibrate import read_calibration
+
+    store = ["--store", engine["store"]]
+    assert runner.invoke(app, ["ingest", engine["test_images"], "--split", "test", *store]).exit_code == 0
+    args = [
+        "calibrate",
+        engine["ground_truth"],
+        "-m",
+        engine["model"],
+        "--points-per-side",
+        "4",
+        "--split",
+        "test",
+    ]
+    result = runner.invoke(app, [*args, "--crop-layers", "1", *store])
+    assert result.exit_code == 0, result.output
+    opened = Store(engine["store"])
+    assert len(read_calibration(opened, engine["model"], "crops1-down1-overlap0.341")) > 0
+    assert not opened.has_calibration(engine["model"])  # the whole image's is another calibration
+    bad = runner.invoke(app, [*args, "--crop-layers", "4", *store])
+    assert bad.exit_code == 2 and "--crop-layers" in bad.output

@@ -54,6 +54,13 @@ def test_quick_demo_runs_every_stage_and_writes_its_figures(quick_demo):
     assert versions[:3] == ["embedded", "r1", "r2"]  # stages 1 and 2 always add the annotator's masks
     for version in versions:  # each version's automatic-mask thresholds were measured
         assert len(read_calibration(store, version)) > 0
+    from flows.demo import DemoConfig
+    from tasks.thresholds import crop_layout
+
+    # stage 3's model was calibrated on stage 3's crops too, before the stage
+    stage3 = versions[-2] if "retrain_skipped" not in figures[3] else versions[-1]
+    layout = crop_layout(DemoConfig.quick().stage_autogen("fully_automatic"))
+    assert layout and len(read_calibration(store, stage3, layout)) > 0
     models = store.models().set_index("model_version")
     assert [models.loc[v, "parent_version"] for v in versions[1:]] == versions[:-1]
     trained = models.loc["r2", "config"]
@@ -207,6 +214,19 @@ def test_every_automatic_step_of_the_demo_uses_its_nms_grid_and_batch():
         assert params.evaluation.autogen.box_nms_thresh == config.box_nms_thresh
         batches = {params.autogen.points_per_batch, params.evaluation.autogen.points_per_batch}
         assert batches | {params.calibration.points_per_batch} == {config.points_per_batch}
+        # stage 3 alone looks at crops, its NMS across them the filter's, by predicted IoU as calibrated; every
+        # round's evaluation and calibration stay on the whole image, so the rounds' recall is measured alike
+        crops = params.autogen.crop_n_layers
+        assert crops == (config.stage3_crop_n_layers if stage == "fully_automatic" else 0)
+        assert params.evaluation.autogen.crop_n_layers == params.calibration.crop_n_layers == 0
+        if crops:
+            assert params.autogen.crop_nms_thresh == 1.0 and params.filter.nms_iou == config.box_nms_thresh
+    with pytest.raises(ValueError, match="stage3_crop_n_layers must be 0-3"):
+        DemoConfig(stage3_crop_n_layers=4)
+    params = round_params(
+        "memory://demo", data, DemoConfig(stage3_crop_n_layers=0), 3, "fully_automatic", "r2"
+    )
+    assert params.autogen.crop_n_layers == 0
 
 
 def test_the_first_retrain_of_the_demo_trains_longest_and_each_stage_sets_its_encoder_lr():

@@ -335,7 +335,11 @@ def test_an_unreachable_operating_point_skips_the_generator_and_says_why(engine,
     _, unreachable, _ = calibrated_settings(store, engine["model"], OPEN_AUTOGEN, calibrated)
     ctx = SimpleNamespace(model_version=engine["model"])
     assert confident_rows(
-        ctx, AutomaticMaskGenerator.__new__(AutomaticMaskGenerator), "x", (96, 96), unreachable
+        ctx,
+        AutomaticMaskGenerator.__new__(AutomaticMaskGenerator),
+        "x",
+        {"height": 96, "width": 96},
+        unreachable,
     ).empty
 
     with caplog.at_level(logging.INFO):
