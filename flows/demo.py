@@ -97,11 +97,11 @@ TABLE_COLUMNS = (
 
 @dataclass
 class DemoConfig:
-    """Sizes of the demo. The defaults took 399 s on a 2-core AMD EPYC running nothing else of ours (the target is
-    10 minutes; the retrains took 227 s of it), from the embedded model at decoder width 128 (tiny_conv_slim); the
-    demo before the partial IoU target took 413 s here and 555 s on an earlier session's machine, whose training
-    steps were 1.3x slower: compare times on one machine. From the earlier embedded model at SAM's 256 it took
-    785 s (retrains 493 s)."""
+    """Sizes of the demo. The defaults took 515 s on a 2-core AMD EPYC running nothing else of ours (the target is
+    10 minutes; the retrains took 233 s of it, stage 3's crops 109 s), from the embedded model at decoder width
+    128 (tiny_conv_slim); without the crops it took 399 s here and 555 s on an earlier session's machine, whose
+    training steps were 1.3x slower: compare times on one machine. From the earlier embedded model at SAM's 256 it
+    took 785 s (retrains 493 s)."""
 
     # The new domain (sam_core.domains): "cells", or "shapes" for the embedded model's own world.
     domain: str = "cells"
@@ -158,10 +158,12 @@ class DemoConfig:
     # Stage 3 looks at the whole image and at stage3_crop_n_layers layers of overlapping crops zoomed to the
     # encoder's size (layer 1: 4 crops at 2x), as the paper's stage 3 did, each crop with the full grid; the
     # stage's thresholds are calibrated on the same crops (flows.steps.calibrate_stage_crops). Nuclei are 8-24 px
-    # across: at 2x they meet the decoder at a cell's size. A demo's r2 (calibrated on 8 val scenes, scored on 12
-    # test scenes; /tmp probe of AutomaticMaskGenerator) kept 29.5 masks a scene at precision 0.836, recall
-    # 0.370, with one layer, against 24.9 at 0.793, recall 0.296, on the whole image: 6.7 s a scene against 2.1.
-    # The evaluations' automatic masks stay on the whole image, so every round's recall is measured alike.
+    # across: at 2x they meet the decoder at a cell's size. From a demo's r2, stage 3 kept 24.1 masks an image
+    # (20.0 cells, 1.5 nuclei) against 20.75 (17.8, 0.2) on the whole image, and r3's automatic recall on 24 other
+    # test scenes rose from r2's 0.316 to 0.335 where it had stayed at 0.313; r2 alone, calibrated on 8 other val
+    # scenes and scored on 12 test scenes, kept 29.5 masks a scene at precision 0.836, recall 0.370, against 24.9
+    # at 0.793, 0.296: 6.7 s a scene against 2.1 (8 points per side in each crop: 0.293). The evaluations'
+    # automatic masks stay on the whole image, so every round's recall is measured alike.
     stage3_crop_n_layers: int = 1
     # Grid points decoded together by every automatic-mask pass (stages, calibrations, evaluations). The
     # reference's 64 suits a GPU; on a CPU 8 generated the same masks in 0.63 of the time
