@@ -76,3 +76,34 @@ def engine(engine_template, tmp_path) -> dict:
         "ground_truth": str(root / "gt.json"),
         "model": MODEL,
     }
+
+
+@pytest.fixture()
+def calibration_table():
+    """A factory of hand-made calibration tables: ``calibration_table(predicted_iou, stability_score, best_iou)``
+    (scalars or one value per candidate) gives one candidate per predicted IoU on image "x", each its own object
+    (best_gt = its index), 100 px, boxes side by side (no NMS between them), in a 96 x 96 image."""
+    import numpy as np
+    import pandas as pd
+
+    def make(predicted_iou, stability_score, best_iou) -> pd.DataFrame:
+        n = len(predicted_iou)
+        return pd.DataFrame(
+            {
+                "image_id": "x",
+                "predicted_iou": np.asarray(predicted_iou, np.float32),
+                "stability_score": np.float32(stability_score)
+                if np.isscalar(stability_score)
+                else stability_score,
+                "area": 100,
+                "image_area": 96 * 96,
+                "x0": 2.0 * np.arange(n),
+                "y0": 0.0,
+                "x1": 2.0 * np.arange(n) + 1,
+                "y1": 1.0,
+                "best_iou": np.broadcast_to(np.asarray(best_iou, np.float32), (n,)),
+                "best_gt": np.arange(n),
+            }
+        )
+
+    return make

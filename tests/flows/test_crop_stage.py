@@ -23,25 +23,21 @@ CALIBRATED = FilterSettings(target_precision=0.5, match_iou=0.5, min_area=1, max
 
 
 def _stage3(engine, **fields) -> FullyAutomaticParams:
-    return FullyAutomaticParams(
-        store=engine["store"],
-        round=3,
-        model_version=engine["model"],
-        ingest=[engine["images"]],
-        embed={"backend": "local"},
-        **fields,
-    )
+    return _on_engine(FullyAutomaticParams, engine, **fields)
 
 
 def _round3(engine, **fields) -> RoundParams:
-    return RoundParams(
+    return _on_engine(RoundParams, engine, stage="fully_automatic", retrain=None, **fields)
+
+
+def _on_engine(kind, engine, **fields):
+    """Round 3's ``kind`` parameters over the engine's store, model and train images, embedded locally."""
+    return kind(
         store=engine["store"],
         round=3,
-        stage="fully_automatic",
         model_version=engine["model"],
         ingest=[engine["images"]],
         embed={"backend": "local"},
-        retrain=None,
         **fields,
     )
 
@@ -56,12 +52,12 @@ def test_crop_layouts_name_the_crops_and_bad_crop_settings_are_refused():
             AutogenSettings(**{field: value})
 
 
-def test_calibrations_of_two_crop_layouts_are_kept_apart(tmp_path):
+def test_calibrations_of_two_crop_layouts_are_kept_apart(tmp_path, calibration_table):
     from stores import Store
 
     store = Store(str(tmp_path / "store"))
-    whole = _table(0.9, 5)
-    crops = _table(0.1, 7)
+    whole = calibration_table([0.9] * 5, 0.0, 0.9)
+    crops = calibration_table([0.1] * 7, 0.0, 0.9)
     store.write_calibration("r2", whole)
     assert not store.has_calibration("r2", LAYOUT)
     store.write_calibration("r2", crops, LAYOUT)
@@ -114,13 +110,13 @@ def test_a_round_calibrates_its_stage_on_the_crops_before_the_stage_and_only_onc
     assert store.fs.info(path)["mtime"] == written
 
 
-def test_a_crop_stage_without_its_calibration_or_with_another_layouts_is_refused(engine):
+def test_a_crop_stage_without_its_calibration_or_with_another_layouts_is_refused(engine, calibration_table):
     from flows.data_engine_round import data_engine_round
     from flows.fully_automatic import fully_automatic
     from stores import Store
 
     store = Store(engine["store"])
-    store.write_calibration(engine["model"], _table(0.9, 20))  # the whole image's: not the crops'
+    store.write_calibration(engine["model"], calibration_table([0.9] * 20, 0.0, 0.9))  # not the crops'
     with pytest.raises(FileNotFoundError, match=f"no calibration for the crops of crop layout '{LAYOUT}'"):
         fully_automatic(_stage3(engine, autogen=CROPS, filter=CALIBRATED))
     with pytest.raises(FileNotFoundError, match=f"crop layout '{LAYOUT}'"):
@@ -135,7 +131,7 @@ def test_a_crop_stage_without_its_calibration_or_with_another_layouts_is_refused
     assert store.masks().empty  # every one refused before any work
 
 
-def test_a_crop_stage_keeps_masks_by_its_crop_calibration_not_the_whole_images(engine):
+def test_a_crop_stage_keeps_masks_by_its_crop_calibration_not_the_whole_images(engine, calibration_table):
     from flows.fully_automatic import fully_automatic
     from stores import Store
     from tasks.calibrate import calibrated_settings
@@ -143,34 +139,14 @@ def test_a_crop_stage_keeps_masks_by_its_crop_calibration_not_the_whole_images(e
     store = Store(engine["store"])
     # the whole image's calibration reaches the target nowhere; the crops' at a predicted IoU the random model's
     # masks straddle (as in tests/flows/test_round_and_resume.py)
-    store.write_calibration(engine["model"], _table(0.9, 40, right=0))
     n = 40
-    store.write_calibration(engine["model"], _table(np.linspace(0.1, -0.05, n), n, right=16), LAYOUT)
+    store.write_calibration(engine["model"], calibration_table([0.9] * n, 0.0, 0.1))
+    right = np.where(np.arange(n) < 16, 0.9, 0.1)
+    store.write_calibration(
+        engine["model"], calibration_table(np.linspace(0.1, -0.05, n), 0.0, right), LAYOUT
+    )
     point = calibrated_settings(store, engine["model"], CROPS, CALIBRATED)[2]
     assert point["feasible"] and 0.0 < point["pred_iou_thresh"] < 0.06
     fully_automatic(_stage3(engine, autogen=CROPS, filter=CALIBRATED))
     masks = store.masks(round=3)
     assert len(masks) > 0 and (masks.predicted_iou >= point["pred_iou_thresh"] - 1e-6).all()
-
-
-def _table(predicted_iou, n: int, right: int | None = None):
-    """A hand-made calibration table of ``n`` candidates on image "x", each its own object, boxes side by side:
-    the first ``right`` of them (all by default) match it at IoU 0.9, the rest at 0.1."""
-    import pandas as pd
-
-    right = n if right is None else right
-    return pd.DataFrame(
-        {
-            "image_id": "x",
-            "predicted_iou": np.broadcast_to(np.asarray(predicted_iou, np.float32), (n,)),
-            "stability_score": np.float32(0.0),
-            "area": 100,
-            "image_area": 96 * 96,
-            "x0": 2.0 * np.arange(n),
-            "y0": 0.0,
-            "x1": 2.0 * np.arange(n) + 1,
-            "y1": 1.0,
-            "best_iou": np.where(np.arange(n) < right, 0.9, 0.1).astype(np.float32),
-            "best_gt": np.arange(n),
-        }
-    )

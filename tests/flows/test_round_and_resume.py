@@ -178,31 +178,7 @@ def test_a_run_killed_mid_autogen_resumes_to_the_same_masks(engine, monkeypatch)
     assert _mask_set(engine["store"]) == _mask_set(clean)
 
 
-def _calibration_table(predicted_iou, stability_score, best_iou):
-    """A hand-made calibration table: one candidate per predicted IoU, each its own object on image "x", 100 px
-    boxes side by side (no NMS between them)."""
-    import numpy as np
-    import pandas as pd
-
-    n = len(predicted_iou)
-    return pd.DataFrame(
-        {
-            "image_id": "x",
-            "predicted_iou": predicted_iou,
-            "stability_score": stability_score,
-            "area": 100,
-            "image_area": 96 * 96,
-            "x0": 2.0 * np.arange(n),
-            "y0": 0.0,
-            "x1": 2.0 * np.arange(n) + 1,
-            "y1": 1.0,
-            "best_iou": best_iou,
-            "best_gt": np.arange(n),
-        }
-    )
-
-
-def test_calibrated_filters_and_a_replayed_split(engine):
+def test_calibrated_filters_and_a_replayed_split(engine, calibration_table):
     """A filter with a target precision takes its thresholds from the model's calibration (and refuses to start
     without one); the round calibrates the version it trains, and the retrain replays a labelled split."""
     import numpy as np
@@ -251,7 +227,7 @@ def test_calibrated_filters_and_a_replayed_split(engine):
     n = 40
     store.write_calibration(
         engine["model"],
-        _calibration_table(np.linspace(0.1, -0.05, n), 0.0, np.where(np.arange(n) < 16, 0.9, 0.1)),
+        calibration_table(np.linspace(0.1, -0.05, n), 0.0, np.where(np.arange(n) < 16, 0.9, 0.1)),
     )
     point = calibrated_settings(store, engine["model"], params.autogen, calibrated)[2]
     assert point["feasible"] and 0.0 < point["pred_iou_thresh"] < 0.06
@@ -290,7 +266,9 @@ def test_the_evaluation_scores_at_most_max_masks_per_image_by_clicks(engine):
     assert every["eval_masks"] > capped["eval_masks"] == capped["eval_images"] == 2
 
 
-def test_an_unreachable_operating_point_skips_the_generator_and_says_why(engine, monkeypatch, caplog):
+def test_an_unreachable_operating_point_skips_the_generator_and_says_why(
+    engine, monkeypatch, caplog, calibration_table
+):
     """Where the calibration found no thresholds at the target precision nothing can be kept, so the evaluation
     and the stages decode no grid (about 2 s an image on 2 cores), score precision and recall 0, and say why."""
     import logging
@@ -305,7 +283,7 @@ def test_an_unreachable_operating_point_skips_the_generator_and_says_why(engine,
 
     store = Store(engine["store"])
     # every candidate wrong: no operating point at any precision
-    store.write_calibration(engine["model"], _calibration_table(np.linspace(0.9, 0.1, 20), 0.99, 0.1))
+    store.write_calibration(engine["model"], calibration_table(np.linspace(0.9, 0.1, 20), 0.99, 0.1))
 
     def never(*args, **kwargs):
         raise AssertionError("the generator ran for an operating point that keeps nothing")
