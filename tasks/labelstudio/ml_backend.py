@@ -58,7 +58,7 @@ from tasks.models import (
 )
 
 from .convert import mask_to_brush_rle, percent_to_pixels, rect_percent_to_box
-from .project import BRUSH_NAME, DEFAULT_LABELS, IMAGE_NAME, brush_label
+from .project import BRUSH_NAME, DEFAULT_LABELS, IMAGE_NAME, NOTE_NAME, brush_label, has_note_box
 
 logger = logging.getLogger(__name__)
 
@@ -233,8 +233,11 @@ class SamBackend:
                 results.append({"result": [], "score": 0.0, "model_version": self.model_version})
                 continue
             if texts:
-                label = brush_label(body.get("label_config"))
-                results.append(self._predict_text(str(image_id), task_id, texts, label))
+                config = body.get("label_config")
+                answer = self._predict_text(str(image_id), task_id, texts, brush_label(config))
+                if "why_empty" in answer and has_note_box(config):
+                    answer["result"].append(note_result(answer["why_empty"]))
+                results.append(answer)
                 continue
             results.append(self._predict_one(str(image_id), task_id, prompts))
         return {"results": results}
@@ -343,6 +346,12 @@ class SamBackend:
         self._answered.move_to_end(key)
         while len(self._answered) > ANSWERS_KEPT:
             self._answered.popitem(last=False)
+
+
+def note_result(text: str) -> dict:
+    """A Label Studio result that fills the labeling config's note box (project.NOTE_NAME) with ``text``: how a
+    person at the image learns why their phrase got no mask."""
+    return {"from_name": NOTE_NAME, "to_name": IMAGE_NAME, "type": "textarea", "value": {"text": [text]}}
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -25,15 +25,21 @@ BRUSH_NAME = "mask"
 KEYPOINT_NAME = "click"
 RECT_NAME = "box"
 TEXT_NAME = "prompt"
+NOTE_NAME = (
+    "sam_says"  # where the ML backend says why a phrase got no mask (absent, or nothing it could find)
+)
 DEFAULT_LABELS = ("object",)
 TEXT_PLACEHOLDER = "a phrase (needs a text model), e.g. every striped object"
+NOTE_PLACEHOLDER = "why a phrase found nothing, when it does"
 
 
 def label_config(labels: Iterable[str] = DEFAULT_LABELS) -> str:
     """The labeling config: brush masks, plus keypoints and rectangles marked smart so each click or box goes to
     the ML backend (interactive SAM), and a text box whose phrase the backend answers with the masks it names
-    (a text model; with auto-annotation on, Label Studio sends the phrase when it is added). Point, box and text
-    prompts are not stored as annotations the engine syncs; only brush results are masks."""
+    (a text model; with auto-annotation on, Label Studio sends the phrase when it is added), and a second box
+    where the backend says why a phrase got no mask (a phrase judged absent would otherwise leave the image as it
+    was, without a word). Point, box and text prompts are not stored as annotations the engine syncs; only brush
+    results are masks."""
     labels = list(labels)
     if not labels:
         raise ValueError("labels must name at least one label")
@@ -48,6 +54,8 @@ def label_config(labels: Iterable[str] = DEFAULT_LABELS) -> str:
         # One phrase at a time (maxSubmissions 1), editable to ask the next one.
         f'<TextArea name="{TEXT_NAME}" toName="{IMAGE_NAME}" editable="true" rows="1" maxSubmissions="1" '
         f'showSubmitButton="true" placeholder={quoteattr(TEXT_PLACEHOLDER)}/>'
+        f'<TextArea name="{NOTE_NAME}" toName="{IMAGE_NAME}" editable="false" rows="1" '
+        f"placeholder={quoteattr(NOTE_PLACEHOLDER)}/>"
         "</View>"
     )
 
@@ -60,6 +68,16 @@ def brush_label(config: str | None) -> str:
     except ElementTree.ParseError:
         label = None
     return label.get("value", DEFAULT_LABELS[0]) if label is not None else DEFAULT_LABELS[0]
+
+
+def has_note_box(config: str | None) -> bool:
+    """Whether a labeling config has the box where the backend says why a phrase found nothing (NOTE_NAME):
+    projects made before it was added have none, and Label Studio refuses a result for a control it lacks."""
+    try:
+        root = ElementTree.fromstring(config or "")
+    except ElementTree.ParseError:
+        return False
+    return any(box.get("name") == NOTE_NAME for box in root.iter("TextArea"))
 
 
 def image_url(uri: str, document_root: str | Path | None = None) -> str:

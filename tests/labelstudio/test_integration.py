@@ -241,9 +241,8 @@ def test_label_studio_returns_the_masks_of_a_phrase_typed_in_the_text_box(
     task = project.add_tasks(ls_client, pid, store.images(), document_root=document_root)[row["image_id"]]
     model, encoder = trained_text_model
     backend_token = secrets.token_hex(16)
-    srv, url = serve_in_thread(
-        SamBackend(store, model, "text-test", token=backend_token, text_encoder=encoder)
-    )
+    backend = SamBackend(store, model, "text-test", token=backend_token, text_encoder=encoder)
+    srv, url = serve_in_thread(backend)
     try:
         ml = ls_client.add_ml_backend(pid, url, token=backend_token)
         assert ml["state"] == "CO"
@@ -269,6 +268,14 @@ def test_label_studio_returns_the_masks_of_a_phrase_typed_in_the_text_box(
         assert "bad text prompt: text is empty (only whitespace)" in refused["errors"][0]
         refused = typed("the " * 12 + "object")
         assert "takes at most 12 (its context length)" in refused["errors"][0]
+
+        # A phrase judged absent (here: any, at a presence bar no phrase reaches): no mask, and the note box under
+        # the phrase box says why.
+        assert f'<TextArea name="{project.NOTE_NAME}"' in ls_client.get_project(pid)["label_config"]
+        backend.presence_threshold = 1.01
+        (note,) = typed("every part inside the mottled object")["data"]["result"]
+        assert (note["from_name"], note["type"]) == (project.NOTE_NAME, "textarea")
+        assert note["value"]["text"][0].startswith("no mask: the model judges 'every part inside the mottled")
     finally:
         srv.shutdown()
         srv.server_close()

@@ -97,6 +97,10 @@ def test_the_labeling_config_has_a_text_box_and_text_masks_take_its_first_brush_
     assert f'<TextArea name="{project.TEXT_NAME}" toName="{project.IMAGE_NAME}"' in config
     assert 'maxSubmissions="1"' in config and 'smart="true"' in config  # clicks and boxes still go to SAM
     assert project.brush_label(config) == "cell"
+    assert f'<TextArea name="{project.NOTE_NAME}" toName="{project.IMAGE_NAME}" editable="false"' in config
+    assert (
+        project.has_note_box(config) and not project.has_note_box(None) and not project.has_note_box("<View")
+    )
     assert project.brush_label(None) == project.brush_label("<View") == project.DEFAULT_LABELS[0]
 
 
@@ -137,8 +141,21 @@ def test_a_phrase_judged_absent_gets_no_mask_and_says_why(store, scene_image, tr
     model, encoder = trained_text_model
     be = SamBackend(store, model, "text-test", text_encoder=encoder, presence_threshold=1.0)
     (prediction,) = be.predict(_body([_phrase(EVERY)]))["results"]
-    assert prediction["result"] == [] and prediction["score"] == 0.0
-    assert prediction["why_empty"].startswith(f"no mask: the model judges {EVERY!r} absent from the image")
+    why = prediction["why_empty"]
+    assert why.startswith(f"no mask: the model judges {EVERY!r} absent from the image")
+    # no mask, and the labeling config's note box says why, where the person who typed the phrase looks
+    assert prediction["score"] == 0.0 and prediction["result"] == [
+        {
+            "from_name": project.NOTE_NAME,
+            "to_name": project.IMAGE_NAME,
+            "type": "textarea",
+            "value": {"text": [why]},
+        }
+    ]
+    # a project made before the note box has none: Label Studio would refuse a result for it
+    old_config = project.label_config().replace(f'name="{project.NOTE_NAME}"', 'name="other"')
+    (older,) = be.predict({**_body([_phrase(EVERY)]), "label_config": old_config})["results"]
+    assert older["result"] == [] and older["why_empty"] == why
 
 
 TOO_LONG = "the " * 12 + "object"  # 13 words and the summary token: over the embedded encoder's 12
