@@ -276,7 +276,7 @@ class Store(KeyedTables):
     def write_calibration(self, model_version: str, candidates: pd.DataFrame, layout: str = "") -> str:
         """Publish the calibration candidates of ``model_version`` (the columns of schemas.CALIBRATION) atomically,
         replacing any earlier ones whole; return the file's URL. ``layout``: the crops of the generator that made
-        them (tasks.autogen.crop_layout; "" for the whole image alone), kept apart."""
+        them (tasks.thresholds.crop_layout; "" for the whole image alone), kept apart."""
         missing = [name for name in CALIBRATION.names if name not in candidates]
         if missing:
             raise BadRecordError(f"calibration of {model_version!r}: no columns {missing}")

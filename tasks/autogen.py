@@ -66,8 +66,8 @@ def make_generator(model, settings: AutogenSettings | dict):
 def generate_records(ctx: StageContext, generator, image_id: str, image) -> list[dict]:
     """AMG records of one image (``image``: its images-table row, with height, width and uri) from its cached
     embedding; KeyError (naming the image) if it was not embedded. A generator with crop layers reads the image
-    and encodes its crops (the whole image too: one more encoder pass, to keep the crops' order the reference's).
-    """
+    instead and encodes the whole image and every crop (one encoder pass more than the cache would save: the
+    masks are then exactly the reference generator's); ValueError when the file's size is not the store's."""
     size = (int(image["height"]), int(image["width"]))
     if generator.crop_n_layers > 0:
         pixels = load_image(image["uri"])

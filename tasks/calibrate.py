@@ -53,7 +53,7 @@ class CalibrationSettings(BaseModel):
         0, ge=0, description="fill holes / drop islands smaller than this (px), as the stage's generator does"
     )
     # A stage with crop layers keeps masks by thresholds measured on the same crops (AutogenSettings has the
-    # same fields; tasks.autogen.crop_layout names the calibration file): a zoomed crop's masks rate otherwise.
+    # same fields; tasks.thresholds.crop_layout names the calibration file): a zoomed crop's masks rate otherwise.
     crop_n_layers: int = Field(0, ge=0, le=3, description="crop layers, as the stage's generator has")
     crop_n_points_downscale_factor: int = Field(1, ge=1, le=16, description="as the stage's generator")
     crop_overlap_ratio: float = Field(
@@ -152,7 +152,7 @@ def candidate_table(
 
 
 def read_calibration(store, model_version: str, layout: str = "") -> pd.DataFrame:
-    """The candidate table of ``model_version`` for crop layout ``layout`` (tasks.autogen.crop_layout);
+    """The candidate table of ``model_version`` for crop layout ``layout`` (tasks.thresholds.crop_layout);
     FileNotFoundError naming the version (and layout) when it was never calibrated so."""
     if not store.has_calibration(model_version, layout):
         raise _not_calibrated(store, model_version, layout)

@@ -150,3 +150,22 @@ def test_a_crop_stage_keeps_masks_by_its_crop_calibration_not_the_whole_images(e
     fully_automatic(_stage3(engine, autogen=CROPS, filter=CALIBRATED))
     masks = store.masks(round=3)
     assert len(masks) > 0 and (masks.predicted_iou >= point["pred_iou_thresh"] - 1e-6).all()
+
+
+def test_an_image_file_changed_after_ingest_is_skipped_with_the_reason_by_a_crop_stage(engine):
+    """The crops are cut from the file itself (the cache holds whole-image embeddings only): a file whose size is
+    no longer the store's is skipped, saying so, and the other images go on."""
+    from PIL import Image
+
+    from flows.fully_automatic import fully_automatic
+    from stores import Store
+    from tasks.ingest import ingest
+
+    ingest.fn(engine["store"], [engine["images"]], split="train")
+    uri = Store(engine["store"]).images().sort_values("image_id")["uri"].iloc[0]
+    Image.new("RGB", (48, 40)).save(uri.removeprefix("file://"), format="PNG")
+    params = _stage3(engine, autogen=CROPS.model_copy(update=OPEN), filter=OPEN_FILTER)
+    figures = fully_automatic(params.model_copy(update={"ingest": None, "model_version": "embedded"}))
+    (skipped,) = figures["skipped_images"]
+    assert skipped["uri"] == uri and "is 40 x 48 px, but the store says 96 x 96" in skipped["reason"]
+    assert figures["images"] == 2 and figures["masks"] > 0
