@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from flows.params import EvalSettings, StageParams, TrainSettings
 from flows.progress import Report, flow_step
 from stores import Store
-from tasks.calibrate import CalibrationSettings, calibrate, check_calibration
+from tasks.calibrate import CalibrationSettings, asks_precision, calibrate, check_calibration
 from tasks.embed import embed
 from tasks.ground_truth import load_ground_truth
 from tasks.ingest import ingest
@@ -74,8 +74,7 @@ def calibrate_stage_crops(params: StageParams, calibration: CalibrationSettings 
     layout, measure one on ``calibration``'s images (with the stage's grid, cleaning and crops) first. A rerun
     finds it and measures nothing."""
     layout = stage_crop_layout(params)
-    wants = any(f.target_precision is not None for f in params.stage_filters().values())
-    if not layout or calibration is None or not wants:
+    if not layout or calibration is None or not asks_precision(*params.stage_filters().values()):
         return
     if open_store(params.store).has_calibration(params.model_version, layout):
         return

@@ -23,6 +23,7 @@ from tasks.records import mask_rows
 from tasks.runlog import run_logger
 from tasks.shards import Shard, ShardSummary
 from tasks.stage import StageContext, shard_task
+from tasks.thresholds import CROP_DEFAULTS, CropLayers, CropOverlap, CropPointsDownscale
 
 
 class AutogenSettings(BaseModel):
@@ -39,19 +40,9 @@ class AutogenSettings(BaseModel):
     stability_score_offset: float = Field(defaults.STABILITY_SCORE_OFFSET, gt=0.0)
     box_nms_thresh: float = Field(defaults.BOX_NMS_THRESH, ge=0.0, le=1.0)
     min_mask_region_area: int = Field(0, ge=0, description="fill holes / drop islands smaller than this (px)")
-    crop_n_layers: int = Field(
-        0,
-        ge=0,
-        le=3,
-        description="zoomed-in crop layers beside the whole image (layer i: (2**i)**2 overlapping crops, each "
-        "encoded in the task); 0: the cached whole-image embedding alone",
-    )
-    crop_n_points_downscale_factor: int = Field(
-        1, ge=1, le=16, description="crop layer i has points_per_side / factor**i points per side"
-    )
-    crop_overlap_ratio: float = Field(
-        defaults.CROP_OVERLAP_RATIO, ge=0.0, lt=1.0, description="overlap of neighbouring crops (layer 1)"
-    )
+    crop_n_layers: CropLayers = CROP_DEFAULTS["crop_n_layers"]
+    crop_n_points_downscale_factor: CropPointsDownscale = CROP_DEFAULTS["crop_n_points_downscale_factor"]
+    crop_overlap_ratio: CropOverlap = CROP_DEFAULTS["crop_overlap_ratio"]
     crop_nms_thresh: float = Field(
         defaults.CROP_NMS_THRESH, ge=0.0, le=1.0, description="box NMS across crops (smaller crops win)"
     )

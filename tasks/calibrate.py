@@ -31,7 +31,16 @@ from tasks.ground_truth import evaluation_set
 from tasks.models import load_model
 from tasks.progress import CACHE_POLICY, OnProgress
 from tasks.runlog import run_logger
-from tasks.thresholds import CROP_FIELDS, crop_layout, filter_operating_point, thresholds_at
+from tasks.thresholds import (
+    CROP_DEFAULTS,
+    CROP_FIELDS,
+    CropLayers,
+    CropOverlap,
+    CropPointsDownscale,
+    crop_layout,
+    filter_operating_point,
+    thresholds_at,
+)
 
 CANDIDATE_COLUMNS = tuple(CALIBRATION.names)
 """The columns of a calibration table (stores.schemas.CALIBRATION): one row per candidate mask."""
@@ -54,11 +63,9 @@ class CalibrationSettings(BaseModel):
     )
     # A stage with crop layers keeps masks by thresholds measured on the same crops (AutogenSettings has the
     # same fields; tasks.thresholds.crop_layout names the calibration file): a zoomed crop's masks rate otherwise.
-    crop_n_layers: int = Field(0, ge=0, le=3, description="crop layers, as the stage's generator has")
-    crop_n_points_downscale_factor: int = Field(1, ge=1, le=16, description="as the stage's generator")
-    crop_overlap_ratio: float = Field(
-        defaults.CROP_OVERLAP_RATIO, ge=0.0, lt=1.0, description="as the stage's generator"
-    )
+    crop_n_layers: CropLayers = CROP_DEFAULTS["crop_n_layers"]
+    crop_n_points_downscale_factor: CropPointsDownscale = CROP_DEFAULTS["crop_n_points_downscale_factor"]
+    crop_overlap_ratio: CropOverlap = CROP_DEFAULTS["crop_overlap_ratio"]
 
     def for_generator(self, autogen) -> CalibrationSettings:
         """These settings (the images) with ``autogen``'s grid, cleaning and crops: a calibration of the
@@ -173,10 +180,15 @@ def _not_calibrated(store, model_version: str, layout: str = "") -> FileNotFound
     )
 
 
+def asks_precision(*filters) -> bool:
+    """Whether any of ``filters`` (FilterSettings) asks for a target precision: it needs a calibration."""
+    return any(f.target_precision is not None for f in filters)
+
+
 def check_calibration(store, model_version: str, *filters, layout: str = "") -> None:
     """Fail fast: a filter that asks for a target precision needs ``model_version``'s calibration (of crop
     layout ``layout``)."""
-    if any(f.target_precision is not None for f in filters):
+    if asks_precision(*filters):
         if not store.has_calibration(model_version, layout):
             raise _not_calibrated(store, model_version, layout)
 

@@ -12,12 +12,13 @@ is kept (``thresholds_at``).
 from __future__ import annotations
 
 import math
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from sam_core import defaults
 from sam_core.mask_utils import box_nms
 from tasks.filter import FilterSettings
 
@@ -169,8 +170,33 @@ def thresholds_at(
     return autogen, filter
 
 
-CROP_FIELDS = ("crop_n_layers", "crop_n_points_downscale_factor", "crop_overlap_ratio")
-"""The settings that decide which crops a generator sees (its crop layout); a calibration is of one layout."""
+# The settings that decide which crops a generator sees (its crop layout), one definition for the generator's
+# settings (tasks.autogen.AutogenSettings) and the calibration's (tasks.calibrate.CalibrationSettings): a
+# calibration is of one layout, and the two must accept the same ones.
+CropLayers = Annotated[
+    int,
+    Field(
+        ge=0,
+        le=3,
+        description="zoomed-in crop layers beside the whole image (layer i: (2**i)**2 overlapping crops, each "
+        "encoded in the task); 0: the whole image alone",
+    ),
+]
+CropPointsDownscale = Annotated[
+    int, Field(ge=1, le=16, description="crop layer i has points_per_side / factor**i points per side")
+]
+CropOverlap = Annotated[
+    float,
+    Field(
+        ge=0.0, lt=1.0, description="overlap of neighbouring crops (layer 1), a fraction of the short side"
+    ),
+]
+CROP_DEFAULTS = {
+    "crop_n_layers": 0,
+    "crop_n_points_downscale_factor": 1,
+    "crop_overlap_ratio": defaults.CROP_OVERLAP_RATIO,
+}
+CROP_FIELDS = tuple(CROP_DEFAULTS)
 
 
 def crop_layout(settings) -> str:

@@ -233,11 +233,7 @@ class SamBackend:
                 results.append({"result": [], "score": 0.0, "model_version": self.model_version})
                 continue
             if texts:
-                config = body.get("label_config")
-                answer = self._predict_text(str(image_id), task_id, texts, brush_label(config))
-                if "why_empty" in answer and has_note_box(config):
-                    answer["result"].append(note_result(answer["why_empty"]))
-                results.append(answer)
+                results.append(self._predict_text(str(image_id), task_id, texts, body.get("label_config")))
                 continue
             results.append(self._predict_one(str(image_id), task_id, prompts))
         return {"results": results}
@@ -318,14 +314,16 @@ class SamBackend:
             raise BackendError(HTTPStatus.BAD_REQUEST, f"task {task_id}: bad text prompt: {exc}") from exc
         return phrase
 
-    def _predict_text(self, image_id: str, task_id, texts: list, label: str) -> dict:
-        """The masks the context's phrase names on the image (segment_phrase), one brush result each, best first;
-        an empty answer carries ``why_empty``."""
+    def _predict_text(self, image_id: str, task_id, texts: list, config: str | None) -> dict:
+        """The masks the context's phrase names on the image (segment_phrase), one brush result each (labelled
+        with the labeling ``config``'s first brush label), best first; an empty answer carries ``why_empty``, and
+        says it in the config's note box when it has one."""
         phrase = self._phrase(task_id, texts)
         with self._lock:
             height, width = self._use_image(image_id)
             with torch.inference_mode():
                 found = segment_phrase(self.predictor, phrase, self.presence_threshold)
+        label = brush_label(config)
         results = [
             brush_result(mask, score, label, width, height)
             for mask, score in zip(found.masks, found.scores, strict=True)
@@ -339,6 +337,8 @@ class SamBackend:
         if found.why_empty:
             logger.info("ml backend task %s, image %s: %s", task_id, image_id, found.why_empty)
             answer["why_empty"] = found.why_empty
+            if has_note_box(config):
+                results.append(note_result(found.why_empty))
         return answer
 
     def _remember(self, key: tuple, low_res: np.ndarray) -> None:

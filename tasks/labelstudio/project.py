@@ -25,9 +25,8 @@ BRUSH_NAME = "mask"
 KEYPOINT_NAME = "click"
 RECT_NAME = "box"
 TEXT_NAME = "prompt"
-NOTE_NAME = (
-    "sam_says"  # where the ML backend says why a phrase got no mask (absent, or nothing it could find)
-)
+# where the ML backend says why a phrase got no mask (absent, or nothing it could find)
+NOTE_NAME = "sam_says"
 DEFAULT_LABELS = ("object",)
 TEXT_PLACEHOLDER = "a phrase (needs a text model), e.g. every striped object"
 NOTE_PLACEHOLDER = "why a phrase found nothing, when it does"
