@@ -15,6 +15,11 @@ own calibration), then scores its automatic masks at the demo's target precision
 
 ``--min-region-area`` cleans the candidates (holes filled, islands dropped under that many pixels) in the
 calibration and the scoring alike; it needs ``--val`` (the demo's own calibration holds its own cleaning).
+``--crop-layers N`` calibrates and scores the generator stage 3 runs with N crop layers (DemoConfig.stage_autogen:
+the whole image and its zoomed-in crops, NMS across crops by predicted IoU); it needs ``--val`` too:
+
+    .venv/bin/python benchmarks/bench_calibration_scenes.py --demo demo_output --val 8 --test 12 --versions r2 \
+        --crop-layers 1
 
 One line per version: its thresholds, precision, recall and kept masks per test scene.
 """
@@ -55,6 +60,13 @@ def main() -> None:
         default=None,
         help="clean masks of holes and islands under this many px (default: the demo's DemoConfig)",
     )
+    parser.add_argument(
+        "--crop-layers",
+        type=int,
+        default=0,
+        choices=range(4),
+        help="score stage 3's generator with this many crop layers (default 0: the evaluations' whole image)",
+    )
     args = parser.parse_args()
     figures_path = args.demo / "figures.json"
     if not figures_path.is_file():
@@ -72,6 +84,12 @@ def main() -> None:
                 "--min-region-area needs --val: the demo's own calibration holds its own cleaning"
             )
         config = dataclasses.replace(config, min_mask_region_area=args.min_region_area)
+    if args.crop_layers and not args.val:
+        raise SystemExit("--crop-layers needs --val: the demo calibrated its versions on the whole image")
+    config = dataclasses.replace(
+        config, points_per_side=config.eval_points_per_side, stage3_crop_n_layers=args.crop_layers
+    )
+    autogen = config.stage_autogen("fully_automatic")
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         shutil.copytree(args.demo / "engine" / "store", scratch / "store")
@@ -86,12 +104,14 @@ def main() -> None:
         calibrated_on = f"{args.val} new val scenes" if args.val else "the demo's val scenes"
         print(
             f"calibrated on {calibrated_on}, scored on {args.test} test scenes, target {config.auto_precision}, "
-            f"regions under {config.min_mask_region_area} px cleaned"
+            f"regions under {config.min_mask_region_area} px cleaned, {args.crop_layers} crop layers"
         )
         for version in versions:
             if args.val:
-                settings = config.calibration(data["ground_truth"]).model_copy(
-                    update={"max_images": args.val}
+                settings = (
+                    config.calibration(data["ground_truth"])
+                    .for_generator(autogen)
+                    .model_copy(update={"max_images": args.val})
                 )
                 calibrate.fn(url, version, settings)
             m = evaluate.fn(
@@ -102,7 +122,7 @@ def main() -> None:
                 max_images=args.test,
                 max_clicks=1,
                 max_masks_per_image=1,  # the clicks are not what this measures
-                autogen=config.autogen(config.eval_points_per_side),
+                autogen=autogen,
                 filter=config.stage3_filter(),
                 amg_max_images=args.test,
             )

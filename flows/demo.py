@@ -160,11 +160,12 @@ class DemoConfig:
     # stage's thresholds are calibrated on the same crops (flows.steps.calibrate_stage_crops). Nuclei are 8-24 px
     # across: at 2x they meet the decoder at a cell's size. From a demo's r2, stage 3 kept 24.1 masks an image
     # (20.0 cells, 1.5 nuclei) against 20.75 (17.8, 0.2) on the whole image; r3's automatic recall on 24 other
-    # test scenes went from 0.313 to 0.315-0.335 over three seeds (r2: 0.316), a small gain. r2 alone,
-    # calibrated on 8 other val scenes and scored on 12 test scenes, kept 29.5 masks a scene at precision 0.836,
-    # recall 0.370, against 24.9 at 0.793, 0.296: 6.7 s a scene against 2.1 (8 points per side in each crop:
-    # recall 0.293). The evaluations' automatic masks stay on the whole image, so every round's recall is
-    # measured alike.
+    # test scenes went from 0.313 to 0.315-0.335 over three seeds (r2: 0.316), a small gain. The same r2 scored
+    # as stage 3 runs it (benchmarks/bench_calibration_scenes.py --val 8 --test 12 --versions r2 r3
+    # --crop-layers 1, against 0) kept 20.8 masks a scene at precision 0.892, recall 0.348, against 19.7 at 0.881,
+    # 0.324 on the whole image (r3: 22.8 at 0.858, 0.367 against 21.4 at 0.895, 0.359), for about 6.7 s a scene
+    # against 2.1. The evaluations' automatic masks stay on the whole image, so every round's recall is measured
+    # alike.
     stage3_crop_n_layers: int = 1
     # Grid points decoded together by every automatic-mask pass (stages, calibrations, evaluations). The
     # reference's 64 suits a GPU; on a CPU 8 generated the same masks in 0.63 of the time
