@@ -168,7 +168,11 @@ class SamPredictor:
             best_only=best_only,
             text=text,
         )
-        outputs = tuple(output[0].cpu().numpy() for output in batch[:3])
+        # numpy has no bfloat16: under autocast (a GPU in bf16) the logits and scores come back as float32.
+        outputs = tuple(
+            (output[0].float() if output.is_floating_point() else output[0]).cpu().numpy()
+            for output in batch[:3]
+        )
         if text is None:
             return outputs
         return (*outputs, float(batch[3][0]))

@@ -12,7 +12,8 @@ recorded step when ``--from-installed`` is given (the optimizer starts afresh), 
 paper's thresholds, the IoU head's reliability), writes its fp16 weights with every figure into sam_core/weights
 and regenerates MODEL_CARD.md from what the checkpoint records. ``--card`` regenerates only the card.
 
-On a GPU: ``--device cuda --bf16`` (autocast to bfloat16; the weights and optimizer stay float32).
+On a GPU: ``--device cuda --bf16 --data-workers 8`` (autocast to bfloat16; the weights and optimizer stay float32;
+the workers draw the scenes ahead). scripts/gpu_session.py is the prepared run for a lent GPU machine.
 Experiments are overrides of the recipe, e.g. ``--set pixel_loss=focal focal_weight=20 steps=300``.
 """
 
@@ -22,6 +23,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -79,6 +81,7 @@ def run(
     bf16: bool,
     stop_at: int | None = None,
     val_scenes: int = VAL_SCENES,
+    data_workers: int = 0,
 ) -> Path:
     """Train (or go on training) until the recipe's last step, ``stop_at`` or ``hours`` of wall time; returns
     best.pt."""
@@ -87,8 +90,9 @@ def run(
     recipe = dataclasses.replace(
         recipe, metadata={**recipe.metadata, "threads": torch.get_num_threads(), "device": device}
     )
-    trainer = Trainer(recipe, device=device)
+    trainer = Trainer(recipe, device=device, data_workers=data_workers)
     changes_path = run_dir / "changes.jsonl"
+    segments_path = run_dir / "segments.jsonl"  # where each stretch of the run trained (the model card says)
     if state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         trainer.restore(state)
@@ -117,6 +121,8 @@ def run(
         if not changes_path.exists():
             earlier = installed["metadata"].get("recipe_changes", [])
             changes_path.write_text("".join(json.dumps(row) + "\n" for row in earlier))
+        if not segments_path.exists():
+            segments_path.write_text("".join(json.dumps(row) + "\n" for row in installed_segments(installed)))
         changed = recipe_changes(installed["config"], recipe) if "config" in installed else {}
         changed["optimizer"] = [
             "the installed run's",
@@ -127,6 +133,18 @@ def run(
                 f.write(json.dumps({"step": trainer.step_index, "fields": changed}) + "\n")
             log.info("recipe changed at step %d: %s", trainer.step_index, changed)
         log.info("started from the installed weights at their step %d (fresh optimizer)", trainer.step_index)
+    here = segment(trainer.step_index, device, bf16, recipe.images_per_step)
+    segments = (
+        [json.loads(line) for line in segments_path.read_text().splitlines()]
+        if segments_path.exists()
+        else []
+    )
+    if not segments or {k: v for k, v in segments[-1].items() if k != "step"} != {
+        k: v for k, v in here.items() if k != "step"
+    }:
+        segments.append(here)
+        with segments_path.open("a") as f:
+            f.write(json.dumps(here) + "\n")
     curve = [json.loads(line) for line in curve_path.read_text().splitlines()] if curve_path.exists() else []
     best = max((validation_score(row) for row in curve), default=float("-inf"))
     val_set = [scene(seed, 256) for seed in split_seeds("val", val_scenes)]
@@ -138,7 +156,35 @@ def run(
     def save_state() -> None:
         atomic_save(trainer.state(), state_path)
 
+    def validate_here() -> None:
+        nonlocal best
+        step = trainer.step_index
+        metrics = validate(trainer, val_set)
+        row = {
+            "step": step,
+            "wall_seconds": round(trainer.elapsed_seconds(), 1),
+            "cpu_seconds": round(cpu_before + time.process_time() - cpu_started, 1),
+            **{k: v for k, v in metrics.items() if k.startswith("miou@")},
+        }
+        curve.append(row)
+        with curve_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        score = validation_score(metrics)
+        log.info("validation at step %d: %s (score %.3f, best %.3f)", step, json.dumps(row), score, best)
+        if score > best:
+            best = score
+            ckpt = trainer.checkpoint(metrics={"validation": row})
+            ckpt["metadata"]["curve"] = list(curve)
+            ckpt["metadata"]["segments"] = list(segments)
+            if changes_path.exists():
+                ckpt["metadata"]["recipe_changes"] = [
+                    json.loads(line) for line in changes_path.read_text().splitlines()
+                ]
+            atomic_save(ckpt, best_path)
+            log.info("new best: %s", best_path)
+
     try:
+        validated = trainer.step_index
         while trainer.step_index < recipe.steps:
             with autocast:
                 stats = trainer.step()
@@ -163,42 +209,57 @@ def run(
             if step % recipe.checkpoint_every == 0:
                 save_state()
             if step % val_every == 0 or step == recipe.steps:
-                metrics = validate(trainer, val_set)
-                row = {
-                    "step": step,
-                    "wall_seconds": round(trainer.elapsed_seconds(), 1),
-                    "cpu_seconds": round(cpu_before + time.process_time() - cpu_started, 1),
-                    **{k: v for k, v in metrics.items() if k.startswith("miou@")},
-                }
-                curve.append(row)
-                with curve_path.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
-                score = validation_score(metrics)
-                log.info(
-                    "validation at step %d: %s (score %.3f, best %.3f)", step, json.dumps(row), score, best
-                )
-                if score > best:
-                    best = score
-                    ckpt = trainer.checkpoint(metrics={"validation": row})
-                    ckpt["metadata"]["curve"] = list(curve)
-                    if changes_path.exists():
-                        ckpt["metadata"]["recipe_changes"] = [
-                            json.loads(line) for line in changes_path.read_text().splitlines()
-                        ]
-                    atomic_save(ckpt, best_path)
-                    log.info("new best: %s", best_path)
+                validate_here()
+                validated = step
+            stop = None
             if deadline and time.monotonic() > deadline:
-                log.info("time budget reached at step %d", trainer.step_index)
-                break
-            if stop_at is not None and step >= stop_at:
-                log.info("stopped at step %d as asked", step)
+                stop = f"time budget reached at step {step}"
+            elif stop_at is not None and step >= stop_at:
+                stop = f"stopped at step {step} as asked"
+            if stop:
+                log.info(stop)
+                if validated != step:  # the steps since the last validation may hold the best weights
+                    validate_here()
                 break
     finally:
         # Ctrl-C or an error saves where the run stands; a kill (SIGTERM, SIGKILL) loses at most the steps since the
         # last checkpoint_every, and never leaves a half-written state (atomic_save).
         # (A SIGTERM handler that unwound like Ctrl-C hung a 2-thread run twice here, so there is none.)
         save_state()
+        trainer.close()
     return best_path
+
+
+def segment(step: int, device: str, bf16: bool, images_per_step: int) -> dict:
+    """Where a run trains from ``step`` on: the device (a GPU by its name), threads, precision, batch."""
+    hardware = torch.cuda.get_device_name(0) if device.startswith("cuda") else f"a {os.cpu_count()}-core CPU"
+    return {
+        "step": step,
+        "device": device,
+        "hardware": hardware,
+        "threads": torch.get_num_threads(),
+        "precision": "bf16 autocast" if bf16 else "fp32",
+        "images_per_step": images_per_step,
+    }
+
+
+def installed_segments(installed: dict) -> list[dict]:
+    """The segments the installed weights record; weights from before segments were recorded trained on one
+    device, which their recipe's metadata names."""
+    if installed["metadata"].get("segments"):
+        return list(installed["metadata"]["segments"])
+    config = installed.get("config") or {}
+    where = config.get("metadata", {})
+    return [
+        {
+            "step": 0,
+            "device": where.get("device", "cpu"),
+            "hardware": "a 2-core CPU",
+            "threads": where.get("threads"),
+            "precision": "fp32",
+            "images_per_step": config.get("images_per_step"),
+        }
+    ]
 
 
 def _seconds_per_step(trainer: Trainer) -> float:
@@ -315,18 +376,13 @@ def model_card(ckpt: dict) -> str:
         "## Recipe (`EMBEDDED_RECIPE` in sam_core/recipes.py)",
         _recipe_line(config),
         "",
-        f"Trained {meta.get('steps')} steps in {meta.get('wall_seconds', 0) / 3600:.2f} h of wall time"
-        + (
-            f" ({1000 * meta['step_seconds'] / 60:.0f} min per 1,000 steps"
-            if meta.get("step_seconds")
-            else " ("
-        )
-        + f" on {config.get('metadata', {}).get('threads', '?')} threads of a 2-core CPU, "
-        f"device {config.get('metadata', {}).get('device', 'cpu')}).",
+        *_where_trained(meta, config),
         "",
     ]
     for change in meta.get("recipe_changes") or []:
-        fields = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in change["fields"].items())
+        fields = ", ".join(
+            f"{k} {_short(old)} -> {_short(new)}" for k, (old, new) in change["fields"].items()
+        )
         lines.append(f"The run went on under a changed recipe from step {change['step']}: {fields}.")
     lines += ["", "## Held-out figures (test seeds)"]
     if interactive:
@@ -411,6 +467,46 @@ def model_card(ckpt: dict) -> str:
     return "\n".join(lines)
 
 
+def _short(value):
+    return f"{value:.4g}" if isinstance(value, float) else value
+
+
+def _where_trained(meta: dict, config: dict) -> list[str]:
+    """Steps, wall time and the machine of each stretch of the run (``segments``; one line for weights from before
+    segments were recorded)."""
+    steps, wall = meta.get("steps"), meta.get("wall_seconds", 0)
+    segments = meta.get("segments")
+    if not segments:
+        per_step = (
+            f" ({1000 * meta['step_seconds'] / 60:.0f} min per 1,000 steps"
+            if meta.get("step_seconds")
+            else " ("
+        )
+        where = config.get("metadata", {})
+        return [
+            f"Trained {steps} steps in {wall / 3600:.2f} h of wall time{per_step} on {where.get('threads', '?')} "
+            f"threads of a 2-core CPU, device {where.get('device', 'cpu')})."
+        ]
+    walls = {row["step"]: row["wall_seconds"] for row in meta.get("curve") or []}
+    walls.update({0: 0.0, steps: wall})
+    lines = [f"Trained {steps:,} steps in {wall / 3600:.2f} h of wall time (validations included):", ""]
+    for i, part in enumerate(segments):
+        start = part["step"]
+        end = segments[i + 1]["step"] if i + 1 < len(segments) else steps
+        known = start in walls and end in walls
+        seconds = walls[end] - walls[start] if known else None
+        timing = (
+            f"{seconds / 3600:.2f} h, {1000 * seconds / max(1, end - start) / 60:.1f} min per 1,000 steps"
+            if known
+            else "time not recorded"
+        )
+        lines.append(
+            f"- steps {start:,}-{end:,} on {part['hardware']} (device {part['device']}, {part['threads']} threads, "
+            f"{part['precision']}, {part['images_per_step']} images a step): {timing}"
+        )
+    return lines
+
+
 def _recipe_line(config: dict) -> str:
     return (
         f"{config['images_per_step']} images x {config['masks_per_image']} masks a step; per mask a first prompt "
@@ -432,6 +528,12 @@ def main(argv: list[str] | None = None) -> None:
         "--from-installed", action="store_true", help="no state yet: go on from the installed weights"
     )
     parser.add_argument("--bf16", action="store_true", help="autocast to bfloat16 (GPU)")
+    parser.add_argument(
+        "--data-workers",
+        type=int,
+        default=0,
+        help="processes drawing the scenes ahead of the step (a GPU step outruns one core drawing them)",
+    )
     parser.add_argument("--install-from", type=Path, default=None, help="score and install this checkpoint")
     parser.add_argument(
         "--card", action="store_true", help="regenerate MODEL_CARD.md from the installed weights"
@@ -453,6 +555,7 @@ def main(argv: list[str] | None = None) -> None:
         args.device,
         args.bf16,
         args.stop_at,
+        data_workers=args.data_workers,
     )
     log.info("best checkpoint so far: %s", best)
 

@@ -29,6 +29,17 @@ def test_tiny_config_dims_and_predict(tiny_predictor):
     assert CONFIGS["tiny"].decoder_mlp_dim == 1024 and CONFIGS["tiny"].encoder_global_attn_indexes == (2, 5)
 
 
+def test_predict_under_bf16_autocast_returns_float32_arrays(tiny_predictor):
+    # What a GPU caller in bf16 does; numpy has no bfloat16, so the predictor hands back float32.
+    point, label = np.array([[100, 120]]), np.array([1])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        masks, iou, low_res = tiny_predictor.predict(point, label)
+        logits = tiny_predictor.predict(point, label, return_logits=True)[0]
+    assert masks.dtype == bool and iou.dtype == low_res.dtype == logits.dtype == np.float32
+    reference = tiny_predictor.predict(point, label)[2]
+    assert np.abs(low_res - reference).max() < 0.1 * np.abs(reference).max()
+
+
 def test_gradient_flows_through_sam_forward(tiny_model):
     model = tiny_model
     model.zero_grad()

@@ -34,6 +34,8 @@ def test_a_run_keeps_its_best_resumes_and_installs_with_a_generated_card(script,
     assert curve[1]["cpu_seconds"] > curve[0]["cpu_seconds"] > 0
     best = read_checkpoint(run_dir / "best.pt")
     assert best["metadata"]["steps"] in (2, 4) and best["sam_config"]["image_encoder"] == "conv"
+    # One stretch on one machine: the resumed session on the same device adds no segment.
+    assert [(part["step"], part["device"]) for part in best["metadata"]["segments"]] == [(0, "cpu")]
 
     target = tmp_path / "weights" / "model.pt"
     target.parent.mkdir()
@@ -46,6 +48,7 @@ def test_a_run_keeps_its_best_resumes_and_installs_with_a_generated_card(script,
     assert (
         f"{record['interactive']['miou@1_confident']:.3f}" in card and "Reliability of the IoU head" in card
     )
+    assert f"- steps 0-{installed['metadata']['steps']} on " in card
 
 
 def test_with_no_state_a_run_goes_on_from_the_installed_weights_and_their_step(script, tmp_path):
@@ -58,11 +61,16 @@ def test_with_no_state_a_run_goes_on_from_the_installed_weights_and_their_step(s
     state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
     assert state["step"] == step + 1 and state["seconds"] > installed["metadata"]["wall_seconds"]
     # The installed run's history goes on in this one: its curve, its recipe changes, then what changed now.
+    # A run stopped between validations validates where it stopped (its last steps may hold the best weights).
     curve = [json.loads(line) for line in (tmp_path / "run" / "curve.jsonl").read_text().splitlines()]
-    assert curve == installed["metadata"]["curve"]
+    assert curve[:-1] == installed["metadata"]["curve"] and curve[-1]["step"] == step + 1
     changes = [json.loads(line) for line in (tmp_path / "run" / "changes.jsonl").read_text().splitlines()]
     assert changes[:-1] == installed["metadata"]["recipe_changes"]
     assert changes[-1]["step"] == step and changes[-1]["fields"]["steps"][1] == step + 10
+    # Where it trained goes on too: the installed stretches, then this one if it ran elsewhere or otherwise.
+    segments = [json.loads(line) for line in (tmp_path / "run" / "segments.jsonl").read_text().splitlines()]
+    assert segments[: len(script.installed_segments(installed))] == script.installed_segments(installed)
+    assert segments[-1]["device"] == "cpu" and segments[-1]["images_per_step"] == 1
     # A fresh optimizer: recorded, and its lr warms up again from the installed step.
     assert changes[-1]["fields"]["optimizer"][1].startswith("fresh AdamW")
     assert state["optimizer_start"] == step

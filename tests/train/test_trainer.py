@@ -253,3 +253,25 @@ def test_freeze_norm_stats_keeps_batchnorm_statistics_while_the_encoder_learns(
     assert stats_kept == freeze_norm_stats
     # Either way the encoder trains: its BatchNorm affine weights move.
     assert any(not torch.equal(m.weight, b) for m, b in zip(norms, weights_before, strict=True))
+
+
+def test_data_workers_read_the_drawn_scenes_in_order_and_a_run_with_them_repeats(small_config):
+    small_config.correction_points = small_config.no_point_iterations = 0
+    dataset = SyntheticDataset("train", count=5)
+    losses = []
+    for _ in range(2):
+        torch.manual_seed(0)  # the model's initialisation
+        trainer = Trainer(small_config, dataset, data_workers=1)
+        try:
+            losses.append([trainer.step()["loss"] for _ in range(2)])
+            for _ in range(3):  # each read is the scene at the index drawn for it, though read ahead
+                index, image, masks = trainer._read()
+                expected_image, expected_masks = dataset[index]
+                np.testing.assert_array_equal(image, expected_image)
+                assert len(masks) == len(expected_masks)
+        finally:
+            trainer.close()
+        assert trainer._pool is None
+    assert losses[0] == losses[1]
+    with pytest.raises(ValueError, match="data_workers must be >= 0"):
+        Trainer(small_config, dataset, data_workers=-1)
