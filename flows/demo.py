@@ -97,12 +97,14 @@ TABLE_COLUMNS = (
 
 @dataclass
 class DemoConfig:
-    """Sizes of the demo. The defaults took 515 s on a 2-core AMD EPYC running nothing else of ours (the target is
-    10 minutes; the retrains took 233 s of it, stage 3's crops 109 s), from the embedded model at decoder width
-    128 (tiny_conv_slim); without the crops it took 399 s here and 555 s on an earlier session's machine, whose
-    training steps were 1.3x slower: compare times on one machine. From the earlier embedded model at SAM's 256 it
-    took 785 s (retrains 493 s)."""
+    """Sizes of the demo. The defaults took 422 s by the demo's clock (7:11 wall) on a 2-core AMD EPYC running
+    nothing else of ours (the target is 10 minutes), from the embedded model trained on the GPU; with round 1's
+    retrain at 225 steps it took 557 s, and 515 s from the CPU-trained model before it. Without stage 3's crops
+    it took 399 s here and 555 s on an earlier session's machine, whose training steps were 1.3x slower: compare
+    times on one machine. From the earlier embedded model at SAM's 256 it took 785 s (retrains 493 s)."""
 
+    # Figures in these comments are of the CPU-trained embedded model (4,800 steps, before the GPU's) unless they say
+    # otherwise: measurements behind each choice, made when it was taken.
     # The new domain (sam_core.domains): "cells", or "shapes" for the embedded model's own world.
     domain: str = "cells"
     # The model of round 0, the one the engine adapts: a checkpoint path, registered as "pretrained"; None: the
@@ -131,17 +133,14 @@ class DemoConfig:
     test_masks_per_image: int | None = 24
     amg_test_images: int = 8
     # Each retrain continues from the previous version on every mask accepted so far (RETRAIN_RECIPE), for
-    # retrain_steps[round - 1] steps (the last entry for later rounds). The first retrain meets the new domain and
-    # needs the most: at 75 steps round 1's scored held-out mIoU@1 0.331 and 0.330 (lr 3e-4, 5e-4) against
-    # 0.387 at 150 and 0.422 at 225; at 150 it found no automatic threshold at precision 0.8 (its masks were blocky,
-    # matching their cells at IoU 0.4-0.6), at 225 it kept 129 validation candidates at 0.876 and reached test
-    # recall 0.292 (one correction click a mask instead of two, at 200 steps: 0.406 and recall 0.175). Later ones
-    # start from a version that knows it, and 150 more steps drifted: round 3's retrain from a demo's r2
-    # (0.475 / 0.592 at 1 / 5 clicks) scored 0.439 / 0.544 at 150 steps, 0.476 / 0.582 at 75; at 150 without
-    # stage 3's masks 0.469 / 0.568, at lr 1e-4 0.464 / 0.553, with an EMA of the weights 0.450 / 0.555 (those
-    # figures are of the 256-wide embedded model). A step costs 0.8 s on 2 cores with the 128-wide one (1.1-1.3 s
-    # at 256): the decoder's 36 passes (12 masks, 3 prompts each).
-    retrain_steps: tuple[int, ...] = (225, 75)
+    # retrain_steps[round - 1] steps (the last entry for later rounds). A step costs about 0.8 s on 2 cores: the
+    # decoder's 36 passes (12 masks, 3 prompts each). From the embedded model trained on the GPU, which already
+    # answers clicks on cells (round 0 mIoU@1 / @5 0.570 / 0.704), round 1's 225 steps (what the CPU-trained
+    # model, at 0.157 / 0.250, needed to learn the domain at all) pulled it away: r1 0.445 / 0.691 with replay
+    # (0.455 / 0.532 without), where 75 steps kept it (0.563 / 0.756) and the demo ended higher (r3 0.617 / 0.771
+    # against 0.595 / 0.754) in 422 s instead of 557. (Earlier figures, of the CPU-trained model: round 3's
+    # retrain from a demo's r2 scored 0.439 / 0.544 at 150 steps, 0.476 / 0.582 at 75.)
+    retrain_steps: tuple[int, ...] = (75,)
     # The image encoder's lr, as a fraction of retrain_lr, in the retrain after a stage ((stage, scale) pairs; 1.0
     # for stages not named; 0 keeps the encoder, FROZEN_ENCODER). Stage 3's masks are the model's own, a fifth of
     # them wrong and the rest matching at IoU >= 0.5, and tuning the encoder on them at the full lr cost the clicks:
@@ -151,6 +150,13 @@ class DemoConfig:
     # steps; 0.469 / 0.590, recall 0.360): 0.477 / 0.584 (0.375) at 0.3, 0.472 / 0.587 (0.357) keeping it.
     stage_encoder_lr_scale: tuple[tuple[str, float], ...] = (("fully_automatic", 0.3),)
     retrain_lr: float = 3e-4
+    # Each retrain also draws from replay_images scenes of the world the shipped model learnt from (replay_domain,
+    # every level labelled; the engine's replay_split), as much as from the stages' images: the stages label the
+    # largest objects, cells, and a retrain on them alone taught the model to answer every click with a cell.
+    # From the embedded model trained on the GPU (round 0 mIoU@1 / @5 0.570 / 0.704 on the cells) r1, r2 fell to
+    # 0.455 / 0.532 and 0.501 / 0.640 without it. 0: no replay.
+    replay_images: int = 8
+    replay_domain: str = "shapes"
     # A 16x16 grid (the engine's default is 32x32) puts about one point on every cell (16 px apart; cells are
     # 18-50 px across) and costs a quarter of its decoder passes.
     points_per_side: int = 16
@@ -205,6 +211,15 @@ class DemoConfig:
     embed_backend: str = "ray"
 
     def __post_init__(self) -> None:
+        from sam_core.domains import DOMAINS
+
+        for name in ("domain", "replay_domain"):
+            if getattr(self, name) not in DOMAINS:
+                raise ValueError(
+                    f"{name}: {getattr(self, name)!r} is no synthetic domain ({sorted(DOMAINS)})"
+                )
+        if self.replay_images < 0:
+            raise ValueError(f"replay_images must be >= 0 (0: no replay), got {self.replay_images}")
         # A misspelt stage would leave every retrain tuning the encoder without a word, and an empty schedule
         # would fail only at round 1's retrain, minutes in.
         if not self.retrain_steps or any(not isinstance(n, int) or n < 1 for n in self.retrain_steps):
@@ -239,6 +254,7 @@ class DemoConfig:
             eval_points_per_side=4,
             val_images=1,
             calibration_points_per_side=4,
+            replay_images=1,
             embed_backend="local",
         )
 
@@ -305,14 +321,24 @@ class DemoConfig:
 
 
 def make_data(root: Path, config: DemoConfig) -> dict:
-    """Write the domain's train/test/val scenes, a corrupt image and the ground-truth COCO file under ``root``."""
-    return write_synthetic_images(
+    """Write the domain's train/test/val scenes, a corrupt image and the ground-truth COCO file under ``root``, and
+    the replayed scenes with their own COCO file under ``root``/replay ("replay_dir", "replay_ground_truth")."""
+    data = write_synthetic_images(
         root,
         train=config.images_per_round * len(ROUNDS),
         test=config.test_images,
         val=config.val_images,
         domain=config.domain,
     )
+    if config.replay_images:
+        replay = write_synthetic_images(
+            root / REPLAY_SPLIT, train=config.replay_images, test=0, corrupt=0, domain=config.replay_domain
+        )
+        data.update(replay_dir=replay["train_dir"], replay_ground_truth=replay["ground_truth"])
+    return data
+
+
+REPLAY_SPLIT = "replay"  # the store's split of the replayed scenes, and their folder under the demo's engine/
 
 
 def run_demo(out_dir: Path, config: DemoConfig | None = None, console=None) -> list[dict]:
@@ -370,6 +396,9 @@ def start_round(store_url: str, data: dict, config: DemoConfig) -> dict:
     for split in ("train", "test", "val"):
         with watched_step(f"ingesting the {split} images: files") as report:
             ingested[split] = ingest.fn(store_url, [data[f"{split}_dir"]], split=split, on_progress=report)
+    if data.get("replay_dir"):
+        with watched_step("ingesting the replayed images: files") as report:
+            ingest.fn(store_url, [data["replay_dir"]], split=REPLAY_SPLIT, on_progress=report)
     skipped = ingested["train"].skipped  # the corrupt file the demo writes among the train images
     version = EMBEDDED_VERSION
     if config.start_checkpoint:
@@ -423,6 +452,8 @@ def round_params(store_url: str, data: dict, config: DemoConfig, round: int, sta
             steps=config.steps_of_round(round),
             lr=config.retrain_lr,
             seed=round,
+            replay_split=REPLAY_SPLIT if data.get("replay_ground_truth") else None,
+            replay_ground_truth=data.get("replay_ground_truth"),
             **checked_recipe({**RETRAIN_RECIPE, **config.encoder_recipe(stage)}),
         ),
         new_model_version=f"r{round}",

@@ -34,7 +34,7 @@ def retrain_spread(demo_dir: Path, chains: list[int], config, scratch: Path) -> 
     Chain "demo" holds the demo's own recorded figures (round 0, the seed, included); chain k those of the
     retrains re-run with seed round + k. Raises ValueError when ``demo_dir`` is not a finished demo.
     """
-    from flows.demo import ROUNDS, round_params
+    from flows.demo import REPLAY_SPLIT, ROUNDS, round_params
     from stores import Store
     from tasks.evaluate import evaluate
     from tasks.retrain import retrain
@@ -66,6 +66,9 @@ def retrain_spread(demo_dir: Path, chains: list[int], config, scratch: Path) -> 
     # round_params reads only the ground truth's path from the demo's data; the scratch store's images keep
     # pointing at the demo's image files.
     data = {"ground_truth": str(engine / "ground_truth.json")}
+    replayed = engine / REPLAY_SPLIT / "ground_truth.json"
+    if replayed.exists():  # the demo's retrains replayed these scenes; so do the chains'
+        data["replay_ground_truth"] = str(replayed)
     versions = set(Store(store_url).models()["model_version"])
     start = figures[0]["evaluated_model_version"]
     for chain in chains:

@@ -65,6 +65,12 @@ def test_quick_demo_runs_every_stage_and_writes_its_figures(quick_demo):
     assert [models.loc[v, "parent_version"] for v in versions[1:]] == versions[:-1]
     trained = models.loc["r2", "config"]
     assert trained["train"]["pixel_loss"] == "bce"  # the embedded model's own recipe
+    # Each retrain replayed the shipped model's own scenes beside the stages' images, and they stay out of the
+    # stages (their split is not train).
+    assert models.loc["r1", "metrics"]["replay_images"] == DemoConfig.quick().replay_images == 1
+    images = store.images().set_index("image_id")
+    replayed = images[images["split"] == "replay"]
+    assert len(replayed) == 1 and not store.masks()["image_id"].isin(replayed.index).any()
     # The flow's train settings reach the trainer: the encoder trains with its BatchNorm statistics kept, so
     # the new version owns its embeddings instead of borrowing its parent's.
     assert trained["train"]["freeze_norm_stats"] is True
@@ -73,7 +79,7 @@ def test_quick_demo_runs_every_stage_and_writes_its_figures(quick_demo):
     assert trained["train"]["iou_target"] == "any_known_partial"
     assert "embeddings_of" not in trained
     images = store.images()
-    assert set(images["split"]) == {"train", "test", "val"}
+    assert set(images["split"]) == {"train", "test", "val", "replay"}
     drawn = _plain((out.parent / "console.txt").read_text())
     for step in (
         "round 0 of 3 · evaluating embedded on the held-out images: images",
@@ -245,6 +251,15 @@ def test_the_first_retrain_of_the_demo_trains_longest_and_each_stage_sets_its_en
     frozen = retrains(DemoConfig(stage_encoder_lr_scale=(("semi_automatic", 0.0),)))
     assert [r.freeze_image_encoder for r in frozen] == [False, True, False]
     assert [r.cache_embeddings for r in frozen] == [False, True, False]
+
+
+def test_a_demo_config_with_an_unknown_replay_domain_or_negative_replay_is_refused_by_name():
+    from flows.demo import DemoConfig
+
+    with pytest.raises(ValueError, match="replay_domain: 'cats' is no synthetic domain"):
+        DemoConfig(replay_domain="cats")
+    with pytest.raises(ValueError, match="replay_images must be >= 0"):
+        DemoConfig(replay_images=-1)
 
 
 def test_a_demo_config_with_no_retrain_steps_or_an_unknown_stage_is_refused_by_name():
