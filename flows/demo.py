@@ -38,6 +38,7 @@ from flows.data_engine_round import data_engine_round
 from flows.params import EvalSettings, ImageSelection, RoundParams, TrainSettings
 from flows.progress import Watcher, step_bar, watched_step, watching
 from sam_core.checkpoint import config_name, read_checkpoint
+from sam_core.domains import DOMAINS
 from sam_core.recipes import CLICK_TRAINING
 from sam_core.train import TrainConfig
 from stores import Store
@@ -211,8 +212,6 @@ class DemoConfig:
     embed_backend: str = "ray"
 
     def __post_init__(self) -> None:
-        from sam_core.domains import DOMAINS
-
         for name in ("domain", "replay_domain"):
             if getattr(self, name) not in DOMAINS:
                 raise ValueError(
