@@ -99,7 +99,8 @@ TABLE_COLUMNS = (
 @dataclass
 class DemoConfig:
     """Sizes of the demo. The defaults took 422 s by the demo's clock (7:11 wall) on a 2-core AMD EPYC running
-    nothing else of ours (the target is 10 minutes), from the embedded model trained on the GPU; with round 1's
+    nothing else of ours, and 526 s an hour later (the target is 10 minutes), from the embedded model trained on
+    the GPU; with round 1's
     retrain at 225 steps it took 557 s, and 515 s from the CPU-trained model before it. Without stage 3's crops
     it took 399 s here and 555 s on an earlier session's machine, whose training steps were 1.3x slower: compare
     times on one machine. From the earlier embedded model at SAM's 256 it took 785 s (retrains 493 s)."""
