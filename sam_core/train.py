@@ -353,9 +353,8 @@ _READER_DATASET: Sequence | None = None  # a data worker's dataset (Trainer's da
 
 def _start_reader(dataset: Sequence) -> None:
     global _READER_DATASET
-    torch.set_num_threads(
-        1
-    )  # each worker is one of several processes; a thread pool each would oversubscribe
+    # Each worker is one of several processes: a thread pool each would oversubscribe the cores.
+    torch.set_num_threads(1)
     _READER_DATASET = dataset
 
 

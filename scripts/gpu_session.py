@@ -39,6 +39,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(
+    1, str(Path(__file__).resolve().parent)
+)  # train_embedded, beside this file, however it is loaded
+
+import train_embedded  # noqa: E402
 
 from sam_core.checkpoint import atomic_save, read_checkpoint  # noqa: E402
 from sam_core.embedded import EMBEDDED_CHECKPOINT, load_embedded  # noqa: E402
@@ -181,7 +186,6 @@ def train(
     out_dir: Path, device: str, bf16: bool, seconds: float, seconds_per_step: float, args: argparse.Namespace
 ) -> dict:
     """Go on training the installed weights for ``seconds``; returns what the run did."""
-    train_embedded = _load_train_script()
     installed = read_checkpoint(EMBEDDED_CHECKPOINT)
     start = int(installed["metadata"]["steps"])
     validations = 6
@@ -238,16 +242,6 @@ def train(
     else:
         result["best"] = None  # no validation beat the installed weights'
     return result
-
-
-def _load_train_script():
-    import importlib.util
-
-    path = Path(__file__).with_name("train_embedded.py")
-    spec = importlib.util.spec_from_file_location("train_embedded", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def main(argv: list[str] | None = None) -> None:

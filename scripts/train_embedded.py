@@ -139,9 +139,7 @@ def run(
         if segments_path.exists()
         else []
     )
-    if not segments or {k: v for k, v in segments[-1].items() if k != "step"} != {
-        k: v for k, v in here.items() if k != "step"
-    }:
+    if not segments or _place(segments[-1]) != _place(here):  # a new stretch only where the machine changed
         segments.append(here)
         with segments_path.open("a") as f:
             f.write(json.dumps(here) + "\n")
@@ -241,6 +239,11 @@ def segment(step: int, device: str, bf16: bool, images_per_step: int) -> dict:
         "precision": "bf16 autocast" if bf16 else "fp32",
         "images_per_step": images_per_step,
     }
+
+
+def _place(part: dict) -> dict:
+    """A segment without its first step: where and how it trained."""
+    return {k: v for k, v in part.items() if k != "step"}
 
 
 def installed_segments(installed: dict) -> list[dict]:

@@ -96,3 +96,13 @@ def test_a_recipe_change_of_a_resumed_run_is_recorded_against_the_old_value_or_i
     after = TrainConfig(steps=100, lr=1e-3, grouping_loss_weight=5.0, metadata={"a": 2})
     assert script.recipe_changes(before, after) == {"lr": [5e-4, 1e-3], "grouping_loss_weight": [0.0, 5.0]}
     assert script.recipe_changes(dataclasses.asdict(after), after) == {}
+
+
+def test_the_gpu_sessions_predictor_check_finds_no_difference_between_the_cpu_and_itself(load_script):
+    # scripts/gpu_session.py's comparison, run with the CPU as the "device": fp32 must agree exactly, and bf16
+    # autocast must come back as arrays (numpy has no bfloat16) close to fp32.
+    session = load_script("gpu_session")
+    checks = session.predictor_paths("cpu", scenes=1)
+    assert checks["clicks"] > 0
+    assert checks["fp32"] == {"max_logit_diff": 0.0, "min_mask_iou": 1.0, "max_score_diff": 0.0}
+    assert checks["bf16"]["min_mask_iou"] > 0.5 and checks["bf16"]["max_score_diff"] < 0.1
