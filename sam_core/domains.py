@@ -1,5 +1,6 @@
 """The synthetic image domains by name: "shapes" (objects with parts, the embedded model's training world) and
-"cells" (microscopy-like, never seen in its training: the demo's new domain). Both share the seed splits of
+"cells" (microscopy-like, never seen in its training) and "faint_cells" (the same cells at half the contrast and more
+noise, on which the model is weak: the demo's new domain). All share the seed splits of
 ``sam_core.synthetic.SPLITS`` and return ``sam_core.synthetic.Scene``."""
 
 from __future__ import annotations
@@ -9,9 +10,13 @@ from collections.abc import Callable
 import numpy as np
 
 from sam_core.synthetic import Scene, make_scene
-from sam_core.synthetic_cells import make_cell_scene
+from sam_core.synthetic_cells import make_cell_scene, make_faint_cell_scene
 
-DOMAINS: dict[str, Callable[[int, int], Scene]] = {"shapes": make_scene, "cells": make_cell_scene}
+DOMAINS: dict[str, Callable[[int, int], Scene]] = {
+    "shapes": make_scene,
+    "cells": make_cell_scene,
+    "faint_cells": make_faint_cell_scene,
+}
 
 
 def make_domain_scene(domain: str, seed: int, size: int = 256) -> Scene:

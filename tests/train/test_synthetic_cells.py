@@ -4,7 +4,7 @@ import pytest
 
 from sam_core.domains import DOMAINS, domain_scene, make_domain_scene
 from sam_core.synthetic import MIN_AREA, make_scene
-from sam_core.synthetic_cells import make_cell_scene
+from sam_core.synthetic_cells import CellImaging, make_cell_scene, make_faint_cell_scene
 
 
 def test_cell_scene_is_deterministic_by_seed_and_differs_across_seeds():
@@ -53,7 +53,7 @@ def test_cell_masks_are_disjoint_between_cells():
 
 
 def test_domains_by_name():
-    assert set(DOMAINS) == {"shapes", "cells"}
+    assert set(DOMAINS) == {"shapes", "cells", "faint_cells"}
     image, masks = domain_scene("cells", 2, 128)
     assert image.shape == (128, 128, 3) and np.array_equal(masks[0], make_cell_scene(2, 128).masks[0])
     assert np.array_equal(make_domain_scene("shapes", 2).image, make_scene(2).image)
@@ -61,3 +61,25 @@ def test_domains_by_name():
         make_domain_scene("tissue", 0)
     with pytest.raises(ValueError, match="seed must be >= 0"):
         make_cell_scene(-1)
+
+
+def test_faint_imaging_keeps_the_cells_and_buries_them_in_noise():
+    """The demo's domain: the same masks as the standard imaging, but a cell stands out less from its
+    neighbourhood and the pixels are noisier (measured on the cytoplasm's green or grey channel)."""
+    for seed in range(4):
+        standard, faint = make_cell_scene(seed), make_faint_cell_scene(seed)
+        assert len(standard.masks) == len(faint.masks)
+        assert all(np.array_equal(a, b) for a, b in zip(standard.masks, faint.masks, strict=True))
+        assert np.array_equal(make_domain_scene("faint_cells", seed).image, faint.image)
+        cells = np.any([m for m, level in zip(faint.masks, faint.levels, strict=True) if level == 0], axis=0)
+        contrast, noise = [], []
+        for s in (standard, faint):
+            # The cytoplasm's channel: green in fluorescence, grey in brightfield.
+            channel = s.image[..., 1].astype(np.float32)
+            contrast.append(abs(channel[cells].mean() - channel[~cells].mean()))
+            # Noise: what a 3x3 median leaves, away from the edges of anything.
+            noise.append((channel - cv2.medianBlur(s.image[..., 1], 3)).std())
+        assert contrast[1] < 0.8 * contrast[0], (seed, contrast)
+        assert noise[1] > 1.5 * noise[0], (seed, noise)
+    with pytest.raises(ValueError, match="contrast must be > 0"):
+        CellImaging(contrast=0.0)
