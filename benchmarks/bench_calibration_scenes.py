@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flows.demo import DemoConfig  # noqa: E402
+from flows.demo import DemoConfig, read_config  # noqa: E402
 from tasks.calibrate import calibrate  # noqa: E402
 from tasks.demo_data import write_synthetic_images  # noqa: E402
 from tasks.evaluate import evaluate  # noqa: E402
@@ -50,7 +50,9 @@ def main() -> None:
     parser.add_argument(
         "--val", type=int, default=0, help="validation scenes to calibrate on (0: the demo's)"
     )
-    parser.add_argument("--domain", default="cells")
+    parser.add_argument(
+        "--domain", default=None, help="the scenes' domain (default: the demo's, from its config.json)"
+    )
     parser.add_argument(
         "--versions", nargs="*", help="the versions to score (default: every one the demo evaluated)"
     )
@@ -77,7 +79,8 @@ def main() -> None:
         if unknown:
             raise SystemExit(f"{args.demo} evaluated no version {unknown}: it has {versions}")
         versions = args.versions
-    config = DemoConfig()
+    config = read_config(args.demo) or DemoConfig()
+    domain = args.domain or config.domain
     if args.min_region_area is not None:
         if not args.val:
             raise SystemExit(
@@ -97,7 +100,7 @@ def main() -> None:
         # The splits' scenes are numbered from the same seeds as the demo's, so its own test and val scenes are
         # among these and ingest skips them (an image is its bytes' hash).
         data = write_synthetic_images(
-            scratch / "data", train=0, test=args.test, corrupt=0, val=max(args.val, 1), domain=args.domain
+            scratch / "data", train=0, test=args.test, corrupt=0, val=max(args.val, 1), domain=domain
         )
         ingest.fn(url, [data["test_dir"]], split="test")
         ingest.fn(url, [data["val_dir"]], split="val")

@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flows.demo import DemoConfig  # noqa: E402
+from flows.demo import DemoConfig, read_config  # noqa: E402
 from sam_core.domains import make_domain_scene  # noqa: E402
 from sam_core.mask_utils import binary_iou  # noqa: E402
 from sam_core.synthetic import LEVELS, split_seeds  # noqa: E402
@@ -111,7 +111,7 @@ def main() -> None:
     figures_path = args.demo / "figures.json"
     if not figures_path.is_file():
         raise SystemExit(f"{args.demo} is not a finished demo: it has no figures.json")
-    config = DemoConfig()
+    config = read_config(args.demo) or DemoConfig()  # a demo from before config.json ran at the defaults
     store = Store((args.demo / "engine" / "store").resolve().as_uri())
     print(f"masks per image by the level of the object they match at IoU {args.match_iou}")
     for row in stage_levels(store, config.domain, args.match_iou):

@@ -122,7 +122,7 @@ app.add_typer(model_app, name="model")
 app.add_typer(labelstudio_app, name="labelstudio")
 
 
-Domain = Literal["cells", "shapes"]  # sam_core.domains.DOMAINS
+Domain = Literal["cells", "faint_cells", "shapes"]  # sam_core.domains.DOMAINS
 
 
 @app.command()
@@ -135,7 +135,10 @@ def demo(
         metavar="PATH",
         help="the model to adapt (a SAM checkpoint; default: the embedded model as it ships)",
     ),
-    domain: Domain = typer.Option("cells", help="the generated images: microscopy-like 'cells' or 'shapes'"),
+    domain: Domain = typer.Option(
+        "faint_cells",
+        help="the generated images: microscopy-like 'faint_cells' (low contrast, noisy), 'cells' or 'shapes'",
+    ),
 ) -> None:
     """Adapt a model to a new image domain with the data engine: the model as it ships, then stages 1, 2 and 3,
     each followed by a retrain, a calibration and a held-out evaluation.

@@ -7,12 +7,14 @@ stored masks and with the same settings, once per ``--chains`` offset k (each re
 demo used k = 0). Each new version is scored like the demo's (held-out interactive mIoU after 1 and
 ``eval_clicks`` clicks, on the same test images). The demo's own figures are printed beside them, then the
 spread of each round across chains (the demo's chain included) and the verdict: the last retrain's gain over
-round 0 against three times the largest spread. The spread goes to DIR/spread.json, and DIR/figures.png is
-redrawn with it as a band.
+round 0 against three times that retrain's spread (the noise of the figure compared; round 0 has none, it is not
+trained), and against three times the largest spread of any round (a stricter bar). The spread goes to
+DIR/spread.json, and DIR/figures.png is redrawn with it as a band.
 
     .venv/bin/python scripts/retrain_spread.py --demo demo_output --chains 10 20
 
-Pass ``--quick`` for a demo run at ``DemoConfig.quick()`` sizes (the test does).
+The demo's settings come from DIR/config.json. A demo from before that file ran at the defaults, or at
+``DemoConfig.quick()`` sizes: pass ``--quick`` for those.
 """
 
 from __future__ import annotations
@@ -120,7 +122,7 @@ def _row(row: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    from flows.demo import DemoConfig
+    from flows.demo import DemoConfig, read_config
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -129,7 +131,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument(
         "--chains", type=int, nargs="+", default=[10, 20], help="seed offsets, one chain of retrains each"
     )
-    parser.add_argument("--quick", action="store_true", help="the demo ran at DemoConfig.quick() sizes")
+    parser.add_argument(
+        "--quick", action="store_true", help="a demo without config.json ran at DemoConfig.quick() sizes"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
     if min(args.chains) < 1:
@@ -138,7 +142,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         import torch
 
         torch.set_num_threads(args.threads)
-    config = DemoConfig.quick() if args.quick else DemoConfig()
+    try:
+        config = read_config(args.demo)
+    except ValueError as error:
+        parser.error(str(error))
+    if config is None:
+        config = DemoConfig.quick() if args.quick else DemoConfig()
     with tempfile.TemporaryDirectory(prefix="retrain_spread_") as scratch:
         try:
             rows = retrain_spread(args.demo.resolve(), args.chains, config, Path(scratch))
@@ -157,12 +166,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 def verdict(rows: list[dict], key: str, spreads: dict[int, float]) -> str:
-    """One line: the demo's last retrain against round 0 on ``key``, beside three times the largest spread."""
+    """One line: the demo's last retrain against round 0 on ``key``, beside three times the last retrain's spread
+    and three times the largest spread of any round."""
     demo = {r["round"]: r[key] for r in rows if r["chain"] == "demo"}
     last = max(demo)
-    gain, noise = demo[last] - demo[0], 3 * max(spreads.values())
-    word = "above" if gain > noise else "NOT above"
-    return f"{key}: r{last} - r0 = {gain:+.3f}, {word} 3 x the largest spread ({noise:.3f})"
+    gain = demo[last] - demo[0]
+
+    def against(noise: float, what: str) -> str:
+        return f"{'above' if gain > noise else 'NOT above'} 3 x {what} ({noise:.3f})"
+
+    own = against(3 * spreads[last], f"r{last}'s spread")
+    return f"{key}: r{last} - r0 = {gain:+.3f}, {own}; {against(3 * max(spreads.values()), 'the largest spread')}"
 
 
 def write_spread(demo_dir: Path, spreads: dict[str, dict[int, float]]) -> None:

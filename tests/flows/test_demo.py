@@ -154,7 +154,9 @@ def test_retrain_spread_reruns_the_demo_chain_with_other_seeds_and_leaves_the_de
     store = Store((out / "engine" / "store").as_uri())
     before = sorted(store.models()["model_version"])
     script = load_script("retrain_spread")
-    rows = script.main(["--demo", str(out), "--quick", "--chains", "3", "--threads", "1"])
+    # No --quick: the script reads the demo's sizes from its config.json (at the defaults, the chain's retrains
+    # would take 75 steps each, and their evaluation 8 images).
+    rows = script.main(["--demo", str(out), "--chains", "3", "--threads", "1"])
     demo_rows = [r for r in rows if r["chain"] == "demo"]
     assert [(r["round"], r["miou@1"]) for r in demo_rows] == [(f["round"], f["miou@1"]) for f in figures]
     chains = [(r["chain"], r["round"], r["model_version"]) for r in rows if r["chain"] != "demo"]
@@ -174,6 +176,18 @@ def test_retrain_spread_reruns_the_demo_chain_with_other_seeds_and_leaves_the_de
         "miou@5": {"1", "2", "3"},
     }
     assert sorted(store.models()["model_version"]) == before  # the chains trained in a scratch copy
+
+
+def test_the_demo_records_the_config_it_ran_with(quick_demo, tmp_path):
+    from flows.demo import CONFIG_FILE, DemoConfig, read_config
+
+    out, _ = quick_demo
+    assert read_config(out) == DemoConfig.quick()
+    assert read_config(tmp_path) is None  # a demo from before the file
+    saved = json.loads((out / CONFIG_FILE).read_text())
+    (tmp_path / CONFIG_FILE).write_text(json.dumps({**saved, "points_per_sid": 4}))
+    with pytest.raises(ValueError, match=r"fields DemoConfig does not know: \['points_per_sid'\]"):
+        read_config(tmp_path)
 
 
 def test_retrain_spread_refuses_what_is_not_a_finished_demo(tmp_path, capsys, load_script):
@@ -197,12 +211,15 @@ def test_retrain_spread_verdict_weighs_the_last_gain_against_three_spreads(load_
     ]
     spreads = script.spread(rows, "miou@1")
     assert spreads == pytest.approx({1: 0.02, 2: 0.01})
-    assert (
-        script.verdict(rows, "miou@1", spreads)
-        == "miou@1: r2 - r0 = +0.150, above 3 x the largest spread (0.060)"
+    assert script.verdict(rows, "miou@1", spreads) == (
+        "miou@1: r2 - r0 = +0.150, above 3 x r2's spread (0.030); above 3 x the largest spread (0.060)"
     )
     wide = {1: 0.06, 2: 0.01}
-    assert "NOT above 3 x the largest spread (0.180)" in script.verdict(rows, "miou@1", wide)
+    assert script.verdict(rows, "miou@1", wide) == (
+        "miou@1: r2 - r0 = +0.150, above 3 x r2's spread (0.030); NOT above 3 x the largest spread (0.180)"
+    )
+    noisy = {1: 0.01, 2: 0.06}
+    assert "NOT above 3 x r2's spread (0.180)" in script.verdict(rows, "miou@1", noisy)
 
 
 def test_every_automatic_step_of_the_demo_uses_its_nms_grid_and_batch():
