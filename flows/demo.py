@@ -100,12 +100,10 @@ TABLE_COLUMNS = (
 class DemoConfig:
     """Sizes of the demo. The defaults (on the faint cells) took 442 s by the demo's clock (7:30 wall) on a 2-core
     AMD EPYC running nothing else of ours, and 408 s later (the target is 10 minutes), from the embedded model
-    trained on the GPU.
-    On the clearly imaged cells they took 422 s (7:11 wall) and 526 s an hour later; with round 1's retrain at
-    225 steps 557 s, and 515 s from the CPU-trained model before it.
-    Without stage 3's crops it took 399 s here and 555 s on an earlier session's machine, whose training steps were
-    1.3x slower: compare times on one machine. From the earlier embedded model at SAM's 256 it took 785 s
-    (retrains 493 s)."""
+    trained on the GPU. On the clearly imaged cells they took 422 s (7:11 wall) and 526 s an hour later; with round
+    1's retrain at 225 steps 557 s, and 515 s from the CPU-trained model before it. Without stage 3's crops it
+    took 399 s here and 555 s on an earlier session's machine, whose training steps were 1.3x slower: compare times
+    on one machine. From the earlier embedded model at SAM's 256 it took 785 s (retrains 493 s)."""
 
     # Figures in these comments are of the CPU-trained embedded model (4,800 steps, before the GPU's) unless they say
     # otherwise: measurements behind each choice, made when it was taken.
