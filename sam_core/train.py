@@ -349,6 +349,7 @@ class FrozenEmbeddings:
 FROZEN_EMBEDDINGS = FrozenEmbeddings()
 
 _READER_DATASET: Sequence | None = None  # a data worker's dataset (Trainer's data_workers)
+READ_TIMEOUT = 60.0  # seconds Trainer.close waits for the scenes its data workers are reading
 
 
 def _start_reader(dataset: Sequence) -> None:
@@ -583,11 +584,22 @@ class Trainer:
 
     def close(self) -> None:
         """Stop the data workers (if any); the trainer reads in the step from then on."""
-        if self._pool is not None:
+        if self._pool is None:
+            return
+        # Let the reads in flight finish, then let the workers exit. Pool.terminate() kills a worker even while
+        # it sends its scene back holding the result queue's lock, and the pool's task thread then waits on that
+        # lock for ever (a CI run of the suite hung there, in the data-workers test; alone, that test hung once in
+        # 16 runs). terminate() is left for workers that do not answer within READ_TIMEOUT.
+        deadline = time.monotonic() + READ_TIMEOUT
+        for _, result in self._ahead:
+            result.wait(max(0.0, deadline - time.monotonic()))
+        if all(result.ready() for _, result in self._ahead):
+            self._pool.close()
+        else:
             self._pool.terminate()
-            self._pool.join()
-            self._pool = None
-            self._ahead.clear()
+        self._pool.join()
+        self._pool = None
+        self._ahead.clear()
 
     def _next_sample(self) -> Sample:
         grouping = self.config.grouping_loss_weight > 0

@@ -255,6 +255,24 @@ def test_freeze_norm_stats_keeps_batchnorm_statistics_while_the_encoder_learns(
     assert any(not torch.equal(m.weight, b) for m, b in zip(norms, weights_before, strict=True))
 
 
+def test_closing_the_trainer_gives_up_on_data_workers_that_do_not_answer_in_time(small_config, monkeypatch):
+    """close() waits for the reads in flight (killing a worker mid-answer can hang the pool), but not past
+    READ_TIMEOUT: here 0 s, while the spawned worker is still starting, so it is terminated."""
+    import time
+
+    import sam_core.train as train_module
+
+    monkeypatch.setattr(train_module, "READ_TIMEOUT", 0.0)
+    trainer = Trainer(small_config, SyntheticDataset("train", count=2), data_workers=1)
+    pending = trainer._pool.apply_async(train_module._read_item, (0,))
+    trainer._ahead.append((0, pending))
+    started = time.monotonic()
+    trainer.close()
+    assert trainer._pool is None and not trainer._ahead
+    assert not pending.ready()  # never answered: its worker was stopped before it could
+    assert time.monotonic() - started < 20
+
+
 def test_data_workers_read_the_drawn_scenes_in_order_and_a_run_with_them_repeats(small_config):
     small_config.correction_points = small_config.no_point_iterations = 0
     dataset = SyntheticDataset("train", count=5)
