@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
+import fsspec
+
 from flows.data_engine_round import data_engine_round
 from flows.params import EvalSettings, ImageSelection, RoundParams, TrainSettings
 from flows.progress import Watcher, step_bar, watched_step, watching
@@ -42,6 +44,7 @@ from sam_core.domains import DOMAINS
 from sam_core.recipes import CLICK_TRAINING
 from sam_core.train import TrainConfig
 from stores import Store
+from stores.fsio import atomic_write
 from tasks.annotate import AnnotatorSettings
 from tasks.annotators import ORDERS
 from tasks.autogen import AutogenSettings
@@ -512,10 +515,6 @@ CONFIG_FILE = "config.json"  # the DemoConfig a demo ran with: the tools that re
 
 def write_config(out_dir: Path, config: DemoConfig) -> None:
     """out_dir/CONFIG_FILE: every field of ``config`` (tuples as lists)."""
-    import fsspec
-
-    from stores.fsio import atomic_write
-
     text = json.dumps(asdict(config), indent=2)
     atomic_write(fsspec.filesystem("file"), str(out_dir / CONFIG_FILE), text.encode())
 
