@@ -10,8 +10,8 @@ region of their centre, so neighbours share a boundary instead of overlapping; e
 instance (a cell's mask includes its nucleus, a nucleus's its nucleoli), as in ``sam_core.synthetic``.
 
 ``FAINT`` images the same scenes at half the contrast and two and a half times the camera noise: the domain the
-embedded model is weak on since it learnt on a GPU (held-out mIoU@1 / @5 0.35 / 0.47 there against 0.57 / 0.70 on
-the standard imaging and 0.61 / 0.81 on its own scenes), so the demo has something to adapt it to.
+embedded model is weak on since it learnt on a GPU (the demo's held-out mIoU@1 / @5 0.35 / 0.46 there, against
+0.57 / 0.70 on the standard imaging and 0.61 / 0.81 on its own scenes), so the demo has something to adapt it to.
 
 Seeds use the same splits as ``sam_core.synthetic`` (``SPLITS``), so a train seed never gives a test scene.
 """
