@@ -39,9 +39,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(
-    1, str(Path(__file__).resolve().parent)
-)  # train_embedded, beside this file, however it is loaded
+# train_embedded lies beside this file; import it however this file is loaded.
+sys.path.insert(1, str(Path(__file__).resolve().parent))
 
 import train_embedded  # noqa: E402
 

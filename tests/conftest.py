@@ -36,8 +36,8 @@ def trained_text_model():
     """(text model, its embedded text encoder), both in eval mode: the embedded model's text path trained for
     15 steps on one synthetic scene, the first train scene (``split_seeds("train", 1)[0]``), clicks and boxes off
     (about 6 s on one core). Enough for that scene's phrases to be judged present (presence about 0.68) and to
-    give masks (PHRASE of test_text_autogen: 4 instances at a 16 x 16 grid here, depending on the CPU); the text stage, the Label Studio text box
-    and the text round share it."""
+    give masks (PHRASE of test_text_autogen: 4 instances at a 16 x 16 grid here, depending on the CPU); the text
+    stage, the Label Studio text box and the text round share it."""
     from sam_core.text_train import TextTrainConfig, TextTrainer
 
     one_scene = dict(
