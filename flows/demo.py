@@ -364,10 +364,7 @@ def run_demo(out_dir: Path, config: DemoConfig | None = None, console=None) -> l
         torch.set_num_threads(os.cpu_count() or 1)
     out_dir = Path(out_dir).resolve()
     engine = out_dir / "engine"
-    if engine.exists():
-        shutil.rmtree(engine)
-    # The spread measured on an earlier demo's retrains is not this run's: its band must not reach this plot.
-    (out_dir / SPREAD_FILE).unlink(missing_ok=True)
+    clear_previous_run(out_dir)
     engine.mkdir(parents=True)
     write_config(out_dir, config)
     started = time.monotonic()
@@ -388,6 +385,19 @@ def run_demo(out_dir: Path, config: DemoConfig | None = None, console=None) -> l
             show(console, figures, started)
     console.print(f"[bold]demo finished in {time.monotonic() - started:.0f} s[/]; outputs in {out_dir}")
     return figures
+
+
+def clear_previous_run(out_dir: Path) -> None:
+    """Remove what an earlier demo left in ``out_dir`` that this run's tools would read as its own: the engine
+    folder (store, images), the spread of its retrains, and its figures. A run killed before its first round's
+    figures would otherwise leave the earlier run's figures.json, a finished demo to retrain_spread and the
+    benchmarks, beside this run's store and config.json."""
+    engine = out_dir / "engine"
+    if engine.exists():
+        shutil.rmtree(engine)
+    # The spread measured on an earlier demo's retrains is not this run's: its band must not reach this plot.
+    (out_dir / SPREAD_FILE).unlink(missing_ok=True)
+    (out_dir / FIGURES_FILE).unlink(missing_ok=True)
 
 
 def in_round(bar: Watcher, round: int) -> Watcher:
@@ -511,6 +521,7 @@ def _cell(value) -> str:
 
 SPREAD_FILE = "spread.json"  # written by scripts/retrain_spread.py into the demo's output directory
 CONFIG_FILE = "config.json"  # the DemoConfig a demo ran with: the tools that re-run or re-score it read it
+FIGURES_FILE = "figures.json"  # the figures of every round done so far
 
 
 def write_config(out_dir: Path, config: DemoConfig) -> None:
@@ -550,7 +561,9 @@ UNIT_RANGE = {"mIoU@1", "mIoU@5", "AMG recall"}  # fractions: drawn on a 0..1 ax
 
 def write_outputs(out_dir: Path, store_url: str, figures: list[dict]) -> None:
     """figures.json, a plot of the figures per round, and overlays of each round's masks."""
-    (out_dir / "figures.json").write_text(json.dumps(figures, indent=2, default=str))
+    # Atomic: a half-written figures.json would break retrain_spread and the benchmarks that read it.
+    text = json.dumps(figures, indent=2, default=str)
+    atomic_write(fsspec.filesystem("file"), str(out_dir / FIGURES_FILE), text.encode())
     plot_figures(out_dir, figures)
     store = Store(store_url)
     images = store.images().set_index("image_id")

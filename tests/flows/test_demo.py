@@ -190,6 +190,19 @@ def test_the_demo_records_the_config_it_ran_with(quick_demo, tmp_path):
         read_config(tmp_path)
 
 
+def test_a_rerun_first_clears_what_the_earlier_demo_left_for_the_tools(tmp_path):
+    """A rerun killed before its first figures must not leave the earlier run's figures.json beside its own
+    store: retrain_spread and the benchmarks would take it for a finished demo."""
+    from flows.demo import CONFIG_FILE, FIGURES_FILE, SPREAD_FILE, clear_previous_run
+
+    (tmp_path / "engine" / "store").mkdir(parents=True)
+    for name in (FIGURES_FILE, SPREAD_FILE, CONFIG_FILE):
+        (tmp_path / name).write_text("{}")
+    clear_previous_run(tmp_path)
+    # config.json stays: the run rewrites it before anything reads it.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CONFIG_FILE]
+
+
 def test_retrain_spread_refuses_what_is_not_a_finished_demo(tmp_path, capsys, load_script):
     script = load_script("retrain_spread")
     with pytest.raises(SystemExit):
