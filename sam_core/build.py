@@ -46,6 +46,8 @@ class SamConfig:
     Meta's parameters exactly); > 0 adds the text projection to text_tokens sparse tokens and the mask decoder's
     presence head (see sam_core.prompt_encoder, sam_core.mask_decoder and, for checkpoints without them,
     sam_core.checkpoint).
+    text_recognizer: with a text path, the width of its mask recognizer (sam_core.text_recognition: which of the
+    image's masks a phrase names, from what each looks like); 0: none, the text tokens alone (earlier text models).
     """
 
     img_size: int = 1024
@@ -70,12 +72,17 @@ class SamConfig:
     conv_attention_blocks: int = 2
     text_dim: int = 0
     text_tokens: int = 2
+    text_recognizer: int = 0
     pixel_mean: tuple[float, ...] = field(default=PIXEL_MEAN)
     pixel_std: tuple[float, ...] = field(default=PIXEL_STD)
 
     @property
     def image_embedding_size(self) -> int:
         return self.img_size // self.patch_size
+
+    def without_text(self) -> SamConfig:
+        """This config with no text path (text fields at their defaults): what a text model was trained on."""
+        return dataclasses.replace(self, text_dim=0, text_tokens=2, text_recognizer=0)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (for the models registry and checkpoint metadata)."""
@@ -151,6 +158,7 @@ def build_sam_from_config(cfg: SamConfig) -> Sam:
             mask_in_chans=cfg.mask_in_chans,
             text_dim=cfg.text_dim,
             text_tokens=cfg.text_tokens,
+            text_recognizer=cfg.text_recognizer,
         ),
         mask_decoder=MaskDecoder(
             transformer_dim=cfg.prompt_embed_dim,

@@ -7,8 +7,8 @@ or a dict {"model": state_dict, ...} whose other keys are free metadata (sam_cor
 are matched strictly: missing, extra or mis-shaped entries are refused with a ValueError naming them.
 
 Text weights, one rule. A model built with a text path (SamConfig.text_dim > 0) has tensors no official or
-embedded checkpoint holds: those whose names start with TEXT_PREFIXES (the prompt encoder's text projection,
-the mask decoder's presence token and head). A checkpoint holds all of them or none:
+embedded checkpoint holds: those whose names start with TEXT_PREFIXES (the prompt encoder's text projection and,
+when built with one, its mask recognizer; the mask decoder's presence token and head). A checkpoint holds all of them or none:
 - all: loaded strictly like every other tensor;
 - none, into a text model: refused, unless the caller passes ``allow_untrained_text=True`` (it means to train the
   text path): then every other tensor loads strictly and the text tensors keep their initialisation;
@@ -32,7 +32,11 @@ from typing import Any
 
 import torch
 
-TEXT_PREFIXES = ("prompt_encoder.text_projection.", "mask_decoder.presence_")
+TEXT_PREFIXES = (
+    "prompt_encoder.text_projection.",
+    "prompt_encoder.text_recognizer.",
+    "mask_decoder.presence_",
+)
 
 
 def text_keys(keys) -> list[str]:

@@ -7,7 +7,11 @@ A drop-in for segment_anything.SamPredictor (same methods and return shapes), pl
   which is what the automatic mask generator wants; upscale_logits(...) upsamples survivors later;
 - predict(text=...): a phrase as the prompt, alone or with points and a box, for a model with a text path and
   the text encoder it was trained with (SamPredictor(model, text_encoder=...), see sam_core.text_model); it
-  also returns the presence score, the probability that what the phrase names is in the image.
+  also returns the presence score, the probability that what the phrase names is in the image. A text model
+  with a mask recognizer (sam_core.text_recognition) first finds which of the image's masks the phrase names:
+  text alone is then answered with the text tokens plus a click inside the best-scored mask and its box, and the
+  presence score is that mask's; score_candidates(text) gives every candidate's. It reads the image's pixels, so
+  set_embedding needs image= for it.
 
 Everything that does not depend on the prompt (dense position encoding, the "no mask" dense embedding added to
 the image embedding, the first decoder layer's projections of the image tokens, the position terms of every
@@ -25,6 +29,7 @@ from .mask_decoder import DecoderContext
 from .predictor_inputs import check_boxes, check_mask_input, check_points, to_rgb_uint8
 from .sam import Sam
 from .text_encoder import TextEncoder
+from .text_recognition import candidate_masks, interior_point, mask_box, mask_descriptors, presence_logits
 from .transforms import ResizeLongestSide
 
 
@@ -61,6 +66,15 @@ class SamPredictor:
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
         self._context: DecoderContext | None = None
+        self._rgb: np.ndarray | None = (
+            None  # H x W x 3 uint8: what a mask recognizer describes the masks from
+        )
+        self._candidates: tuple[list[np.ndarray], torch.Tensor] | None = None
+
+    @property
+    def recognizes_text(self) -> bool:
+        """Whether the model's text path has a mask recognizer (sam_core.text_recognition)."""
+        return getattr(self.model.prompt_encoder, "text_recognizer", None) is not None
 
     # --- setting the image ------------------------------------------------------------------------------
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
@@ -74,6 +88,8 @@ class SamPredictor:
         resized = self.transform.apply_image(rgb)
         tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
         self.set_torch_image(tensor, rgb.shape[:2])
+        if self.recognizes_text:
+            self._rgb = to_rgb_uint8(image, image_format, "RGB")
 
     @torch.no_grad()
     def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
@@ -92,9 +108,17 @@ class SamPredictor:
         self._set_features(features, tuple(original_image_size), tuple(transformed_image.shape[-2:]))
 
     @torch.no_grad()
-    def set_embedding(self, embedding: np.ndarray | torch.Tensor, original_size: tuple[int, int]) -> None:
+    def set_embedding(
+        self,
+        embedding: np.ndarray | torch.Tensor,
+        original_size: tuple[int, int],
+        image: np.ndarray | None = None,
+        image_format: str = "RGB",
+    ) -> None:
         """Use an image embedding computed elsewhere: C x h x w or 1 x C x h x w (torch or numpy, any float
-        dtype), for an image of original_size (H, W)."""
+        dtype), for an image of original_size (H, W). image: the image itself (as set_image takes it, H x W
+        matching original_size), which a text model with a mask recognizer reads beside the embedding; other
+        prompts do not need it."""
         tensor = torch.as_tensor(
             np.asarray(embedding) if not isinstance(embedding, torch.Tensor) else embedding
         )
@@ -112,8 +136,15 @@ class SamPredictor:
             raise ValueError(f"original_size must be (H, W) with positive sides, got {original_size}")
         original = (int(original_size[0]), int(original_size[1]))
         input_size = self.transform.get_preprocess_shape(*original, self.model.image_encoder.img_size)
+        rgb = None
+        if image is not None:
+            rgb = to_rgb_uint8(image, image_format, "RGB")
+            if rgb.shape[:2] != original:
+                raise ValueError(f"image is {rgb.shape[0]} x {rgb.shape[1]} but original_size is {original}")
         self.reset_image()
         self._set_features(tensor.to(self.device, torch.float32), original, input_size)
+        if self.recognizes_text:
+            self._rgb = rgb
 
     def _set_features(self, features: torch.Tensor, original_size, input_size) -> None:
         pe = self.model.prompt_encoder
@@ -243,7 +274,8 @@ class SamPredictor:
             raise ValueError(
                 f"point_coords, boxes and mask_input disagree on the number of prompts: {sorted(sizes)}"
             )
-        text_embeddings = None
+        text_embeddings = recognized = None
+        points, box_tensor = self._to_points(coords, labels), self._to_boxes(box_array)
         if text is not None:
             phrases = [text] if isinstance(text, str | bytes | bytearray) else list(text)
             if sizes and len(phrases) not in (1, *sizes):
@@ -251,11 +283,15 @@ class SamPredictor:
                     f"{len(phrases)} phrases for {sizes.pop()} prompts: give one phrase for all, or one a prompt"
                 )
             text_embeddings = self.encode_text(phrases)
+            if self.recognizes_text:
+                recognized = self.recognize(text_embeddings)  # one row a phrase, before any expansion
+                if not sizes:  # text alone: asked at the best-scored mask (a click inside it, its box)
+                    points, box_tensor = self._recognized_geometry(recognized)
             if sizes and len(phrases) == 1:
                 text_embeddings = text_embeddings.expand(next(iter(sizes)), -1)
         masks, iou, low_res, presence = self._predict(
-            self._to_points(coords, labels),
-            self._to_boxes(box_array),
+            points,
+            box_tensor,
             self._to_tensor(mask),
             multimask_output,
             return_logits,
@@ -265,7 +301,62 @@ class SamPredictor:
         )
         if text is None:
             return masks, iou, low_res
+        if recognized is not None:
+            presence = presence_logits(recognized).expand(len(iou))
         return masks, iou, low_res, torch.sigmoid(presence)
+
+    def candidates(self) -> tuple[list[np.ndarray], torch.Tensor]:
+        """The current image's candidate masks for a mask recognizer (a grid of clicks' masks, H x W bool
+        each, largest first) and their descriptors K x DESCRIPTOR_DIM; computed once an image. ValueError for a
+        model without a recognizer, or an image set without its pixels."""
+        self._require_image()
+        if not self.recognizes_text:
+            raise ValueError("this model's text path has no mask recognizer (SamConfig.text_recognizer = 0)")
+        if self._rgb is None:
+            raise ValueError(
+                "this text model recognises masks by their pixels, which the predictor was not given: "
+                "set_image(image), or set_embedding(embedding, size, image=image)"
+            )
+        if self._candidates is None:
+            masks = candidate_masks(self)
+            descriptors = torch.as_tensor(mask_descriptors(self._rgb, masks), device=self.device)
+            self._candidates = (masks, descriptors)
+        return self._candidates
+
+    @torch.no_grad()
+    def recognize(self, text_embeddings: torch.Tensor) -> torch.Tensor:
+        """B x text_dim text embeddings -> B x K logits, one per candidate mask (``candidates``): that the mask is
+        (one of) what the phrase names."""
+        _, descriptors = self.candidates()
+        return self.model.prompt_encoder.text_recognizer(descriptors, text_embeddings.to(self.device))
+
+    @torch.no_grad()
+    def score_candidates(self, text: str | bytes) -> tuple[list[np.ndarray], np.ndarray]:
+        """The candidate masks (H x W bool each) and the probability K that each is (one of) what ``text`` names."""
+        masks, _ = self.candidates()
+        return masks, torch.sigmoid(self.recognize(self.encode_text([text]))[0]).cpu().numpy()
+
+    def _recognized_geometry(
+        self, logits: torch.Tensor
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """Logits B x K -> (points B x 1 x 2 with labels B x 1, boxes B x 4) in the encoder's input frame: a click
+        inside each phrase's best-scored candidate and its box (the image's centre and whole box when the image
+        has no candidate; the presence, then 0, says so)."""
+        masks, _ = self.candidates()
+        h, w = self.original_size
+        clicks, boxes = [], []
+        for row in logits:
+            if masks:
+                best = masks[int(torch.argmax(row))]
+                clicks.append([interior_point(best)])
+                boxes.append(mask_box(best))
+            else:
+                clicks.append([(w // 2, h // 2)])
+                boxes.append((0, 0, w - 1, h - 1))
+        labels = np.ones((len(clicks), 1), np.int64)
+        return self._to_points(np.asarray(clicks, np.float64), labels), self._to_boxes(
+            np.asarray(boxes, np.float64)
+        )
 
     @torch.no_grad()
     def upscale_logits(self, low_res_logits: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .common import MLP, LayerNorm2d
+from .text_recognition import MaskRecognizer
 
 
 class PositionEmbeddingRandom(nn.Module):
@@ -91,6 +92,7 @@ class PromptEncoder(nn.Module):
         activation: type[nn.Module] = nn.GELU,
         text_dim: int = 0,
         text_tokens: int = 2,
+        text_recognizer: int = 0,
     ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
@@ -114,6 +116,10 @@ class PromptEncoder(nn.Module):
         self.no_mask_embed = nn.Embedding(1, embed_dim)
         # Absent (no parameters, no state-dict entries) unless asked for: Meta's checkpoints load as they are.
         self.text_projection = TextProjection(text_dim, embed_dim, text_tokens) if text_dim > 0 else None
+        # Which mask a phrase names (sam_core.text_recognition), from what the masks look like; text models only.
+        self.text_recognizer = (
+            MaskRecognizer(text_dim, text_recognizer) if text_dim > 0 and text_recognizer > 0 else None
+        )
 
     @property
     def text_dim(self) -> int:

@@ -6,7 +6,9 @@ connected piece of it, so pieces alone cannot separate them: on 50 validation sc
 from clicks, as SAM's automatic masks do: the phrase's own mask says where to look, a grid of clicks inside it
 each ask "the <phrase> here" (text + one positive click, what the trainer's click prompts teach: the one
 instance under the click), and non-maximum suppression by mask IoU keeps one mask per instance, best predicted
-IoU first.
+IoU first. A model with a mask recognizer (sam_core.text_recognition) needs no grid: its instances are the
+candidate masks it scores above 0.5, each asked again as "the <phrase>, here" with a click inside it and its box,
+and its union is theirs.
 
 ``segment_phrase`` is what a user asking "segment <phrase>" gets: nothing when the presence head judges the phrase
 absent, the instances when the phrase names several ("every ...", "each ...", "all ...") or the caller always
@@ -24,6 +26,7 @@ import torch
 from sam_core.mask_utils import binary_iou
 from sam_core.predictor import SamPredictor
 from sam_core.text_encoder import check_phrase
+from sam_core.text_recognition import interior_point, mask_box
 
 POINTS_PER_SIDE = 16
 NMS_IOU = 0.5
@@ -61,11 +64,22 @@ def find_instances(
     batch: int = 64,
 ) -> tuple[list[np.ndarray], list[float]]:
     """The instances ``text`` names on the predictor's current image: (masks H x W bool, predicted IoU of each),
-    best first. ``union``: the phrase's own mask (H x W bool), predicted with the text alone when not given."""
+    best first. ``union``: the phrase's own mask (H x W bool), predicted with the text alone (the grounding map
+    above 0, for a grounding model) when not given."""
+    candidates, scores = [], []
+    if predictor.recognizes_text:
+        named = recognized_masks(predictor, text)
+        if named:
+            clicks = np.array([[interior_point(m)] for m in named], np.float64)
+            boxes = np.array([mask_box(m) for m in named], np.float64)
+            masks, iou, _, _ = predictor.predict_batch(
+                clicks, np.ones(clicks.shape[:2], np.int64), boxes, text=text, multimask_output=False
+            )
+            candidates, scores = list(masks[:, 0].cpu().numpy()), iou[:, 0].cpu().tolist()
+        return _suppress(candidates, scores, nms_iou)
     if union is None:
         union = predictor.predict(text=text)[0][0]
     clicks = grid_clicks_inside(union, points_per_side)
-    candidates, scores = [], []
     for start in range(0, len(clicks), batch):
         coords = clicks[start : start + batch, None, :]
         masks, iou, _, _ = predictor.predict_batch(
@@ -73,6 +87,11 @@ def find_instances(
         )
         candidates += list(masks[:, 0].cpu().numpy())
         scores += iou[:, 0].cpu().tolist()
+    return _suppress(candidates, scores, nms_iou)
+
+
+def _suppress(candidates: list[np.ndarray], scores: list[float], nms_iou: float):
+    """Non-maximum suppression by mask IoU, best predicted IoU first; masks under MIN_AREA dropped."""
     kept, kept_scores = [], []
     for i in np.argsort(scores)[::-1]:
         mask = candidates[i]
@@ -81,6 +100,13 @@ def find_instances(
         kept.append(mask)
         kept_scores.append(float(scores[i]))
     return kept, kept_scores
+
+
+def recognized_masks(predictor: SamPredictor, text: str, threshold: float = 0.5) -> list[np.ndarray]:
+    """The candidate masks (sam_core.text_recognition) a recognizer model scores at least ``threshold`` for
+    ``text``, best first."""
+    masks, probabilities = predictor.score_candidates(text)
+    return [masks[i] for i in np.argsort(-probabilities) if probabilities[i] >= threshold]
 
 
 def names_several(phrase: str) -> bool:
@@ -130,7 +156,11 @@ def segment_phrase(
             f"{presence_threshold})"
         )
         return result
-    union = masks[0]
+    if predictor.recognizes_text:
+        named = recognized_masks(predictor, phrase)
+        union = np.any(np.stack(named), axis=0) if named else np.zeros_like(masks[0])
+    else:
+        union = masks[0]
     if not union.any():
         result.why_empty = (
             f"no mask: {phrase!r} is judged present (presence {presence:.3f}) but its mask is empty"

@@ -60,11 +60,16 @@ def text_encoder_from_record(record: dict, clip_checkpoint: str | Path | None = 
 
 
 def text_model_from_checkpoint(
-    checkpoint: str | Path | None = None, text_dim: int = 128, text_tokens: int = 2, config: str | None = None
+    checkpoint: str | Path | None = None,
+    text_dim: int = 128,
+    text_tokens: int = 2,
+    config: str | None = None,
+    text_recognizer: int = 0,
 ) -> Sam:
     """A Sam with a fresh text path of ``text_dim`` on the weights of a checkpoint without one (default: the
     embedded model), the starting point of training the text path (the text tensors are left at their
-    initialisation, as sam_core.checkpoint's rule allows when asked).
+    initialisation, as sam_core.checkpoint's rule allows when asked). text_recognizer: the width of its mask
+    recognizer (sam_core.text_recognition), 0 for none.
 
     config: the sam_core.build.CONFIGS name of a checkpoint that records none (Meta's bare state dicts:
     "vit_b", "vit_l", "vit_h"); a checkpoint of our trainer records its own."""
@@ -81,7 +86,9 @@ def text_model_from_checkpoint(
         raise ValueError(
             f"{source}: a bare state dict records no config; name it, e.g. config='vit_h' for sam_vit_h_4b8939.pth"
         )
-    model = build_sam_from_config(dataclasses.replace(cfg, text_dim=text_dim, text_tokens=text_tokens))
+    model = build_sam_from_config(
+        dataclasses.replace(cfg, text_dim=text_dim, text_tokens=text_tokens, text_recognizer=text_recognizer)
+    )
     load_weights(model, ckpt, allow_untrained_text=True)
     return model.eval()
 

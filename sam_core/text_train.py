@@ -10,8 +10,12 @@ something is trained on its mask (the union of what it names) through the single
 and the IoU head's MSE, and its presence logit towards 1; with odds ``point_probability`` / ``box_probability``
 it comes with a click inside, or the box of, one of the instances it names, and the target is that instance
 ("the striped ellipse, this one"). An absent phrase trains only its presence logit, towards 0: its masks are
-not supervised (SAM 3's split of recognition from localisation). Mask losses are taken at the low-res logits'
-size (4h x 4w: 128 px for the embedded model), the targets area-averaged down to it, which saves the upsampling
+not supervised (SAM 3's split of recognition from localisation). With ``recognizer_width`` > 0 the model also has
+a mask recognizer (sam_core.text_recognition), trained on every chosen phrase against every ground-truth mask of
+the scene (wholes, parts and subparts, described as the candidates are at inference): BCE of each (phrase, mask)
+score against whether the phrase names that mask, BCE of the best score against whether the phrase is present
+(its presence at inference) and, for a phrase naming one, a softmax over the masks towards it (the one it must
+pick); on every phrase of the scene, since the recognizer costs little beside the decoder. Mask losses are taken at the low-res logits' size (4h x 4w: 128 px for the embedded model), the targets area-averaged down to it, which saves the upsampling
 the interactive trainer pays for.
 """
 
@@ -34,6 +38,7 @@ from sam_core.sam import Sam
 from sam_core.synthetic import SPLITS, make_scene, split_seeds
 from sam_core.text_encoder import TextEncoder
 from sam_core.text_model import make_text_encoder, text_checkpoint, text_model_from_checkpoint
+from sam_core.text_recognition import mask_descriptors
 from sam_core.train import encode, lr_at
 from sam_core.train_data import pad_to, resize_longest_side
 
@@ -57,6 +62,12 @@ class TextTrainConfig:
     phrases_per_kind: int = 3  # sam_core.phrases.scene_phrases(per_kind=...): what a scene offers
     point_probability: float = 0.2
     box_probability: float = 0.1
+    # Odds of a click and the box together: the prompt a recognizer model gives the decoder (inside its mask, and
+    # its box).
+    point_box_probability: float = 0.0
+    recognizer_width: int = 0  # > 0: a mask recognizer of this width (sam_core.text_recognition); 0: none
+    recognizer_weight: float = 1.0
+    pick_weight: float = 0.2  # the softmax towards the one mask a one-object phrase names
     lr: float = 5e-4
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
@@ -87,8 +98,12 @@ class TextTrainConfig:
         for name in ("point_probability", "box_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.point_probability + self.box_probability > 1.0:
-            raise ValueError("point_probability + box_probability must be at most 1")
+        if self.point_probability + self.box_probability + self.point_box_probability > 1.0:
+            raise ValueError("point_probability + box_probability + point_box_probability must be at most 1")
+        if not 0.0 <= self.point_box_probability <= 1.0:
+            raise ValueError(f"point_box_probability must be in [0, 1], got {self.point_box_probability}")
+        if self.recognizer_width < 0:
+            raise ValueError(f"recognizer_width must be >= 0, got {self.recognizer_width}")
         if self.decoder_lr_scale < 0:
             raise ValueError(f"decoder_lr_scale must be >= 0, got {self.decoder_lr_scale}")
         if self.dataset_size is not None and self.dataset_size < 1:
@@ -100,12 +115,14 @@ class SceneSample:
     """One scene ready for text training: its embedding 1 x C x h x w (float16), every instance mask at the
     low-res logits' size (M x 4h x 4w bool) and at the encoder's input size (M x S x S/8 uint8, bits packed
     along rows: a cache of 512 scenes would hold 300 MB of them unpacked; ``instance`` unpacks one, for clicks
-    and boxes), and its phrases as (text, kind, instance indices)."""
+    and boxes), and its phrases as (text, kind, instance indices). For a recognizer model also every mask's
+    descriptor (M x DESCRIPTOR_DIM float32, sam_core.text_recognition.mask_descriptors)."""
 
     embedding: torch.Tensor
     low_res: torch.Tensor
     packed: np.ndarray
     phrases: list[tuple[str, str, tuple[int, ...]]]
+    descriptors: torch.Tensor | None = None
 
     def instance(self, index: int) -> np.ndarray:
         """Instance ``index`` at the encoder's input size, S x S bool."""
@@ -113,7 +130,8 @@ class SceneSample:
 
 
 def prepare_scene(model: Sam, seed: int, scene_size: int, per_kind: int) -> SceneSample:
-    """Encode scene ``seed`` and gather its phrases (see SceneSample)."""
+    """Encode scene ``seed`` and gather its phrases (see SceneSample); the masks' descriptors too when the model
+    has a mask recognizer."""
     scene = make_scene(seed, scene_size)
     size = model.image_encoder.img_size
     image = pad_to(resize_longest_side(scene.image, size, cv2.INTER_LINEAR), size)
@@ -126,7 +144,10 @@ def prepare_scene(model: Sam, seed: int, scene_size: int, per_kind: int) -> Scen
     low = model.prompt_encoder.mask_input_size
     low_res = F.adaptive_avg_pool2d(torch.from_numpy(full).float()[None], low)[0] > 0.5
     phrases = [(p.text, p.kind, p.indices) for p in scene_phrases(scene, seed, per_kind)]
-    return SceneSample(embedding.half(), low_res, np.packbits(full.astype(bool), axis=-1), phrases)
+    sample = SceneSample(embedding.half(), low_res, np.packbits(full.astype(bool), axis=-1), phrases)
+    if model.prompt_encoder.text_recognizer is not None:
+        sample.descriptors = torch.from_numpy(mask_descriptors(scene.image, scene.masks))
+    return sample
 
 
 class TextTrainer:
@@ -157,6 +178,7 @@ class TextTrainer:
                 text_dim=self.text_encoder.embed_dim,
                 text_tokens=config.text_tokens,
                 config=config.base_config,
+                text_recognizer=config.recognizer_width,
             )
         if self.model.prompt_encoder.text_dim != self.text_encoder.embed_dim:
             raise ValueError(
@@ -185,6 +207,8 @@ class TextTrainer:
         text_params += list(self.model.mask_decoder.presence_token.parameters())
         text_params += list(self.model.mask_decoder.presence_head.parameters())
         text_params += [p for p in self.text_encoder.parameters() if p.requires_grad]
+        if self.model.prompt_encoder.text_recognizer is not None:
+            text_params += list(self.model.prompt_encoder.text_recognizer.parameters())
         decoder_params = []
         if self.config.decoder_lr_scale > 0:
             presence = {id(p) for p in text_params}
@@ -247,6 +271,7 @@ class TextTrainer:
             "presence": totals["presence"] / self.config.scenes_per_step,
             "iou": float(np.mean(totals["iou"])) if totals["iou"] else 0.0,
             "presence_accuracy": float(np.mean(totals["presence_correct"])),
+            **{k: totals[k] / self.config.scenes_per_step for k in ("recognizer", "picked") if k in totals},
             "phrases": totals["phrases"],
             "lr": lr,
             "seconds": self.elapsed_seconds(),
@@ -268,16 +293,29 @@ class TextTrainer:
         image_pe = self.model.prompt_encoder.get_dense_pe()
         # Three prompt structures, decoded apart (the prompt encoder takes one structure a call): text alone,
         # text and a click, text and a box. Targets: the union of the phrase's instances, or the one instance.
-        groups: dict[str, list] = {"text": [], "point": [], "box": []}
+        groups: dict[str, list] = {"text": [], "point": [], "box": [], "point_box": []}
         for row, (_, _, indices) in enumerate(phrases):
             draw = self.rng.random()
             if indices and draw < config.point_probability:
                 groups["point"].append((row, int(self.rng.choice(indices))))
             elif indices and draw < config.point_probability + config.box_probability:
                 groups["box"].append((row, int(self.rng.choice(indices))))
+            elif (
+                indices
+                and draw < config.point_probability + config.box_probability + config.point_box_probability
+            ):
+                groups["point_box"].append((row, int(self.rng.choice(indices))))
             else:
                 groups["text"].append((row, None))
         total = embedding.new_zeros(())
+        if sample.descriptors is not None:
+            # Every phrase of the scene, not only the chosen ones: a pass of the recognizer costs little beside the
+            # decoder's, and the recognizer is what picks the object. Weighted as the chosen phrases' share.
+            every = sample.phrases
+            recognizer = self.recognizer_loss(
+                sample, every, self._text_embeddings([p[0] for p in every]), totals
+            )
+            total = total + recognizer * len(phrases) / len(every)
         for kind, members in groups.items():
             if not members:
                 continue
@@ -304,6 +342,32 @@ class TextTrainer:
         totals["phrases"] += len(phrases)
         return total / len(phrases)
 
+    def recognizer_loss(
+        self, sample: SceneSample, phrases: list, text: torch.Tensor, totals: dict
+    ) -> torch.Tensor:
+        """The mask recognizer's loss on a scene's phrases, summed over them (see the module docstring); adds it,
+        and whether each one-object phrase's mask scored best, to ``totals``."""
+        logits = self.model.prompt_encoder.text_recognizer(sample.descriptors.to(self.device), text)  # B x M
+        named = torch.zeros_like(logits)
+        for row, (_, _, indices) in enumerate(phrases):
+            named[row, list(indices)] = 1.0
+        loss = F.binary_cross_entropy_with_logits(logits, named, reduction="none").mean(dim=1).sum()
+        # The best score is the phrase's presence: trained as such, or the many negatives a row holds pull it under
+        # 0. Up through the best of the masks it names (the best of all could be a wrong one, and would be
+        # rewarded), down through the best of all for a phrase naming none.
+        present = named.amax(dim=1)
+        best = torch.where(present > 0, logits.masked_fill(named == 0, -1e4).amax(dim=1), logits.amax(dim=1))
+        loss = loss + F.binary_cross_entropy_with_logits(best, present, reduction="sum")
+        picked = []
+        for row, (_, _, indices) in enumerate(phrases):
+            if len(indices) == 1:
+                target = torch.tensor([indices[0]], device=self.device)
+                loss = loss + self.config.pick_weight * F.cross_entropy(logits[row][None], target)
+                picked.append(int(logits[row].argmax()) == indices[0])
+        totals["recognizer"] = totals.get("recognizer", 0.0) + loss.item() / len(phrases)
+        totals["picked"] = totals.get("picked", 0.0) + (float(np.mean(picked)) if picked else 0.0)
+        return self.config.recognizer_weight * loss
+
     def _text_embeddings(self, texts: list[str]) -> torch.Tensor:
         """B x D embeddings of ``texts``; a frozen encoder's (CLIP's) are computed once per phrase and kept (a
         ViT-B-32 text pass over 8 phrases costs more than the rest of a step)."""
@@ -322,16 +386,19 @@ class TextTrainer:
         if kind == "text":
             return None, None
         masks = [sample.instance(i) for i in instances]
-        if kind == "box":
+        boxes = None
+        if kind in ("box", "point_box"):
             boxes = np.stack([noisy_box(m, self.rng) for m in masks])
-            return None, torch.as_tensor(boxes, dtype=torch.float32, device=self.device)
+            boxes = torch.as_tensor(boxes, dtype=torch.float32, device=self.device)
+        if kind == "box":
+            return None, boxes
         coords = []
         for m in masks:
             ys, xs = np.nonzero(m)
             j = int(self.rng.integers(0, len(ys)))
             coords.append([xs[j], ys[j]])
         points = torch.tensor(coords, dtype=torch.float32, device=self.device)[:, None]
-        return (points, torch.ones((len(masks), 1), dtype=torch.long, device=self.device)), None
+        return (points, torch.ones((len(masks), 1), dtype=torch.long, device=self.device)), boxes
 
     @staticmethod
     def _target(sample: SceneSample, indices: tuple[int, ...], instance: int | None) -> torch.Tensor:

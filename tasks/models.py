@@ -19,7 +19,6 @@ Sam, which answers clicks and boxes as any model does; ``load_text_model`` gives
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from functools import lru_cache
 
@@ -227,11 +226,9 @@ def _check_text_config(ckpt: dict, config_name: str | None, checkpoint_uri: str)
         return
     recorded = SamConfig.from_dict(ckpt["sam_config"])
     base = CONFIGS.get(config_name)
-    if base is None or dataclasses.replace(recorded, text_dim=0, text_tokens=base.text_tokens) != base:
+    if base is None or recorded.without_text() != base.without_text():
         trained_on = [
-            repr(name)
-            for name, cfg in CONFIGS.items()
-            if dataclasses.replace(recorded, text_dim=0, text_tokens=cfg.text_tokens) == cfg
+            repr(name) for name, cfg in CONFIGS.items() if recorded.without_text() == cfg.without_text()
         ]
         raise ValueError(
             f"checkpoint {checkpoint_uri} is a text model trained on config "

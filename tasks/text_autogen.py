@@ -17,6 +17,7 @@ from sam_core.predictor import SamPredictor
 from sam_core.text_encoder import check_phrase
 from sam_core.text_instances import NMS_IOU, POINTS_PER_SIDE, PRESENCE_THRESHOLD, PhraseMasks, segment_phrase
 from stores import Store
+from tasks.ingest import load_image
 from tasks.models import load_text_model
 from tasks.progress import OnProgress
 from tasks.records import mask_rows
@@ -106,7 +107,9 @@ def run_text_shard(
 
     def per_image(image_id, image):
         size = (int(image["height"]), int(image["width"]))
-        predictor.set_embedding(ctx.embedding(image_id), size)
+        # A recognizer text model reads the pixels beside the stored embedding (sam_core.text_recognition).
+        pixels = load_image(image["uri"]) if predictor.recognizes_text else None
+        predictor.set_embedding(ctx.embedding(image_id), size, image=pixels)
         answer = answer_phrase(predictor, settings)
         if not answer.present:
             absent.append({"image_id": image_id, "presence": round(answer.presence, 4)})

@@ -192,7 +192,9 @@ class SamBackend:
         uri, height, width = self._image(image_id)
         if self._current != image_id:
             emb = self._embedding(image_id, uri)
-            self.predictor.set_embedding(emb, (height, width))
+            # A recognizer text model reads the pixels beside the embedding (sam_core.text_recognition).
+            pixels = load_image(uri) if self.predictor.recognizes_text else None
+            self.predictor.set_embedding(emb, (height, width), image=pixels)
             self._current = image_id
         return height, width
 

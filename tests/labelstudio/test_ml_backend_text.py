@@ -250,3 +250,34 @@ def test_a_sync_passes_over_the_phrase_a_person_typed(store):
 
     report = sync.sync_project(Client(), store, 1, round=1, stage="assisted_manual", emit=False)
     assert report.skipped == [] and len(store.masks(round=1)) == 1
+
+
+def test_a_recognizer_text_model_answers_the_phrase_from_the_image_beside_its_embedding(store, scene_image):
+    """A recognizer model (sam_core.text_recognition) reads the pixels: the backend loads the task's image beside the
+    stored embedding, and answers as the model does on the image itself."""
+    from sam_core.text_train import TextTrainConfig, TextTrainer
+
+    trainer = TextTrainer(
+        TextTrainConfig(steps=10, dataset_size=1, scenes_per_step=1, warmup_steps=1, recognizer_width=16)
+    )
+    for _ in range(10):
+        trainer.step()
+    model, encoder = trainer.model.eval(), trainer.text_encoder.eval()
+    _register_scene(store, scene_image)
+    be = SamBackend(store, model, "ground-test", token=TOKEN, text_encoder=encoder)
+    srv, url = serve_in_thread(be)
+    try:
+        for _ in range(2):  # the second answer comes from the stored embedding, with the image loaded again
+            resp = _post(url, _body([_phrase("the rectangle")]))
+            assert resp.status_code == 200, resp.text
+            (prediction,) = resp.json()["results"]
+            direct = _direct((model, encoder), "the rectangle")
+            assert prediction["presence"] == pytest.approx(direct.presence, abs=1e-5)
+            brushes = [r for r in prediction["result"] if r["type"] == "brushlabels"]
+            assert len(brushes) == len(direct.masks)
+            for result, mask in zip(brushes, direct.masks, strict=True):
+                assert np.array_equal(brush_rle_to_mask(result["value"]["rle"], SIZE, SIZE), mask)
+            be._current = None  # forget the image, so the next answer sets it from the store
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -14,7 +14,7 @@ from stores import Store
 from tasks.models import EMBEDDED_VERSION
 from tasks.report import stage_figures
 from tasks.shards import Shard
-from tasks.text_autogen import TextAutogenSettings, text_autogen
+from tasks.text_autogen import TextAutogenSettings, answer_phrase, text_autogen
 
 VERSION = "text-m"
 PHRASE = "every part inside the mottled object"
@@ -109,3 +109,55 @@ def test_instances_rated_below_the_cut_are_dropped_and_an_emptied_image_says_why
     )
     assert none["masks"] == 0 and none["absent"] == []  # present, only rated too low
     assert "but none of its" in caplog.text and "rated at least 1.0" in caplog.text
+
+
+def test_a_recognizer_text_model_reads_each_image_beside_its_stored_embedding(tmp_path):
+    """A recognizer model (sam_core.text_recognition) needs the pixels: the stage loads each image from its URI."""
+    import io
+
+    import cv2
+    import torch
+
+    from sam_core.embedded import embedded_config_name
+    from sam_core.text_train import TextTrainConfig, TextTrainer
+    from tasks.models import register_model
+
+    trainer = TextTrainer(
+        TextTrainConfig(steps=3, dataset_size=1, scenes_per_step=1, warmup_steps=1, recognizer_width=16)
+    )
+    for _ in range(3):
+        trainer.step()
+    store = Store((tmp_path / "engine").as_uri())
+    buffer = io.BytesIO()
+    torch.save(trainer.checkpoint(), buffer)
+    register_model(
+        store, "ground", embedded_config_name(), store.write_checkpoint("ground", buffer.getvalue())
+    )
+    scene = make_scene(split_seeds("train", 1)[0])
+    path = tmp_path / "scene.png"
+    cv2.imwrite(str(path), cv2.cvtColor(scene.image, cv2.COLOR_RGB2BGR))
+    store.write_images(
+        pd.DataFrame(
+            {
+                "image_id": ["img-a"],
+                "uri": [path.as_uri()],
+                "width": 256,
+                "height": 256,
+                "sha256": ["a"],
+                "split": "train",
+            }
+        )
+    )
+    predictor = SamPredictor(trainer.model.eval())
+    predictor.set_image(scene.image)
+    store.put_embedding("img-a", "ground", predictor.get_image_embedding()[0].numpy())
+    shard = Shard(store.url, "ground", 1, "fully_automatic", "00000", ("img-a",))
+    settings = TextAutogenSettings(phrase=PHRASE, presence_threshold=0.0, points_per_side=4)
+    summary = text_autogen.fn(shard, settings)
+    # the same answer as the model gives the image itself (set_image: pixels and embedding from one place)
+    direct = SamPredictor(trainer.model, text_encoder=trainer.text_encoder)
+    direct.set_image(scene.image)
+    expected = answer_phrase(direct, settings)
+    assert summary["images"] == 1 and summary["masks"] == len(expected.masks)
+    written = store.masks(round=1, stage="fully_automatic")
+    assert len(written) == summary["masks"] and set(written["phrase"]) <= {PHRASE}

@@ -1,5 +1,5 @@
 """Training the text path: the loss falls, with the embedded text encoder and with CLIP's (the real ViT-B-32
-text tower at random weights, projection trained, masks out); scripts/train_text.py validates, keeps its best,
+text tower at random weights, projection and mask recognizer trained, masks out); scripts/train_text.py validates, keeps its best,
 resumes exactly where it stopped and prints the evaluation table."""
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def test_clip_text_path_trains_end_to_end_and_gives_masks():
 
     torch.manual_seed(0)
     clip = ClipTextEncoder("ViT-B-32")
-    trainer = TextTrainer(TextTrainConfig(steps=20, decoder_lr_scale=0.1, **ONE_SCENE), text_encoder=clip)
+    config = TextTrainConfig(steps=20, decoder_lr_scale=0.1, recognizer_width=32, **ONE_SCENE)
+    trainer = TextTrainer(config, text_encoder=clip)
     assert trainer.model.prompt_encoder.text_dim == 512 and not trainer.text_encoder_trains
     losses = [trainer.step()["loss"] for _ in range(20)]
     assert _falls(losses), losses
@@ -56,6 +57,12 @@ def test_clip_text_path_trains_end_to_end_and_gives_masks():
     masks, scores, logits, presence = predictor.predict(text=text)
     assert masks.shape == (1, 256, 256) and masks.any() and 0 <= presence <= 1
     assert scores.shape == (1,) and logits.shape == (1, 128, 128)
+    candidates, probabilities = predictor.score_candidates(
+        text
+    )  # the recognizer reads CLIP's 512-d embedding
+    assert len(candidates) == len(probabilities) > 0 and presence == pytest.approx(
+        probabilities.max(), abs=1e-6
+    )
 
 
 TINY = ["steps=4", "scenes_per_step=1", "phrases_per_scene=4", "dataset_size=2", "warmup_steps=1"]

@@ -1,0 +1,176 @@
+"""The mask recognizer of the text path (sam_core.text_recognition): which of the image's masks a phrase names.
+Its descriptors, its candidates, its checkpoint rule, its training, and the predictor that asks the decoder at the
+best-scored mask (text alone, or an embedding from the store with its image)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from sam_core import SamPredictor
+from sam_core.checkpoint import load_weights
+from sam_core.embedded import load_embedded
+from sam_core.synthetic import make_scene, split_seeds
+from sam_core.text_instances import find_instances, recognized_masks, segment_phrase
+from sam_core.text_model import load_text_model, text_model_from_checkpoint
+from sam_core.text_recognition import (
+    DESCRIPTOR_DIM,
+    OWN_FEATURES,
+    MaskRecognizer,
+    candidate_masks,
+    enclosing,
+    interior_point,
+    mask_box,
+    mask_descriptors,
+)
+from sam_core.text_train import TextTrainConfig, TextTrainer
+
+ONE_SCENE = dict(dataset_size=1, scenes_per_step=1, warmup_steps=2, lr=3e-3, phrases_per_scene=12)
+PHRASE = "every polygon"
+
+
+@pytest.fixture(scope="module")
+def recognizer_trainer():
+    """A recognizer text model trained 80 steps on one training scene (its phrases at 6 per kind), the decoder
+    frozen as the recipe has it (40 steps left "the rectangle" on the ellipse)."""
+    config = TextTrainConfig(
+        steps=80, phrases_per_kind=6, point_box_probability=0.6, recognizer_width=32, decoder_lr_scale=0.0,
+        **ONE_SCENE,
+    )  # fmt: skip
+    trainer = TextTrainer(config)
+    history = [trainer.step() for _ in range(80)]
+    trainer.model.eval()
+    trainer.text_encoder.eval()
+    return trainer, history
+
+
+@pytest.fixture(scope="module")
+def trained_scene():
+    return make_scene(split_seeds("train", 1)[0])
+
+
+def _square_and_disc():
+    """A 100 x 100 image: a red square with a small blue disc inside it, and a green ellipse beside."""
+    image = np.full((100, 100, 3), 128, np.uint8)
+    square, disc, ellipse = (np.zeros((100, 100), np.uint8) for _ in range(3))
+    cv2.rectangle(square, (5, 5), (55, 55), 1, -1)
+    cv2.circle(disc, (30, 30), 8, 1, -1)
+    cv2.ellipse(ellipse, (78, 70), (15, 25), 0, 0, 360, 1, -1)
+    image[square > 0] = (200, 35, 35)
+    image[disc > 0] = (45, 70, 205)
+    image[ellipse > 0] = (50, 165, 55)
+    return image, [square > 0, disc > 0, ellipse > 0]
+
+
+def test_descriptors_tell_colour_shape_and_what_encloses_a_mask():
+    image, masks = _square_and_disc()
+    assert enclosing(masks) == [-1, 0, -1]
+    d = mask_descriptors(image, masks)
+    assert d.shape == (3, DESCRIPTOR_DIM) and np.isfinite(d).all()
+    square, disc, ellipse = d
+    # the square's colour is its own pixels' (red: Lab a > 0.4), not mixed with the blue disc inside it
+    assert square[1] > 0.4 and square[4] < 0.1
+    assert disc[2] < -0.3  # blue: Lab b far below 0
+    rectangle_fill, ellipse_fill = 16, 13  # indices into the own features (see _own_features)
+    assert square[rectangle_fill] > 0.95 and ellipse[ellipse_fill] > 0.95 and ellipse[rectangle_fill] < 0.85
+    # the disc carries its enclosing square's own features and the flag; the wholes carry zeros
+    assert np.array_equal(disc[OWN_FEATURES : 2 * OWN_FEATURES], square[:OWN_FEATURES]) and disc[-1] == 1
+    assert not square[OWN_FEATURES:].any() and not ellipse[OWN_FEATURES:].any()
+    assert mask_descriptors(image, []).shape == (0, DESCRIPTOR_DIM)
+    with pytest.raises(ValueError, match="masks are"):
+        mask_descriptors(image[:50], masks)
+    assert interior_point(masks[1]) == (30, 30) and mask_box(masks[0]) == (5, 5, 55, 55)
+
+
+def test_the_recognizer_scores_every_phrase_against_every_mask_and_refuses_other_shapes():
+    recognizer = MaskRecognizer(text_dim=16, width=8)
+    logits = recognizer(torch.zeros(5, DESCRIPTOR_DIM), torch.zeros(3, 16))
+    assert logits.shape == (3, 5)
+    with pytest.raises(ValueError, match="text embeddings must be B x 16"):
+        recognizer(torch.zeros(5, DESCRIPTOR_DIM), torch.zeros(3, 12))
+    with pytest.raises(ValueError, match=f"descriptors must be K x {DESCRIPTOR_DIM}"):
+        recognizer(torch.zeros(5, 7), torch.zeros(3, 16))
+
+
+def test_candidates_are_the_embedded_models_masks_largest_first(trained_scene):
+    predictor = SamPredictor(load_embedded())
+    predictor.set_image(trained_scene.image)
+    masks = candidate_masks(predictor)
+    areas = [int(m.sum()) for m in masks]
+    assert len(masks) >= len([lv for lv in trained_scene.levels if lv == 0]) and areas == sorted(areas)[::-1]
+    assert all(m.shape == trained_scene.image.shape[:2] and m.dtype == bool for m in masks)
+    best = [max(float((m & t).sum() / (m | t).sum()) for m in masks) for t in trained_scene.masks]
+    assert np.mean(np.array(best) >= 0.5) >= 0.5  # most of the scene's objects and parts are among them
+
+
+def test_a_recognizer_checkpoint_holds_it_and_one_without_it_is_refused_whole(recognizer_trainer, tmp_path):
+    trainer, _ = recognizer_trainer
+    checkpoint = trainer.checkpoint()
+    keys = [k for k in checkpoint["model"] if k.startswith("prompt_encoder.text_recognizer.")]
+    assert keys and checkpoint["sam_config"]["text_recognizer"] == 32
+    path = tmp_path / "text.pt"
+    torch.save(checkpoint, path)
+    model, _ = load_text_model(path)
+    for key in keys:
+        assert torch.equal(model.state_dict()[key], checkpoint["model"][key])
+    partial = {k: v for k, v in checkpoint["model"].items() if k not in keys}
+    with pytest.raises(ValueError, match="only part of the text path"):
+        load_weights(text_model_from_checkpoint(text_recognizer=32), {"model": partial})
+
+
+def test_the_recognizer_learns_which_masks_the_phrases_of_its_scene_name(recognizer_trainer):
+    trainer, history = recognizer_trainer
+    losses = [h["recognizer"] for h in history]
+    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5]), losses
+    assert np.mean([h["picked"] for h in history[-10:]]) >= 0.8  # the named mask scores best
+
+
+def test_text_alone_is_asked_inside_the_best_scored_mask_and_presence_is_its_score(
+    recognizer_trainer, trained_scene
+):
+    trainer, _ = recognizer_trainer
+    predictor = SamPredictor(trainer.model, text_encoder=trainer.text_encoder)
+    predictor.set_image(trained_scene.image)
+    candidates, probabilities = predictor.score_candidates(PHRASE)
+    assert len(candidates) == len(probabilities) > 0
+    masks, scores, _, presence = predictor.predict(text=PHRASE)
+    assert presence == pytest.approx(float(probabilities.max()), abs=1e-6)
+    best = candidates[int(np.argmax(probabilities))]
+    asked = predictor.predict(
+        np.array([interior_point(best)]), np.array([1]), np.array(mask_box(best)), text=PHRASE
+    )
+    assert np.array_equal(asked[0], masks) and np.allclose(asked[1], scores)
+    named = recognized_masks(predictor, PHRASE)
+    assert len(named) == int((probabilities >= 0.5).sum())
+
+
+def test_an_embedding_from_the_store_needs_its_image_and_then_answers_as_set_image(
+    recognizer_trainer, trained_scene
+):
+    trainer, _ = recognizer_trainer
+    predictor = SamPredictor(trainer.model, text_encoder=trainer.text_encoder)
+    predictor.set_image(trained_scene.image)
+    embedding = predictor.get_image_embedding().clone()
+    direct = predictor.predict(text=PHRASE)
+    instances = find_instances(predictor, PHRASE)
+    size = trained_scene.image.shape[:2]
+    predictor.set_embedding(embedding, size)
+    with pytest.raises(ValueError, match=r"set_embedding\(embedding, size, image=image\)"):
+        predictor.predict(text=PHRASE)
+    assert predictor.predict(np.array([[40, 40]]), np.array([1]))[0].shape == (
+        3,
+        256,
+        256,
+    )  # clicks need none
+    with pytest.raises(ValueError, match="image is 10 x 10 but original_size is"):
+        predictor.set_embedding(embedding, size, image=np.zeros((10, 10, 3), np.uint8))
+    predictor.set_embedding(embedding, size, image=trained_scene.image)
+    again = predictor.predict(text=PHRASE)
+    assert np.array_equal(again[0], direct[0]) and again[3] == pytest.approx(direct[3], abs=1e-6)
+    found = find_instances(predictor, PHRASE)
+    assert len(found[0]) == len(instances[0])
+    assert all(np.array_equal(a, b) for a, b in zip(found[0], instances[0], strict=True))
+    answer = segment_phrase(predictor, PHRASE, presence_threshold=0.0)
+    assert answer.instances and (answer.masks or answer.why_empty)
