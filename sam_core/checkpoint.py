@@ -8,7 +8,8 @@ are matched strictly: missing, extra or mis-shaped entries are refused with a Va
 
 Text weights, one rule. A model built with a text path (SamConfig.text_dim > 0) has tensors no official or
 embedded checkpoint holds: those whose names start with TEXT_PREFIXES (the prompt encoder's text projection and,
-when built with one, its mask recognizer; the mask decoder's presence token and head). A checkpoint holds all of them or none:
+when built with one, its mask recognizer; the mask decoder's presence token and head). A checkpoint holds all of
+them or none:
 - all: loaded strictly like every other tensor;
 - none, into a text model: refused, unless the caller passes ``allow_untrained_text=True`` (it means to train the
   text path): then every other tensor loads strictly and the text tensors keep their initialisation;

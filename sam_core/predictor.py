@@ -27,9 +27,10 @@ import torch
 
 from .mask_decoder import DecoderContext
 from .predictor_inputs import check_boxes, check_mask_input, check_points, to_rgb_uint8
+from .prompts import farthest_point, mask_to_box
 from .sam import Sam
 from .text_encoder import TextEncoder
-from .text_recognition import candidate_masks, interior_point, mask_box, mask_descriptors, presence_logits
+from .text_recognition import candidate_masks, mask_descriptors, presence_logits
 from .transforms import ResizeLongestSide
 
 
@@ -66,9 +67,8 @@ class SamPredictor:
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
         self._context: DecoderContext | None = None
-        self._rgb: np.ndarray | None = (
-            None  # H x W x 3 uint8: what a mask recognizer describes the masks from
-        )
+        # H x W x 3 uint8 RGB: what a mask recognizer describes the candidate masks from.
+        self._rgb: np.ndarray | None = None
         self._candidates: tuple[list[np.ndarray], torch.Tensor] | None = None
 
     @property
@@ -348,8 +348,8 @@ class SamPredictor:
         for row in logits:
             if masks:
                 best = masks[int(torch.argmax(row))]
-                clicks.append([interior_point(best)])
-                boxes.append(mask_box(best))
+                clicks.append([farthest_point(best)[:2]])
+                boxes.append(mask_to_box(best))
             else:
                 clicks.append([(w // 2, h // 2)])
                 boxes.append((0, 0, w - 1, h - 1))

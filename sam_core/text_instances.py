@@ -25,8 +25,8 @@ import torch
 
 from sam_core.mask_utils import binary_iou
 from sam_core.predictor import SamPredictor
+from sam_core.prompts import farthest_point, mask_to_box
 from sam_core.text_encoder import check_phrase
-from sam_core.text_recognition import interior_point, mask_box
 
 POINTS_PER_SIDE = 16
 NMS_IOU = 0.5
@@ -64,14 +64,14 @@ def find_instances(
     batch: int = 64,
 ) -> tuple[list[np.ndarray], list[float]]:
     """The instances ``text`` names on the predictor's current image: (masks H x W bool, predicted IoU of each),
-    best first. ``union``: the phrase's own mask (H x W bool), predicted with the text alone (the grounding map
-    above 0, for a grounding model) when not given."""
+    best first. ``union``: the phrase's own mask (H x W bool), predicted with the text alone when not given
+    (a recognizer model ignores it: its instances are the candidate masks it names)."""
     candidates, scores = [], []
     if predictor.recognizes_text:
         named = recognized_masks(predictor, text)
         if named:
-            clicks = np.array([[interior_point(m)] for m in named], np.float64)
-            boxes = np.array([mask_box(m) for m in named], np.float64)
+            clicks = np.array([[farthest_point(m)[:2]] for m in named], np.float64)
+            boxes = np.array([mask_to_box(m) for m in named], np.float64)
             masks, iou, _, _ = predictor.predict_batch(
                 clicks, np.ones(clicks.shape[:2], np.int64), boxes, text=text, multimask_output=False
             )

@@ -14,9 +14,10 @@ the majority word, benchmarks/bench_embedding_probe.py):
   polygon").
 
 ``MaskRecognizer`` maps descriptors and text embeddings to a score per (phrase, mask): a logit that the mask is
-(one of) what the phrase names. Candidates come from the automatic mask generator on the image (``candidates``);
-the text path asks the decoder at the best one (its interior peak and its box, with the text tokens), a phrase's
-presence is its best score, and the instances of "every ..." are the candidates scored above 0.
+(one of) what the phrase names. Candidates are the masks of a grid of clicks on the image (``candidate_masks``);
+the text path asks the decoder at the best one (a click at its point farthest from its border and its box, with
+the text tokens), a phrase's presence is its best score, and the instances of "every ..." are the candidates
+scored above 0 (probability 0.5).
 
 Shapes: image H x W x 3 uint8 RGB, masks K x H x W bool -> descriptors K x DESCRIPTOR_DIM float32; text
 embeddings B x text_dim -> logits B x K.
@@ -44,9 +45,9 @@ STABILITY_OFFSET = 1.0
 # The dot product's divisor. 1/sqrt(width) (11.3 at width 128) learnt far slower: with ground-truth masks as the
 # candidates, 500 steps of 8 scenes picked the named object for 54% of 179 val phrases against 78% with 4.
 TEMPERATURE = 4.0
-ENCLOSED_FRACTION = (
-    0.9  # a mask is inside another when this much of it is covered by one at least 1.2x larger
-)
+# A mask is inside another when this much of it is covered by one at least 1.2x larger.
+ENCLOSED_FRACTION = 0.9
+NO_CANDIDATE_LOGIT = -20.0  # the presence logit of an image without candidates
 
 
 def enclosing(masks: list[np.ndarray]) -> list[int]:
@@ -180,28 +181,12 @@ class MaskRecognizer(nn.Module):
         return text @ masks.T / TEMPERATURE + self.bias
 
 
-def interior_point(mask: np.ndarray) -> tuple[int, int]:
-    """(x, y) of the pixel of ``mask`` farthest from its border: a click that is surely on it."""
-    distance = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1]
-    y, x = np.unravel_index(int(np.argmax(distance)), mask.shape)
-    return int(x), int(y)
-
-
-def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """(x0, y0, x1, y1): the first and last pixels of ``mask`` (SAM's box prompt)."""
-    ys, xs = np.nonzero(mask)
-    return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
-
-
 def presence_logits(logits: torch.Tensor) -> torch.Tensor:
     """B x K recognition logits -> B presence logits: the best candidate's (a phrase is in the image when one of
     its masks is what it names); NO_CANDIDATE_LOGIT for an image without candidates."""
     if logits.shape[1] == 0:
         return logits.new_full((logits.shape[0],), NO_CANDIDATE_LOGIT)
     return logits.amax(dim=1)
-
-
-NO_CANDIDATE_LOGIT = -20.0
 
 
 def candidate_masks(predictor, batch: int = 64) -> list[np.ndarray]:

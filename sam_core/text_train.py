@@ -11,12 +11,13 @@ and the IoU head's MSE, and its presence logit towards 1; with odds ``point_prob
 it comes with a click inside, or the box of, one of the instances it names, and the target is that instance
 ("the striped ellipse, this one"). An absent phrase trains only its presence logit, towards 0: its masks are
 not supervised (SAM 3's split of recognition from localisation). With ``recognizer_width`` > 0 the model also has
-a mask recognizer (sam_core.text_recognition), trained on every chosen phrase against every ground-truth mask of
-the scene (wholes, parts and subparts, described as the candidates are at inference): BCE of each (phrase, mask)
-score against whether the phrase names that mask, BCE of the best score against whether the phrase is present
-(its presence at inference) and, for a phrase naming one, a softmax over the masks towards it (the one it must
-pick); on every phrase of the scene, since the recognizer costs little beside the decoder. Mask losses are taken at the low-res logits' size (4h x 4w: 128 px for the embedded model), the targets area-averaged down to it, which saves the upsampling
-the interactive trainer pays for.
+a mask recognizer (sam_core.text_recognition), trained on every phrase of the scene (not only the chosen ones:
+it costs little beside the decoder) against every ground-truth mask of the scene (wholes, parts and subparts,
+described as the candidates are at inference): BCE of each (phrase, mask) score against whether the phrase names
+that mask, BCE of the best score against whether the phrase is present (its presence at inference) and, for a
+phrase naming one, a softmax over the masks towards it (the one it must pick). Mask losses are taken at the
+low-res logits' size (4h x 4w: 128 px for the embedded model), the targets area-averaged down to it, which saves
+the upsampling the interactive trainer pays for.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import torch
 from sam_core import SamPredictor
 from sam_core.checkpoint import load_weights
 from sam_core.embedded import load_embedded
+from sam_core.prompts import farthest_point, mask_to_box
 from sam_core.synthetic import make_scene, split_seeds
 from sam_core.text_instances import find_instances, recognized_masks, segment_phrase
 from sam_core.text_model import load_text_model, text_model_from_checkpoint
@@ -21,8 +22,6 @@ from sam_core.text_recognition import (
     MaskRecognizer,
     candidate_masks,
     enclosing,
-    interior_point,
-    mask_box,
     mask_descriptors,
 )
 from sam_core.text_train import TextTrainConfig, TextTrainer
@@ -81,7 +80,7 @@ def test_descriptors_tell_colour_shape_and_what_encloses_a_mask():
     assert mask_descriptors(image, []).shape == (0, DESCRIPTOR_DIM)
     with pytest.raises(ValueError, match="masks are"):
         mask_descriptors(image[:50], masks)
-    assert interior_point(masks[1]) == (30, 30) and mask_box(masks[0]) == (5, 5, 55, 55)
+    assert farthest_point(masks[1])[:2] == (30, 30) and tuple(mask_to_box(masks[0])) == (5, 5, 55, 55)
 
 
 def test_the_recognizer_scores_every_phrase_against_every_mask_and_refuses_other_shapes():
@@ -139,7 +138,7 @@ def test_text_alone_is_asked_inside_the_best_scored_mask_and_presence_is_its_sco
     assert presence == pytest.approx(float(probabilities.max()), abs=1e-6)
     best = candidates[int(np.argmax(probabilities))]
     asked = predictor.predict(
-        np.array([interior_point(best)]), np.array([1]), np.array(mask_box(best)), text=PHRASE
+        np.array([farthest_point(best)[:2]]), np.array([1]), mask_to_box(best), text=PHRASE
     )
     assert np.array_equal(asked[0], masks) and np.allclose(asked[1], scores)
     named = recognized_masks(predictor, PHRASE)
