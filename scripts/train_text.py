@@ -255,6 +255,20 @@ def model_card(ckpt: dict, metrics: dict, split: str) -> str:
         f"{config['lr']:g}, warmup {config['warmup_steps']}, decoder at {config['decoder_lr_scale']:g} x lr; "
         f"trained {meta.get('steps')} steps in {meta.get('wall_seconds', 0) / 60:.1f} min.",
         "",
+    ]
+    stage = meta.get("recognizer_stage")
+    if stage:
+        recipe = stage["recipe"]
+        lines += [
+            "## Recognizer stage (`RecognizerTrainConfig`, sam_core/recognizer_train.py)",
+            f"Then the mask recognizer alone, on the candidate masks of {recipe['train_scenes']} training scenes "
+            f"(labelled by IoU: named >= {recipe['positive_iou']}, not < {recipe['negative_iou']}), "
+            f"{recipe['scenes_per_step']} scenes a step, lr {recipe['lr']:g}; best on {recipe['val_scenes']} val "
+            f"scenes' candidates at step {stage['steps']} of {recipe['steps']} "
+            f"(`scripts/train_recognizer.py --base {stage['base']}`).",
+            "",
+        ]
+    lines += [
         f"## Held-out figures ({split} scenes)",
         "",
         format_text_table(metrics),

@@ -1,0 +1,373 @@
+"""The mask recognizer's second stage: trained on the candidates it meets at inference, many scenes a step.
+
+The text path's trainer (sam_core.text_train) teaches the recognizer on each scene's ground-truth masks, two
+scenes a step beside the decoder. At inference it scores something else: the image's candidate masks
+(sam_core.text_recognition.candidate_masks), which cut objects differently, miss some, and hold duplicates and
+pieces. This stage fits the recognizer alone to those, on a fixed text model (image encoder, decoder and text
+encoder unchanged, so clicks, boxes and the text tokens answer as before):
+
+1. ``build_candidates`` computes, once per training scene, its candidate masks' descriptors and their IoU with
+   every ground-truth mask (wholes, parts and subparts), and keeps them on disk in chunks, so that a killed build
+   goes on from its last chunk. A scene costs about 1.3 s on 2 cores (the grid of clicks); what is kept is
+   about 0.4 MB (the masks, packed, so that a new descriptor needs no clicks).
+2. ``RecognizerTrainer`` trains the recognizer on them, ``scenes_per_step`` scenes a step (a step costs a few ms
+   a scene: no decoder). A candidate is what a phrase names when its IoU with one of the phrase's masks is at
+   least ``positive_iou``, is not when under ``negative_iou``; in between it is left out of the per-pair loss.
+   The loss is the first stage's three parts on these labels: BCE per (phrase, candidate), BCE of the best score
+   against presence (up through the best of the candidates it names; a present phrase with none is left out), and
+   for a phrase naming one object a softmax towards the candidates that cover it best (within PICK_MARGIN).
+
+Shapes: descriptors K x DESCRIPTOR_DIM float32, IoU K x G float16 (K candidates, G ground-truth masks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sam_core.checkpoint import atomic_save
+from sam_core.phrases import scene_phrases
+from sam_core.predictor import SamPredictor
+from sam_core.sam import Sam
+from sam_core.synthetic import make_scene, split_seeds
+from sam_core.text_encoder import TextEncoder
+
+log = logging.getLogger(__name__)
+
+CHUNK = 50  # scenes per file of the candidate cache
+PICK_MARGIN = 0.05  # IoU: a one-object phrase's pick is right within this of its best candidate
+
+
+@dataclass
+class CandidateScene:
+    """One scene's candidates: descriptors K x DESCRIPTOR_DIM float32, IoU of each with every ground-truth mask
+    K x G float16, the scene's phrases as (text, kind, indices of the ground-truth masks it names) and the masks
+    themselves, bits packed along rows (K x H x W/8 uint8: a new descriptor is computed from them without the
+    grid of clicks again)."""
+
+    seed: int
+    descriptors: torch.Tensor
+    iou: torch.Tensor
+    phrases: list[tuple[str, str, tuple[int, ...]]]
+    packed_masks: torch.Tensor | None = None
+
+    def masks(self) -> list[np.ndarray]:
+        """The candidate masks, H x W bool each."""
+        if self.packed_masks is None:
+            raise ValueError(f"scene {self.seed}'s candidates were stored without their masks")
+        return list(np.unpackbits(self.packed_masks.numpy(), axis=-1).astype(bool))
+
+    def to_dict(self) -> dict:
+        return {
+            "seed": self.seed,
+            "descriptors": self.descriptors,
+            "iou": self.iou,
+            "phrases": [[t, k, list(i)] for t, k, i in self.phrases],
+            "packed_masks": self.packed_masks,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CandidateScene:
+        phrases = [(t, k, tuple(i)) for t, k, i in d["phrases"]]
+        return cls(int(d["seed"]), d["descriptors"], d["iou"], phrases, d.get("packed_masks"))
+
+    def named_iou(self) -> torch.Tensor:
+        """P x K: each candidate's IoU with the best-matching mask each phrase names (0 for absent phrases)."""
+        out = torch.zeros(len(self.phrases), len(self.descriptors))
+        if len(self.descriptors):
+            for row, (_, _, indices) in enumerate(self.phrases):
+                if indices:
+                    out[row] = self.iou[:, list(indices)].float().amax(dim=1)
+        return out
+
+
+def mask_ious(predicted: list[np.ndarray], truth: list[np.ndarray]) -> np.ndarray:
+    """K x G IoU of every predicted mask with every true one (H x W bool each)."""
+    if not predicted or not truth:
+        return np.zeros((len(predicted), len(truth)), np.float32)
+    a = np.stack(predicted).reshape(len(predicted), -1).astype(np.float32)
+    b = np.stack(truth).reshape(len(truth), -1).astype(np.float32)
+    inter = a @ b.T
+    union = a.sum(1)[:, None] + b.sum(1)[None] - inter
+    return (inter / np.maximum(union, 1.0)).astype(np.float32)
+
+
+def candidate_scene(
+    predictor: SamPredictor, seed: int, per_kind: int, scene_size: int = 256
+) -> CandidateScene:
+    """Scene ``seed``'s candidates as the predictor finds them at inference (sam_core.text_recognition)."""
+    scene = make_scene(seed, scene_size)
+    predictor.set_image(scene.image)
+    masks, descriptors = predictor.candidates()
+    iou = torch.from_numpy(mask_ious(masks, scene.masks)).half()
+    phrases = [(p.text, p.kind, p.indices) for p in scene_phrases(scene, seed, per_kind)]
+    h, w = scene.image.shape[:2]
+    packed = np.packbits(np.stack(masks), axis=-1) if masks else np.zeros((0, h, (w + 7) // 8), np.uint8)
+    return CandidateScene(seed, descriptors.detach().cpu().float(), iou, phrases, torch.from_numpy(packed))
+
+
+def build_candidates(
+    model: Sam,
+    text_encoder: TextEncoder,
+    folder: Path,
+    split: str,
+    count: int,
+    per_kind: int,
+    progress=None,
+) -> list[CandidateScene]:
+    """The candidates of the first ``count`` scenes of ``split``, computed in chunks of CHUNK scenes, each saved
+    under ``folder`` as it completes (a rerun computes only the chunks missing); returns them all in seed order.
+    ``progress(done, count, seconds_left)`` is called after each scene computed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    seeds = split_seeds(split, count)
+    predictor = SamPredictor(model.eval(), text_encoder=text_encoder)
+    scenes: list[CandidateScene] = []
+    started, computed = time.monotonic(), 0
+    to_compute = sum(
+        len(seeds[s : s + CHUNK])
+        for s in range(0, len(seeds), CHUNK)
+        if not _chunk_path(folder, split, per_kind, seeds[s]).exists()
+    )
+    for start in range(0, len(seeds), CHUNK):
+        chunk = seeds[start : start + CHUNK]
+        path = _chunk_path(folder, split, per_kind, chunk[0])
+        if path.exists():
+            stored = torch.load(path, weights_only=True)
+            if [d["seed"] for d in stored] == chunk:
+                scenes += [CandidateScene.from_dict(d) for d in stored]
+                continue
+            log.warning("%s holds other seeds than expected; computing it again", path)
+        rows = []
+        for seed in chunk:
+            with torch.no_grad():
+                rows.append(candidate_scene(predictor, seed, per_kind))
+            computed += 1
+            if progress:
+                per_scene = (time.monotonic() - started) / computed
+                progress(computed, to_compute, per_scene * (to_compute - computed))
+        atomic_save([r.to_dict() for r in rows], path)
+        scenes += rows
+    return scenes
+
+
+def _chunk_path(folder: Path, split: str, per_kind: int, first_seed: int) -> Path:
+    return folder / f"{split}_k{per_kind}_{first_seed}.pt"
+
+
+@dataclass
+class RecognizerTrainConfig:
+    """The second stage's recipe (see the module docstring); the defaults are the recipe."""
+
+    # 600 scenes: the recognizer underfits them (it picks within 0.05 IoU of the best candidate for 52-64% of its
+    # training phrases over steps 1,000-2,000, about what it reaches on val), so more scenes, at 1.3 s each to
+    # compute, would not help it.
+    train_scenes: int = 600
+    val_scenes: int = 50
+    per_kind: int = 6  # sam_core.phrases.scene_phrases(per_kind=...)
+    steps: int = 2000
+    scenes_per_step: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.05
+    weight_decay: float = 0.01
+    positive_iou: float = 0.5
+    negative_iou: float = 0.3
+    pick_weight: float = 1.0
+    presence_weight: float = 1.0
+    seed: int = 0
+    metadata: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if min(self.train_scenes, self.val_scenes, self.per_kind, self.steps, self.scenes_per_step) < 1:
+            raise ValueError(f"scene counts, per_kind, steps and scenes_per_step must be >= 1: {self}")
+        if not 0.0 <= self.negative_iou <= self.positive_iou <= 1.0:
+            raise ValueError(
+                f"need 0 <= negative_iou <= positive_iou <= 1, got {self.negative_iou} and {self.positive_iou}"
+            )
+
+
+def lr_at(step: int, config: RecognizerTrainConfig) -> float:
+    """Linear warmup, then cosine from lr to lr * min_lr_ratio at the last step."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
+    return config.lr * (
+        config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    )
+
+
+class RecognizerTrainer:
+    """Trains ``model.prompt_encoder.text_recognizer`` on CandidateScenes; nothing else of the model changes.
+
+    Text embeddings come from ``text_encoder`` (frozen, in eval mode), computed once per phrase."""
+
+    def __init__(
+        self,
+        config: RecognizerTrainConfig,
+        model: Sam,
+        text_encoder: TextEncoder,
+        scenes: list[CandidateScene],
+    ) -> None:
+        config.validate()
+        recognizer = model.prompt_encoder.text_recognizer
+        if recognizer is None:
+            raise ValueError("the model has no mask recognizer to train (SamConfig.text_recognizer = 0)")
+        if not scenes:
+            raise ValueError("no training scenes")
+        self.config, self.model, self.recognizer = config, model, recognizer
+        self.scenes = [s for s in scenes if len(s.descriptors) and s.phrases]
+        self.text_encoder = text_encoder.eval()
+        self.texts: dict[str, torch.Tensor] = {}
+        self.labels = [s.named_iou() for s in self.scenes]
+        model.requires_grad_(False)
+        recognizer.requires_grad_(True)
+        matrices = [p for p in recognizer.parameters() if p.ndim >= 2]
+        others = [p for p in recognizer.parameters() if p.ndim < 2]
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": matrices, "weight_decay": config.weight_decay},
+                {"params": others, "weight_decay": 0.0},
+            ],
+            lr=config.lr,
+        )
+        self.rng = np.random.default_rng(config.seed)
+        self.step_index = 0
+        self.history: list[dict] = []
+
+    def text(self, texts: list[str]) -> torch.Tensor:
+        """B x text_dim embeddings, each phrase encoded once."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self.texts]
+        if missing:
+            with torch.no_grad():
+                for t, row in zip(missing, self.text_encoder.encode(missing), strict=True):
+                    self.texts[t] = row.float()
+        return torch.stack([self.texts[t] for t in texts])
+
+    def scene_loss(self, scene: CandidateScene, named: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Summed loss over one scene's phrases (see the module docstring), and its counts."""
+        config = self.config
+        logits = self.recognizer(scene.descriptors, self.text([p[0] for p in scene.phrases]))  # P x K
+        positive = named >= config.positive_iou
+        labelled = positive | (named < config.negative_iou)
+        pairs = F.binary_cross_entropy_with_logits(logits, positive.float(), reduction="none")
+        loss = ((pairs * labelled).sum(dim=1) / labelled.sum(dim=1).clamp(min=1)).sum()
+        present = torch.tensor([bool(p[2]) for p in scene.phrases])
+        has_positive = positive.any(dim=1)
+        best = torch.where(has_positive, logits.masked_fill(~positive, -1e4).amax(dim=1), logits.amax(dim=1))
+        counted = has_positive | ~present  # a present phrase no candidate covers teaches nothing true
+        presence = F.binary_cross_entropy_with_logits(best, present.float(), reduction="none")
+        loss = loss + config.presence_weight * (presence * counted).sum()
+        picked = []
+        for row, (_, _, indices) in enumerate(scene.phrases):
+            if len(indices) == 1 and has_positive[row]:
+                # Candidates hold near-duplicates (NMS keeps masks up to IoU 0.7 with each other): the pick is
+                # right when it lands on any candidate within PICK_MARGIN of the best, so the softmax is pulled
+                # towards that set as a whole, not towards one of its members.
+                good = positive[row] & (named[row] >= named[row].max() - PICK_MARGIN)
+                loss = loss + config.pick_weight * (
+                    torch.logsumexp(logits[row], 0) - torch.logsumexp(logits[row][good], 0)
+                )
+                picked.append(bool(good[logits[row].argmax()]))
+        return loss, {"phrases": len(scene.phrases), "picked": picked}
+
+    def step(self) -> dict:
+        """One optimisation step over ``scenes_per_step`` scenes drawn at random; returns its stats."""
+        self.recognizer.train()
+        lr = lr_at(self.step_index, self.config)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        chosen = self.rng.choice(
+            len(self.scenes), min(self.config.scenes_per_step, len(self.scenes)), replace=False
+        )
+        total, phrases, picked = None, 0, []
+        for i in chosen:
+            loss, counts = self.scene_loss(self.scenes[int(i)], self.labels[int(i)])
+            total = loss if total is None else total + loss
+            phrases += counts["phrases"]
+            picked += counts["picked"]
+        total = total / phrases
+        total.backward()
+        self.optimizer.step()
+        self.step_index += 1
+        stats = {
+            "step": self.step_index,
+            "loss": total.item(),
+            "picked": float(np.mean(picked)) if picked else 0.0,
+            "lr": lr,
+        }
+        self.history.append(stats)
+        return stats
+
+    @torch.no_grad()
+    def evaluate(self, scenes: list[CandidateScene]) -> dict:
+        """Figures of the recognizer alone on the candidates of ``scenes``:
+        pick_iou (the IoU of the candidate it scores best with the object a one-object phrase names), best_iou
+        (the best any candidate reaches there), recall@0.5 (instances of several-object phrases covered at IoU
+        0.5 by a candidate scored >= 0.5), presence accuracy on absent and present phrases."""
+        self.recognizer.eval()
+        pick, best, found, instances, absent, present = [], [], 0, 0, [], []
+        for scene in scenes:
+            if not scene.phrases:
+                continue
+            if len(scene.descriptors) == 0:
+                absent += [True for p in scene.phrases if not p[2]]
+                present += [False for p in scene.phrases if p[2]]
+                continue
+            logits = self.recognizer(scene.descriptors, self.text([p[0] for p in scene.phrases]))
+            for row, (_, _, indices) in enumerate(scene.phrases):
+                top = float(logits[row].max())
+                if not indices:
+                    absent.append(top < 0)
+                    continue
+                present.append(top >= 0)
+                iou = scene.iou[:, list(indices)].float()  # K x I
+                if len(indices) == 1:
+                    pick.append(float(iou[logits[row].argmax(), 0]))
+                    best.append(float(iou[:, 0].max()))
+                else:
+                    kept = logits[row] >= 0
+                    instances += len(indices)
+                    found += int((iou[kept] >= 0.5).any(dim=0).sum()) if kept.any() else 0
+        return {
+            "pick_iou": float(np.mean(pick)) if pick else 0.0,
+            "best_iou": float(np.mean(best)) if best else 0.0,
+            "phrases_one": len(pick),
+            "recall@0.5": found / instances if instances else 0.0,
+            "instances": instances,
+            "presence_accuracy_absent": float(np.mean(absent)) if absent else 0.0,
+            "presence_accuracy_present": float(np.mean(present)) if present else 0.0,
+        }
+
+    def state(self) -> dict:
+        """The recognizer's weights, optimizer, step, random generator and history: what resuming needs."""
+        return {
+            "recognizer": self.recognizer.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step_index,
+            "rng": json.dumps(self.rng.bit_generator.state),
+            "history": list(self.history),
+            "config": dataclasses.asdict(self.config),
+        }
+
+    def restore(self, state: dict) -> None:
+        self.recognizer.load_state_dict(state["recognizer"], strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step_index = int(state["step"])
+        self.rng.bit_generator.state = json.loads(state["rng"])
+        self.history = list(state["history"])
+
+
+def score(figures: dict) -> float:
+    """One number to rank recognizers: pick IoU + recall + the mean of the two presence accuracies."""
+    presence = (figures["presence_accuracy_absent"] + figures["presence_accuracy_present"]) / 2
+    return figures["pick_iou"] + figures["recall@0.5"] + presence

@@ -1,0 +1,194 @@
+"""The recognizer's second stage (sam_core.recognizer_train, scripts/train_recognizer.py): the candidate cache it
+builds and resumes, the labels it reads from IoU, a recognizer that learns while nothing else moves, and the
+script's checkpoint and resume."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import sam_core.recognizer_train as recognizer_train
+from sam_core import SamPredictor
+from sam_core.checkpoint import atomic_save
+from sam_core.mask_utils import binary_iou
+from sam_core.recognizer_train import (
+    CandidateScene,
+    RecognizerTrainConfig,
+    RecognizerTrainer,
+    build_candidates,
+    mask_ious,
+)
+from sam_core.synthetic import make_scene, split_seeds
+from sam_core.text_model import (
+    load_text_model,
+    make_text_encoder,
+    text_checkpoint,
+    text_model_from_checkpoint,
+)
+from sam_core.text_recognition import DESCRIPTOR_DIM
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import train_recognizer  # noqa: E402
+
+TRAIN_SCENES = 2
+
+
+def _base(path: Path) -> Path:
+    """A text checkpoint with a fresh 16-wide recognizer on the embedded model."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model, encoder = text_model_from_checkpoint(text_recognizer=16), make_text_encoder("embedded")
+    atomic_save(text_checkpoint(model, encoder, {}, {"name": "test base"}), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return _base(tmp_path_factory.mktemp("base") / "base.pt")
+
+
+@pytest.fixture(scope="module")
+def cache(base, tmp_path_factory, monkeypatch_module):
+    """The candidates of the first two training scenes, one chunk each, and the calls to progress."""
+    monkeypatch_module.setattr(recognizer_train, "CHUNK", 1)
+    folder = tmp_path_factory.mktemp("candidates")
+    model, encoder = load_text_model(base)
+    calls = []
+    scenes = build_candidates(model, encoder, folder, "train", TRAIN_SCENES, 3, lambda *a: calls.append(a))
+    return folder, scenes, calls
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    patch = pytest.MonkeyPatch()
+    yield patch
+    patch.undo()
+
+
+def test_mask_ious_match_binary_iou():
+    rng = np.random.default_rng(0)
+    a, b = list(rng.random((3, 20, 20)) > 0.5), list(rng.random((2, 20, 20)) > 0.3)
+    iou = mask_ious(a, b)
+    assert iou.shape == (3, 2)
+    for i in range(3):
+        for j in range(2):
+            assert iou[i, j] == pytest.approx(binary_iou(a[i], b[j]), abs=1e-6)
+    assert mask_ious([], b).shape == (0, 2)
+
+
+def test_the_cache_holds_what_the_predictor_finds_and_a_rerun_computes_nothing(
+    base, cache, monkeypatch_module
+):
+    folder, scenes, calls = cache
+    assert [s.seed for s in scenes] == split_seeds("train", TRAIN_SCENES)
+    assert len(list(folder.iterdir())) == TRAIN_SCENES and [c[:2] for c in calls] == [(1, 2), (2, 2)]
+    model, encoder = load_text_model(base)
+    predictor = SamPredictor(model, text_encoder=encoder)
+    scene = make_scene(scenes[0].seed)
+    predictor.set_image(scene.image)
+    masks, descriptors = predictor.candidates()
+    assert scenes[0].descriptors.shape == (len(masks), DESCRIPTOR_DIM)
+    assert torch.equal(scenes[0].descriptors, descriptors)
+    assert torch.allclose(scenes[0].iou.float(), torch.from_numpy(mask_ious(masks, scene.masks)), atol=1e-3)
+    again = []
+    reread = build_candidates(model, encoder, folder, "train", TRAIN_SCENES, 3, lambda *a: again.append(a))
+    assert again == [] and all(torch.equal(a.iou, b.iou) for a, b in zip(scenes, reread, strict=True))
+
+
+def test_a_chunk_of_other_seeds_is_computed_again(base, cache, tmp_path, monkeypatch_module):
+    folder, scenes, _ = cache
+    stale = tmp_path / "candidates"
+    stale.mkdir()
+    for path in folder.iterdir():
+        (stale / path.name).write_bytes(path.read_bytes())
+    first = sorted(stale.iterdir())[0]
+    atomic_save([{**scenes[1].to_dict()}], first)  # the first chunk's file holds the second seed
+    model, encoder = load_text_model(base)
+    calls = []
+    reread = build_candidates(model, encoder, stale, "train", TRAIN_SCENES, 3, lambda *a: calls.append(a))
+    assert len(calls) == 1 and [s.seed for s in reread] == [s.seed for s in scenes]
+
+
+def test_labels_are_each_candidates_iou_with_what_the_phrase_names():
+    iou = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.6, 0.7], [0.0, 0.0, 0.1]]).half()  # 3 candidates x 3 masks
+    scene = CandidateScene(0, torch.zeros(3, DESCRIPTOR_DIM), iou, [("a", "one", (0,)), ("b", "several", (1, 2)),
+                                                                   ("c", "absent", ())])  # fmt: skip
+    named = scene.named_iou()
+    expected = torch.tensor([[0.9, 0.2, 0.0], [0.1, 0.7, 0.1], [0.0, 0.0, 0.0]])
+    assert torch.allclose(named, expected, atol=1e-3)
+    assert CandidateScene.from_dict(scene.to_dict()).phrases == scene.phrases
+
+
+def test_the_recognizer_learns_its_scenes_and_nothing_else_moves(base, cache):
+    _, scenes, _ = cache
+    model, encoder = load_text_model(base)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    config = RecognizerTrainConfig(
+        train_scenes=2, val_scenes=2, steps=200, scenes_per_step=2, warmup_steps=5, lr=3e-3
+    )
+    trainer = RecognizerTrainer(config, model, encoder, scenes)
+    start = trainer.evaluate(scenes)
+    history = [trainer.step() for _ in range(config.steps)]
+    end = trainer.evaluate(scenes)
+    assert np.mean([h["loss"] for h in history[-10:]]) < 0.5 * np.mean([h["loss"] for h in history[:10]])
+    assert end["pick_iou"] > start["pick_iou"] and end["pick_iou"] >= 0.8 * end["best_iou"]
+    assert end["presence_accuracy_absent"] >= 0.8 and end["presence_accuracy_present"] >= 0.8
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith("prompt_encoder.text_recognizer.") for k in changed)
+
+
+def test_bad_recipes_and_models_are_refused(base, cache):
+    _, scenes, _ = cache
+    with pytest.raises(ValueError, match="negative_iou <= positive_iou"):
+        RecognizerTrainConfig(positive_iou=0.3, negative_iou=0.5).validate()
+    with torch.random.fork_rng():
+        plain = text_model_from_checkpoint()
+    with pytest.raises(ValueError, match="no mask recognizer"):
+        RecognizerTrainer(RecognizerTrainConfig(), plain, make_text_encoder("embedded"), scenes)
+    model, encoder = load_text_model(base)
+    with pytest.raises(ValueError, match="no training scenes"):
+        RecognizerTrainer(RecognizerTrainConfig(), model, encoder, [])
+
+
+def test_the_script_writes_a_text_checkpoint_that_answers_clicks_as_its_base_and_resumes(
+    base, tmp_path, monkeypatch_module
+):
+    """Stopped at step 2 and run again, it goes on to step 4: the same curve as one run to step 4."""
+    settings = ["--set", "train_scenes=2", "val_scenes=1", "per_kind=3", "steps=4", "scenes_per_step=2",
+                "warmup_steps=1", "--val-every", "2", "--checkpoint-every", "1"]  # fmt: skip
+    stopped, straight = tmp_path / "stopped", tmp_path / "straight"
+    train_recognizer.main(["--base", str(base), "--run-dir", str(stopped), "--stop-at", "2", *settings])
+    state = torch.load(stopped / "state.pt", weights_only=True)
+    assert state["step"] == 2
+    train_recognizer.main(["--base", str(base), "--run-dir", str(stopped), *settings])
+    train_recognizer.main(["--base", str(base), "--run-dir", str(straight), *settings])
+    curves = [
+        [json.loads(x) for x in (d / "curve.jsonl").read_text().splitlines()] for d in (stopped, straight)
+    ]
+    assert [r["step"] for r in curves[1]] == [0, 2, 4]
+    assert [r["score"] for r in curves[0]] == pytest.approx([r["score"] for r in curves[1]])
+    model, encoder = load_text_model(straight / "best.pt")
+    base_model, _ = load_text_model(base)
+    ckpt = torch.load(straight / "best.pt", weights_only=True)
+    assert ckpt["metadata"]["recognizer_stage"]["steps"] in (2, 4)
+    scene = make_scene(split_seeds("val", 1)[0])
+    answers = []
+    for m in (model, base_model):
+        predictor = SamPredictor(m)
+        predictor.set_image(scene.image)
+        answers.append(
+            predictor.predict(point_coords=np.array([[100.0, 120.0]]), point_labels=np.array([1]))[0]
+        )
+    assert np.array_equal(*answers)
+    with pytest.raises(SystemExit, match="no mask recognizer"):
+        plain = tmp_path / "plain.pt"
+        with torch.random.fork_rng():
+            atomic_save(
+                text_checkpoint(text_model_from_checkpoint(), make_text_encoder("embedded"), {}, {}), plain
+            )
+        train_recognizer.main(["--base", str(plain), "--run-dir", str(tmp_path / "x"), *settings])
