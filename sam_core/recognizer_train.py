@@ -9,7 +9,8 @@ encoder unchanged, so clicks, boxes and the text tokens answer as before):
 1. ``build_candidates`` computes, once per training scene, its candidate masks' descriptors and their IoU with
    every ground-truth mask (wholes, parts and subparts), and keeps them on disk in chunks, so that a killed build
    goes on from its last chunk. A scene costs about 1.3 s on 2 cores (the grid of clicks); what is kept is
-   about 0.4 MB (the masks, packed, so that a new descriptor needs no clicks).
+   about 0.6 MB (the masks, packed, so that a new descriptor needs no clicks). The chunks are keyed by
+   what the candidates depend on (``candidates_key``): another base model or candidate setting computes them again.
 2. ``RecognizerTrainer`` trains the recognizer on them, ``scenes_per_step`` scenes a step (a step costs a few ms
    a scene: no decoder). A candidate is what a phrase names when its IoU with one of the phrase's masks is at
    least ``positive_iou``, is not when under ``negative_iou``; in between it is left out of the per-pair loss.
@@ -23,6 +24,7 @@ Shapes: descriptors K x DESCRIPTOR_DIM float32, IoU K x G float16 (K candidates,
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -34,7 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sam_core.checkpoint import atomic_save
+from sam_core import text_recognition
+from sam_core.checkpoint import atomic_save, text_keys
 from sam_core.phrases import scene_phrases
 from sam_core.predictor import SamPredictor
 from sam_core.sam import Sam
@@ -44,6 +47,11 @@ from sam_core.text_encoder import TextEncoder
 log = logging.getLogger(__name__)
 
 CHUNK = 50  # scenes per file of the candidate cache
+# The module constants of sam_core.text_recognition that change what a scene's candidates are.
+CANDIDATE_SETTINGS = (
+    "CANDIDATE_POINTS_PER_SIDE", "CANDIDATE_PRED_IOU", "CANDIDATE_STABILITY", "CANDIDATE_NMS", "STABILITY_OFFSET",
+    "ENCLOSED_FRACTION", "DESCRIPTOR_DIM",
+)  # fmt: skip
 PICK_MARGIN = 0.05  # IoU: a one-object phrase's pick is right within this of its best candidate
 
 
@@ -115,6 +123,20 @@ def candidate_scene(
     return CandidateScene(seed, descriptors.detach().cpu().float(), iou, phrases, torch.from_numpy(packed))
 
 
+def candidates_key(model: Sam) -> str:
+    """What a scene's cached candidates depend on: the candidate settings and descriptor of
+    sam_core.text_recognition and the weights that answer the clicks (image encoder, prompt encoder's point and
+    box tensors, mask decoder), as a sha256. A cache chunk written under another key is computed again."""
+    digest = hashlib.sha256()
+    settings = [getattr(text_recognition, n) for n in CANDIDATE_SETTINGS]
+    digest.update(json.dumps(settings).encode())
+    state = model.state_dict()
+    for name in sorted(set(state) - set(text_keys(state))):  # the text path does not change the candidates
+        digest.update(name.encode())
+        digest.update(state[name].detach().cpu().to(torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def build_candidates(
     model: Sam,
     text_encoder: TextEncoder,
@@ -125,38 +147,47 @@ def build_candidates(
     progress=None,
 ) -> list[CandidateScene]:
     """The candidates of the first ``count`` scenes of ``split``, computed in chunks of CHUNK scenes, each saved
-    under ``folder`` as it completes (a rerun computes only the chunks missing); returns them all in seed order.
-    ``progress(done, count, seconds_left)`` is called after each scene computed."""
+    under ``folder`` as it completes; a rerun computes only the chunks missing, or written for other seeds or
+    under another ``candidates_key``. Returns them all in seed order. ``progress(done, total, seconds_left)`` is
+    called after each scene computed (total: the scenes to compute in this call)."""
     folder.mkdir(parents=True, exist_ok=True)
     seeds = split_seeds(split, count)
+    key = candidates_key(model)
+    chunks = [seeds[start : start + CHUNK] for start in range(0, len(seeds), CHUNK)]
+    stored = [_stored(_chunk_path(folder, split, per_kind, chunk[0]), chunk, key) for chunk in chunks]
+    to_compute = sum(len(chunk) for chunk, rows in zip(chunks, stored, strict=True) if rows is None)
     predictor = SamPredictor(model.eval(), text_encoder=text_encoder)
     scenes: list[CandidateScene] = []
     started, computed = time.monotonic(), 0
-    to_compute = sum(
-        len(seeds[s : s + CHUNK])
-        for s in range(0, len(seeds), CHUNK)
-        if not _chunk_path(folder, split, per_kind, seeds[s]).exists()
-    )
-    for start in range(0, len(seeds), CHUNK):
-        chunk = seeds[start : start + CHUNK]
-        path = _chunk_path(folder, split, per_kind, chunk[0])
-        if path.exists():
-            stored = torch.load(path, weights_only=True)
-            if [d["seed"] for d in stored] == chunk:
-                scenes += [CandidateScene.from_dict(d) for d in stored]
-                continue
-            log.warning("%s holds other seeds than expected; computing it again", path)
-        rows = []
-        for seed in chunk:
-            with torch.no_grad():
-                rows.append(candidate_scene(predictor, seed, per_kind))
-            computed += 1
-            if progress:
-                per_scene = (time.monotonic() - started) / computed
-                progress(computed, to_compute, per_scene * (to_compute - computed))
-        atomic_save([r.to_dict() for r in rows], path)
+    for chunk, rows in zip(chunks, stored, strict=True):
+        if rows is None:
+            rows = []
+            for seed in chunk:
+                with torch.no_grad():
+                    rows.append(candidate_scene(predictor, seed, per_kind))
+                computed += 1
+                if progress:
+                    per_scene = (time.monotonic() - started) / computed
+                    progress(computed, to_compute, per_scene * (to_compute - computed))
+            chunk_file = {"key": key, "scenes": [r.to_dict() for r in rows]}
+            atomic_save(chunk_file, _chunk_path(folder, split, per_kind, chunk[0]))
         scenes += rows
     return scenes
+
+
+def _stored(path: Path, seeds: list[int], key: str) -> list[CandidateScene] | None:
+    """The scenes of a chunk file when it holds ``seeds`` under ``key``; None when it is missing or stale."""
+    if not path.exists():
+        return None
+    stored = torch.load(path, weights_only=True)
+    if (
+        not isinstance(stored, dict)
+        or stored.get("key") != key
+        or [d["seed"] for d in stored["scenes"]] != seeds
+    ):
+        log.warning("%s was written for other seeds, settings or weights; computing it again", path)
+        return None
+    return [CandidateScene.from_dict(d) for d in stored["scenes"]]
 
 
 def _chunk_path(folder: Path, split: str, per_kind: int, first_seed: int) -> Path:

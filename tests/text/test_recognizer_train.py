@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import sam_core.recognizer_train as recognizer_train
-from sam_core import SamPredictor
+from sam_core import SamPredictor, text_recognition
 from sam_core.checkpoint import atomic_save
 from sam_core.mask_utils import binary_iou
 from sam_core.recognizer_train import (
@@ -21,6 +21,7 @@ from sam_core.recognizer_train import (
     RecognizerTrainConfig,
     RecognizerTrainer,
     build_candidates,
+    candidates_key,
     mask_ious,
 )
 from sam_core.synthetic import make_scene, split_seeds
@@ -100,18 +101,45 @@ def test_the_cache_holds_what_the_predictor_finds_and_a_rerun_computes_nothing(
     assert again == [] and all(torch.equal(a.iou, b.iou) for a, b in zip(scenes, reread, strict=True))
 
 
+def _copy(folder: Path, to: Path) -> Path:
+    to.mkdir()
+    for path in folder.iterdir():
+        (to / path.name).write_bytes(path.read_bytes())
+    return to
+
+
 def test_a_chunk_of_other_seeds_is_computed_again(base, cache, tmp_path, monkeypatch_module):
     folder, scenes, _ = cache
-    stale = tmp_path / "candidates"
-    stale.mkdir()
-    for path in folder.iterdir():
-        (stale / path.name).write_bytes(path.read_bytes())
-    first = sorted(stale.iterdir())[0]
-    atomic_save([{**scenes[1].to_dict()}], first)  # the first chunk's file holds the second seed
+    stale = _copy(folder, tmp_path / "candidates")
     model, encoder = load_text_model(base)
+    first = sorted(stale.iterdir())[0]
+    # the first chunk's file holds the second seed
+    atomic_save({"key": candidates_key(model), "scenes": [scenes[1].to_dict()]}, first)
     calls = []
     reread = build_candidates(model, encoder, stale, "train", TRAIN_SCENES, 3, lambda *a: calls.append(a))
     assert len(calls) == 1 and [s.seed for s in reread] == [s.seed for s in scenes]
+
+
+def test_chunks_of_other_weights_or_candidate_settings_are_computed_again(base, cache, tmp_path):
+    folder, _, _ = cache
+    model, encoder = load_text_model(base)
+    key = candidates_key(model)
+    with torch.no_grad():
+        model.prompt_encoder.text_projection.norm.weight.add_(1.0)  # the text path: candidates unchanged
+    assert candidates_key(model) == key
+    with torch.no_grad():
+        next(model.mask_decoder.iou_prediction_head.parameters()).add_(1e-3)
+    other_weights = candidates_key(model)
+    assert other_weights != key
+    calls = []
+    build_candidates(
+        model, encoder, _copy(folder, tmp_path / "a"), "train", TRAIN_SCENES, 3, lambda *a: calls.append(a)
+    )
+    assert len(calls) == TRAIN_SCENES
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(text_recognition, "CANDIDATE_NMS", 0.5)
+        model, _ = load_text_model(base)
+        assert candidates_key(model) not in (key, other_weights)
 
 
 def test_labels_are_each_candidates_iou_with_what_the_phrase_names():
