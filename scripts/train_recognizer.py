@@ -64,8 +64,14 @@ def run(
     returns best.pt's path."""
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path, best_path, curve_path = run_dir / "state.pt", run_dir / "best.pt", run_dir / "curve.jsonl"
+    if not Path(base).is_file():
+        raise SystemExit(f"--base {base}: no such file (a text checkpoint of scripts/train_text.py)")
+    # Not a checkpoint, or one without a text path: load_text_model's error names the file; no traceback.
+    try:
+        model, text_encoder = load_text_model(str(base))
+    except ValueError as err:
+        raise SystemExit(f"--base: {err}") from err
     base_ckpt = read_checkpoint(str(base))
-    model, text_encoder = load_text_model(base_ckpt)
     if model.prompt_encoder.text_recognizer is None:
         raise SystemExit(f"{base}: this text model has no mask recognizer (trained without recognizer_width)")
     folder = run_dir / "candidates"

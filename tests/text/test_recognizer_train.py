@@ -213,6 +213,12 @@ def test_the_script_writes_a_text_checkpoint_that_answers_clicks_as_its_base_and
             predictor.predict(point_coords=np.array([[100.0, 120.0]]), point_labels=np.array([1]))[0]
         )
     assert np.array_equal(*answers)
+    with pytest.raises(SystemExit, match="no such file"):
+        train_recognizer.main(["--base", str(tmp_path / "missing.pt"), "--run-dir", str(tmp_path / "x")])
+    plain_sam = tmp_path / "plain_sam.pt"
+    atomic_save({"model": base_model.state_dict()}, plain_sam)
+    with pytest.raises(SystemExit, match=r"--base: .*plain_sam.pt: not a text model"):
+        train_recognizer.main(["--base", str(plain_sam), "--run-dir", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="no mask recognizer"):
         plain = tmp_path / "plain.pt"
         with torch.random.fork_rng():
