@@ -88,8 +88,8 @@ class SamPredictor:
         resized = self.transform.apply_image(rgb)
         tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
         self.set_torch_image(tensor, rgb.shape[:2])
-        if self.recognizes_text:
-            self._rgb = to_rgb_uint8(image, image_format, "RGB")
+        if self.recognizes_text:  # the recognizer reads RGB whatever order the image encoder takes
+            self._rgb = rgb if self.model.image_format == "RGB" else np.ascontiguousarray(rgb[..., ::-1])
 
     @torch.no_grad()
     def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:

@@ -27,7 +27,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,8 @@ from sam_core.predictor import SamPredictor
 from sam_core.sam import Sam
 from sam_core.synthetic import make_scene, split_seeds
 from sam_core.text_encoder import TextEncoder
+from sam_core.text_train import frozen_embeddings
+from sam_core.train import lr_at
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +210,9 @@ class RecognizerTrainConfig:
     lr: float = 1e-3
     warmup_steps: int = 100
     min_lr_ratio: float = 0.05
+    decay_fraction: float = (
+        1.0  # as sam_core.train.TrainConfig (its lr_at is the schedule): cosine over all steps
+    )
     weight_decay: float = 0.01
     positive_iou: float = 0.5
     negative_iou: float = 0.3
@@ -224,16 +228,6 @@ class RecognizerTrainConfig:
             raise ValueError(
                 f"need 0 <= negative_iou <= positive_iou <= 1, got {self.negative_iou} and {self.positive_iou}"
             )
-
-
-def lr_at(step: int, config: RecognizerTrainConfig) -> float:
-    """Linear warmup, then cosine from lr to lr * min_lr_ratio at the last step."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
-    return config.lr * (
-        config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    )
 
 
 class RecognizerTrainer:
@@ -276,12 +270,7 @@ class RecognizerTrainer:
 
     def text(self, texts: list[str]) -> torch.Tensor:
         """B x text_dim embeddings, each phrase encoded once."""
-        missing = [t for t in dict.fromkeys(texts) if t not in self.texts]
-        if missing:
-            with torch.no_grad():
-                for t, row in zip(missing, self.text_encoder.encode(missing), strict=True):
-                    self.texts[t] = row.float()
-        return torch.stack([self.texts[t] for t in texts])
+        return frozen_embeddings(self.text_encoder, self.texts, texts)
 
     def scene_loss(self, scene: CandidateScene, named: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Summed loss over one scene's phrases (see the module docstring), and its counts."""

@@ -23,7 +23,7 @@ from sam_core.predictor import SamPredictor
 from sam_core.sam import Sam
 from sam_core.synthetic import make_scene
 from sam_core.text_encoder import TextEncoder
-from sam_core.text_instances import find_instances, recognized_masks
+from sam_core.text_instances import find_instances, recognized_union
 
 MIN_PIECE = 16  # px of the scene: smaller connected pieces of a mask are noise, not instances
 # The floors a text model must reach on held-out scenes (mIoU, instance recall, presence accuracy).
@@ -92,8 +92,7 @@ def evaluate_text(
                 continue
             truth = list(phrase.masks)
             if predictor.recognizes_text:  # its text-alone mask is one instance; its union is its instances'
-                named = recognized_masks(predictor, phrase.text)
-                mask = np.any(np.stack(named), axis=0) if named else np.zeros_like(mask)
+                mask = recognized_union(predictor, phrase.text)
             by_kind.setdefault(phrase.kind, []).append(binary_iou(mask, np.any(np.stack(truth), axis=0)))
             pieces = connected_pieces(mask)
             several["instances"] += len(truth)

@@ -109,6 +109,12 @@ def recognized_masks(predictor: SamPredictor, text: str, threshold: float = 0.5)
     return [masks[i] for i in np.argsort(-probabilities) if probabilities[i] >= threshold]
 
 
+def recognized_union(predictor: SamPredictor, text: str) -> np.ndarray:
+    """H x W bool: the union of ``recognized_masks`` (all False when the recognizer names none)."""
+    named = recognized_masks(predictor, text)
+    return np.any(np.stack(named), axis=0) if named else np.zeros(predictor.original_size, bool)
+
+
 def names_several(phrase: str) -> bool:
     """Whether a phrase asks for every instance of what it names: its first word is one of SEVERAL_WORDS."""
     words = phrase.lower().split()
@@ -156,11 +162,7 @@ def segment_phrase(
             f"{presence_threshold})"
         )
         return result
-    if predictor.recognizes_text:
-        named = recognized_masks(predictor, phrase)
-        union = np.any(np.stack(named), axis=0) if named else np.zeros_like(masks[0])
-    else:
-        union = masks[0]
+    union = recognized_union(predictor, phrase) if predictor.recognizes_text else masks[0]
     if not union.any():
         result.why_empty = (
             f"no mask: {phrase!r} is judged present (presence {presence:.3f}) but its mask is empty"

@@ -111,6 +111,22 @@ class TextTrainConfig:
             raise ValueError(f"dataset_size must be >= 1 or None, got {self.dataset_size}")
 
 
+def frozen_embeddings(
+    text_encoder: TextEncoder,
+    cache: dict[str, torch.Tensor],
+    texts: list[str],
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """B x D float32 embeddings of ``texts`` by a frozen ``text_encoder``, each phrase encoded once: kept in
+    ``cache`` (phrase -> D tensor on ``device``) for the next call."""
+    missing = [t for t in dict.fromkeys(texts) if t not in cache]
+    if missing:
+        with torch.no_grad():
+            for text, row in zip(missing, text_encoder.encode(missing), strict=True):
+                cache[text] = row.to(device, torch.float32)
+    return torch.stack([cache[t] for t in texts])
+
+
 @dataclass
 class SceneSample:
     """One scene ready for text training: its embedding 1 x C x h x w (float16), every instance mask at the
@@ -374,12 +390,7 @@ class TextTrainer:
         ViT-B-32 text pass over 8 phrases costs more than the rest of a step)."""
         if self.text_encoder_trains:
             return self.text_encoder.encode(texts).to(self.device, torch.float32)
-        missing = [t for t in dict.fromkeys(texts) if t not in self.text_cache]
-        if missing:
-            with torch.no_grad():
-                for text, row in zip(missing, self.text_encoder.encode(missing), strict=True):
-                    self.text_cache[text] = row.to(self.device, torch.float32)
-        return torch.stack([self.text_cache[t] for t in texts])
+        return frozen_embeddings(self.text_encoder, self.text_cache, texts, self.device)
 
     def _geometry(self, kind: str, instances: list, sample: SceneSample):
         """Points (B x 1 x 2, labels B x 1) or boxes (B x 4) in the encoder's input frame for the click / box

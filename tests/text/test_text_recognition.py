@@ -173,3 +173,16 @@ def test_an_embedding_from_the_store_needs_its_image_and_then_answers_as_set_ima
     assert all(np.array_equal(a, b) for a, b in zip(found[0], instances[0], strict=True))
     answer = segment_phrase(predictor, PHRASE, presence_threshold=0.0)
     assert answer.instances and (answer.masks or answer.why_empty)
+
+
+def test_a_bgr_image_is_described_in_rgb(recognizer_trainer, trained_scene):
+    """set_image(image, "BGR") gives the recognizer the same RGB pixels, so the same candidates and descriptors."""
+    trainer, _ = recognizer_trainer
+    answers = []
+    for image, image_format in ((trained_scene.image, "RGB"), (trained_scene.image[..., ::-1].copy(), "BGR")):
+        predictor = SamPredictor(trainer.model, text_encoder=trainer.text_encoder)
+        predictor.set_image(image, image_format)
+        answers.append(predictor.candidates())
+    (rgb_masks, rgb_descriptors), (bgr_masks, bgr_descriptors) = answers
+    assert len(rgb_masks) == len(bgr_masks) and all(map(np.array_equal, rgb_masks, bgr_masks))
+    assert torch.equal(rgb_descriptors, bgr_descriptors)
