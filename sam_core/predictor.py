@@ -302,7 +302,8 @@ class SamPredictor:
         if text is None:
             return masks, iou, low_res
         if recognized is not None:
-            presence = presence_logits(recognized).expand(len(iou))
+            bias = self.model.prompt_encoder.text_recognizer.presence_bias
+            presence = presence_logits(recognized, bias).expand(len(iou))
         return masks, iou, low_res, torch.sigmoid(presence)
 
     def candidates(self) -> tuple[list[np.ndarray], torch.Tensor]:

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from sam_core import text_recognition
+from sam_core.build import SamConfig
 from sam_core.checkpoint import atomic_save, text_keys
 from sam_core.phrases import scene_phrases
 from sam_core.predictor import SamPredictor
@@ -54,6 +55,9 @@ CANDIDATE_SETTINGS = (
     "ENCLOSED_FRACTION", "DESCRIPTOR_DIM",
 )  # fmt: skip
 PICK_MARGIN = 0.05  # IoU: a one-object phrase's pick is right within this of its best candidate
+# The presence biases calibrate_presence chooses among (logits; a phrase's presence logit is its best score plus
+# the bias).
+PRESENCE_BIASES = np.round(np.arange(-3.0, 3.0001, 0.1), 1)
 
 
 @dataclass
@@ -122,6 +126,43 @@ def candidate_scene(
     h, w = scene.image.shape[:2]
     packed = np.packbits(np.stack(masks), axis=-1) if masks else np.zeros((0, h, (w + 7) // 8), np.uint8)
     return CandidateScene(seed, descriptors.detach().cpu().float(), iou, phrases, torch.from_numpy(packed))
+
+
+RECOGNIZER_PREFIX = "prompt_encoder.text_recognizer."
+
+
+def fit_recognizer(ckpt: dict, seed: int = 0) -> tuple[dict, str | None]:
+    """(a text checkpoint whose recognizer fits this code, why it changed or None).
+
+    ``ckpt`` itself when its recognizer holds exactly the tensors a MaskRecognizer of its width holds now; with
+    presence_bias 0 added when only that is missing (a recognizer from before it was calibrated); otherwise a copy
+    whose recognizer starts afresh (initialised from ``seed``), since it was trained on descriptors of another
+    size. ValueError when the model has no recognizer."""
+    config = SamConfig.from_dict(ckpt["sam_config"])
+    if not config.text_recognizer:
+        raise ValueError("this text model has no mask recognizer (trained without recognizer_width)")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        fresh = text_recognition.MaskRecognizer(config.text_dim, config.text_recognizer).state_dict()
+    held = {
+        k[len(RECOGNIZER_PREFIX) :]: v for k, v in ckpt["model"].items() if k.startswith(RECOGNIZER_PREFIX)
+    }
+    if set(held) == set(fresh) and all(held[k].shape == fresh[k].shape for k in fresh):
+        return ckpt, None
+    model = dict(ckpt["model"])
+    if set(fresh) - set(held) == {"presence_bias"} and all(held[k].shape == fresh[k].shape for k in held):
+        model[RECOGNIZER_PREFIX + "presence_bias"] = fresh["presence_bias"]
+        return {**ckpt, "model": model}, "its recognizer has no presence bias yet: starting it at 0"
+    width = held.get("masks.0.weight")
+    reads = f"{width.shape[1]}-feature" if width is not None else "other"
+    for key in held:
+        del model[RECOGNIZER_PREFIX + key]
+    model.update({RECOGNIZER_PREFIX + k: v for k, v in fresh.items()})
+    why = (
+        f"its recognizer reads {reads} descriptors, this code describes a mask with "
+        f"{text_recognition.DESCRIPTOR_DIM}: the recognizer starts afresh (seed {seed})"
+    )
+    return {**ckpt, "model": model}, why
 
 
 def candidates_key(model: Sam) -> str:
@@ -199,15 +240,15 @@ def _chunk_path(folder: Path, split: str, per_kind: int, first_seed: int) -> Pat
 class RecognizerTrainConfig:
     """The second stage's recipe (see the module docstring); the defaults are the recipe."""
 
-    # 600 scenes: the recognizer underfits them (it picks within 0.05 IoU of the best candidate for 52-64% of its
-    # training phrases over steps 1,000-2,000, about what it reaches on val), so more scenes, at 1.3 s each to
-    # compute, would not help it.
+    # At lr 1e-3 the recognizer underfit 600 scenes (it picked within 0.05 IoU of the best candidate for 52-64% of
+    # its training phrases); at 3e-3 it fits them (0.95 by step 3,000) and its val pick is best near step 2,000
+    # (pick IoU 0.687, against 0.606 at 1e-3). More scenes should help now, at about 2 s each to compute.
     train_scenes: int = 600
     val_scenes: int = 50
     per_kind: int = 6  # sam_core.phrases.scene_phrases(per_kind=...)
     steps: int = 2000
     scenes_per_step: int = 32
-    lr: float = 1e-3
+    lr: float = 3e-3
     warmup_steps: int = 100
     min_lr_ratio: float = 0.05
     decay_fraction: float = (
@@ -329,12 +370,47 @@ class RecognizerTrainer:
         return stats
 
     @torch.no_grad()
+    def best_logits(self, scenes: list[CandidateScene]) -> tuple[np.ndarray, np.ndarray]:
+        """(best score of each absent phrase, of each present phrase) over ``scenes``' candidates, without the
+        presence bias; a scene without candidates gives NO_CANDIDATE_LOGIT."""
+        self.recognizer.eval()
+        absent, present = [], []
+        for scene in scenes:
+            if not scene.phrases:
+                continue
+            if len(scene.descriptors):
+                logits = self.recognizer(scene.descriptors, self.text([p[0] for p in scene.phrases]))
+                tops = text_recognition.presence_logits(logits).tolist()
+            else:
+                tops = [text_recognition.NO_CANDIDATE_LOGIT] * len(scene.phrases)
+            for top, (_, _, indices) in zip(tops, scene.phrases, strict=True):
+                (present if indices else absent).append(top)
+        return np.asarray(absent), np.asarray(present)
+
+    def calibrate_presence(self, scenes: list[CandidateScene]) -> float:
+        """Set the recognizer's presence_bias to the one of PRESENCE_BIASES with the best balanced presence
+        accuracy on ``scenes`` (the mean of the accuracies on absent and present phrases; among ties, the middle
+        one); returns it. Calibrate on validation scenes, never on the scenes a figure is reported on."""
+        absent, present = self.best_logits(scenes)
+        if not len(absent) or not len(present):
+            raise ValueError("calibrating presence needs both absent and present phrases")
+        balanced = np.array(
+            [((absent + b) < 0).mean() + ((present + b) >= 0).mean() for b in PRESENCE_BIASES]
+        )
+        ties = PRESENCE_BIASES[np.isclose(balanced, balanced.max())]
+        bias = float(ties[len(ties) // 2])
+        self.recognizer.presence_bias.fill_(bias)
+        return bias
+
+    @torch.no_grad()
     def evaluate(self, scenes: list[CandidateScene]) -> dict:
         """Figures of the recognizer alone on the candidates of ``scenes``:
         pick_iou (the IoU of the candidate it scores best with the object a one-object phrase names), best_iou
         (the best any candidate reaches there), recall@0.5 (instances of several-object phrases covered at IoU
-        0.5 by a candidate scored >= 0.5), presence accuracy on absent and present phrases."""
+        0.5 by a candidate scored >= 0.5), presence accuracy on absent and present phrases (with the
+        recognizer's presence_bias)."""
         self.recognizer.eval()
+        bias = float(self.recognizer.presence_bias)
         pick, best, found, instances, absent, present = [], [], 0, 0, [], []
         for scene in scenes:
             if not scene.phrases:
@@ -345,7 +421,7 @@ class RecognizerTrainer:
                 continue
             logits = self.recognizer(scene.descriptors, self.text([p[0] for p in scene.phrases]))
             for row, (_, _, indices) in enumerate(scene.phrases):
-                top = float(logits[row].max())
+                top = float(logits[row].max()) + bias
                 if not indices:
                     absent.append(top < 0)
                     continue
@@ -366,6 +442,7 @@ class RecognizerTrainer:
             "instances": instances,
             "presence_accuracy_absent": float(np.mean(absent)) if absent else 0.0,
             "presence_accuracy_present": float(np.mean(present)) if present else 0.0,
+            "presence_bias": bias,
         }
 
     def state(self) -> dict:

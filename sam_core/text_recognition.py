@@ -5,27 +5,31 @@ inference. We have no CLIP image tower to run here, so each candidate mask gets 
 the pixels it covers (the image embedding keeps no colour: a linear probe of the colour word from it scores below
 the majority word, benchmarks/bench_embedding_probe.py):
 
-- colour: mean and spread of CIE Lab over the mask's own pixels (those no smaller candidate inside it covers: a
-  part is painted its own way);
-- texture: fine and coarse luminance variation and the structure tensor's coherence (stripes run one way);
+- where they are read: the mask with its holes filled, less its parts (the candidates it is the smallest
+  enclosing one of, 2% to half its area) with a 2 px margin, eroded 3 px off its border; of those, the pixels
+  within OWN_COLOUR_DISTANCE of its median colour (what a loose candidate takes in beyond the object, a part it
+  did not cut out or a strip of background, stands out in colour);
+- colour: median and spread of CIE Lab there;
+- texture: the spread of luminance in four bands, computed by normalised convolution inside that region (so
+  neither the mask's border nor a cut-out part leaks in), the middle bands' kurtosis (checkers and stripes are
+  two-valued or sine-like, blotches are not) and the structure tensor's coherence (stripes run one way) and
+  energy; and how much of the mask the region is;
 - shape: area, solidity, fill of its rotated bounding rectangle and of its fitted ellipse, polygon corners,
-  circularity;
+  circularity, its pieces of real size, how many image edges cut it;
 - the same of the smallest candidate that encloses it, and whether there is one ("the part inside the blue
   polygon").
 
 ``MaskRecognizer`` maps descriptors and text embeddings to a score per (phrase, mask): a logit that the mask is
 (one of) what the phrase names. Candidates are the masks of a grid of clicks on the image (``candidate_masks``);
 the text path asks the decoder at the best one (a click at its point farthest from its border and its box, with
-the text tokens), a phrase's presence is its best score, and the instances of "every ..." are the candidates
-scored above 0 (probability 0.5).
+the text tokens), a phrase's presence is its best score plus the recognizer's calibrated presence_bias, and the
+instances of "every ..." are the candidates scored above 0 (probability 0.5).
 
 Shapes: image H x W x 3 uint8 RGB, masks K x H x W bool -> descriptors K x DESCRIPTOR_DIM float32; text
 embeddings B x text_dim -> logits B x K.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -34,7 +38,7 @@ from torch import nn
 
 from . import crops, mask_utils
 
-OWN_FEATURES = 19  # per mask: 6 colour, 4 texture, 7 shape, 2 size/edge
+OWN_FEATURES = 23  # per mask: 6 colour, 7 texture, 1 interior fraction, 7 shape, 2 size/edge
 DESCRIPTOR_DIM = 2 * OWN_FEATURES + 1  # its own, its enclosing candidate's, whether it has one
 # Candidates: the automatic mask generator's settings for them (loose: a missed object cannot be named).
 CANDIDATE_POINTS_PER_SIDE = 16
@@ -50,6 +54,9 @@ STABILITY_OFFSET = 1.0
 TEMPERATURE = 4.0
 # A mask is inside another when this much of it is covered by one at least 1.2x larger.
 ENCLOSED_FRACTION = 0.9
+# Lab distance from a mask's median colour within which a pixel counts as painted its own colour (textures vary
+# it by about 15, noise a few units; a part is painted in a contrasting colour, so it is further).
+OWN_COLOUR_DISTANCE = 25.0
 NO_CANDIDATE_LOGIT = -20.0  # the presence logit of an image without candidates
 
 
@@ -69,43 +76,72 @@ def enclosing(masks: list[np.ndarray]) -> list[int]:
     return out
 
 
-@dataclass
-class _Maps:
-    lab: np.ndarray
-    fine: np.ndarray
-    coarse: np.ndarray
-    jxx: np.ndarray
-    jyy: np.ndarray
-    jxy: np.ndarray
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    filled = np.zeros(mask.shape, np.uint8)
+    cv2.drawContours(filled, contours, -1, 1, -1)
+    return filled.astype(bool)
 
 
-def _maps(image: np.ndarray) -> _Maps:
-    lab = cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
-    grey = lab[..., 0]
-    gx, gy = cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1)
-    blur = lambda x, sigma: cv2.GaussianBlur(x, (0, 0), sigma)  # noqa: E731
-    return _Maps(
-        lab,
-        grey - blur(grey, 1.5),
-        blur(grey, 3.0),
-        blur(gx * gx, 4.0),
-        blur(gy * gy, 4.0),
-        blur(gx * gy, 4.0),
-    )
+_ERODE = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))  # 3 px: off the mask's uncertain border
+_MARGIN = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))  # 2 px around the parts cut out of it
+_SQUARE = np.ones((3, 3), np.uint8)
 
 
-def _own_features(maps: _Maps, mask: np.ndarray, own: np.ndarray) -> np.ndarray:
-    if own.sum() < 5:
-        own = mask
-    lab = maps.lab[own]
-    a, b, c = maps.jxx[own].mean(), maps.jyy[own].mean(), maps.jxy[own].mean()
-    features = [
-        *(lab.mean(0) / 100),
-        *(lab.std(0) / 30),
-        maps.fine[own].std() / 10,
-        maps.coarse[own].std() / 10,
-    ]
+def _own_region(mask: np.ndarray, parts: np.ndarray) -> np.ndarray:
+    """The pixels a mask's colour and texture are read from: the mask with its holes filled (a candidate often
+    misses a stripe or two), less its parts and a margin around them, eroded off its border; less eroded when
+    that leaves too few."""
+    own = _fill_holes(mask) & ~cv2.dilate(parts.astype(np.uint8), _MARGIN).astype(bool)
+    for kernel, least in ((_ERODE, 20), (_SQUARE, 5)):
+        region = cv2.erode(own.astype(np.uint8), kernel).astype(bool)
+        if region.sum() >= least:
+            return region
+    return own if own.sum() >= 5 else mask
+
+
+def _appearance(lab: np.ndarray, region: np.ndarray) -> list[float]:
+    """13 features of the pixels of ``region`` (H x W bool) of a CIE Lab image: median and spread of L, a, b;
+    the spread of luminance in four bands (finer than 1 px, 1-2.5, 2.5-6, coarser than 6), computed by
+    normalised convolution inside the region, so that nothing outside it (its border, the parts cut out) leaks
+    in; the kurtosis of the middle bands (two-valued checkers and sine stripes sit low, blotches higher); the
+    structure tensor's coherence (stripes run one way) and log energy."""
+    median = np.median(lab[region], 0)
+    # Texture and spread from the pixels painted near the mask's own colour: what a candidate takes in beyond
+    # the object (a part it did not cut out, which stands out in colour, or a strip of background) is left out.
+    painted = region & (np.linalg.norm(lab - median, axis=-1) < OWN_COLOUR_DISTANCE)
+    if painted.sum() >= 20:
+        region = painted
+    pixels = lab[region]
+    features = [*(median / 100), *(np.clip(pixels.std(0), 0, 60) / 30)]
+    ys, xs = np.nonzero(region)
+    box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+    inside, grey = region[box], lab[box][..., 0]
+    weight = inside.astype(np.float32)
+
+    def smooth(sigma: float) -> np.ndarray:  # the Gaussian mean of the region's own pixels only
+        return cv2.GaussianBlur(grey * weight, (0, 0), sigma) / (
+            cv2.GaussianBlur(weight, (0, 0), sigma) + 1e-6
+        )
+
+    fine, mid, coarse = smooth(1.0), smooth(2.5), smooth(6.0)
+    bands = [grey - fine, fine - mid, mid - coarse, coarse]
+    features += [band[inside].std() / 10 for band in bands]
+    middle = (bands[1] + bands[2])[inside]
+    middle = middle - middle.mean()
+    features.append(min((middle**4).mean() / ((middle**2).mean() ** 2 + 1e-6), 10.0) / 5)
+    gx, gy = cv2.Sobel(fine, cv2.CV_32F, 1, 0), cv2.Sobel(fine, cv2.CV_32F, 0, 1)
+    core = cv2.erode(inside.astype(np.uint8), _SQUARE).astype(bool)
+    core = core if core.sum() >= 5 else inside
+    a, b, c = (gx * gx)[core].mean(), (gy * gy)[core].mean(), (gx * gy)[core].mean()
     features += [np.sqrt((a - b) ** 2 + 4 * c**2) / (a + b + 1e-6), np.log1p(a + b) / 5]
+    return features
+
+
+def _shape(mask: np.ndarray) -> list[float]:
+    """9 features of a mask's outline: log area, solidity, fill of its rotated bounding rectangle (by area and
+    by IoU) and of its fitted ellipse, polygon corners, circularity, its pieces of at least 5% of its area, and
+    how many image edges cut it."""
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     contour = max(contours, key=cv2.contourArea)
     area, perimeter = float(mask.sum()), cv2.arcLength(contour, True) + 1e-6
@@ -120,7 +156,7 @@ def _own_features(maps: _Maps, mask: np.ndarray, own: np.ndarray) -> np.ndarray:
         ellipse_fill = (ellipse.astype(bool) & mask).sum() / ((ellipse.astype(bool) | mask).sum() + 1e-6)
     corners = len(cv2.approxPolyDP(contour, 0.03 * perimeter, True))
     rectangle_fill = (rectangle.astype(bool) & mask).sum() / ((rectangle.astype(bool) | mask).sum() + 1e-6)
-    features += [
+    return [
         np.log(area) / 10,
         area / hull,
         area / (rotated[1][0] * rotated[1][1] + 1e-6),
@@ -128,10 +164,10 @@ def _own_features(maps: _Maps, mask: np.ndarray, own: np.ndarray) -> np.ndarray:
         min(corners, 12) / 12,
         4 * np.pi * area / perimeter**2,
         rectangle_fill,
-        len(contours) / 4,
+        sum(cv2.contourArea(c) >= 0.05 * area for c in contours)
+        / 4,  # not the specks a loose candidate holds
         (mask[0].any() + mask[-1].any() + mask[:, 0].any() + mask[:, -1].any()) / 4,  # cut by the image edge
     ]
-    return np.asarray(features, np.float32)
 
 
 def mask_descriptors(image: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
@@ -141,16 +177,20 @@ def mask_descriptors(image: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
         return np.zeros((0, DESCRIPTOR_DIM), np.float32)
     if image.shape[:2] != masks[0].shape:
         raise ValueError(f"masks are {masks[0].shape} but the image is {image.shape[:2]}")
-    maps = _maps(image)
+    lab = cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
     parents = enclosing(masks)
+    areas = [int(m.sum()) for m in masks]
     own_features = []
     for i, mask in enumerate(masks):
-        own = mask.copy()
+        # Its parts: the candidates it is the smallest enclosing one of, from 2% to half its area (smaller are
+        # specks; larger are more often the same object cut another way than a part of it).
+        parts = np.zeros(mask.shape, bool)
         for j, parent in enumerate(parents):
-            if parent == i:
-                own &= ~masks[j]
-        own_features.append(_own_features(maps, mask, own))
-    own_features = np.stack(own_features)
+            if parent == i and 0.02 * areas[i] <= areas[j] <= 0.5 * areas[i]:
+                parts |= masks[j]
+        region = _own_region(mask, parts)
+        own_features.append(_appearance(lab, region) + [region.sum() / areas[i]] + _shape(mask))
+    own_features = np.asarray(own_features, np.float32)
     outer = np.stack([own_features[p] if p >= 0 else np.zeros(OWN_FEATURES, np.float32) for p in parents])
     inside = np.array([[p >= 0] for p in parents], np.float32)
     return np.concatenate([own_features, outer, inside], axis=1)
@@ -171,6 +211,10 @@ class MaskRecognizer(nn.Module):
         )  # fmt: skip
         self.text = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, width))
         self.bias = nn.Parameter(torch.zeros(1))
+        # Added to a phrase's best score to make its presence logit; not learnt but calibrated on validation
+        # scenes after training (sam_core.recognizer_train.calibrate_presence): the instance threshold (logit 0)
+        # and the presence threshold trade different errors, so one bias cannot serve both.
+        self.register_buffer("presence_bias", torch.zeros(1))
 
     def forward(self, descriptors: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
         if text_embeddings.dim() != 2 or text_embeddings.shape[1] != self.text_dim:
@@ -184,12 +228,13 @@ class MaskRecognizer(nn.Module):
         return text @ masks.T / TEMPERATURE + self.bias
 
 
-def presence_logits(logits: torch.Tensor) -> torch.Tensor:
-    """B x K recognition logits -> B presence logits: the best candidate's (a phrase is in the image when one of
-    its masks is what it names); NO_CANDIDATE_LOGIT for an image without candidates."""
+def presence_logits(logits: torch.Tensor, bias: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """B x K recognition logits -> B presence logits: the best candidate's plus ``bias`` (a recognizer's
+    calibrated ``presence_bias``; a phrase is in the image when one of its masks is what it names);
+    NO_CANDIDATE_LOGIT for an image without candidates."""
     if logits.shape[1] == 0:
         return logits.new_full((logits.shape[0],), NO_CANDIDATE_LOGIT)
-    return logits.amax(dim=1)
+    return logits.amax(dim=1) + bias
 
 
 def candidate_masks(predictor, batch: int = 64) -> list[np.ndarray]:

@@ -32,9 +32,10 @@ from sam_core.recognizer_train import (  # noqa: E402
     RecognizerTrainConfig,
     RecognizerTrainer,
     build_candidates,
+    fit_recognizer,
     score,
 )
-from sam_core.text_model import load_text_model, text_checkpoint  # noqa: E402
+from sam_core.text_model import is_text_checkpoint, load_text_model, text_checkpoint  # noqa: E402
 
 log = logging.getLogger("train_recognizer")
 
@@ -66,14 +67,20 @@ def run(
     state_path, best_path, curve_path = run_dir / "state.pt", run_dir / "best.pt", run_dir / "curve.jsonl"
     if not Path(base).is_file():
         raise SystemExit(f"--base {base}: no such file (a text checkpoint of scripts/train_text.py)")
-    # Not a checkpoint, or one without a text path: load_text_model's error names the file; no traceback.
+    # Not a checkpoint, or one without a text path: the errors name the file; no traceback.
     try:
-        model, text_encoder = load_text_model(str(base))
+        base_ckpt = read_checkpoint(str(base))
+        if not is_text_checkpoint(base_ckpt):
+            load_text_model(str(base))  # raises the error that names the file and what it is not
     except ValueError as err:
         raise SystemExit(f"--base: {err}") from err
-    base_ckpt = read_checkpoint(str(base))
-    if model.prompt_encoder.text_recognizer is None:
-        raise SystemExit(f"{base}: this text model has no mask recognizer (trained without recognizer_width)")
+    try:
+        fitted, why = fit_recognizer(base_ckpt, recipe.seed)
+        if why:
+            log.warning("%s: %s", base, why)
+        model, text_encoder = load_text_model(fitted)
+    except ValueError as err:
+        raise SystemExit(f"--base {base}: {err}") from err
     folder = run_dir / "candidates"
     val = build_candidates(
         model, text_encoder, folder, "val", recipe.val_scenes, recipe.per_kind, progress_line("val")
@@ -90,6 +97,7 @@ def run(
         log.info("resumed %s at step %d/%d%s", state_path, trainer.step_index, recipe.steps,
                  f"; recipe changed: {changed}" if changed else "")  # fmt: skip
     else:
+        trainer.calibrate_presence(val)
         base_figures = trainer.evaluate(val)
         log.info("the base's recognizer on %d val scenes: %s", len(val), _line(base_figures))
         curve.append({"step": 0, "score": score(base_figures), **base_figures})
@@ -110,6 +118,7 @@ def run(
                 atomic_save(trainer.state(), state_path)
             stopping = stop_at is not None and step >= stop_at
             if step % val_every == 0 or step == recipe.steps or stopping:
+                trainer.calibrate_presence(val)  # the presence bias saved with this step's recognizer
                 figures = trainer.evaluate(val)
                 row = {"step": step, "score": score(figures), **figures}
                 curve.append(row)
@@ -145,7 +154,8 @@ def _line(figures: dict) -> str:
     return (
         f"pick IoU {figures['pick_iou']:.3f} (best candidate {figures['best_iou']:.3f}, {figures['phrases_one']} "
         f"phrases), recall@0.5 {figures['recall@0.5']:.3f} ({figures['instances']} instances), presence absent "
-        f"{figures['presence_accuracy_absent']:.3f} present {figures['presence_accuracy_present']:.3f}"
+        f"{figures['presence_accuracy_absent']:.3f} present {figures['presence_accuracy_present']:.3f} (presence "
+        f"bias {figures['presence_bias']:+.1f})"
     )
 
 

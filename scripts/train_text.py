@@ -266,8 +266,14 @@ def model_card(ckpt: dict, metrics: dict, split: str) -> str:
             f"{recipe['scenes_per_step']} scenes a step, lr {recipe['lr']:g}; best on {recipe['val_scenes']} val "
             f"scenes' candidates at step {stage['steps']} of {recipe['steps']} "
             f"(`scripts/train_recognizer.py --base {stage['base']}`).",
-            "",
         ]
+        bias = stage["validation"].get("presence_bias")
+        if bias is not None:
+            lines.append(
+                f"A phrase is judged present when its best candidate's logit plus the presence bias {bias:+.1f} is "
+                "above 0; the bias is the one of best balanced accuracy on those val scenes (calibrate_presence)."
+            )
+        lines.append("")
     lines += [
         f"## Held-out figures ({split} scenes)",
         "",

@@ -226,3 +226,73 @@ def test_the_script_writes_a_text_checkpoint_that_answers_clicks_as_its_base_and
                 text_checkpoint(text_model_from_checkpoint(), make_text_encoder("embedded"), {}, {}), plain
             )
         train_recognizer.main(["--base", str(plain), "--run-dir", str(tmp_path / "x"), *settings])
+
+
+def test_presence_is_calibrated_apart_from_the_instances_and_travels_with_the_checkpoint(
+    base, cache, tmp_path
+):
+    """calibrate_presence picks the bias of best balanced accuracy from the best scores; evaluate, the predictor
+    and a saved checkpoint all use it; the instance threshold (logit 0) does not move."""
+    _, scenes, _ = cache
+    model, encoder = load_text_model(base)
+    trainer = RecognizerTrainer(RecognizerTrainConfig(), model, encoder, scenes)
+    absent, present = trainer.best_logits(scenes)
+    assert len(absent) and len(present)
+
+    def balanced(bias):
+        return ((absent + bias) < 0).mean() + ((present + bias) >= 0).mean()
+
+    bias = trainer.calibrate_presence(scenes)
+    assert float(model.prompt_encoder.text_recognizer.presence_bias) == pytest.approx(bias)
+    assert bias in recognizer_train.PRESENCE_BIASES
+    assert balanced(bias) == pytest.approx(max(balanced(b) for b in recognizer_train.PRESENCE_BIASES))
+    figures = trainer.evaluate(scenes)
+    assert figures["presence_bias"] == pytest.approx(bias)
+    assert figures["presence_accuracy_absent"] == pytest.approx(((absent + bias) < 0).mean())
+    # a bias far above every score says everything is present, and the predictor's presence follows it
+    model.prompt_encoder.text_recognizer.presence_bias.fill_(50.0)
+    assert trainer.evaluate(scenes)["presence_accuracy_absent"] == 0.0
+    path = tmp_path / "biased.pt"
+    atomic_save(text_checkpoint(model, encoder, {}, {}), path)
+    loaded, loaded_encoder = load_text_model(path)
+    assert float(loaded.prompt_encoder.text_recognizer.presence_bias) == 50.0
+    predictor = SamPredictor(loaded, text_encoder=loaded_encoder)
+    predictor.set_image(make_scene(scenes[0].seed).image)
+    _, probabilities = predictor.score_candidates("the green rectangle")
+    best = float(torch.logit(torch.tensor(float(probabilities.max()), dtype=torch.float64)))
+    presence = predictor.predict(text="the green rectangle")[3]
+    assert presence == pytest.approx(float(torch.sigmoid(torch.tensor(best + 50.0))), abs=1e-6)
+    with pytest.raises(ValueError, match="both absent and present"):
+        trainer.calibrate_presence([CandidateScene(0, scenes[0].descriptors, scenes[0].iou, [])])
+
+
+def test_a_base_whose_recognizer_reads_other_descriptors_starts_it_afresh(base, tmp_path):
+    ckpt = torch.load(base, weights_only=True)
+    prefix = recognizer_train.RECOGNIZER_PREFIX
+    same, why = recognizer_train.fit_recognizer(ckpt)
+    assert same is ckpt and why is None
+    # from before the presence bias: the learnt weights kept, the bias 0
+    older = {**ckpt, "model": {k: v for k, v in ckpt["model"].items() if k != prefix + "presence_bias"}}
+    fitted, why = recognizer_train.fit_recognizer(older)
+    assert "no presence bias" in why and float(fitted["model"][prefix + "presence_bias"]) == 0.0
+    assert torch.equal(fitted["model"][prefix + "masks.0.weight"], ckpt["model"][prefix + "masks.0.weight"])
+    # read descriptors of another size: fresh, seeded, every other tensor kept
+    other = dict(ckpt["model"])
+    other[prefix + "masks.0.weight"] = torch.zeros(
+        other[prefix + "masks.0.weight"].shape[0], DESCRIPTOR_DIM - 8
+    )
+    fitted, why = recognizer_train.fit_recognizer({**ckpt, "model": other}, seed=3)
+    assert f"reads {DESCRIPTOR_DIM - 8}-feature descriptors" in why and "afresh (seed 3)" in why
+    assert fitted["model"][prefix + "masks.0.weight"].shape[1] == DESCRIPTOR_DIM
+    again, _ = recognizer_train.fit_recognizer({**ckpt, "model": other}, seed=3)
+    assert torch.equal(again["model"][prefix + "masks.0.weight"], fitted["model"][prefix + "masks.0.weight"])
+    assert all(
+        torch.equal(fitted["model"][k], v) for k, v in ckpt["model"].items() if not k.startswith(prefix)
+    )
+    stale = tmp_path / "stale.pt"
+    atomic_save({**ckpt, "model": other}, stale)
+    best = train_recognizer.run(
+        stale, tmp_path / "run", RecognizerTrainConfig(train_scenes=1, val_scenes=1, per_kind=3, steps=1)
+    )
+    model, _ = load_text_model(best)
+    assert model.prompt_encoder.text_recognizer.masks[0].weight.shape[1] == DESCRIPTOR_DIM

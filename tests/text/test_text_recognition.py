@@ -32,14 +32,15 @@ PHRASE = "every polygon"
 
 @pytest.fixture(scope="module")
 def recognizer_trainer():
-    """A recognizer text model trained 80 steps on one training scene (its phrases at 6 per kind), the decoder
-    frozen as the recipe has it (40 steps left "the rectangle" on the ellipse)."""
+    """A recognizer text model trained 160 steps on one training scene (its phrases at 6 per kind), the decoder
+    frozen as the recipe has it (with the descriptors of colour and texture read inside the mask, 120 steps left
+    "the rectangle" on the ellipse)."""
     config = TextTrainConfig(
-        steps=80, phrases_per_kind=6, point_box_probability=0.6, recognizer_width=32, decoder_lr_scale=0.0,
+        steps=160, phrases_per_kind=6, point_box_probability=0.6, recognizer_width=32, decoder_lr_scale=0.0,
         **ONE_SCENE,
     )  # fmt: skip
     trainer = TextTrainer(config)
-    history = [trainer.step() for _ in range(80)]
+    history = [trainer.step() for _ in range(config.steps)]
     trainer.model.eval()
     trainer.text_encoder.eval()
     return trainer, history
@@ -72,7 +73,7 @@ def test_descriptors_tell_colour_shape_and_what_encloses_a_mask():
     # the square's colour is its own pixels' (red: Lab a > 0.4), not mixed with the blue disc inside it
     assert square[1] > 0.4 and square[4] < 0.1
     assert disc[2] < -0.3  # blue: Lab b far below 0
-    rectangle_fill, ellipse_fill = 16, 13  # indices into the own features (see _own_features)
+    rectangle_fill, ellipse_fill = 20, 17  # indices into the own features (see _shape)
     assert square[rectangle_fill] > 0.95 and ellipse[ellipse_fill] > 0.95 and ellipse[rectangle_fill] < 0.85
     # the disc carries its enclosing square's own features and the flag; the wholes carry zeros
     assert np.array_equal(disc[OWN_FEATURES : 2 * OWN_FEATURES], square[:OWN_FEATURES]) and disc[-1] == 1
@@ -81,6 +82,41 @@ def test_descriptors_tell_colour_shape_and_what_encloses_a_mask():
     with pytest.raises(ValueError, match="masks are"):
         mask_descriptors(image[:50], masks)
     assert farthest_point(masks[1])[:2] == (30, 30) and tuple(mask_to_box(masks[0])) == (5, 5, 55, 55)
+
+
+def _textured(kind: str, size: int = 120) -> tuple[np.ndarray, np.ndarray]:
+    """A grey image with a 70 x 70 orange square painted flat, striped or checkered (amplitude 25, as
+    sam_core.synthetic paints), and the square's mask."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    pattern = {
+        "flat": np.zeros_like(xx),
+        "striped": np.sin((xx * 0.8 + yy * 0.6) * 2 * np.pi / 12),
+        "checkered": ((yy // 10 + xx // 10) % 2) * 2 - 1.0,
+    }[kind]
+    image = np.full((size, size, 3), 90.0, np.float32)
+    mask = np.zeros((size, size), bool)
+    mask[25:95, 25:95] = True
+    image[mask] = (np.array([230.0, 130.0, 30.0]) + 25 * pattern[..., None])[mask]
+    return np.clip(image, 0, 255).astype(np.uint8), mask
+
+
+def test_texture_is_read_inside_the_mask_whatever_its_border():
+    """Stripes run one way (coherence high), checkers do not; flat paint has no band energy. A candidate 2 px
+    too large or too small reads nearly the same texture: the bands are computed inside the mask, off its
+    border, so the step to the background does not leak in."""
+    coherence, bands = 11, slice(6, 10)  # indices into the own features (see _appearance)
+    d = {
+        kind: mask_descriptors(_textured(kind)[0], [_textured(kind)[1]])[0]
+        for kind in ("flat", "striped", "checkered")
+    }
+    assert d["striped"][coherence] > 0.7 and d["checkered"][coherence] < 0.3
+    assert d["flat"][bands].max() < 0.05 < d["striped"][7] and d["checkered"][7] > 0.05
+    for kind in ("striped", "checkered"):
+        image, mask = _textured(kind)
+        kernel = np.ones((5, 5), np.uint8)
+        for other in (cv2.dilate(mask.astype(np.uint8), kernel), cv2.erode(mask.astype(np.uint8), kernel)):
+            near = mask_descriptors(image, [other.astype(bool)])[0]
+            assert np.abs(near[:13] - d[kind][:13]).max() < 0.1, (kind, near[:13] - d[kind][:13])
 
 
 def test_the_recognizer_scores_every_phrase_against_every_mask_and_refuses_other_shapes():
