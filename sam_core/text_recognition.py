@@ -150,9 +150,16 @@ def _shape(mask: np.ndarray) -> list[float]:
     rectangle = np.zeros(mask.shape, np.uint8)
     cv2.drawContours(rectangle, [np.int32(cv2.boxPoints(rotated))], -1, 1, -1)
     ellipse_fill = 0.0
-    if len(contour) >= 5:
+    fitted = cv2.fitEllipse(contour) if len(contour) >= 5 else None
+    # A few pixels in a line fit no ellipse (OpenCV answers NaN or inf sizes, which cv2.ellipse refuses).
+    if (
+        fitted is not None
+        and np.isfinite(fitted[0]).all()
+        and np.isfinite(fitted[1]).all()
+        and min(fitted[1]) > 0
+    ):
         ellipse = np.zeros(mask.shape, np.uint8)
-        cv2.ellipse(ellipse, cv2.fitEllipse(contour), 1, -1)
+        cv2.ellipse(ellipse, fitted, 1, -1)
         ellipse_fill = (ellipse.astype(bool) & mask).sum() / ((ellipse.astype(bool) | mask).sum() + 1e-6)
     corners = len(cv2.approxPolyDP(contour, 0.03 * perimeter, True))
     rectangle_fill = (rectangle.astype(bool) & mask).sum() / ((rectangle.astype(bool) | mask).sum() + 1e-6)

@@ -100,6 +100,16 @@ def _textured(kind: str, size: int = 120) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(image, 0, 255).astype(np.uint8), mask
 
 
+def test_a_speck_that_fits_no_ellipse_is_described():
+    """Five pixels in a slanted column (a loose candidate of training scene 818): OpenCV fits them an ellipse of
+    NaN and infinite size, which cv2.ellipse refuses; the descriptor gives it no ellipse fill instead."""
+    image = np.full((256, 256, 3), 120, np.uint8)
+    speck = np.zeros((256, 256), bool)
+    speck[[136, 137, 137, 138, 138], [225, 224, 225, 224, 225]] = True
+    d = mask_descriptors(image, [speck])
+    assert d.shape == (1, DESCRIPTOR_DIM) and np.isfinite(d).all() and d[0, 17] == 0.0  # 17: ellipse fill
+
+
 def test_texture_is_read_inside_the_mask_whatever_its_border():
     """Stripes run one way (coherence high), checkers do not; flat paint has no band energy. A candidate 2 px
     too large or too small reads nearly the same texture: the bands are computed inside the mask, off its
