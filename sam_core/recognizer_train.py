@@ -241,9 +241,9 @@ class RecognizerTrainConfig:
     """The second stage's recipe (see the module docstring); the defaults are the recipe."""
 
     # At lr 1e-3 the recognizer underfit 600 scenes (it picked within 0.05 IoU of the best candidate for 52-64% of
-    # its training phrases); at 3e-3 it fits them (0.95 by step 3,000) and its val pick is best near step 2,000
-    # (pick IoU 0.687, against 0.606 at 1e-3). More scenes should help now, at about 2 s each to compute.
-    train_scenes: int = 600
+    # its training phrases); at 3e-3 it fits them (0.95 by step 3,000; val pick IoU 0.687 at step 2,000, against
+    # 0.606 at 1e-3). 1,000 scenes (about 2 s each to compute, once) took the val pick to 0.70-0.71.
+    train_scenes: int = 1000
     val_scenes: int = 50
     per_kind: int = 6  # sam_core.phrases.scene_phrases(per_kind=...)
     steps: int = 2000

@@ -151,7 +151,9 @@ def format_text_table(metrics: dict) -> str:
     ]
     for label, key, over in rows:
         floor = FLOORS.get(key)
-        lines.append(f"| {label} | {metrics[key]:.3f} | {floor if floor is not None else '-'} | {over} |")
+        # The floor's verdict from the unrounded figure: 0.6997 prints as 0.700 but is under 0.7.
+        verdict = "-" if floor is None else f"{floor} ({'met' if metrics[key] >= floor else 'short'})"
+        lines.append(f"| {label} | {metrics[key]:.4f} | {verdict} | {over} |")
     kinds = ", ".join(f"{k} {v:.3f}" for k, v in metrics["miou_by_kind"].items())
     lines += [
         "",

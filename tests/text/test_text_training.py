@@ -100,10 +100,24 @@ def test_a_run_validates_keeps_its_best_and_resumes_exactly(script, tmp_path, ca
     capsys.readouterr()
     metrics = script.evaluate(stopped / "best.pt", "test", 2, card=True)
     table = capsys.readouterr().out
-    assert "| mIoU, phrases naming one object |" in table and f"{metrics['miou_one']:.3f}" in table
+    assert "| mIoU, phrases naming one object |" in table and f"{metrics['miou_one']:.4f}" in table
     assert "| presence accuracy, absent phrases |" in table and "0.9" in table
     card = (stopped / "MODEL_CARD.md").read_text()
     assert text_table(metrics) in card and "## Validation curve" in card and "| 2 |" in card
+
+
+def test_the_table_judges_each_floor_on_the_unrounded_figure():
+    metrics = {
+        "scenes": 50, "instances_by": "clicks", "phrases_one": 195, "instances_several": 392, "phrases_absent": 150,
+        "phrases_present": 372, "miou_one": 0.69969, "recall_several@0.5": 0.8, "presence_accuracy_absent": 0.94,
+        "presence_accuracy_present": 0.95, "miou_by_kind": {}, "recall_pieces@0.5": 0.5,
+        "precision_pieces@0.5": 0.3, "precision_clicks@0.5": 0.3,
+    }  # fmt: skip
+    rows = {line.split(" | ")[0]: line for line in text_table(metrics).splitlines() if line.startswith("| ")}
+    assert "| 0.6997 | 0.7 (short) |" in rows["| mIoU, phrases naming one object"]
+    assert "0.8 (met)" in rows["| instance recall @ IoU 0.5, phrases naming several (by clicks)"]
+    assert "0.9 (met)" in rows["| presence accuracy, absent phrases"]
+    assert rows["| presence accuracy, present phrases"].endswith("| - | 372 phrases |")
 
 
 def test_recipe_overrides_are_typed_and_unknown_fields_refused(script):
