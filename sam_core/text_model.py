@@ -120,6 +120,15 @@ def text_sam_from_checkpoint(ckpt: dict, name: str = "<in memory>") -> Sam:
             "loads with build_sam, and sam_core.text_model.text_model_from_checkpoint starts a text path on it"
         )
     model = build_sam_from_config(SamConfig.from_dict(ckpt["sam_config"]))
+    prefix = "prompt_encoder.text_recognizer."
+    wanted = {k: tuple(v.shape) for k, v in model.state_dict().items() if k.startswith(prefix)}
+    held = {k: tuple(v.shape) for k, v in ckpt["model"].items() if k.startswith(prefix)}
+    if wanted and held and wanted != held:
+        raise ValueError(
+            f"{name}: its mask recognizer was trained for the descriptors of an earlier version (before the "
+            "recognizer read texture inside the mask and calibrated its presence); train its stage 2 again: "
+            "scripts/train_recognizer.py --base CHECKPOINT --run-dir DIR starts the recognizer afresh on it"
+        )
     load_weights(model, ckpt)
     return model.eval()
 

@@ -291,6 +291,9 @@ def test_a_base_whose_recognizer_reads_other_descriptors_starts_it_afresh(base, 
     )
     stale = tmp_path / "stale.pt"
     atomic_save({**ckpt, "model": other}, stale)
+    for old in ({**ckpt, "model": other}, older):  # elsewhere such a checkpoint is refused with the way out
+        with pytest.raises(ValueError, match="descriptors of an earlier version.*train_recognizer.py --base"):
+            load_text_model(old)
     best = train_recognizer.run(
         stale, tmp_path / "run", RecognizerTrainConfig(train_scenes=1, val_scenes=1, per_kind=3, steps=1)
     )
