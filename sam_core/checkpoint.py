@@ -33,9 +33,11 @@ from typing import Any
 
 import torch
 
+# The mask recognizer's tensors (sam_core.text_recognition).
+RECOGNIZER_PREFIX = "prompt_encoder.text_recognizer."
 TEXT_PREFIXES = (
     "prompt_encoder.text_projection.",
-    "prompt_encoder.text_recognizer.",
+    RECOGNIZER_PREFIX,
     "mask_decoder.presence_",
 )
 

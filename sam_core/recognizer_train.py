@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from sam_core import text_recognition
 from sam_core.build import SamConfig
-from sam_core.checkpoint import atomic_save, text_keys
+from sam_core.checkpoint import RECOGNIZER_PREFIX, atomic_save, text_keys
 from sam_core.phrases import scene_phrases
 from sam_core.predictor import SamPredictor
 from sam_core.sam import Sam
@@ -126,9 +126,6 @@ def candidate_scene(
     h, w = scene.image.shape[:2]
     packed = np.packbits(np.stack(masks), axis=-1) if masks else np.zeros((0, h, (w + 7) // 8), np.uint8)
     return CandidateScene(seed, descriptors.detach().cpu().float(), iou, phrases, torch.from_numpy(packed))
-
-
-RECOGNIZER_PREFIX = "prompt_encoder.text_recognizer."
 
 
 def fit_recognizer(ckpt: dict, seed: int = 0) -> tuple[dict, str | None]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from sam_core.build import CONFIGS, SamConfig, build_sam_from_config
-from sam_core.checkpoint import config_name, load_weights, read_checkpoint
+from sam_core.checkpoint import RECOGNIZER_PREFIX, config_name, load_weights, read_checkpoint
 from sam_core.clip_text import ClipTextEncoder
 from sam_core.embedded import EMBEDDED_CHECKPOINT
 from sam_core.sam import Sam
@@ -120,9 +120,8 @@ def text_sam_from_checkpoint(ckpt: dict, name: str = "<in memory>") -> Sam:
             "loads with build_sam, and sam_core.text_model.text_model_from_checkpoint starts a text path on it"
         )
     model = build_sam_from_config(SamConfig.from_dict(ckpt["sam_config"]))
-    prefix = "prompt_encoder.text_recognizer."
-    wanted = {k: tuple(v.shape) for k, v in model.state_dict().items() if k.startswith(prefix)}
-    held = {k: tuple(v.shape) for k, v in ckpt["model"].items() if k.startswith(prefix)}
+    wanted = {k: tuple(v.shape) for k, v in model.state_dict().items() if k.startswith(RECOGNIZER_PREFIX)}
+    held = {k: tuple(v.shape) for k, v in ckpt["model"].items() if k.startswith(RECOGNIZER_PREFIX)}
     if wanted and held and wanted != held:
         raise ValueError(
             f"{name}: its mask recognizer was trained for the descriptors of an earlier version (before the "

@@ -109,7 +109,8 @@ def _appearance(lab: np.ndarray, region: np.ndarray) -> list[float]:
     median = np.median(lab[region], 0)
     # Texture and spread from the pixels painted near the mask's own colour: what a candidate takes in beyond
     # the object (a part it did not cut out, which stands out in colour, or a strip of background) is left out.
-    painted = region & (np.linalg.norm(lab - median, axis=-1) < OWN_COLOUR_DISTANCE)
+    painted = region.copy()  # the distance only where it is read, not over the whole image for every mask
+    painted[region] = np.linalg.norm(lab[region] - median, axis=-1) < OWN_COLOUR_DISTANCE
     if painted.sum() >= 20:
         region = painted
     pixels = lab[region]
