@@ -73,7 +73,11 @@ def training_parser(doc: str, run_dir: Path, val_every: int) -> argparse.Argumen
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--val-every", type=int, default=val_every, help="steps between validations")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override recipe fields")
+    # "extend": a second --set adds to the first (with a plain nargs option the last one silently won, and a run
+    # given `--set train_scenes=2000 --set val_scenes=150` trained on the default train_scenes).
+    parser.add_argument(
+        "--set", nargs="+", action="extend", default=[], metavar="FIELD=VALUE", help="override recipe fields"
+    )
     return parser
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from sam_core.checkpoint import read_checkpoint
 from sam_core.embedded import EMBEDDED_CHECKPOINT
-from sam_core.recipes import EMBEDDED_RECIPE
+from sam_core.recipes import EMBEDDED_RECIPE, training_parser
 from sam_core.train import TrainConfig
 
 TINY = ["steps=4", "images_per_step=1", "masks_per_image=2", "correction_points=1", "warmup_steps=1"]
@@ -84,6 +85,13 @@ def test_overrides_are_typed_and_unknown_fields_refused(script):
     }
     with pytest.raises(SystemExit, match="FIELD=VALUE"):
         script.parse_overrides(EMBEDDED_RECIPE, ["stepz=10"])
+
+
+def test_every_set_option_counts_not_only_the_last():
+    parser = training_parser("a script", Path("run"), val_every=10)
+    args = parser.parse_args(["--set", "steps=10", "lr=0.1", "--set", "ema_decay=0.5"])
+    assert args.set == ["steps=10", "lr=0.1", "ema_decay=0.5"]
+    assert parser.parse_args([]).set == []
 
 
 def test_the_committed_model_card_is_what_the_committed_checkpoint_generates(script):
