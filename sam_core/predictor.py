@@ -9,9 +9,9 @@ A drop-in for segment_anything.SamPredictor (same methods and return shapes), pl
   the text encoder it was trained with (SamPredictor(model, text_encoder=...), see sam_core.text_model); it
   also returns the presence score, the probability that what the phrase names is in the image. A text model
   with a mask recognizer (sam_core.text_recognition) first finds which of the image's masks the phrase names:
-  text alone is then answered with the text tokens plus a click inside the best-scored mask and its box, and the
-  presence score is that mask's; score_candidates(text) gives every candidate's. It reads the image's pixels, so
-  set_embedding needs image= for it.
+  text alone is then answered with the best-scored masks themselves (as the decoder gave them for their grid
+  click: mask, predicted IoU, low-res logits), and the presence score is the best one's; score_candidates(text)
+  gives every candidate's. It reads the image's pixels, so set_embedding needs image= for it.
 
 Everything that does not depend on the prompt (dense position encoding, the "no mask" dense embedding added to
 the image embedding, the first decoder layer's projections of the image tokens, the position terms of every
@@ -27,10 +27,9 @@ import torch
 
 from .mask_decoder import DecoderContext
 from .predictor_inputs import check_boxes, check_mask_input, check_points, to_rgb_uint8
-from .prompts import farthest_point, mask_to_box
 from .sam import Sam
 from .text_encoder import TextEncoder
-from .text_recognition import candidate_masks, mask_descriptors, presence_logits
+from .text_recognition import Candidates, candidate_outputs, mask_descriptors, presence_logits
 from .transforms import ResizeLongestSide
 
 
@@ -70,6 +69,7 @@ class SamPredictor:
         # H x W x 3 uint8 RGB: what a mask recognizer describes the candidate masks from.
         self._rgb: np.ndarray | None = None
         self._candidates: tuple[list[np.ndarray], torch.Tensor] | None = None
+        self._candidate_outputs: Candidates | None = None
 
     @property
     def recognizes_text(self) -> bool:
@@ -285,8 +285,14 @@ class SamPredictor:
             text_embeddings = self.encode_text(phrases)
             if self.recognizes_text:
                 recognized = self.recognize(text_embeddings)  # one row a phrase, before any expansion
-                if not sizes:  # text alone: asked at the best-scored mask (a click inside it, its box)
-                    points, box_tensor = self._recognized_geometry(recognized)
+                if not sizes and recognized.shape[1]:  # text alone: the best-scored candidates themselves
+                    answer = self._recognized_answer(
+                        recognized, multimask_output, return_logits, best_only, upsample
+                    )
+                    bias = self.model.prompt_encoder.text_recognizer.presence_bias
+                    return (*answer, torch.sigmoid(presence_logits(recognized, bias)))
+                if not sizes:  # no candidate on the image: asked at its whole box (the presence says absent)
+                    points, box_tensor = self._whole_image_prompt(len(phrases))
             if sizes and len(phrases) == 1:
                 text_embeddings = text_embeddings.expand(next(iter(sizes)), -1)
         masks, iou, low_res, presence = self._predict(
@@ -302,8 +308,8 @@ class SamPredictor:
         if text is None:
             return masks, iou, low_res
         if recognized is not None:
-            bias = self.model.prompt_encoder.text_recognizer.presence_bias
-            presence = presence_logits(recognized, bias).expand(len(iou))
+            presence = presence_logits(recognized, self.model.prompt_encoder.text_recognizer.presence_bias)
+            presence = presence.expand(len(iou))
         return masks, iou, low_res, torch.sigmoid(presence)
 
     def candidates(self) -> tuple[list[np.ndarray], torch.Tensor]:
@@ -319,9 +325,9 @@ class SamPredictor:
                 "set_image(image), or set_embedding(embedding, size, image=image)"
             )
         if self._candidates is None:
-            masks = candidate_masks(self)
-            descriptors = torch.as_tensor(mask_descriptors(self._rgb, masks), device=self.device)
-            self._candidates = (masks, descriptors)
+            found = candidate_outputs(self)
+            descriptors = torch.as_tensor(mask_descriptors(self._rgb, found.masks), device=self.device)
+            self._candidates, self._candidate_outputs = (found.masks, descriptors), found
         return self._candidates
 
     @torch.no_grad()
@@ -337,27 +343,40 @@ class SamPredictor:
         masks, _ = self.candidates()
         return masks, torch.sigmoid(self.recognize(self.encode_text([text]))[0]).cpu().numpy()
 
-    def _recognized_geometry(
-        self, logits: torch.Tensor
-    ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """Logits B x K -> (points B x 1 x 2 with labels B x 1, boxes B x 4) in the encoder's input frame: a click
-        inside each phrase's best-scored candidate and its box (the image's centre and whole box when the image
-        has no candidate; the presence, then 0, says so)."""
-        masks, _ = self.candidates()
+    def _recognized_answer(
+        self,
+        logits: torch.Tensor,
+        multimask_output: bool,
+        return_logits: bool,
+        best_only: bool,
+        upsample: bool,
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """Logits B x K (K >= 1 candidates) -> (masks B x M x H x W, or None without upsample; predicted IoU
+        B x M; low-res logits B x M x 4h x 4w): each phrase's M best-scored candidates, best first, as the decoder
+        gave them for their grid click (the masks are exactly ``candidates()``'s). M = 3 with multimask_output
+        (an image with fewer candidates repeats its last), else 1, as best_only."""
+        found = self._candidate_outputs
+        count = 3 if multimask_output and not best_only else 1
+        order = logits.argsort(dim=1, descending=True)[:, :count].cpu()
+        if order.shape[1] < count:
+            order = torch.cat([order, order[:, -1:].expand(-1, count - order.shape[1])], dim=1)
+        iou = found.predicted_iou[order].to(self.device)
+        low_res = found.low_res_logits[order.to(found.low_res_logits.device)].to(self.device)
+        if not upsample:
+            return None, iou, low_res
+        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks, iou, low_res
+
+    def _whole_image_prompt(self, count: int) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """``count`` prompts of a click at the image's centre and its whole box (points count x 1 x 2 with
+        labels count x 1, boxes count x 4, in the encoder's input frame): text alone on an image without
+        candidates still gets a mask, which its presence (then 0) marks as not to be trusted."""
         h, w = self.original_size
-        clicks, boxes = [], []
-        for row in logits:
-            if masks:
-                best = masks[int(torch.argmax(row))]
-                clicks.append([farthest_point(best)[:2]])
-                boxes.append(mask_to_box(best))
-            else:
-                clicks.append([(w // 2, h // 2)])
-                boxes.append((0, 0, w - 1, h - 1))
-        labels = np.ones((len(clicks), 1), np.int64)
-        return self._to_points(np.asarray(clicks, np.float64), labels), self._to_boxes(
-            np.asarray(boxes, np.float64)
-        )
+        clicks = np.tile(np.array([[[w // 2, h // 2]]], np.float64), (count, 1, 1))
+        boxes = np.tile(np.array([[0, 0, w - 1, h - 1]], np.float64), (count, 1))
+        return self._to_points(clicks, np.ones((count, 1), np.int64)), self._to_boxes(boxes)
 
     @torch.no_grad()
     def upscale_logits(self, low_res_logits: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,8 @@ each ask "the <phrase> here" (text + one positive click, what the trainer's clic
 instance under the click), and non-maximum suppression by mask IoU keeps one mask per instance, best predicted
 IoU first. A model with a mask recognizer (sam_core.text_recognition) needs no grid: its instances are the
 candidate masks it scores above 0.5, each asked again as "the <phrase>, here" with a click inside it and its box,
-and its union is theirs.
+and its union is theirs. (Taking those candidates as they are found more instances on 40 val scenes, recall 0.775
+against 0.749, at a precision of 0.229 against 0.303: the question again is kept.)
 
 ``segment_phrase`` is what a user asking "segment <phrase>" gets: nothing when the presence head judges the phrase
 absent, the instances when the phrase names several ("every ...", "each ...", "all ...") or the caller always
@@ -162,20 +163,22 @@ def segment_phrase(
             f"{presence_threshold})"
         )
         return result
-    union = recognized_union(predictor, phrase) if predictor.recognizes_text else masks[0]
-    if not union.any():
+    # Several: where the instances are looked for (a recognizer model's: the union of the masks it names); one:
+    # the text's own answer (a recognizer model's: its best-scored mask, the one the evaluation scores).
+    mask = recognized_union(predictor, phrase) if several and predictor.recognizes_text else masks[0]
+    if not mask.any():
         result.why_empty = (
             f"no mask: {phrase!r} is judged present (presence {presence:.3f}) but its mask is empty"
         )
         return result
     if several:
-        found, rated = find_instances(predictor, phrase, union=union, **instance_args)
+        found, rated = find_instances(predictor, phrase, union=mask, **instance_args)
     else:
-        found, rated = [union], [float(scores[0])]
+        found, rated = [mask], [float(scores[0])]
     if not found:
         result.why_empty = (
             f"no mask: {phrase!r} is judged present (presence {presence:.3f}), but the clicks inside its mask of "
-            f"{int(union.sum())} px gave no instance of at least {MIN_AREA} px"
+            f"{int(mask.sum())} px gave no instance of at least {MIN_AREA} px"
         )
         return result
     kept = [i for i, score in enumerate(rated) if score >= min_predicted_iou]

@@ -1,6 +1,6 @@
 """The mask recognizer of the text path (sam_core.text_recognition): which of the image's masks a phrase names.
-Its descriptors, its candidates, its checkpoint rule, its training, and the predictor that asks the decoder at the
-best-scored mask (text alone, or an embedding from the store with its image)."""
+Its descriptors, its candidates, its checkpoint rule, its training, and the predictor that answers text alone with
+the best-scored masks (from set_image, or an embedding from the store with its image)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sam_core import SamPredictor
+from sam_core import SamPredictor, text_recognition
 from sam_core.checkpoint import load_weights
 from sam_core.embedded import load_embedded
 from sam_core.prompts import farthest_point, mask_to_box
@@ -19,6 +19,7 @@ from sam_core.text_model import load_text_model, text_model_from_checkpoint
 from sam_core.text_recognition import (
     DESCRIPTOR_DIM,
     OWN_FEATURES,
+    Candidates,
     MaskRecognizer,
     candidate_masks,
     enclosing,
@@ -172,23 +173,66 @@ def test_the_recognizer_learns_which_masks_the_phrases_of_its_scene_name(recogni
     assert np.mean([h["picked"] for h in history[-10:]]) >= 0.8  # the named mask scores best
 
 
-def test_text_alone_is_asked_inside_the_best_scored_mask_and_presence_is_its_score(
+def test_text_alone_answers_with_the_best_scored_candidates_and_presence_is_its_score(
     recognizer_trainer, trained_scene
 ):
     trainer, _ = recognizer_trainer
     predictor = SamPredictor(trainer.model, text_encoder=trainer.text_encoder)
     predictor.set_image(trained_scene.image)
     candidates, probabilities = predictor.score_candidates(PHRASE)
-    assert len(candidates) == len(probabilities) > 0
-    masks, scores, _, presence = predictor.predict(text=PHRASE)
+    assert len(candidates) == len(probabilities) >= 3
+    logits = predictor.recognize(predictor.encode_text([PHRASE]))[0]
+    ranked = torch.argsort(logits, descending=True).tolist()
+    masks, scores, low_res, presence = predictor.predict(text=PHRASE)
     assert presence == pytest.approx(float(probabilities.max()), abs=1e-6)
-    best = candidates[int(np.argmax(probabilities))]
-    asked = predictor.predict(
-        np.array([farthest_point(best)[:2]]), np.array([1]), mask_to_box(best), text=PHRASE
+    assert masks.shape == (1, *trained_scene.image.shape[:2]) and np.array_equal(
+        masks[0], candidates[ranked[0]]
     )
-    assert np.array_equal(asked[0], masks) and np.allclose(asked[1], scores)
+    # Its low-res logits are the candidate's own: upscaled, they give the same mask; its score is the decoder's.
+    upscaled = predictor.upscale_logits(torch.from_numpy(low_res)[None])[0, 0].numpy()
+    assert np.array_equal(upscaled > predictor.model.mask_threshold, masks[0]) and 0.0 < scores[0] <= 1.5
+    three, three_scores, _, _ = predictor.predict(text=PHRASE, multimask_output=True)
+    assert len(three) == 3 and all(
+        np.array_equal(m, candidates[k]) for m, k in zip(three, ranked, strict=False)
+    )
+    assert three_scores[0] == pytest.approx(scores[0])
+    assert np.array_equal(predictor.predict(text=PHRASE, multimask_output=True, best_only=True)[0], masks)
+    # With points or a box the text goes through the decoder, as a prompt of its own.
+    asked = predictor.predict(
+        np.array([farthest_point(candidates[ranked[0]])[:2]]), np.array([1]), mask_to_box(candidates[ranked[0]]),
+        text=PHRASE,
+    )  # fmt: skip
+    assert asked[0].shape == masks.shape and not np.array_equal(asked[1], scores)
     named = recognized_masks(predictor, PHRASE)
     assert len(named) == int((probabilities >= 0.5).sum())
+
+
+def test_text_alone_with_fewer_candidates_than_masks_asked_repeats_the_last(
+    recognizer_trainer, trained_scene
+):
+    trainer, _ = recognizer_trainer
+    predictor = SamPredictor(trainer.model, text_encoder=trainer.text_encoder)
+    predictor.set_image(trained_scene.image)
+    masks, descriptors = predictor.candidates()
+    found = predictor._candidate_outputs  # two candidates left on the image
+    predictor._candidates = (masks[:2], descriptors[:2])
+    predictor._candidate_outputs = Candidates(masks[:2], found.predicted_iou[:2], found.low_res_logits[:2])
+    ranked = torch.argsort(predictor.recognize(predictor.encode_text([PHRASE]))[0], descending=True).tolist()
+    three, scores, _, _ = predictor.predict(text=PHRASE, multimask_output=True)
+    assert [next(k for k in range(2) if np.array_equal(m, masks[k])) for m in three] == [*ranked, ranked[-1]]
+    assert scores[2] == scores[1]
+
+
+def test_text_alone_on_an_image_without_candidates_is_judged_absent(recognizer_trainer, monkeypatch):
+    trainer, _ = recognizer_trainer
+    monkeypatch.setattr(text_recognition, "CANDIDATE_PRED_IOU", 2.0)  # no mask is rated that high
+    predictor = SamPredictor(trainer.model, text_encoder=trainer.text_encoder)
+    predictor.set_image(make_scene(split_seeds("val", 1)[0]).image)
+    assert predictor.candidates()[0] == []
+    masks, scores, _, presence = predictor.predict(text=PHRASE)
+    assert masks.shape == (1, 256, 256) and presence < 1e-6
+    answer = segment_phrase(predictor, "the red ellipse")
+    assert not answer.masks and "absent" in answer.why_empty
 
 
 def test_an_embedding_from_the_store_needs_its_image_and_then_answers_as_set_image(
