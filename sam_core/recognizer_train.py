@@ -10,7 +10,9 @@ encoder unchanged, so clicks, boxes and the text tokens answer as before):
    every ground-truth mask (wholes, parts and subparts), and keeps them on disk in chunks, so that a killed build
    goes on from its last chunk. A scene costs about 1.3 s on 2 cores (the grid of clicks); what is kept is
    about 0.6 MB (the masks, packed, so that a new descriptor needs no clicks). The chunks are keyed by
-   what the candidates depend on (``candidates_key``): another base model or candidate setting computes them again.
+   what the candidates depend on (``candidates_key``): another base model or candidate setting computes them again;
+   a change of the descriptor alone (any edit of sam_core.text_recognition, whose source is part of the key)
+   describes the stored masks again, about 0.3 s a scene instead of the grid's seconds (``masks_key``).
 2. ``RecognizerTrainer`` trains the recognizer on them, ``scenes_per_step`` scenes a step (a step costs a few ms
    a scene: no decoder). A candidate is what a phrase names when its IoU with one of the phrase's masks is at
    least ``positive_iou``, is not when under ``negative_iou``; in between it is left out of the per-pair loss.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import logging
 import time
@@ -49,11 +52,12 @@ from sam_core.train import lr_at
 log = logging.getLogger(__name__)
 
 CHUNK = 50  # scenes per file of the candidate cache
-# The module constants of sam_core.text_recognition that change what a scene's candidates are.
-CANDIDATE_SETTINGS = (
+# The module constants of sam_core.text_recognition that change which masks a scene's candidates are, and those
+# that change only how they are described (with the module's source: its code describes them).
+MASK_SETTINGS = (
     "CANDIDATE_POINTS_PER_SIDE", "CANDIDATE_PRED_IOU", "CANDIDATE_STABILITY", "CANDIDATE_NMS", "STABILITY_OFFSET",
-    "ENCLOSED_FRACTION", "DESCRIPTOR_DIM",
 )  # fmt: skip
+DESCRIPTOR_SETTINGS = ("ENCLOSED_FRACTION", "DESCRIPTOR_DIM", "OUTER_DUPLICATE_IOU", "OWN_COLOUR_DISTANCE")
 PICK_MARGIN = 0.05  # IoU: a one-object phrase's pick is right within this of its best candidate
 # The presence biases calibrate_presence chooses among (logits; a phrase's presence logit is its best score plus
 # the bias).
@@ -162,17 +166,26 @@ def fit_recognizer(ckpt: dict, seed: int = 0) -> tuple[dict, str | None]:
     return {**ckpt, "model": model}, why
 
 
-def candidates_key(model: Sam) -> str:
-    """What a scene's cached candidates depend on: the candidate settings and descriptor of
-    sam_core.text_recognition and the weights that answer the clicks (image encoder, prompt encoder's point and
-    box tensors, mask decoder), as a sha256. A cache chunk written under another key is computed again."""
+def masks_key(model: Sam) -> str:
+    """What a scene's candidate masks depend on: the candidate settings of sam_core.text_recognition
+    (MASK_SETTINGS) and the weights that answer the clicks (image encoder, prompt encoder's point and box tensors,
+    mask decoder), as a sha256."""
     digest = hashlib.sha256()
-    settings = [getattr(text_recognition, n) for n in CANDIDATE_SETTINGS]
-    digest.update(json.dumps(settings).encode())
+    digest.update(json.dumps([getattr(text_recognition, n) for n in MASK_SETTINGS]).encode())
     state = model.state_dict()
     for name in sorted(set(state) - set(text_keys(state))):  # the text path does not change the candidates
         digest.update(name.encode())
         digest.update(state[name].detach().cpu().to(torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def candidates_key(model: Sam) -> str:
+    """What a scene's cached candidates depend on: their masks (``masks_key``) and how they are described
+    (DESCRIPTOR_SETTINGS and sam_core.text_recognition's source), as a sha256. A cache chunk written under
+    another key is computed again, or only described again when its masks_key is this model's."""
+    digest = hashlib.sha256(masks_key(model).encode())
+    digest.update(json.dumps([getattr(text_recognition, n) for n in DESCRIPTOR_SETTINGS]).encode())
+    digest.update(inspect.getsource(text_recognition).encode())
     return digest.hexdigest()
 
 
@@ -187,46 +200,70 @@ def build_candidates(
 ) -> list[CandidateScene]:
     """The candidates of the first ``count`` scenes of ``split``, computed in chunks of CHUNK scenes, each saved
     under ``folder`` as it completes; a rerun computes only the chunks missing, or written for other seeds or
-    under another ``candidates_key``. Returns them all in seed order. ``progress(done, total, seconds_left)`` is
-    called after each scene computed (total: the scenes to compute in this call)."""
+    under another ``masks_key``, and describes again the stored masks of those written under another
+    ``candidates_key`` alone. Returns them all in seed order. ``progress(done, total, seconds_left)`` is called
+    after each scene computed or described (total: the scenes to do in this call)."""
     folder.mkdir(parents=True, exist_ok=True)
     seeds = split_seeds(split, count)
-    key = candidates_key(model)
+    key, mask_key = candidates_key(model), masks_key(model)
     chunks = [seeds[start : start + CHUNK] for start in range(0, len(seeds), CHUNK)]
-    stored = [_stored(_chunk_path(folder, split, per_kind, chunk[0]), chunk, key) for chunk in chunks]
-    to_compute = sum(len(chunk) for chunk, rows in zip(chunks, stored, strict=True) if rows is None)
+    stored = [
+        _stored(_chunk_path(folder, split, per_kind, chunk[0]), chunk, key, mask_key) for chunk in chunks
+    ]
+    to_compute = sum(len(chunk) for chunk, (_, fresh) in zip(chunks, stored, strict=True) if not fresh)
     predictor = SamPredictor(model.eval(), text_encoder=text_encoder)
     scenes: list[CandidateScene] = []
     started, computed = time.monotonic(), 0
-    for chunk, rows in zip(chunks, stored, strict=True):
-        if rows is None:
-            rows = []
-            for seed in chunk:
-                with torch.no_grad():
-                    rows.append(candidate_scene(predictor, seed, per_kind))
+    for chunk, (rows, fresh) in zip(chunks, stored, strict=True):
+        if not fresh:
+            old, rows = rows, []
+            for i, seed in enumerate(chunk):
+                if old is None:
+                    with torch.no_grad():
+                        rows.append(candidate_scene(predictor, seed, per_kind))
+                else:  # the same masks, described by this code
+                    rows.append(redescribed(old[i]))
                 computed += 1
                 if progress:
                     per_scene = (time.monotonic() - started) / computed
                     progress(computed, to_compute, per_scene * (to_compute - computed))
-            chunk_file = {"key": key, "scenes": [r.to_dict() for r in rows]}
+            chunk_file = {"key": key, "masks_key": mask_key, "scenes": [r.to_dict() for r in rows]}
             atomic_save(chunk_file, _chunk_path(folder, split, per_kind, chunk[0]))
         scenes += rows
     return scenes
 
 
-def _stored(path: Path, seeds: list[int], key: str) -> list[CandidateScene] | None:
-    """The scenes of a chunk file when it holds ``seeds`` under ``key``; None when it is missing or stale."""
+def redescribed(scene: CandidateScene, scene_size: int = 256) -> CandidateScene:
+    """``scene`` with its stored candidate masks described again by sam_core.text_recognition as it is now."""
+    masks = scene.masks()
+    image = make_scene(scene.seed, scene_size).image
+    descriptors = (
+        torch.from_numpy(text_recognition.mask_descriptors(image, masks)) if masks else scene.descriptors
+    )
+    return dataclasses.replace(scene, descriptors=descriptors)
+
+
+def _stored(
+    path: Path, seeds: list[int], key: str, mask_key: str
+) -> tuple[list[CandidateScene] | None, bool]:
+    """(the scenes of a chunk file, whether they are fresh): fresh when it holds ``seeds`` under ``key``; its
+    scenes but not fresh when they hold those seeds' masks (``mask_key``) described otherwise; (None, False) when
+    it is missing or stale."""
     if not path.exists():
-        return None
+        return None, False
     stored = torch.load(path, weights_only=True)
-    if (
-        not isinstance(stored, dict)
-        or stored.get("key") != key
-        or [d["seed"] for d in stored["scenes"]] != seeds
+    if not isinstance(stored, dict) or [d["seed"] for d in stored.get("scenes", [])] != seeds:
+        log.warning("%s was written for other seeds; computing it again", path)
+        return None, False
+    if stored.get("key") == key:
+        return [CandidateScene.from_dict(d) for d in stored["scenes"]], True
+    if stored.get("masks_key") == mask_key and all(
+        d.get("packed_masks") is not None for d in stored["scenes"]
     ):
-        log.warning("%s was written for other seeds, settings or weights; computing it again", path)
-        return None
-    return [CandidateScene.from_dict(d) for d in stored["scenes"]]
+        log.warning("%s holds these masks described by other code or settings; describing them again", path)
+        return [CandidateScene.from_dict(d) for d in stored["scenes"]], False
+    log.warning("%s was written for other settings or weights; computing it again", path)
+    return None, False
 
 
 def _chunk_path(folder: Path, split: str, per_kind: int, first_seed: int) -> Path:

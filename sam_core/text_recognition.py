@@ -16,8 +16,8 @@ the majority word, benchmarks/bench_embedding_probe.py):
   energy; and how much of the mask the region is;
 - shape: area, solidity, fill of its rotated bounding rectangle and of its fitted ellipse, polygon corners,
   circularity, its pieces of real size, how many image edges cut it;
-- the same of the smallest candidate that encloses it, and whether there is one ("the part inside the blue
-  polygon").
+- the same of a candidate that encloses it, the one most candidates duplicate (``outer_candidates``: a whole
+  object, not another cut of the part), and whether there is one ("the part inside the blue polygon").
 
 ``MaskRecognizer`` maps descriptors and text embeddings to a score per (phrase, mask): a logit that the mask is
 (one of) what the phrase names. Candidates are the masks of a grid of clicks on the image (``candidate_masks``);
@@ -63,22 +63,55 @@ ENCLOSED_FRACTION = 0.9
 # it by about 15, noise a few units; a part is painted in a contrasting colour, so it is further).
 OWN_COLOUR_DISTANCE = 25.0
 NO_CANDIDATE_LOGIT = -20.0  # the presence logit of an image without candidates
+# Two candidates at more than this IoU are cuts of one thing (outer_candidates counts them).
+OUTER_DUPLICATE_IOU = 0.5
+
+
+def _overlaps(masks: list[np.ndarray]) -> np.ndarray:
+    """K x K pixels shared by each pair of masks (the diagonal: their areas)."""
+    flat = np.stack(masks).reshape(len(masks), -1).astype(np.float32)  # exact: counts stay below 2^24
+    return flat @ flat.T
+
+
+def _enclosers(inter: np.ndarray) -> list[np.ndarray]:
+    """For each mask, the indices of the other masks at least 1.2x its area that cover ENCLOSED_FRACTION of it."""
+    areas = np.diag(inter)
+    return [
+        np.flatnonzero(
+            (areas >= 1.2 * areas[i])
+            & (inter[i] >= ENCLOSED_FRACTION * areas[i])
+            & (np.arange(len(areas)) != i)
+        )
+        for i in range(len(areas))
+    ]
 
 
 def enclosing(masks: list[np.ndarray]) -> list[int]:
     """For each mask, the index of the smallest other mask, at least 1.2x its area, that covers ENCLOSED_FRACTION
     of it; -1 when none does."""
-    areas = [int(m.sum()) for m in masks]
-    out = []
-    for i, mask in enumerate(masks):
-        best = -1
-        for j, other in enumerate(masks):
-            if j == i or areas[j] < 1.2 * areas[i]:
-                continue
-            if (mask & other).sum() >= ENCLOSED_FRACTION * areas[i] and (best < 0 or areas[j] < areas[best]):
-                best = j
-        out.append(best)
-    return out
+    if not masks:
+        return []
+    inter = _overlaps(masks)
+    areas = np.diag(inter)
+    return [int(found[np.argmin(areas[found])]) if len(found) else -1 for found in _enclosers(inter)]
+
+
+def outer_candidates(masks: list[np.ndarray]) -> list[int]:
+    """For each mask (largest first, as candidates are), the enclosing mask its descriptor describes beside it
+    ("the part inside the blue polygon"): of the masks that enclose it (as ``enclosing``), the one that most
+    candidates duplicate (IoU > OUTER_DUPLICATE_IOU), the largest among equals; -1 when none encloses it.
+
+    The smallest enclosing mask was most often another cut of the part itself (the part with a strip of its
+    parent, 1.2-2x its area): for the best candidate of 61 part phrases on 40 val scenes it matched the parent at
+    IoU 0.5 for 26% of them; the most duplicated, for 80% (a whole object is found from many grid clicks, so its
+    mask survives NMS in several near-identical cuts; an odd fragment does not)."""
+    if not masks:
+        return []
+    inter = _overlaps(masks)
+    areas = np.diag(inter)
+    duplicates = (inter / (areas[:, None] + areas[None, :] - inter) > OUTER_DUPLICATE_IOU).sum(axis=1)
+    # Largest first and argmax takes the first of equals: the largest of the most duplicated.
+    return [int(found[np.argmax(duplicates[found])]) if len(found) else -1 for found in _enclosers(inter)]
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -204,8 +237,9 @@ def mask_descriptors(image: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
         region = _own_region(mask, parts)
         own_features.append(_appearance(lab, region) + [region.sum() / areas[i]] + _shape(mask))
     own_features = np.asarray(own_features, np.float32)
-    outer = np.stack([own_features[p] if p >= 0 else np.zeros(OWN_FEATURES, np.float32) for p in parents])
-    inside = np.array([[p >= 0] for p in parents], np.float32)
+    outers = outer_candidates(masks)
+    outer = np.stack([own_features[p] if p >= 0 else np.zeros(OWN_FEATURES, np.float32) for p in outers])
+    inside = np.array([[p >= 0] for p in outers], np.float32)
     return np.concatenate([own_features, outer, inside], axis=1)
 
 

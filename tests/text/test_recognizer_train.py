@@ -23,6 +23,7 @@ from sam_core.recognizer_train import (
     build_candidates,
     candidates_key,
     mask_ious,
+    masks_key,
 )
 from sam_core.synthetic import make_scene, split_seeds
 from sam_core.text_model import (
@@ -140,6 +141,34 @@ def test_chunks_of_other_weights_or_candidate_settings_are_computed_again(base, 
         patch.setattr(text_recognition, "CANDIDATE_NMS", 0.5)
         model, _ = load_text_model(base)
         assert candidates_key(model) not in (key, other_weights)
+
+
+def test_a_chunk_whose_descriptor_changed_is_described_again_from_its_masks_without_clicks(
+    base, cache, tmp_path, monkeypatch
+):
+    folder, scenes, _ = cache
+    model, encoder = load_text_model(base)
+    stale = _copy(folder, tmp_path / "candidates")
+    first = sorted(stale.iterdir())[0]
+    stored = torch.load(first, weights_only=True)
+    assert stored["key"] == candidates_key(model) and stored["masks_key"] == masks_key(model)
+    wrong = [{**d, "descriptors": torch.zeros_like(d["descriptors"])} for d in stored["scenes"]]
+    atomic_save({**stored, "key": "described by older code", "scenes": wrong}, first)
+
+    def no_clicks(*args, **kwargs):
+        raise AssertionError("the grid of clicks ran again")
+
+    monkeypatch.setattr(recognizer_train, "candidate_scene", no_clicks)
+    calls = []
+    reread = build_candidates(model, encoder, stale, "train", TRAIN_SCENES, 3, lambda *a: calls.append(a))
+    assert len(calls) == 1 and torch.equal(reread[0].descriptors, scenes[0].descriptors)
+    assert (
+        torch.equal(reread[0].iou, scenes[0].iou)
+        and torch.load(first, weights_only=True)["key"] == stored["key"]
+    )
+    # The source of the descriptor is part of the key, the masks' is not.
+    monkeypatch.setattr(recognizer_train.inspect, "getsource", lambda module: "other code")
+    assert candidates_key(model) != stored["key"] and masks_key(model) == stored["masks_key"]
 
 
 def test_labels_are_each_candidates_iou_with_what_the_phrase_names():

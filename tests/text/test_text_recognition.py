@@ -24,6 +24,7 @@ from sam_core.text_recognition import (
     candidate_masks,
     enclosing,
     mask_descriptors,
+    outer_candidates,
 )
 from sam_core.text_train import TextTrainConfig, TextTrainer
 
@@ -83,6 +84,22 @@ def test_descriptors_tell_colour_shape_and_what_encloses_a_mask():
     with pytest.raises(ValueError, match="masks are"):
         mask_descriptors(image[:50], masks)
     assert farthest_point(masks[1])[:2] == (30, 30) and tuple(mask_to_box(masks[0])) == (5, 5, 55, 55)
+
+
+def test_a_part_is_described_with_the_whole_that_many_cuts_repeat_not_a_looser_cut_of_itself():
+    """Candidates as a grid of clicks leaves them: the square whole in two near-identical cuts, the disc, and a
+    looser cut of the disc (1.5x its area): the smallest mask enclosing the disc is that looser cut, but the one
+    its descriptor describes is the square."""
+    image, (square, disc, ellipse) = _square_and_disc()
+    square_again = square.copy()
+    square_again[5:7, 5:55] = False  # the same square less a 2 px strip
+    looser = cv2.circle(np.zeros((100, 100), np.uint8), (30, 30), 10, 1, -1) > 0
+    masks = [square, square_again, looser, disc, ellipse]  # largest first
+    assert enclosing(masks)[3] == 2
+    assert outer_candidates(masks) == [-1, -1, 0, 0, -1]  # two cuts of one square: neither encloses the other
+    d = mask_descriptors(image, masks)
+    assert np.array_equal(d[3, OWN_FEATURES : 2 * OWN_FEATURES], d[0, :OWN_FEATURES]) and d[3, -1] == 1
+    assert outer_candidates([]) == [] and enclosing([]) == []
 
 
 def _textured(kind: str, size: int = 120) -> tuple[np.ndarray, np.ndarray]:
