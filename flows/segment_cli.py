@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from PIL import Image
 
 from flows.cli_common import (
     MODEL,
@@ -76,6 +77,9 @@ def segment(
         fail(ValueError("--clip-checkpoint is for a CLIP text model and needs --text"))
     if checkpoint is not None and model_version != EMBEDDED_VERSION:
         fail(ValueError("give -m VERSION or --checkpoint, not both"))
+    # Before any model runs: PIL picks the format by the name's ending, and would refuse only after the masks.
+    if out.suffix.lower() not in Image.registered_extensions():
+        fail(ValueError(f"--out {out}: not an image file name PIL can write (end it in .png or .jpg)"))
     if text is not None:
         try:  # before any model is loaded: an empty or undecodable phrase needs no model to refuse
             check_phrase(text)

@@ -271,6 +271,18 @@ def test_segment_of_a_file_that_is_not_an_image_says_so(engine, tmp_path):
     assert result.output == f"error: {letter}: not an image PIL can read\n"
 
 
+def test_segment_to_an_output_name_that_is_no_image_format_says_so_before_any_model_runs(engine, tmp_path):
+    image = tmp_path / "scene.png"
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(image)
+    for out in ("out", "masks.txt"):
+        args = ["segment", str(image), "--out", str(tmp_path / out), "--store", engine["store"]]
+        result = invoke(args, unchanged=tmp_path)
+        assert result.exit_code == 2
+        assert result.output == (
+            f"error: --out {tmp_path / out}: not an image file name PIL can write (end it in .png or .jpg)\n"
+        )
+
+
 # ---- help --------------------------------------------------------------------------------------------------------
 
 
