@@ -274,7 +274,7 @@ class SamPredictor:
             raise ValueError(
                 f"point_coords, boxes and mask_input disagree on the number of prompts: {sorted(sizes)}"
             )
-        text_embeddings = recognized = None
+        text_embeddings = recognized = recognized_presence = None
         points, box_tensor = self._to_points(coords, labels), self._to_boxes(box_array)
         if text is not None:
             phrases = [text] if isinstance(text, str | bytes | bytearray) else list(text)
@@ -285,12 +285,13 @@ class SamPredictor:
             text_embeddings = self.encode_text(phrases)
             if self.recognizes_text:
                 recognized = self.recognize(text_embeddings)  # one row a phrase, before any expansion
+                bias = self.model.prompt_encoder.text_recognizer.presence_bias
+                recognized_presence = presence_logits(recognized, bias)  # B, one a phrase
                 if not sizes and recognized.shape[1]:  # text alone: the best-scored candidates themselves
                     answer = self._recognized_answer(
                         recognized, multimask_output, return_logits, best_only, upsample
                     )
-                    bias = self.model.prompt_encoder.text_recognizer.presence_bias
-                    return (*answer, torch.sigmoid(presence_logits(recognized, bias)))
+                    return (*answer, torch.sigmoid(recognized_presence))
                 if not sizes:  # no candidate on the image: asked at its whole box (the presence says absent)
                     points, box_tensor = self._whole_image_prompt(len(phrases))
             if sizes and len(phrases) == 1:
@@ -308,8 +309,7 @@ class SamPredictor:
         if text is None:
             return masks, iou, low_res
         if recognized is not None:
-            presence = presence_logits(recognized, self.model.prompt_encoder.text_recognizer.presence_bias)
-            presence = presence.expand(len(iou))
+            presence = recognized_presence.expand(len(iou))
         return masks, iou, low_res, torch.sigmoid(presence)
 
     def candidates(self) -> tuple[list[np.ndarray], torch.Tensor]:

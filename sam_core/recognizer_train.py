@@ -183,7 +183,12 @@ def candidates_key(model: Sam) -> str:
     """What a scene's cached candidates depend on: their masks (``masks_key``) and how they are described
     (DESCRIPTOR_SETTINGS and sam_core.text_recognition's source), as a sha256. A cache chunk written under
     another key is computed again, or only described again when its masks_key is this model's."""
-    digest = hashlib.sha256(masks_key(model).encode())
+    return _described_key(masks_key(model))
+
+
+def _described_key(mask_key: str) -> str:
+    """``candidates_key`` of the model whose ``masks_key`` is ``mask_key`` (the weights hashed once)."""
+    digest = hashlib.sha256(mask_key.encode())
     digest.update(json.dumps([getattr(text_recognition, n) for n in DESCRIPTOR_SETTINGS]).encode())
     digest.update(inspect.getsource(text_recognition).encode())
     return digest.hexdigest()
@@ -205,7 +210,8 @@ def build_candidates(
     after each scene computed or described (total: the scenes to do in this call)."""
     folder.mkdir(parents=True, exist_ok=True)
     seeds = split_seeds(split, count)
-    key, mask_key = candidates_key(model), masks_key(model)
+    mask_key = masks_key(model)
+    key = _described_key(mask_key)
     chunks = [seeds[start : start + CHUNK] for start in range(0, len(seeds), CHUNK)]
     stored = [
         _stored(_chunk_path(folder, split, per_kind, chunk[0]), chunk, key, mask_key) for chunk in chunks

@@ -89,11 +89,7 @@ def _enclosers(inter: np.ndarray) -> list[np.ndarray]:
 def enclosing(masks: list[np.ndarray]) -> list[int]:
     """For each mask, the index of the smallest other mask, at least 1.2x its area, that covers ENCLOSED_FRACTION
     of it; -1 when none does."""
-    if not masks:
-        return []
-    inter = _overlaps(masks)
-    areas = np.diag(inter)
-    return [int(found[np.argmin(areas[found])]) if len(found) else -1 for found in _enclosers(inter)]
+    return _smallest_enclosers(_overlaps(masks)) if masks else []
 
 
 def outer_candidates(masks: list[np.ndarray]) -> list[int]:
@@ -105,9 +101,17 @@ def outer_candidates(masks: list[np.ndarray]) -> list[int]:
     parent, 1.2-2x its area): for the best candidate of 61 part phrases on 40 val scenes it matched the parent at
     IoU 0.5 for 26% of them; the most duplicated, for 80% (a whole object is found from many grid clicks, so its
     mask survives NMS in several near-identical cuts; an odd fragment does not)."""
-    if not masks:
-        return []
-    inter = _overlaps(masks)
+    return _most_duplicated_enclosers(_overlaps(masks)) if masks else []
+
+
+def _smallest_enclosers(inter: np.ndarray) -> list[int]:
+    """``enclosing`` from the masks' overlaps (``_overlaps``)."""
+    areas = np.diag(inter)
+    return [int(found[np.argmin(areas[found])]) if len(found) else -1 for found in _enclosers(inter)]
+
+
+def _most_duplicated_enclosers(inter: np.ndarray) -> list[int]:
+    """``outer_candidates`` from the masks' overlaps (``_overlaps``)."""
     areas = np.diag(inter)
     duplicates = (inter / (areas[:, None] + areas[None, :] - inter) > OUTER_DUPLICATE_IOU).sum(axis=1)
     # Largest first and argmax takes the first of equals: the largest of the most duplicated.
@@ -224,7 +228,8 @@ def mask_descriptors(image: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
     if image.shape[:2] != masks[0].shape:
         raise ValueError(f"masks are {masks[0].shape} but the image is {image.shape[:2]}")
     lab = cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
-    parents = enclosing(masks)
+    inter = _overlaps(masks)  # once: both rules of enclosure read it
+    parents = _smallest_enclosers(inter)
     areas = [int(m.sum()) for m in masks]
     own_features = []
     for i, mask in enumerate(masks):
@@ -237,7 +242,7 @@ def mask_descriptors(image: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
         region = _own_region(mask, parts)
         own_features.append(_appearance(lab, region) + [region.sum() / areas[i]] + _shape(mask))
     own_features = np.asarray(own_features, np.float32)
-    outers = outer_candidates(masks)
+    outers = _most_duplicated_enclosers(inter)
     outer = np.stack([own_features[p] if p >= 0 else np.zeros(OWN_FEATURES, np.float32) for p in outers])
     inside = np.array([[p >= 0] for p in outers], np.float32)
     return np.concatenate([own_features, outer, inside], axis=1)
