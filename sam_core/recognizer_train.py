@@ -307,6 +307,9 @@ class RecognizerTrainConfig:
     def validate(self) -> None:
         if min(self.train_scenes, self.val_scenes, self.per_kind, self.steps, self.scenes_per_step) < 1:
             raise ValueError(f"scene counts, per_kind, steps and scenes_per_step must be >= 1: {self}")
+        held = len(split_seeds("val"))
+        if self.val_scenes > held:
+            raise ValueError(f"val_scenes {self.val_scenes}: the val split holds {held} scenes")
         if not 0.0 <= self.negative_iou <= self.positive_iou <= 1.0:
             raise ValueError(
                 f"need 0 <= negative_iou <= positive_iou <= 1, got {self.negative_iou} and {self.positive_iou}"

@@ -63,6 +63,10 @@ def run(
 ) -> Path:
     """Build the candidate caches, then train (or go on training) to the recipe's last step or ``stop_at``;
     returns best.pt's path."""
+    try:  # before anything is read or written: a recipe that cannot run says so
+        recipe.validate()
+    except ValueError as err:
+        raise SystemExit(f"--set: {err}") from err
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path, best_path, curve_path = run_dir / "state.pt", run_dir / "best.pt", run_dir / "curve.jsonl"
     if not Path(base).is_file():

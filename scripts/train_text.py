@@ -324,6 +324,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--card", action="store_true", help="--evaluate also writes MODEL_CARD.md beside it")
     args = parse_training_args(parser, argv)
     if args.evaluate:
+        try:  # before the model loads: a split without that many scenes, or no such split
+            split_seeds(args.split, args.scenes)
+        except ValueError as err:
+            raise SystemExit(f"--split {args.split} --scenes {args.scenes}: {err}") from err
         evaluate(args.evaluate, args.split, args.scenes, args.clip_checkpoint, args.card)
         return
     recipe = dataclasses.replace(RECIPE, **parse_overrides(RECIPE, args.set))

@@ -203,6 +203,8 @@ def test_bad_recipes_and_models_are_refused(base, cache):
     _, scenes, _ = cache
     with pytest.raises(ValueError, match="negative_iou <= positive_iou"):
         RecognizerTrainConfig(positive_iou=0.3, negative_iou=0.5).validate()
+    with pytest.raises(ValueError, match="val_scenes 300: the val split holds 200 scenes"):
+        RecognizerTrainConfig(val_scenes=300).validate()
     with torch.random.fork_rng():
         plain = text_model_from_checkpoint()
     with pytest.raises(ValueError, match="no mask recognizer"):
@@ -244,6 +246,11 @@ def test_the_script_writes_a_text_checkpoint_that_answers_clicks_as_its_base_and
     assert np.array_equal(*answers)
     with pytest.raises(SystemExit, match="no such file"):
         train_recognizer.main(["--base", str(tmp_path / "missing.pt"), "--run-dir", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="--set: val_scenes 300: the val split holds 200 scenes"):
+        train_recognizer.main(
+            ["--base", str(base), "--run-dir", str(tmp_path / "y"), "--set", "val_scenes=300"]
+        )
+    assert not (tmp_path / "y").exists()  # refused before anything was written
     plain_sam = tmp_path / "plain_sam.pt"
     atomic_save({"model": base_model.state_dict()}, plain_sam)
     with pytest.raises(SystemExit, match=r"--base: .*plain_sam.pt: not a text model"):

@@ -120,6 +120,16 @@ def test_the_table_judges_each_floor_on_the_unrounded_figure():
     assert rows["| presence accuracy, present phrases"].endswith("| - | 372 phrases |")
 
 
+def test_evaluate_asks_for_no_more_scenes_than_the_split_holds(script, tmp_path):
+    missing = str(tmp_path / "never_read.pt")
+    with pytest.raises(
+        SystemExit, match="--split test --scenes 300: split 'test' holds 200 seeds, asked for 300"
+    ):
+        script.main(["--evaluate", missing, "--scenes", "300"])
+    with pytest.raises(SystemExit, match="--split nope --scenes 200: unknown split 'nope'"):
+        script.main(["--evaluate", missing, "--split", "nope"])
+
+
 def test_recipe_overrides_are_typed_and_unknown_fields_refused(script):
     assert script.parse_overrides(
         script.RECIPE, ["steps=7", "lr=0.01", "dataset_size=None", "text_encoder=clip"]
