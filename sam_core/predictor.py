@@ -326,9 +326,17 @@ class SamPredictor:
             )
         if self._candidates is None:
             found = candidate_outputs(self)
-            descriptors = torch.as_tensor(mask_descriptors(self._rgb, found.masks), device=self.device)
+            descriptors = torch.as_tensor(
+                mask_descriptors(self._rgb, found.masks, found.quality()), device=self.device
+            )
             self._candidates, self._candidate_outputs = (found.masks, descriptors), found
         return self._candidates
+
+    def candidate_outputs(self) -> Candidates:
+        """The current image's candidates as the decoder gave them (masks, predicted IoU, low-res logits,
+        stability score: sam_core.text_recognition.Candidates); computed once an image, as ``candidates``."""
+        self.candidates()
+        return self._candidate_outputs
 
     @torch.no_grad()
     def recognize(self, text_embeddings: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,8 @@ encoder unchanged, so clicks, boxes and the text tokens answer as before):
 1. ``build_candidates`` computes, once per training scene, its candidate masks' descriptors and their IoU with
    every ground-truth mask (wholes, parts and subparts), and keeps them on disk in chunks, so that a killed build
    goes on from its last chunk. A scene costs about 1.3 s on 2 cores (the grid of clicks); what is kept is
-   about 0.6 MB (the masks, packed, so that a new descriptor needs no clicks). The chunks are keyed by
+   about 0.6 MB (the masks, packed, with their predicted IoU and stability, so that a new descriptor
+   needs no clicks). The chunks are keyed by
    what the candidates depend on (``candidates_key``): another base model or candidate setting computes them again;
    a change of the descriptor alone (any edit of sam_core.text_recognition, whose source is part of the key)
    describes the stored masks again, about 0.3 s a scene instead of the grid's seconds (``masks_key``).
@@ -67,15 +68,17 @@ PRESENCE_BIASES = np.round(np.arange(-3.0, 3.0001, 0.1), 1)
 @dataclass
 class CandidateScene:
     """One scene's candidates: descriptors K x DESCRIPTOR_DIM float32, IoU of each with every ground-truth mask
-    K x G float16, the scene's phrases as (text, kind, indices of the ground-truth masks it names) and the masks
-    themselves, bits packed along rows (K x H x W/8 uint8: a new descriptor is computed from them without the
-    grid of clicks again)."""
+    K x G float16, the scene's phrases as (text, kind, indices of the ground-truth masks it names), the masks
+    themselves, bits packed along rows (K x H x W/8 uint8), and their quality as the decoder rated them (K x
+    QUALITY_FEATURES float32: predicted IoU, stability score): with those two a new descriptor is computed
+    without the grid of clicks again."""
 
     seed: int
     descriptors: torch.Tensor
     iou: torch.Tensor
     phrases: list[tuple[str, str, tuple[int, ...]]]
     packed_masks: torch.Tensor | None = None
+    quality: torch.Tensor | None = None
 
     def masks(self) -> list[np.ndarray]:
         """The candidate masks, H x W bool each."""
@@ -90,12 +93,15 @@ class CandidateScene:
             "iou": self.iou,
             "phrases": [[t, k, list(i)] for t, k, i in self.phrases],
             "packed_masks": self.packed_masks,
+            "quality": self.quality,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> CandidateScene:
         phrases = [(t, k, tuple(i)) for t, k, i in d["phrases"]]
-        return cls(int(d["seed"]), d["descriptors"], d["iou"], phrases, d.get("packed_masks"))
+        return cls(
+            int(d["seed"]), d["descriptors"], d["iou"], phrases, d.get("packed_masks"), d.get("quality")
+        )
 
     def named_iou(self) -> torch.Tensor:
         """P x K: each candidate's IoU with the best-matching mask each phrase names (0 for absent phrases)."""
@@ -125,11 +131,14 @@ def candidate_scene(
     scene = make_scene(seed, scene_size)
     predictor.set_image(scene.image)
     masks, descriptors = predictor.candidates()
+    quality = torch.from_numpy(predictor.candidate_outputs().quality())
     iou = torch.from_numpy(mask_ious(masks, scene.masks)).half()
     phrases = [(p.text, p.kind, p.indices) for p in scene_phrases(scene, seed, per_kind)]
     h, w = scene.image.shape[:2]
     packed = np.packbits(np.stack(masks), axis=-1) if masks else np.zeros((0, h, (w + 7) // 8), np.uint8)
-    return CandidateScene(seed, descriptors.detach().cpu().float(), iou, phrases, torch.from_numpy(packed))
+    return CandidateScene(
+        seed, descriptors.detach().cpu().float(), iou, phrases, torch.from_numpy(packed), quality
+    )
 
 
 def fit_recognizer(ckpt: dict, seed: int = 0) -> tuple[dict, str | None]:
@@ -242,9 +251,13 @@ def build_candidates(
 def redescribed(scene: CandidateScene, scene_size: int = 256) -> CandidateScene:
     """``scene`` with its stored candidate masks described again by sam_core.text_recognition as it is now."""
     masks = scene.masks()
+    if scene.quality is None:
+        raise ValueError(f"scene {scene.seed}'s candidates were stored without their quality")
     image = make_scene(scene.seed, scene_size).image
     descriptors = (
-        torch.from_numpy(text_recognition.mask_descriptors(image, masks)) if masks else scene.descriptors
+        torch.from_numpy(text_recognition.mask_descriptors(image, masks, scene.quality.numpy()))
+        if masks
+        else torch.zeros(0, text_recognition.DESCRIPTOR_DIM)
     )
     return dataclasses.replace(scene, descriptors=descriptors)
 
@@ -264,7 +277,7 @@ def _stored(
     if stored.get("key") == key:
         return [CandidateScene.from_dict(d) for d in stored["scenes"]], True
     if stored.get("masks_key") == mask_key and all(
-        d.get("packed_masks") is not None for d in stored["scenes"]
+        d.get("packed_masks") is not None and d.get("quality") is not None for d in stored["scenes"]
     ):
         log.warning("%s holds these masks described by other code or settings; describing them again", path)
         return [CandidateScene.from_dict(d) for d in stored["scenes"]], False

@@ -17,7 +17,10 @@ the majority word, benchmarks/bench_embedding_probe.py):
 - shape: area, solidity, fill of its rotated bounding rectangle and of its fitted ellipse, polygon corners,
   circularity, its pieces of real size, how many image edges cut it;
 - the same of a candidate that encloses it, the one most candidates duplicate (``outer_candidates``: a whole
-  object, not another cut of the part), and whether there is one ("the part inside the blue polygon").
+  object, not another cut of the part), and whether there is one ("the part inside the blue polygon");
+- how good a cut the decoder thinks it is: its predicted IoU and stability score (a ground-truth mask, which
+  the first training stage describes, has 1 and 1). Of two near-duplicate cuts of one object the recognizer
+  could otherwise only tell the better by its outline.
 
 ``MaskRecognizer`` maps descriptors and text embeddings to a score per (phrase, mask): a logit that the mask is
 (one of) what the phrase names. Candidates are the masks of a grid of clicks on the image (``candidate_masks``);
@@ -44,7 +47,9 @@ from torch import nn
 from . import crops, mask_utils
 
 OWN_FEATURES = 23  # per mask: 6 colour, 7 texture, 1 interior fraction, 7 shape, 2 size/edge
-DESCRIPTOR_DIM = 2 * OWN_FEATURES + 1  # its own, its enclosing candidate's, whether it has one
+QUALITY_FEATURES = 2  # predicted IoU, stability score
+# Its own, its encloser's, whether it has one, its quality.
+DESCRIPTOR_DIM = 2 * OWN_FEATURES + 1 + QUALITY_FEATURES
 # Candidates: the automatic mask generator's settings for them (loose: a missed object cannot be named).
 CANDIDATE_POINTS_PER_SIDE = 16
 # Looser than the generator's 0.88 / 0.95, since the recognizer, not the thresholds, rejects what is wrong: on 15
@@ -220,13 +225,21 @@ def _shape(mask: np.ndarray) -> list[float]:
     ]
 
 
-def mask_descriptors(image: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
+def mask_descriptors(
+    image: np.ndarray, masks: list[np.ndarray], quality: np.ndarray | None = None
+) -> np.ndarray:
     """K x DESCRIPTOR_DIM descriptors of ``masks`` (H x W bool each, non-empty) on ``image`` (H x W x 3 uint8 RGB);
-    see the module docstring."""
+    see the module docstring. ``quality``: K x QUALITY_FEATURES, each mask's predicted IoU and stability score
+    as the decoder gave them (``Candidates.quality``); None for ground-truth masks (1 and 1)."""
     if not masks:
         return np.zeros((0, DESCRIPTOR_DIM), np.float32)
     if image.shape[:2] != masks[0].shape:
         raise ValueError(f"masks are {masks[0].shape} but the image is {image.shape[:2]}")
+    if quality is None:
+        quality = np.ones((len(masks), QUALITY_FEATURES), np.float32)
+    quality = np.asarray(quality, np.float32)
+    if quality.shape != (len(masks), QUALITY_FEATURES):
+        raise ValueError(f"quality must be {len(masks)} x {QUALITY_FEATURES}, got {quality.shape}")
     lab = cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
     inter = _overlaps(masks)  # once: both rules of enclosure read it
     parents = _smallest_enclosers(inter)
@@ -245,7 +258,7 @@ def mask_descriptors(image: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
     outers = _most_duplicated_enclosers(inter)
     outer = np.stack([own_features[p] if p >= 0 else np.zeros(OWN_FEATURES, np.float32) for p in outers])
     inside = np.array([[p >= 0] for p in outers], np.float32)
-    return np.concatenate([own_features, outer, inside], axis=1)
+    return np.concatenate([own_features, outer, inside, quality], axis=1)
 
 
 class MaskRecognizer(nn.Module):
@@ -292,11 +305,17 @@ def presence_logits(logits: torch.Tensor, bias: torch.Tensor | float = 0.0) -> t
 @dataclass
 class Candidates:
     """An image's candidate masks as the decoder gave them, largest first: masks K x (H x W bool),
-    predicted_iou K, low_res_logits K x 4h x 4w (on the predictor's device)."""
+    predicted_iou K, low_res_logits K x 4h x 4w (on the predictor's device), stability_score K."""
 
     masks: list[np.ndarray]
     predicted_iou: torch.Tensor
     low_res_logits: torch.Tensor
+    stability_score: torch.Tensor
+
+    def quality(self) -> np.ndarray:
+        """K x QUALITY_FEATURES float32: predicted IoU and stability score (``mask_descriptors``' quality)."""
+        quality = torch.stack([self.predicted_iou, self.stability_score], dim=1)
+        return quality.float().cpu().numpy().reshape(-1, QUALITY_FEATURES)
 
 
 def candidate_masks(predictor, batch: int = 64) -> list[np.ndarray]:
@@ -314,7 +333,7 @@ def candidate_outputs(predictor, batch: int = 64) -> Candidates:
     since the predictor itself calls this)."""
     h, w = predictor.original_size
     points = crops.grid_points(CANDIDATE_POINTS_PER_SIDE) * np.array([w, h], np.float64)
-    masks, scores, boxes, low = [], [], [], []
+    masks, scores, stabilities, boxes, low = [], [], [], [], []
     threshold = predictor.model.mask_threshold
     for start in range(0, len(points), batch):
         clicks = points[start : start + batch, None, :]
@@ -326,20 +345,23 @@ def candidate_outputs(predictor, batch: int = 64) -> Candidates:
         if len(keep) == 0:
             continue
         logits = predictor.upscale_logits(low_res[keep][:, None])[:, 0]
-        stable = mask_utils.stability_score(logits, threshold, STABILITY_OFFSET) >= CANDIDATE_STABILITY
+        stability = mask_utils.stability_score(logits, threshold, STABILITY_OFFSET)
+        stable = stability >= CANDIDATE_STABILITY
         found = logits[stable] > threshold
         nonempty = found.flatten(1).any(dim=1)
         found = found[nonempty]
         masks += list(found.cpu().numpy())
         scores += iou[keep][stable][nonempty].float().cpu().tolist()
+        stabilities += stability[stable][nonempty].float().cpu().tolist()
         low += list(low_res[keep][stable][nonempty])
         boxes += list(mask_utils.masks_to_boxes(found).float().cpu().numpy())
     if not masks:
-        return Candidates([], torch.zeros(0), torch.zeros(0, 0, 0))
+        return Candidates([], torch.zeros(0), torch.zeros(0, 0, 0), torch.zeros(0))
     kept = mask_utils.box_nms(np.asarray(boxes), np.asarray(scores), CANDIDATE_NMS)
     order = sorted((int(i) for i in kept), key=lambda i: -int(masks[i].sum()))
     return Candidates(
         [masks[i] for i in order],
         torch.tensor([scores[i] for i in order]),
         torch.stack([low[i] for i in order]),
+        torch.tensor([stabilities[i] for i in order]),
     )

@@ -171,6 +171,22 @@ def test_a_chunk_whose_descriptor_changed_is_described_again_from_its_masks_with
     assert candidates_key(model) != stored["key"] and masks_key(model) == stored["masks_key"]
 
 
+def test_a_chunk_stored_without_the_candidates_quality_is_computed_again(base, cache, tmp_path):
+    folder, scenes, _ = cache
+    model, encoder = load_text_model(base)
+    stale = _copy(folder, tmp_path / "candidates")
+    first = sorted(stale.iterdir())[0]
+    stored = torch.load(first, weights_only=True)
+    assert all(d["quality"].shape == (len(d["descriptors"]), 2) for d in stored["scenes"])
+    older = [{k: v for k, v in d.items() if k != "quality"} for d in stored["scenes"]]  # before it was kept
+    atomic_save({**stored, "key": "described by older code", "scenes": older}, first)
+    calls = []
+    reread = build_candidates(model, encoder, stale, "train", TRAIN_SCENES, 3, lambda *a: calls.append(a))
+    assert len(calls) == len(stored["scenes"])  # by the grid: the old masks cannot be described without it
+    assert torch.equal(reread[0].descriptors, scenes[0].descriptors)
+    assert torch.equal(reread[0].quality, scenes[0].quality)
+
+
 def test_labels_are_each_candidates_iou_with_what_the_phrase_names():
     iou = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.6, 0.7], [0.0, 0.0, 0.1]]).half()  # 3 candidates x 3 masks
     scene = CandidateScene(0, torch.zeros(3, DESCRIPTOR_DIM), iou, [("a", "one", (0,)), ("b", "several", (1, 2)),
@@ -185,8 +201,10 @@ def test_the_recognizer_learns_its_scenes_and_nothing_else_moves(base, cache):
     _, scenes, _ = cache
     model, encoder = load_text_model(base)
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    # 400 steps: at 200 the pick on these two scenes still hung on the initialisation (0.64-0.83 of a best 0.865
+    # over three seeds of the base's recognizer); at 400 it was 0.83-0.84 for each.
     config = RecognizerTrainConfig(
-        train_scenes=2, val_scenes=2, steps=200, scenes_per_step=2, warmup_steps=5, lr=3e-3
+        train_scenes=2, val_scenes=2, steps=400, scenes_per_step=2, warmup_steps=5, lr=3e-3
     )
     trainer = RecognizerTrainer(config, model, encoder, scenes)
     start = trainer.evaluate(scenes)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sam_core import SamPredictor, text_recognition
+from sam_core import SamPredictor, mask_utils, text_recognition
 from sam_core.checkpoint import load_weights
 from sam_core.embedded import load_embedded
 from sam_core.prompts import farthest_point, mask_to_box
@@ -19,6 +19,8 @@ from sam_core.text_model import load_text_model, text_model_from_checkpoint
 from sam_core.text_recognition import (
     DESCRIPTOR_DIM,
     OWN_FEATURES,
+    QUALITY_FEATURES,
+    STABILITY_OFFSET,
     Candidates,
     MaskRecognizer,
     candidate_masks,
@@ -78,8 +80,9 @@ def test_descriptors_tell_colour_shape_and_what_encloses_a_mask():
     rectangle_fill, ellipse_fill = 20, 17  # indices into the own features (see _shape)
     assert square[rectangle_fill] > 0.95 and ellipse[ellipse_fill] > 0.95 and ellipse[rectangle_fill] < 0.85
     # the disc carries its enclosing square's own features and the flag; the wholes carry zeros
-    assert np.array_equal(disc[OWN_FEATURES : 2 * OWN_FEATURES], square[:OWN_FEATURES]) and disc[-1] == 1
-    assert not square[OWN_FEATURES:].any() and not ellipse[OWN_FEATURES:].any()
+    inside = 2 * OWN_FEATURES  # the flag
+    assert np.array_equal(disc[OWN_FEATURES:inside], square[:OWN_FEATURES]) and disc[inside] == 1
+    assert not square[OWN_FEATURES : inside + 1].any() and not ellipse[OWN_FEATURES : inside + 1].any()
     assert mask_descriptors(image, []).shape == (0, DESCRIPTOR_DIM)
     with pytest.raises(ValueError, match="masks are"):
         mask_descriptors(image[:50], masks)
@@ -98,7 +101,10 @@ def test_a_part_is_described_with_the_whole_that_many_cuts_repeat_not_a_looser_c
     assert enclosing(masks)[3] == 2
     assert outer_candidates(masks) == [-1, -1, 0, 0, -1]  # two cuts of one square: neither encloses the other
     d = mask_descriptors(image, masks)
-    assert np.array_equal(d[3, OWN_FEATURES : 2 * OWN_FEATURES], d[0, :OWN_FEATURES]) and d[3, -1] == 1
+    assert (
+        np.array_equal(d[3, OWN_FEATURES : 2 * OWN_FEATURES], d[0, :OWN_FEATURES])
+        and d[3, 2 * OWN_FEATURES] == 1
+    )
     assert outer_candidates([]) == [] and enclosing([]) == []
 
 
@@ -168,6 +174,28 @@ def test_candidates_are_the_embedded_models_masks_largest_first(trained_scene):
     assert np.mean(np.array(best) >= 0.5) >= 0.5  # most of the scene's objects and parts are among them
 
 
+def test_a_candidates_descriptor_ends_with_its_predicted_iou_and_stability_and_ground_truth_with_ones(
+    trained_scene,
+):
+    predictor = SamPredictor(load_embedded(), text_encoder=None)
+    predictor.set_image(trained_scene.image)
+    found = text_recognition.candidate_outputs(predictor)
+    assert len(found.masks) == len(found.predicted_iou) == len(found.stability_score) > 3
+    # The stability each was kept for, from the logits it is answered with: recomputed here, not read back.
+    logits = predictor.upscale_logits(found.low_res_logits[:, None])[:, 0]
+    recomputed = mask_utils.stability_score(logits, predictor.model.mask_threshold, STABILITY_OFFSET)
+    assert torch.allclose(found.stability_score, recomputed)
+    assert (found.stability_score >= text_recognition.CANDIDATE_STABILITY).all()
+    assert len(set(found.predicted_iou.tolist())) > 1  # rated one by one, not a constant
+    described = mask_descriptors(trained_scene.image, found.masks, found.quality())
+    assert np.allclose(described[:, -QUALITY_FEATURES:], torch.stack([found.predicted_iou, recomputed], 1))
+    plain = mask_descriptors(trained_scene.image, found.masks)  # the first stage's ground truth: exact masks
+    assert np.array_equal(plain[:, :-QUALITY_FEATURES], described[:, :-QUALITY_FEATURES])
+    assert (plain[:, -QUALITY_FEATURES:] == 1).all()
+    with pytest.raises(ValueError, match=f"quality must be {len(found.masks)} x {QUALITY_FEATURES}"):
+        mask_descriptors(trained_scene.image, found.masks, found.quality()[:, :1])
+
+
 def test_a_recognizer_checkpoint_holds_it_and_one_without_it_is_refused_whole(recognizer_trainer, tmp_path):
     trainer, _ = recognizer_trainer
     checkpoint = trainer.checkpoint()
@@ -233,7 +261,9 @@ def test_text_alone_with_fewer_candidates_than_masks_asked_repeats_the_last(
     masks, descriptors = predictor.candidates()
     found = predictor._candidate_outputs  # two candidates left on the image
     predictor._candidates = (masks[:2], descriptors[:2])
-    predictor._candidate_outputs = Candidates(masks[:2], found.predicted_iou[:2], found.low_res_logits[:2])
+    predictor._candidate_outputs = Candidates(
+        masks[:2], found.predicted_iou[:2], found.low_res_logits[:2], found.stability_score[:2]
+    )
     ranked = torch.argsort(predictor.recognize(predictor.encode_text([PHRASE]))[0], descending=True).tolist()
     three, scores, _, _ = predictor.predict(text=PHRASE, multimask_output=True)
     assert [next(k for k in range(2) if np.array_equal(m, masks[k])) for m in three] == [*ranked, ranked[-1]]
