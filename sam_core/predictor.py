@@ -29,7 +29,13 @@ from .mask_decoder import DecoderContext
 from .predictor_inputs import check_boxes, check_mask_input, check_points, to_rgb_uint8
 from .sam import Sam
 from .text_encoder import TextEncoder
-from .text_recognition import Candidates, candidate_outputs, mask_descriptors, presence_logits
+from .text_recognition import (
+    Candidates,
+    candidate_outputs,
+    instance_probabilities,
+    mask_descriptors,
+    presence_logits,
+)
 from .transforms import ResizeLongestSide
 
 
@@ -347,9 +353,12 @@ class SamPredictor:
 
     @torch.no_grad()
     def score_candidates(self, text: str | bytes) -> tuple[list[np.ndarray], np.ndarray]:
-        """The candidate masks (H x W bool each) and the probability K that each is (one of) what ``text`` names."""
+        """The candidate masks (H x W bool each) and the probability K that each is (one of) what ``text`` names,
+        with the recognizer's calibrated instance bias (an instance at 0.5 or more)."""
         masks, _ = self.candidates()
-        return masks, torch.sigmoid(self.recognize(self.encode_text([text]))[0]).cpu().numpy()
+        logits = self.recognize(self.encode_text([text]))[0]
+        recognizer = self.model.prompt_encoder.text_recognizer
+        return masks, instance_probabilities(logits, recognizer).cpu().numpy()
 
     def _recognized_answer(
         self,

@@ -60,6 +60,8 @@ MASK_SETTINGS = (
 )  # fmt: skip
 DESCRIPTOR_SETTINGS = ("ENCLOSED_FRACTION", "DESCRIPTOR_DIM", "OUTER_DUPLICATE_IOU", "OWN_COLOUR_DISTANCE")
 PICK_MARGIN = 0.05  # IoU: a one-object phrase's pick is right within this of its best candidate
+# The recognizer's buffers set on validation scenes, not learnt (a recognizer from before one existed gets 0).
+CALIBRATED_BIASES = {"presence_bias", "instance_bias"}
 # The presence biases calibrate_presence chooses among (logits; a phrase's presence logit is its best score plus
 # the bias).
 PRESENCE_BIASES = np.round(np.arange(-3.0, 3.0001, 0.1), 1)
@@ -160,9 +162,16 @@ def fit_recognizer(ckpt: dict, seed: int = 0) -> tuple[dict, str | None]:
     if set(held) == set(fresh) and all(held[k].shape == fresh[k].shape for k in fresh):
         return ckpt, None
     model = dict(ckpt["model"])
-    if set(fresh) - set(held) == {"presence_bias"} and all(held[k].shape == fresh[k].shape for k in held):
-        model[RECOGNIZER_PREFIX + "presence_bias"] = fresh["presence_bias"]
-        return {**ckpt, "model": model}, "its recognizer has no presence bias yet: starting it at 0"
+    biases = set(fresh) - set(held)
+    if (
+        biases <= CALIBRATED_BIASES
+        and set(held) <= set(fresh)
+        and all(held[k].shape == fresh[k].shape for k in held)
+    ):
+        for name in sorted(biases):
+            model[RECOGNIZER_PREFIX + name] = fresh[name]
+        names = " and ".join(name.replace("_", " ") for name in sorted(biases))
+        return {**ckpt, "model": model}, f"its recognizer has no {names} yet: starting at 0"
     width = held.get("masks.0.weight")
     reads = f"{width.shape[1]}-feature" if width is not None else "other"
     for key in held:
@@ -461,15 +470,51 @@ class RecognizerTrainer:
         return bias
 
     @torch.no_grad()
+    def instance_logits(self, scenes: list[CandidateScene]) -> tuple[np.ndarray, np.ndarray]:
+        """(logits of the candidates that are one of what a several-object phrase names, of those that are not)
+        over ``scenes``, labelled as training labels them (IoU >= positive_iou, < negative_iou), without the
+        instance bias."""
+        self.recognizer.eval()
+        named, other = [], []
+        for scene, labels in zip(scenes, (s.named_iou() for s in scenes), strict=True):
+            rows = [i for i, (_, _, indices) in enumerate(scene.phrases) if len(indices) > 1]
+            if not rows or not len(scene.descriptors):
+                continue
+            logits = self.recognizer(scene.descriptors, self.text([scene.phrases[i][0] for i in rows]))
+            iou = labels[rows]
+            named += logits[iou >= self.config.positive_iou].tolist()
+            other += logits[iou < self.config.negative_iou].tolist()
+        return np.asarray(named), np.asarray(other)
+
+    def calibrate_instances(self, scenes: list[CandidateScene]) -> float:
+        """Set the recognizer's instance_bias to the one of PRESENCE_BIASES with the best balanced accuracy of
+        the instance decision on ``scenes``' candidates for several-object phrases (the mean of the accuracies on
+        the candidates they name and those they do not, as calibrate_presence; among ties, the middle one);
+        returns it. Calibrate on validation scenes, never on the scenes a figure is reported on."""
+        named, other = self.instance_logits(scenes)
+        if not len(named) or not len(other):
+            raise ValueError(
+                "calibrating instances needs candidates named by several-object phrases, and others"
+            )
+        balanced = np.array([((named + b) >= 0).mean() + ((other + b) < 0).mean() for b in PRESENCE_BIASES])
+        ties = PRESENCE_BIASES[np.isclose(balanced, balanced.max())]
+        bias = float(ties[len(ties) // 2])
+        self.recognizer.instance_bias.fill_(bias)
+        return bias
+
+    @torch.no_grad()
     def evaluate(self, scenes: list[CandidateScene]) -> dict:
         """Figures of the recognizer alone on the candidates of ``scenes``:
         pick_iou (the IoU of the candidate it scores best with the object a one-object phrase names), best_iou
         (the best any candidate reaches there), recall@0.5 (instances of several-object phrases covered at IoU
-        0.5 by a candidate scored >= 0.5), presence accuracy on absent and present phrases (with the
-        recognizer's presence_bias)."""
+        0.5 by a candidate it takes for an instance, with its instance_bias) and precision@0.5 (of those
+        candidates, the fraction at IoU 0.5 with one of the instances), presence accuracy on absent and present
+        phrases (with the recognizer's presence_bias)."""
         self.recognizer.eval()
         bias = float(self.recognizer.presence_bias)
+        instance_bias = float(self.recognizer.instance_bias)
         pick, best, found, instances, absent, present = [], [], 0, 0, [], []
+        taken, right = 0, 0
         for scene in scenes:
             if not scene.phrases:
                 continue
@@ -489,18 +534,22 @@ class RecognizerTrainer:
                     pick.append(float(iou[logits[row].argmax(), 0]))
                     best.append(float(iou[:, 0].max()))
                 else:
-                    kept = logits[row] >= 0
+                    kept = logits[row] + instance_bias >= 0
                     instances += len(indices)
                     found += int((iou[kept] >= 0.5).any(dim=0).sum()) if kept.any() else 0
+                    taken += int(kept.sum())
+                    right += int((iou[kept] >= 0.5).any(dim=1).sum()) if kept.any() else 0
         return {
             "pick_iou": float(np.mean(pick)) if pick else 0.0,
             "best_iou": float(np.mean(best)) if best else 0.0,
             "phrases_one": len(pick),
             "recall@0.5": found / instances if instances else 0.0,
+            "precision@0.5": right / taken if taken else 0.0,
             "instances": instances,
             "presence_accuracy_absent": float(np.mean(absent)) if absent else 0.0,
             "presence_accuracy_present": float(np.mean(present)) if present else 0.0,
             "presence_bias": bias,
+            "instance_bias": instance_bias,
         }
 
     def state(self) -> dict:

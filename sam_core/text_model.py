@@ -124,8 +124,8 @@ def text_sam_from_checkpoint(ckpt: dict, name: str = "<in memory>") -> Sam:
     held = {k: tuple(v.shape) for k, v in ckpt["model"].items() if k.startswith(RECOGNIZER_PREFIX)}
     if wanted and held and wanted != held:
         raise ValueError(
-            f"{name}: its mask recognizer was trained for the descriptors of an earlier version (before the "
-            "recognizer read texture inside the mask and calibrated its presence); train its stage 2 again: "
+            f"{name}: its mask recognizer is of an earlier version (trained for other descriptors, or before it "
+            "calibrated its presence and instance thresholds); train its stage 2 again: "
             "scripts/train_recognizer.py --base CHECKPOINT --run-dir DIR starts the recognizer afresh on it"
         )
     load_weights(model, ckpt)

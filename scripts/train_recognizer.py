@@ -10,7 +10,8 @@ directory holds ``candidates/`` (each scene's candidate descriptors and their Io
 chunks: a rerun computes only what is missing), ``state.pt`` (the recognizer, optimizer, step, random generator:
 written every ``--checkpoint-every`` steps and on stop, atomically), ``best.pt`` (the base checkpoint with the
 recognizer that scored best on the validation scenes' candidates so far: a text checkpoint every command reads)
-and ``curve.jsonl``. Run the same command again and it goes on where it stopped.
+and ``curve.jsonl``. At each validation the recognizer's presence and instance biases are calibrated on the val
+scenes' candidates and saved with it. Run the same command again and it goes on where it stopped.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ def run(
                  f"; recipe changed: {changed}" if changed else "")  # fmt: skip
     else:
         trainer.calibrate_presence(val)
+        trainer.calibrate_instances(val)
         base_figures = trainer.evaluate(val)
         log.info("the base's recognizer on %d val scenes: %s", len(val), _line(base_figures))
         curve.append({"step": 0, "score": score(base_figures), **base_figures})
@@ -122,7 +124,8 @@ def run(
                 atomic_save(trainer.state(), state_path)
             stopping = stop_at is not None and step >= stop_at
             if step % val_every == 0 or step == recipe.steps or stopping:
-                trainer.calibrate_presence(val)  # the presence bias saved with this step's recognizer
+                trainer.calibrate_presence(val)  # the biases saved with this step's recognizer
+                trainer.calibrate_instances(val)
                 figures = trainer.evaluate(val)
                 row = {"step": step, "score": score(figures), **figures}
                 curve.append(row)
@@ -157,7 +160,8 @@ def run(
 def _line(figures: dict) -> str:
     return (
         f"pick IoU {figures['pick_iou']:.3f} (best candidate {figures['best_iou']:.3f}, {figures['phrases_one']} "
-        f"phrases), recall@0.5 {figures['recall@0.5']:.3f} ({figures['instances']} instances), presence absent "
+        f"phrases), recall@0.5 {figures['recall@0.5']:.3f} ({figures['instances']} instances, precision "
+        f"{figures['precision@0.5']:.3f}, instance bias {figures['instance_bias']:+.1f}), presence absent "
         f"{figures['presence_accuracy_absent']:.3f} present {figures['presence_accuracy_present']:.3f} (presence "
         f"bias {figures['presence_bias']:+.1f})"
     )

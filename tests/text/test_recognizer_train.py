@@ -26,6 +26,7 @@ from sam_core.recognizer_train import (
     masks_key,
 )
 from sam_core.synthetic import make_scene, split_seeds
+from sam_core.text_instances import recognized_masks
 from sam_core.text_model import (
     load_text_model,
     make_text_encoder,
@@ -320,16 +321,63 @@ def test_presence_is_calibrated_apart_from_the_instances_and_travels_with_the_ch
         trainer.calibrate_presence([CandidateScene(0, scenes[0].descriptors, scenes[0].iou, [])])
 
 
+def test_the_instance_threshold_is_calibrated_on_candidates_and_moves_only_what_every_finds(base, cache):
+    _, scenes, _ = cache
+    model, encoder = load_text_model(base)
+    trainer = RecognizerTrainer(RecognizerTrainConfig(), model, encoder, scenes)
+    named, other = [], []  # the labelled candidates of several-object phrases, scored here
+    for scene in scenes:
+        rows = [i for i, p in enumerate(scene.phrases) if len(p[2]) > 1]
+        with torch.no_grad():
+            logits = model.prompt_encoder.text_recognizer(
+                scene.descriptors, encoder.encode([scene.phrases[i][0] for i in rows])
+            )
+        iou = scene.named_iou()[rows]
+        named += logits[iou >= 0.5].tolist()
+        other += logits[iou < 0.3].tolist()
+    named, other = np.array(named), np.array(other)
+    assert len(named) and len(other)
+
+    def balanced(bias):
+        return ((named + bias) >= 0).mean() + ((other + bias) < 0).mean()
+
+    bias = trainer.calibrate_instances(scenes)
+    assert float(model.prompt_encoder.text_recognizer.instance_bias) == pytest.approx(bias)
+    assert balanced(bias) == pytest.approx(
+        max(balanced(b) for b in recognizer_train.PRESENCE_BIASES), abs=1e-9
+    )
+    figures = trainer.evaluate(scenes)
+    assert figures["instance_bias"] == pytest.approx(bias)
+    # far above every score: every candidate is an instance, for the figures and for the predictor alike
+    predictor = SamPredictor(model, text_encoder=encoder)
+    predictor.set_image(make_scene(scenes[0].seed).image)
+    phrase = next(p[0] for p in scenes[0].phrases if len(p[2]) > 1)
+    best_before = predictor.predict(text=phrase, multimask_output=False)
+    model.prompt_encoder.text_recognizer.instance_bias.fill_(50.0)
+    everything = trainer.evaluate(scenes)
+    assert everything["recall@0.5"] >= figures["recall@0.5"] and everything["pick_iou"] == figures["pick_iou"]
+    masks, probabilities = predictor.score_candidates(phrase)
+    assert (probabilities >= 0.5).all() and len(recognized_masks(predictor, phrase)) == len(masks)
+    best_after = predictor.predict(text=phrase, multimask_output=False)  # the pick and presence do not move
+    assert np.array_equal(best_after[0], best_before[0]) and best_after[3] == pytest.approx(best_before[3])
+    model.prompt_encoder.text_recognizer.instance_bias.fill_(-50.0)
+    assert recognized_masks(predictor, phrase) == [] and trainer.evaluate(scenes)["recall@0.5"] == 0.0
+
+
 def test_a_base_whose_recognizer_reads_other_descriptors_starts_it_afresh(base, tmp_path):
     ckpt = torch.load(base, weights_only=True)
     prefix = recognizer_train.RECOGNIZER_PREFIX
     same, why = recognizer_train.fit_recognizer(ckpt)
     assert same is ckpt and why is None
-    # from before the presence bias: the learnt weights kept, the bias 0
-    older = {**ckpt, "model": {k: v for k, v in ckpt["model"].items() if k != prefix + "presence_bias"}}
+    # from before the calibrated biases: the learnt weights kept, the biases 0
+    biases = (prefix + "presence_bias", prefix + "instance_bias")
+    older = {**ckpt, "model": {k: v for k, v in ckpt["model"].items() if k not in biases}}
     fitted, why = recognizer_train.fit_recognizer(older)
-    assert "no presence bias" in why and float(fitted["model"][prefix + "presence_bias"]) == 0.0
+    assert "no instance bias and presence bias yet: starting at 0" in why
+    assert all(float(fitted["model"][name]) == 0.0 for name in biases)
     assert torch.equal(fitted["model"][prefix + "masks.0.weight"], ckpt["model"][prefix + "masks.0.weight"])
+    no_instances = {**ckpt, "model": {k: v for k, v in ckpt["model"].items() if k != biases[1]}}
+    assert "no instance bias yet" in recognizer_train.fit_recognizer(no_instances)[1]
     # read descriptors of another size: fresh, seeded, every other tensor kept
     other = dict(ckpt["model"])
     other[prefix + "masks.0.weight"] = torch.zeros(
@@ -346,7 +394,7 @@ def test_a_base_whose_recognizer_reads_other_descriptors_starts_it_afresh(base, 
     stale = tmp_path / "stale.pt"
     atomic_save({**ckpt, "model": other}, stale)
     for old in ({**ckpt, "model": other}, older):  # elsewhere such a checkpoint is refused with the way out
-        with pytest.raises(ValueError, match="descriptors of an earlier version.*train_recognizer.py --base"):
+        with pytest.raises(ValueError, match="an earlier version .*train_recognizer.py --base"):
             load_text_model(old)
     best = train_recognizer.run(
         stale, tmp_path / "run", RecognizerTrainConfig(train_scenes=1, val_scenes=1, per_kind=3, steps=1)
