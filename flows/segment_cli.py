@@ -1,7 +1,8 @@
 """`sam-engine segment`: the masks of one image, drawn over it, without a store write.
 
     sam-engine segment IMAGE --out PNG       automatic masks (a grid of point prompts, the paper's thresholds)
-    sam-engine segment IMAGE --text PHRASE   the masks a phrase names (a text model: scripts/train_text.py)
+    sam-engine segment IMAGE --text PHRASE   the masks a phrase names (the embedded model's shipped text path, or a
+                                             text model of scripts/train_text.py)
 
 The embedded model needs no store; any other comes from the store by -m VERSION, or, for a text model, from an
 unregistered checkpoint (--checkpoint).
@@ -53,8 +54,8 @@ def segment(
     text: str = typer.Option(
         None,
         metavar="PHRASE",
-        help="the masks this phrase names instead of automatic masks ('every ...': each instance); needs a text "
-        "model (-m VERSION registered from scripts/train_text.py, or --checkpoint)",
+        help="the masks this phrase names instead of automatic masks ('every ...': each instance); the embedded "
+        "model answers with its shipped text path, or name a text model (-m VERSION, --checkpoint)",
     ),
     checkpoint: str = typer.Option(
         None, metavar="PATH", help="with --text: an unregistered text checkpoint (path or URL) instead of -m"
@@ -135,7 +136,7 @@ def _segment_text(
     if checkpoint is not None:
         check_checkpoint(checkpoint, Path(checkpoint).stem)
         model, text_encoder = load_text_checkpoint(checkpoint, clip_checkpoint=clip_checkpoint)
-    else:  # embedded needs no store (and has no text path)
+    else:  # embedded needs no store (its text path ships beside it)
         model, text_encoder = load_text_model(store_obj, version, clip_checkpoint=clip_checkpoint)
     text_encoder.tokenize([check_phrase(text, text_encoder.name)])  # its words and length, before any compute
     predictor = SamPredictor(model, text_encoder=text_encoder)

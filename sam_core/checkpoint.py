@@ -107,8 +107,9 @@ def read_checkpoint(source) -> dict:
     """A checkpoint as {"model": state_dict (fp32), "config": ..., "metadata": ...}.
 
     source: a path, an fsspec URL, raw bytes, or an already loaded dict. A bare state dict is accepted and
-    wrapped; fp16-stored tensors come back as fp32. Unsafe or foreign files raise ValueError (see
-    load_checkpoint_object).
+    wrapped; fp16-stored tensors come back as fp32; a text adapter (only a text path's tensors, on top of the
+    embedded model: ``adapter_of``) comes back whole, its base's tensors added. Unsafe or foreign files raise
+    ValueError (see load_checkpoint_object).
     """
     ckpt = source if isinstance(source, dict) else load_checkpoint_object(source)
     if not isinstance(ckpt, dict):
@@ -119,7 +120,66 @@ def read_checkpoint(source) -> dict:
         k: (v.float() if torch.is_tensor(v) and v.dtype == torch.float16 else v)
         for k, v in ckpt["model"].items()
     }
+    if ckpt.get("adapter_of"):
+        return with_adapter_base({**ckpt, "model": state}, _name(source))
     return {**ckpt, "model": state}
+
+
+# A text adapter names its base by one of these (the shipped models; the path is resolved when it is read, so
+# the adapter moves with the package).
+ADAPTER_BASES = ("embedded",)
+
+
+def text_adapter(ckpt: dict, base: str = "embedded") -> dict:
+    """A text checkpoint (sam_core.text_model's format, read by ``read_checkpoint``) as a text adapter: only its
+    text path's tensors, with ``adapter_of`` naming the shipped model ``base`` its other tensors are exactly
+    (checked, with that model's ``base_digest``, again when it is read). A text model trained on the embedded
+    model is 25 MB whole; its text path and text encoder are about 2.5 MB. ValueError when a tensor other than
+    the text path's differs from the base's."""
+    if base not in ADAPTER_BASES:
+        raise ValueError(f"unknown adapter base {base!r}; choose one of {ADAPTER_BASES}")
+    state = ckpt["model"]
+    text = set(text_keys(state))
+    if not text:
+        raise ValueError("not a text model: it holds no text path's tensors to ship as an adapter")
+    held = _adapter_base_state(base)
+    differing = [k for k in state if k not in text and (k not in held or not torch.equal(state[k], held[k]))]
+    missing = sorted(set(held) - set(state))
+    if differing or missing:
+        raise ValueError(
+            f"not an adapter of the {base} model: its weights differ from it at {(differing or missing)[:3]} "
+            f"({len(differing)} differing, {len(missing)} missing); only a text path trained on top of it "
+            "(its image encoder and decoder frozen) ships as an adapter"
+        )
+    return {
+        **{k: v for k, v in ckpt.items() if k != "model"},
+        "model": {k: state[k] for k in sorted(text)},
+        "adapter_of": {"base": base, "digest": base_digest(held)},
+    }
+
+
+def with_adapter_base(ckpt: dict, source: str = "<in memory>") -> dict:
+    """A text adapter (``text_adapter``) with its base's tensors added: the whole checkpoint. ValueError naming
+    ``source`` when its base is unknown or is no longer the weights it was trained on (the base was retrained)."""
+    record = ckpt["adapter_of"]
+    base = record.get("base") if isinstance(record, dict) else None
+    if base not in ADAPTER_BASES:
+        raise ValueError(f"{source}: a text adapter of an unknown base {base!r}; known: {ADAPTER_BASES}")
+    held = _adapter_base_state(base)
+    if base_digest(held) != record.get("digest"):
+        raise ValueError(
+            f"{source}: a text adapter trained on another version of the {base} model than the one installed "
+            "(its weights changed since): train the text path again on it (scripts/train_text.py, "
+            "scripts/train_recognizer.py) and install that (scripts/train_text.py --install-from)"
+        )
+    rest = {k: v for k, v in ckpt.items() if k not in ("model", "adapter_of")}
+    return {**rest, "model": {**held, **ckpt["model"]}}
+
+
+def _adapter_base_state(base: str) -> dict:
+    from sam_core.embedded import EMBEDDED_CHECKPOINT  # sam_core.embedded reads checkpoints with this module
+
+    return read_checkpoint(EMBEDDED_CHECKPOINT)["model"]
 
 
 def config_name(ckpt: dict, default: str = "tiny") -> str:
@@ -240,6 +300,17 @@ def encoder_digest(state: dict) -> str:
     names = sorted(k for k in state if k.startswith("image_encoder."))
     if not names:
         raise ValueError("state dict has no image_encoder.* tensors")
+    return _digest(state, names)
+
+
+def base_digest(state: dict) -> str:
+    """sha256 of every tensor of a state dict but the text path's (as ``encoder_digest``): what a text adapter
+    (``with_adapter_base``) was trained on top of."""
+    text = set(text_keys(state))
+    return _digest(state, sorted(k for k in state if k not in text))
+
+
+def _digest(state: dict, names: list[str]) -> str:
     digest = hashlib.sha256()
     for name in names:
         tensor = state[name].detach().cpu()

@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/train_text.py --run-dir ~/.cache/sam-engine/text --minutes 60 > text.log 2>&1 &
     .venv/bin/python scripts/train_text.py --evaluate ~/.cache/sam-engine/text/best.pt --split test --scenes 50
+    .venv/bin/python scripts/train_text.py --install-from ~/.cache/sam-engine/recognizer/best.pt   # ship it
 
 The run directory holds ``state.pt`` (weights, text encoder, optimizer, step, random generators: written every
 ``--checkpoint-every`` steps and on stop, atomically), ``best.pt`` (the text model that scored best on the
@@ -10,6 +11,8 @@ and ``curve.jsonl`` (one line per validation). Run the same command again and it
 lr schedule is a function of the step, so it resumes where it stood. ``--evaluate`` prints the table of
 ``sam_core.text_eval`` (mIoU of phrases naming one object, instance recall of phrases naming several, presence
 accuracy) for a checkpoint on held-out scenes; with ``--card`` it also writes MODEL_CARD.md beside it.
+``--install-from`` ships a text checkpoint trained on the embedded model as its text path (sam_core/weights:
+an adapter of its text tensors, and TEXT_MODEL_CARD.md with the test table).
 
 CLIP instead of the embedded text encoder: ``--clip-model ViT-B-32 --clip-checkpoint open_clip_model.bin`` (a
 local file; only the projection, the presence head and, at a fraction of the lr, the decoder learn).
@@ -29,7 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sam_core.checkpoint import atomic_save  # noqa: E402
+from sam_core.checkpoint import atomic_save, read_checkpoint, text_adapter  # noqa: E402
+from sam_core.embedded import EMBEDDED_CHECKPOINT, EMBEDDED_TEXT_CHECKPOINT  # noqa: E402
 from sam_core.evaluate import evaluate_interactive  # noqa: E402
 from sam_core.recipes import parse_overrides, parse_training_args, recipe_changes, training_parser  # noqa: E402
 from sam_core.synthetic import scene, split_seeds  # noqa: E402
@@ -233,6 +237,36 @@ def evaluate(
     return metrics
 
 
+def install(checkpoint: Path, scenes: int, target: Path = EMBEDDED_TEXT_CHECKPOINT) -> dict:
+    """Ship ``checkpoint`` as the embedded model's text path: score it on the first ``scenes`` test scenes, then
+    write it as an adapter (sam_core.checkpoint.text_adapter: its text tensors and text encoder, on top of the
+    embedded weights it must have kept exactly) to ``target`` (sam_core/weights) with TEXT_MODEL_CARD.md beside
+    it, each file atomically. SystemExit naming the file when it is not a text model of the embedded weights."""
+    if not Path(checkpoint).is_file():
+        raise SystemExit(f"--install-from {checkpoint}: no such file (a text checkpoint, RUN_DIR/best.pt)")
+    try:
+        adapter = text_adapter(read_checkpoint(checkpoint))
+    except ValueError as err:
+        raise SystemExit(f"--install-from {checkpoint}: {err}") from err
+    metrics = evaluate(checkpoint, "test", scenes)
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    card = model_card(ckpt, metrics, "test").replace(
+        "`scripts/train_text.py --evaluate CHECKPOINT --card`",
+        f"`scripts/train_text.py --install-from CHECKPOINT` (from {checkpoint})",
+    )
+    card += (
+        f"\nShipped as `{target.name}`: the text path's tensors and the text encoder "
+        f"(an adapter on `{EMBEDDED_CHECKPOINT.name}`, whose weights it was trained on and checks when read).\n"
+    )
+    atomic_save(adapter, target)
+    card_path = target.with_name("TEXT_MODEL_CARD.md")
+    tmp = card_path.with_name(f".{card_path.name}.tmp")
+    tmp.write_text(card)
+    tmp.replace(card_path)
+    print(f"installed {target} and {card_path}")
+    return metrics
+
+
 def model_card(ckpt: dict, metrics: dict, split: str) -> str:
     """A text model's card: what it is, its recipe, the held-out table and the validation curve."""
     config, meta, sam = ckpt["config"], ckpt["metadata"], ckpt["sam_config"]
@@ -272,6 +306,14 @@ def model_card(ckpt: dict, metrics: dict, split: str) -> str:
             lines.append(
                 f"A phrase is judged present when its best candidate's logit plus the presence bias {bias:+.1f} is "
                 "above 0; the bias is the one of best balanced accuracy on those val scenes (calibrate_presence)."
+            )
+        instance_bias = stage["validation"].get("instance_bias")
+        if instance_bias is not None:
+            lines.append(
+                f"The instances of a several-object phrase are the candidates whose logit plus the instance bias "
+                f"{instance_bias:+.1f} is above 0, the bias of best balanced accuracy on those val scenes' "
+                f"candidates (calibrate_instances): val recall {stage['validation']['recall@0.5']:.3f} at "
+                f"candidate precision {stage['validation'].get('precision@0.5', float('nan')):.3f}."
             )
         lines.append("")
     lines += [
@@ -322,7 +364,21 @@ def main(argv: list[str] | None = None) -> None:
         help="how many scenes --evaluate scores (default: all 200 test scenes)",
     )
     parser.add_argument("--card", action="store_true", help="--evaluate also writes MODEL_CARD.md beside it")
+    parser.add_argument(
+        "--install-from",
+        type=Path,
+        default=None,
+        help="ship this text checkpoint as the embedded model's text path (sam_core/weights), scored on the test "
+        "scenes for its card",
+    )
     args = parse_training_args(parser, argv)
+    if args.install_from:
+        try:
+            split_seeds("test", args.scenes)
+        except ValueError as err:
+            raise SystemExit(f"--install-from --scenes {args.scenes}: {err}") from err
+        install(args.install_from, args.scenes)
+        return
     if args.evaluate:
         try:  # before the model loads: a split without that many scenes, or no such split
             split_seeds(args.split, args.scenes)

@@ -1,7 +1,8 @@
 """Model versions: register checkpoints in the store's models table and load them by version.
 
 A model version names one set of weights. ``embedded`` is always known: the small model shipped in
-``sam_core/weights`` (its config name read from the checkpoint); ``latest`` means the newest registered version. Every other version is a row of the models table: its ``config`` holds the SAM config name
+``sam_core/weights`` (its config name read from the checkpoint), whose text prompts the text path shipped beside
+it answers (``load_text_model``: sam_core.embedded.EMBEDDED_TEXT_CHECKPOINT); ``latest`` means the newest registered version. Every other version is a row of the models table: its ``config`` holds the SAM config name
 (``{"name": "vit_b"}``) and ``checkpoint_uri`` the weights (any fsspec URL; Meta's ``sam_vit_*.pth`` files load
 as they are).
 
@@ -24,7 +25,7 @@ from functools import lru_cache
 
 from sam_core.build import CONFIGS, SamConfig, build_sam
 from sam_core.checkpoint import encoder_digest, load_weights, read_checkpoint
-from sam_core.embedded import EMBEDDED_CHECKPOINT, embedded_config_name
+from sam_core.embedded import EMBEDDED_CHECKPOINT, EMBEDDED_TEXT_CHECKPOINT, embedded_config_name
 from sam_core.text_model import is_text_checkpoint, text_encoder_from_record, text_sam_from_checkpoint
 from stores.fsio import check_key
 
@@ -171,12 +172,21 @@ def load_model(store, model_version: str, device: str = "cpu"):
     return _load_cached(row["config"]["name"], row["checkpoint_uri"], device)[0]
 
 
+def ships_text_path(model_version: str) -> bool:
+    """Whether ``model_version`` is the shipped model and its text path is shipped beside it (then
+    ``load_text_model`` gives it; ``load_model`` gives the same clicks and boxes without it)."""
+    return model_version == EMBEDDED_VERSION and EMBEDDED_TEXT_CHECKPOINT.exists()
+
+
 def load_text_model(store, model_version: str, device: str = "cpu", clip_checkpoint: str | None = None):
     """(Sam, text encoder) of a registered text model, both in eval mode on ``device``. ValueError naming the
     version and how to get a text model when its checkpoint has none."""
     row = model_row(store, model_version)
     label = f"model {model_version!r}"
-    return load_text_checkpoint(row["checkpoint_uri"], row["config"]["name"], label, device, clip_checkpoint)
+    uri = row["checkpoint_uri"]
+    if ships_text_path(model_version):
+        uri = str(EMBEDDED_TEXT_CHECKPOINT)  # the shipped text path on top of it: the same clicks and boxes
+    return load_text_checkpoint(uri, row["config"]["name"], label, device, clip_checkpoint)
 
 
 def load_text_checkpoint(

@@ -74,6 +74,20 @@ def register_text_model(trained_text_model):
     return register
 
 
+@pytest.fixture(scope="session")
+def register_plain_model():
+    """``register_plain_model(store, version)``: the embedded model's weights registered as ``version``, a model
+    without a text path (the shipped ``embedded`` answers text with the text path shipped beside it)."""
+    from sam_core.embedded import EMBEDDED_CHECKPOINT, embedded_config_name
+    from tasks.models import register_model
+
+    def register(store, version: str) -> None:
+        uri = store.write_checkpoint(version, EMBEDDED_CHECKPOINT.read_bytes())
+        register_model(store, version, embedded_config_name(), uri)
+
+    return register
+
+
 class JsonStub(BaseHTTPRequestHandler):
     """The handler of a fake HTTP service (Label Studio's API in the tests): quiet, and answers in JSON."""
 

@@ -55,6 +55,7 @@ from tasks.models import (
     load_model,
     load_text_model,
     resolve_version,
+    ships_text_path,
 )
 
 from .convert import mask_to_brush_rle, percent_to_pixels, rect_percent_to_box
@@ -454,14 +455,14 @@ def serving_model(
     ones. With ``checkpoint`` (a path or fsspec URL): that file built as SAM config ``config`` (default tiny),
     labelled ``model_version`` (default the config name). An unknown version raises ValueError naming the known
     ones; a missing checkpoint raises FileNotFoundError naming it. A registered text model (scripts/train_text.py)
-    is served with its text encoder; ``clip_checkpoint``: a CLIP text model's open_clip weights file here (default:
+    is served with its text encoder, and so is ``embedded`` with the text path shipped beside it; ``clip_checkpoint``: a CLIP text model's open_clip weights file here (default:
     the file it was trained with).
     """
     if checkpoint is None:
         version = resolve_version(store, model_version or EMBEDDED_VERSION)
         check_model(store, version)
         model = load_model(store, version)
-        if model.prompt_encoder.text_dim:
+        if model.prompt_encoder.text_dim or ships_text_path(version):
             model, text_encoder = load_text_model(store, version, clip_checkpoint=clip_checkpoint)
             return model, version, text_encoder
         if clip_checkpoint is not None:

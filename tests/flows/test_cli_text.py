@@ -1,7 +1,8 @@
 """`sam-engine segment IMAGE --text PHRASE` on a text model trained here for a few seconds (scripts/train_text.py's
 trainer on one synthetic scene): the phrase's mask or its instances drawn over the image, the presence score
-printed, an absent phrase said to be absent; a registered text model answers as the file does; a model without
-a text path and bad phrases are one line and exit 2, with no overlay written."""
+printed, an absent phrase said to be absent; a registered text model answers as the file does, and with no model
+named the text path shipped with the embedded model does; a model without a text path and bad phrases are one
+line and exit 2, with no overlay written."""
 
 from __future__ import annotations
 
@@ -18,9 +19,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from flows.cli import app
-from sam_core.embedded import EMBEDDED_CHECKPOINT, embedded_config_name
+from sam_core import SamPredictor
+from sam_core.embedded import EMBEDDED_CHECKPOINT, EMBEDDED_TEXT_CHECKPOINT, embedded_config_name
 from sam_core.synthetic import make_scene, split_seeds
+from sam_core.text_instances import segment_phrase
 from sam_core.text_train import TextTrainConfig, TextTrainer
+from tasks.models import load_text_checkpoint
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[2]
@@ -144,16 +148,37 @@ def test_a_registered_text_model_answers_as_its_file_and_a_wrong_config_is_named
     )
 
 
-def test_a_model_without_a_text_path_says_how_to_get_one(text_run, tmp_path, monkeypatch):
+def test_with_no_model_named_the_shipped_text_path_answers_without_a_store(text_run, tmp_path, monkeypatch):
     monkeypatch.setenv("SAM_ENGINE_HOME", str(tmp_path / "home"))  # no store: the shipped model needs none
     phrase = text_run["one"][0]
     result, out = segment(text_run, tmp_path, phrase)
-    assert result.exit_code == 2 and result.output == f"error: model 'embedded' {NO_TEXT_PATH}"
+    assert result.exit_code == 0, result.output
+    model, encoder = load_text_checkpoint(str(EMBEDDED_TEXT_CHECKPOINT))
+    predictor = SamPredictor(model, text_encoder=encoder)
+    predictor.set_image(text_run["scene"].image)
+    expected = segment_phrase(predictor, phrase)
+    presence, count, *lines = result.output.splitlines()
+    assert presence.startswith(f"presence {expected.presence:.3f}: {phrase!r} judged")
+    assert len(lines) == len(expected.masks) and count.endswith(f" -> {out}")
+    if expected.masks:  # the overlay is the model's answer
+        drawn = changed_pixels(text_run, out)
+        assert abs(int(drawn.sum()) - int(expected.masks[0].sum())) <= 0.02 * expected.masks[0].sum()
+    assert not (tmp_path / "home" / "store").exists()
+
+
+def test_a_model_without_a_text_path_says_how_to_get_one(text_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("SAM_ENGINE_HOME", str(tmp_path / "home"))
+    phrase = text_run["one"][0]
+    store = ["--store", str(tmp_path / "store")]
+    result = runner.invoke(app, ["model", "add", "plain", TEXT_CONFIG, str(EMBEDDED_CHECKPOINT), *store])
+    assert result.exit_code == 0, result.output
+    result, out = segment(text_run, tmp_path, phrase, "-m", "plain", *store)
+    assert result.exit_code == 2 and result.output == f"error: model 'plain' {NO_TEXT_PATH}"
     result, out = segment(text_run, tmp_path, phrase, "--checkpoint", str(EMBEDDED_CHECKPOINT))
     assert (
         result.exit_code == 2 and result.output == f"error: checkpoint {EMBEDDED_CHECKPOINT} {NO_TEXT_PATH}"
     )
-    assert not out.exists() and not (tmp_path / "home" / "store").exists()
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(

@@ -22,14 +22,15 @@ PHRASE = "every part inside the mottled object"  # on the first train scene, the
 
 
 @pytest.fixture
-def text_store(tmp_path, register_text_model):
+def text_store(tmp_path, register_text_model, register_plain_model):
     """Two demo scenes of the shapes domain (the first is the one the shared text model trained on) ingested into a
-    new store, and the text model registered as text-v1."""
+    new store, the text model registered as text-v1 and the embedded weights without a text path as plain."""
     images = write_synthetic_images(tmp_path / "demo", train=2, test=0, corrupt=0, domain="shapes")
     store_url = (tmp_path / "store").as_uri()
     result = runner.invoke(app, ["ingest", images["train_dir"], "--store", store_url])
     assert result.exit_code == 0, result.output
     register_text_model(Store(store_url), "text-v1")
+    register_plain_model(Store(store_url), "plain")
     return store_url
 
 
@@ -94,8 +95,8 @@ def test_another_phrase_in_the_same_round_is_refused_before_any_work(text_store)
     [
         (
             PHRASE,
-            "embedded",
-            "error: model 'embedded' has no text path; train one with scripts/train_text.py",
+            "plain",
+            "error: model 'plain' has no text path; train one with scripts/train_text.py",
         ),
         ("   ", "text-v1", "error: text is empty (only whitespace): the text encoder needs a phrase"),
         ("every red triangle", "text-v1", "['triangle'] not in the embedded text encoder's vocabulary"),

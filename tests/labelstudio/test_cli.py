@@ -58,13 +58,18 @@ def _same_weights(a, b) -> bool:
 
 def test_backend_serves_the_embedded_model_when_not_told_otherwise(monkeypatch, tmp_path):
     """Without --checkpoint the backend serves the shipped embedded model, not a SAM with random weights."""
+    import torch
+
     from sam_core.embedded import load_embedded
 
     result, backend = _backend(monkeypatch, "--store", (tmp_path / "store").as_uri())
     assert result.exit_code == 0, result.output
     assert "serving embedded" in result.output
     assert backend.model_version == "embedded"
-    assert _same_weights(backend.predictor.model, load_embedded())
+    # with the text path shipped beside it: the embedded weights, exactly, and the text tensors
+    served, shipped = backend.predictor.model.state_dict(), load_embedded().state_dict()
+    assert set(served) > set(shipped) and all(torch.equal(served[k], v) for k, v in shipped.items())
+    assert backend.health()["text_prompts"] is True
 
 
 def test_backend_serves_a_registered_version_or_a_checkpoint(monkeypatch, tmp_path):
@@ -118,5 +123,5 @@ def test_backend_serves_a_registered_text_model_with_its_text_encoder(
     result, backend = _backend(monkeypatch, "--store", store, "--clip-checkpoint", "clip.bin")
     assert result.exit_code == 2 and backend is None
     assert result.output.strip().splitlines()[-1] == (
-        "error: --clip-checkpoint is for a CLIP text model; model 'embedded' has no text path"
+        "error: model 'embedded' reads text with the embedded text encoder, not CLIP's: no --clip-checkpoint"
     )

@@ -217,17 +217,23 @@ def test_a_backend_without_a_text_model_refuses_a_phrase_saying_how_to_serve_one
     assert "scripts/train_text.py" in error and "sam-engine labelstudio backend -m NAME" in error
 
 
-def test_a_registered_text_model_is_served_with_its_text_encoder(store, register_text_model):
+def test_a_registered_text_model_is_served_with_its_text_encoder(
+    store, register_text_model, register_plain_model
+):
     register_text_model(store, "text-v1")
     model, version, encoder = serving_model(store, "text-v1")
     assert version == "text-v1" and encoder is not None and model.prompt_encoder.text_dim == encoder.embed_dim
     assert SamBackend(store, model, version, text_encoder=encoder).health()["text_prompts"] is True
-    plain, version, none = serving_model(store, "embedded")
-    assert version == "embedded" and none is None and plain.prompt_encoder.text_dim == 0
-    with pytest.raises(
-        ValueError, match="--clip-checkpoint is for a CLIP text model; model 'embedded' has no"
-    ):
-        serving_model(store, "embedded", clip_checkpoint="clip.bin")
+    # The shipped model is served with the text path shipped beside it, as the store's embeddings' version.
+    shipped, version, encoder = serving_model(store, "embedded")
+    assert (
+        version == "embedded" and encoder is not None and shipped.prompt_encoder.text_dim == encoder.embed_dim
+    )
+    register_plain_model(store, "plain")
+    plain, version, none = serving_model(store, "plain")
+    assert version == "plain" and none is None and plain.prompt_encoder.text_dim == 0
+    with pytest.raises(ValueError, match="--clip-checkpoint is for a CLIP text model; model 'plain' has no"):
+        serving_model(store, "plain", clip_checkpoint="clip.bin")
     with pytest.raises(ValueError, match="reads text with the embedded text encoder, not CLIP's"):
         serving_model(store, "text-v1", clip_checkpoint="clip.bin")
 

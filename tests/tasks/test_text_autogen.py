@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from PIL import Image
 from pydantic import ValidationError
 
 from sam_core import SamPredictor
+from sam_core.embedded import load_embedded
+from sam_core.phrases import scene_phrases
 from sam_core.synthetic import make_scene, split_seeds
 from stores import Store
 from tasks.models import EMBEDDED_VERSION
+from tasks.records import decode_rows
 from tasks.report import stage_figures
 from tasks.shards import Shard
 from tasks.text_autogen import TextAutogenSettings, answer_phrase, text_autogen
@@ -81,13 +85,43 @@ def test_an_image_the_phrase_is_judged_absent_from_gets_no_mask_and_the_summary_
     assert figures["absent"] == 2 and figures["masks"] == 0
 
 
-def test_a_model_without_a_text_path_is_refused_saying_how_to_get_one(text_store):
+def test_a_model_without_a_text_path_is_refused_saying_how_to_get_one(text_store, register_plain_model):
     store, shard = text_store
-    plain = Shard(store.url, EMBEDDED_VERSION, 1, "fully_automatic", "00000", shard.image_ids)
+    register_plain_model(store, "plain")
+    plain = Shard(store.url, "plain", 1, "fully_automatic", "00000", shard.image_ids)
     with pytest.raises(
-        ValueError, match="model .embedded. has no text path; train one with scripts/train_text.py"
+        ValueError, match="model .plain. has no text path; train one with scripts/train_text.py"
     ):
         text_autogen.fn(plain, TextAutogenSettings(phrase=PHRASE))
+
+
+def test_the_shipped_model_answers_a_phrase_with_its_text_path_on_its_own_embeddings(tmp_path):
+    """``embedded`` finds a phrase's instances with the text path shipped beside it, on the embeddings the
+    grid stages stored for it: a held-out scene, its instances of a several-object phrase."""
+    scene_seed = split_seeds("test", 1)[0]
+    scene = make_scene(scene_seed)
+    phrase, named = next(
+        (p.text, p.indices) for p in scene_phrases(scene, scene_seed, 6) if p.kind == "several"
+    )
+    store = Store((tmp_path / "engine").as_uri())
+    Image.fromarray(scene.image).save(tmp_path / "scene.png")  # the recognizer reads the pixels too
+    store.write_images(
+        pd.DataFrame(
+            {"image_id": ["scene"], "uri": [(tmp_path / "scene.png").as_uri()], "width": 256, "height": 256,
+             "sha256": ["scene"], "split": "test"}
+        )
+    )  # fmt: skip
+    predictor = SamPredictor(load_embedded())
+    predictor.set_image(scene.image)
+    store.put_embedding("scene", EMBEDDED_VERSION, predictor.get_image_embedding()[0].numpy())
+    shard = Shard(store.url, EMBEDDED_VERSION, 1, "fully_automatic", "00000", ("scene",))
+    summary = text_autogen.fn(shard, TextAutogenSettings(phrase=phrase))
+    masks = store.masks(round=1, stage="fully_automatic")
+    assert summary["masks"] == len(masks) > 0 and set(masks["phrase"]) == {phrase}
+    found = decode_rows(masks)
+    truth = [scene.masks[i] for i in named]
+    matched = [max((f & t).sum() / (f | t).sum() for f in found) >= 0.5 for t in truth]
+    assert sum(matched) >= len(truth) / 2, (phrase, matched)  # most of the named instances are among them
 
 
 def test_instances_rated_below_the_cut_are_dropped_and_an_emptied_image_says_why(text_store, caplog):

@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from sam_core import SamPredictor
+from sam_core.checkpoint import read_checkpoint, text_keys
+from sam_core.embedded import EMBEDDED_CHECKPOINT
 from sam_core.synthetic import make_scene, split_seeds
 from sam_core.text_eval import format_text_table as text_table
 from sam_core.text_model import load_text_model
@@ -104,6 +106,25 @@ def test_a_run_validates_keeps_its_best_and_resumes_exactly(script, tmp_path, ca
     assert "| presence accuracy, absent phrases |" in table and "0.9" in table
     card = (stopped / "MODEL_CARD.md").read_text()
     assert text_table(metrics) in card and "## Validation curve" in card and "| 2 |" in card
+    # Installed as the embedded model's text path: an adapter that reads back as the whole checkpoint.
+    target = tmp_path / "weights" / "text.pt"
+    target.parent.mkdir()
+    installed = script.install(stopped / "best.pt", 2, target=target)
+    assert installed == metrics
+    whole, adapter = read_checkpoint(stopped / "best.pt"), torch.load(target, weights_only=True)
+    assert (
+        set(adapter["model"]) == set(text_keys(whole["model"]))
+        and adapter["adapter_of"]["base"] == "embedded"
+    )
+    reread = read_checkpoint(target)
+    assert set(reread["model"]) == set(whole["model"])
+    assert all(torch.equal(reread["model"][k], v) for k, v in whole["model"].items())
+    shipped_card = (target.parent / "TEXT_MODEL_CARD.md").read_text()
+    assert text_table(metrics) in shipped_card and "--install-from CHECKPOINT` (from " in shipped_card
+    with pytest.raises(SystemExit, match="--install-from .*nope.pt: no such file"):
+        script.main(["--install-from", str(tmp_path / "nope.pt")])
+    with pytest.raises(SystemExit, match="sam_tiny_synthetic.pt: not a text model"):
+        script.main(["--install-from", str(EMBEDDED_CHECKPOINT)])
 
 
 def test_the_table_judges_each_floor_on_the_unrounded_figure():
