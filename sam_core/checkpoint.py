@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from sam_core import shipped
+
 # The mask recognizer's tensors (sam_core.text_recognition).
 RECOGNIZER_PREFIX = "prompt_encoder.text_recognizer."
 TEXT_PREFIXES = (
@@ -177,9 +179,7 @@ def with_adapter_base(ckpt: dict, source: str = "<in memory>") -> dict:
 
 
 def _adapter_base_state(base: str) -> dict:
-    from sam_core.embedded import EMBEDDED_CHECKPOINT  # sam_core.embedded reads checkpoints with this module
-
-    return read_checkpoint(EMBEDDED_CHECKPOINT)["model"]
+    return read_checkpoint(shipped.EMBEDDED_CHECKPOINT)["model"]
 
 
 def config_name(ckpt: dict, default: str = "tiny") -> str:

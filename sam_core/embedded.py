@@ -10,14 +10,8 @@ from pathlib import Path
 import torch
 
 from sam_core.checkpoint import config_name, load_weights, read_checkpoint
+from sam_core.shipped import EMBEDDED_CHECKPOINT, EMBEDDED_TEXT_CHECKPOINT  # noqa: F401 (the second re-exported)
 from sam_core.train import build_model
-
-WEIGHTS_DIR = Path(__file__).parent / "weights"
-EMBEDDED_CHECKPOINT = WEIGHTS_DIR / "sam_tiny_synthetic.pt"
-# The embedded model's text path (sam_core.text_model), shipped as an adapter on top of it
-# (sam_core.checkpoint.text_adapter): what answers text prompts when no other text model is named. See
-# TEXT_MODEL_CARD.md there; scripts/train_text.py --install-from writes both.
-EMBEDDED_TEXT_CHECKPOINT = WEIGHTS_DIR / "sam_tiny_synthetic_text.pt"
 
 
 @lru_cache(maxsize=4)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from sam_core import SamPredictor, embedded
+from sam_core import SamPredictor
+from sam_core import shipped as shipped_paths
 from sam_core.checkpoint import atomic_save, read_checkpoint, text_adapter, text_keys
 from sam_core.embedded import EMBEDDED_CHECKPOINT, EMBEDDED_TEXT_CHECKPOINT
 from sam_core.phrases import scene_phrases
@@ -41,7 +42,7 @@ def test_an_adapter_is_refused_once_its_base_changed_and_only_a_text_path_ships(
     name = "mask_decoder.iou_token.weight"
     retrained["model"][name] = retrained["model"][name] + 1e-3
     atomic_save(retrained, tmp_path / "retrained.pt")
-    monkeypatch.setattr(embedded, "EMBEDDED_CHECKPOINT", tmp_path / "retrained.pt")
+    monkeypatch.setattr(shipped_paths, "EMBEDDED_CHECKPOINT", tmp_path / "retrained.pt")
     with pytest.raises(
         ValueError, match=r"sam_tiny_synthetic_text.pt: a text adapter trained on another version"
     ):
