@@ -298,6 +298,15 @@ def _chunk_path(folder: Path, split: str, per_kind: int, first_seed: int) -> Pat
     return folder / f"{split}_k{per_kind}_{first_seed}.pt"
 
 
+def balanced_bias(accept: np.ndarray, reject: np.ndarray) -> float:
+    """The bias of PRESENCE_BIASES that best separates two sets of logits (``accept`` should reach 0 with it,
+    ``reject`` stay below): the best balanced accuracy, the mean of the two sets' accuracies; among ties, the
+    middle one. What calibrate_presence and calibrate_instances choose by."""
+    balanced = np.array([((accept + b) >= 0).mean() + ((reject + b) < 0).mean() for b in PRESENCE_BIASES])
+    ties = PRESENCE_BIASES[np.isclose(balanced, balanced.max())]
+    return float(ties[len(ties) // 2])
+
+
 @dataclass
 class RecognizerTrainConfig:
     """The second stage's recipe (see the module docstring); the defaults are the recipe."""
@@ -461,11 +470,7 @@ class RecognizerTrainer:
         absent, present = self.best_logits(scenes)
         if not len(absent) or not len(present):
             raise ValueError("calibrating presence needs both absent and present phrases")
-        balanced = np.array(
-            [((absent + b) < 0).mean() + ((present + b) >= 0).mean() for b in PRESENCE_BIASES]
-        )
-        ties = PRESENCE_BIASES[np.isclose(balanced, balanced.max())]
-        bias = float(ties[len(ties) // 2])
+        bias = balanced_bias(present, absent)
         self.recognizer.presence_bias.fill_(bias)
         return bias
 
@@ -496,9 +501,7 @@ class RecognizerTrainer:
             raise ValueError(
                 "calibrating instances needs candidates named by several-object phrases, and others"
             )
-        balanced = np.array([((named + b) >= 0).mean() + ((other + b) < 0).mean() for b in PRESENCE_BIASES])
-        ties = PRESENCE_BIASES[np.isclose(balanced, balanced.max())]
-        bias = float(ties[len(ties) // 2])
+        bias = balanced_bias(named, other)
         self.recognizer.instance_bias.fill_(bias)
         return bias
 

@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+import fsspec
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -40,6 +41,7 @@ from sam_core.synthetic import scene, split_seeds  # noqa: E402
 from sam_core.text_eval import evaluate_text, format_text_table  # noqa: E402
 from sam_core.text_model import load_text_model  # noqa: E402
 from sam_core.text_train import TextTrainConfig, TextTrainer  # noqa: E402
+from stores.fsio import atomic_write  # noqa: E402
 
 log = logging.getLogger("train_text")
 
@@ -245,11 +247,11 @@ def install(checkpoint: Path, scenes: int, target: Path = EMBEDDED_TEXT_CHECKPOI
     if not Path(checkpoint).is_file():
         raise SystemExit(f"--install-from {checkpoint}: no such file (a text checkpoint, RUN_DIR/best.pt)")
     try:
-        adapter = text_adapter(read_checkpoint(checkpoint))
+        ckpt = read_checkpoint(checkpoint)
+        adapter = text_adapter(ckpt)
     except ValueError as err:
         raise SystemExit(f"--install-from {checkpoint}: {err}") from err
     metrics = evaluate(checkpoint, "test", scenes)
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     card = model_card(ckpt, metrics, "test").replace(
         "`scripts/train_text.py --evaluate CHECKPOINT --card`",
         f"`scripts/train_text.py --install-from CHECKPOINT` (from {checkpoint})",
@@ -260,9 +262,7 @@ def install(checkpoint: Path, scenes: int, target: Path = EMBEDDED_TEXT_CHECKPOI
     )
     atomic_save(adapter, target)
     card_path = target.with_name("TEXT_MODEL_CARD.md")
-    tmp = card_path.with_name(f".{card_path.name}.tmp")
-    tmp.write_text(card)
-    tmp.replace(card_path)
+    atomic_write(fsspec.filesystem("file"), str(card_path), card.encode())
     print(f"installed {target} and {card_path}")
     return metrics
 

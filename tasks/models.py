@@ -2,7 +2,8 @@
 
 A model version names one set of weights. ``embedded`` is always known: the small model shipped in
 ``sam_core/weights`` (its config name read from the checkpoint), whose text prompts the text path shipped beside
-it answers (``load_text_model``: sam_core.embedded.EMBEDDED_TEXT_CHECKPOINT); ``latest`` means the newest registered version. Every other version is a row of the models table: its ``config`` holds the SAM config name
+it answers (``load_text_model``: sam_core.embedded.EMBEDDED_TEXT_CHECKPOINT); ``latest`` means the newest
+registered version. Every other version is a row of the models table: its ``config`` holds the SAM config name
 (``{"name": "vit_b"}``) and ``checkpoint_uri`` the weights (any fsspec URL; Meta's ``sam_vit_*.pth`` files load
 as they are).
 

@@ -455,8 +455,8 @@ def serving_model(
     ones. With ``checkpoint`` (a path or fsspec URL): that file built as SAM config ``config`` (default tiny),
     labelled ``model_version`` (default the config name). An unknown version raises ValueError naming the known
     ones; a missing checkpoint raises FileNotFoundError naming it. A registered text model (scripts/train_text.py)
-    is served with its text encoder, and so is ``embedded`` with the text path shipped beside it; ``clip_checkpoint``: a CLIP text model's open_clip weights file here (default:
-    the file it was trained with).
+    is served with its text encoder, and so is ``embedded`` with the text path shipped beside it;
+    ``clip_checkpoint``: a CLIP text model's open_clip weights file here (default: the file it was trained with).
     """
     if checkpoint is None:
         version = resolve_version(store, model_version or EMBEDDED_VERSION)
