@@ -69,6 +69,11 @@ def main() -> None:
         choices=range(4),
         help="score stage 3's generator with this many crop layers (default 0: the evaluations' whole image)",
     )
+    parser.add_argument(
+        "--by-predicted-iou",
+        action="store_true",
+        help="keep and rank masks by predicted IoU (calibrate_quality off), as the engine did before",
+    )
     args = parser.parse_args()
     figures_path = args.demo / "figures.json"
     if not figures_path.is_file():
@@ -90,7 +95,10 @@ def main() -> None:
     if args.crop_layers and not args.val:
         raise SystemExit("--crop-layers needs --val: the demo calibrated its versions on the whole image")
     config = dataclasses.replace(
-        config, points_per_side=config.eval_points_per_side, stage3_crop_n_layers=args.crop_layers
+        config,
+        points_per_side=config.eval_points_per_side,
+        stage3_crop_n_layers=args.crop_layers,
+        calibrate_quality=config.calibrate_quality and not args.by_predicted_iou,
     )
     autogen = config.stage_autogen("fully_automatic")
     with tempfile.TemporaryDirectory() as scratch:
@@ -129,8 +137,14 @@ def main() -> None:
                 filter=config.stage3_filter(),
                 amg_max_images=args.test,
             )
+            # A point on quality (FilterSettings.calibrate_quality) has no predicted-IoU threshold.
+            bar = (
+                f"quality >= {_threshold(m['amg_quality_thresh'])}"
+                if m.get("amg_quality_thresh") is not None
+                else f"pred IoU >= {_threshold(m['amg_pred_iou_thresh'])}"
+            )
             print(
-                f"{version:>10}: pred IoU >= {_threshold(m['amg_pred_iou_thresh'])}, "
+                f"{version:>10}: {bar}, "
                 f"stability >= {_threshold(m['amg_stability_thresh'])}, "
                 f"precision {m['amg_precision']:.3f}, recall {m['amg_recall']:.3f}, "
                 f"{m['amg_masks_per_image']:.1f} masks a scene ({m['amg_images']} scenes)"

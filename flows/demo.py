@@ -212,6 +212,9 @@ class DemoConfig:
     auto_precision: float = 0.8
     confident_precision: float = 0.9
     match_iou: float = 0.5
+    # Masks are kept and ranked by a quality fitted on each calibration's candidates from predicted IoU, stability
+    # and size (FilterSettings.calibrate_quality), not by predicted IoU alone. False: by predicted IoU.
+    calibrate_quality: bool = True
     # The table shows mIoU after 1 and 5 clicks: the evaluation stops at 5.
     eval_clicks: int = 5
     train_backend: str = "local"
@@ -285,13 +288,20 @@ class DemoConfig:
     def stage3_filter(self):
         """The filter of stage 3 and of the evaluations' automatic masks; its box NMS the generator's."""
         return FilterSettings(
-            target_precision=self.auto_precision, match_iou=self.match_iou, nms_iou=self.box_nms_thresh
+            target_precision=self.auto_precision,
+            match_iou=self.match_iou,
+            nms_iou=self.box_nms_thresh,
+            calibrate_quality=self.calibrate_quality,
         )
 
     def confident_filter(self):
         """Stage 2's bar for pre-filled masks: the fixed CONFIDENT settings, at a calibrated precision."""
         return CONFIDENT.model_copy(
-            update={"target_precision": self.confident_precision, "match_iou": self.match_iou}
+            update={
+                "target_precision": self.confident_precision,
+                "match_iou": self.match_iou,
+                "calibrate_quality": self.calibrate_quality,
+            }
         )
 
     def evaluation(self, ground_truth: str):

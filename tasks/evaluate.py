@@ -99,6 +99,7 @@ def evaluate(
             if point is not None:  # the operating point (None where the target cannot be met)
                 feasible = point["feasible"]
                 metrics["amg_pred_iou_thresh"] = point["pred_iou_thresh"] if feasible else None
+                metrics["amg_quality_thresh"] = point["quality_thresh"] if feasible else None
                 metrics["amg_stability_thresh"] = point["stability_score_thresh"] if feasible else None
         generator = make_generator(model, autogen)
         generator.output_mode = "binary_mask"

@@ -8,16 +8,76 @@ NMS over what remains.
 
 With ``target_precision`` the two confidence thresholds are not fixed numbers but the model version's own
 operating point, measured on labelled images (tasks.calibrate): the paper's 0.88 / 0.95 assume a calibrated IoU
-head, which a young model does not have.
+head, which a young model does not have. That calibration can also rate each mask by a ``QualityModel``: the
+probability that it is right, fitted on the same labelled candidates from its predicted IoU, its stability and its
+size (a multivariate confidence calibration, as detectors calibrate a box's score with its size), so that masks
+are kept and ranked by it instead of by predicted IoU alone.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from sam_core import defaults
 from sam_core.mask_utils import box_nms
+
+QUALITY_FEATURES = ("predicted_iou", "stability_score", "log_area_fraction", "log_area_fraction_squared")
+"""What a ``QualityModel`` rates a mask by: the IoU head's rating, the stability score, and log(area / image area)
+with its square, so that a middle size can rate best (a young model's IoU head is calibrated differently on small
+and large masks: the demo's r2 rated its loose masks of faint cells, and of two cells as one, as high as its crisp
+nuclei)."""
+
+
+def quality_features(predicted_iou, stability_score, area, image_area) -> np.ndarray:
+    """(N, 4) float64 QUALITY_FEATURES of N masks; area and image_area in pixels (arrays or numbers)."""
+    area = np.maximum(np.asarray(area, np.float64), 1.0)
+    log_fraction = np.log(area / np.asarray(image_area, np.float64))
+    return np.stack(
+        np.broadcast_arrays(
+            np.asarray(predicted_iou, np.float64),
+            np.asarray(stability_score, np.float64),
+            log_fraction,
+            log_fraction**2,
+        ),
+        axis=-1,
+    ).reshape(-1, len(QUALITY_FEATURES))
+
+
+class QualityModel(BaseModel):
+    """A logistic model of the probability that an automatic mask is right, over QUALITY_FEATURES standardised
+    by ``mean`` and ``scale``: sigmoid(weights . (x - mean) / scale + bias). Fitted by
+    tasks.thresholds.fit_quality on a calibration's candidates; ``rate`` applies it."""
+
+    mean: tuple[float, float, float, float]
+    scale: tuple[float, float, float, float]
+    weights: tuple[float, float, float, float]
+    bias: float
+
+    @model_validator(mode="after")
+    def _finite(self) -> QualityModel:
+        values = (*self.mean, *self.scale, *self.weights, self.bias)
+        if not all(math.isfinite(v) for v in values) or min(self.scale) <= 0:
+            raise ValueError(f"a quality model needs finite numbers and positive scales, got {self}")
+        return self
+
+    def rate(self, predicted_iou, stability_score, area, image_area) -> np.ndarray:
+        """(N,) float64 probabilities in (0, 1) for N masks (see quality_features for the arguments)."""
+        x = (quality_features(predicted_iou, stability_score, area, image_area) - self.mean) / self.scale
+        return 1.0 / (1.0 + np.exp(-(x @ np.asarray(self.weights) + self.bias)))
+
+    def rate_records(self, records: list[dict], image_size: tuple[int, int]) -> np.ndarray:
+        """(N,) probabilities of N AMG records (predicted_iou, stability_score, area) of an H x W image."""
+        if not records:
+            return np.zeros(0)
+        return self.rate(
+            [r["predicted_iou"] for r in records],
+            [r["stability_score"] for r in records],
+            [r["area"] for r in records],
+            image_size[0] * image_size[1],
+        )
 
 
 class FilterSettings(BaseModel):
@@ -50,13 +110,31 @@ class FilterSettings(BaseModel):
     min_kept: int = Field(
         10, ge=1, description="with target_precision: calibration candidates an operating point must keep"
     )
+    calibrate_quality: bool = Field(
+        True,
+        description="with target_precision: keep and rank masks by a probability of being right fitted on the "
+        "calibration's candidates from predicted IoU, stability and area (a QualityModel), not by predicted IoU "
+        "alone",
+    )
+    quality: QualityModel | None = Field(
+        None,
+        description="set by a calibration (calibrate_quality): masks are kept at quality >= min_quality and "
+        "stability >= min_stability_score, and ranked by quality; min_predicted_iou is then not used",
+    )
+    min_quality: float = Field(
+        0.0, ge=0.0, le=1.0, description="with quality: keep masks rated at least this"
+    )
 
 
 def keeps_nothing(settings: FilterSettings) -> bool:
     """True when no mask can pass ``settings``: a calibration found no operating point at its target precision
     and set both confidence thresholds to inf (tasks.thresholds.NOTHING). Callers then skip the automatic mask
     generator, whose grid of decoder passes (about 2 s an image on 2 cores) could keep nothing."""
-    return bool(np.isinf(settings.min_predicted_iou) or np.isinf(settings.min_stability_score))
+    return bool(
+        np.isinf(settings.min_predicted_iou)
+        or np.isinf(settings.min_stability_score)
+        or np.isinf(settings.min_quality)
+    )
 
 
 def why_nothing(settings: FilterSettings, model_version: str) -> str:
@@ -72,23 +150,32 @@ CONFIDENT = FilterSettings(min_predicted_iou=0.92, min_stability_score=0.97, min
 
 
 def filter_records(records: list[dict], image_size: tuple[int, int], settings: FilterSettings) -> list[dict]:
-    """The records (AMG output dicts) that pass ``settings``, in decreasing predicted-IoU order.
+    """The records (AMG output dicts) that pass ``settings``, best first: in decreasing predicted IoU, or, with a
+    quality model, in decreasing quality (each kept record then holds its "quality").
 
     image_size: (H, W) of the image the records belong to.
     """
     height, width = image_size
     limit = settings.max_area_fraction * height * width
+    if settings.quality is not None:
+        quality = settings.quality.rate_records(records, image_size)
+        passed = [
+            {**r, "quality": float(q)}
+            for r, q in zip(records, quality, strict=True)
+            if q >= settings.min_quality
+        ]
+    else:
+        passed = [r for r in records if r["predicted_iou"] >= settings.min_predicted_iou]
     kept = [
         r
-        for r in records
-        if r["predicted_iou"] >= settings.min_predicted_iou
-        and r["stability_score"] >= settings.min_stability_score
-        and settings.min_area <= r["area"] <= limit
+        for r in passed
+        if r["stability_score"] >= settings.min_stability_score and settings.min_area <= r["area"] <= limit
     ]
     if len(kept) < 2:
         return kept
     boxes = np.asarray([[x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in kept)], dtype=np.float32)
-    scores = np.asarray([r["predicted_iou"] for r in kept], dtype=np.float32)
+    key = "predicted_iou" if settings.quality is None else "quality"
+    scores = np.asarray([r[key] for r in kept], dtype=np.float32)
     return [kept[i] for i in box_nms(boxes, scores, settings.nms_iou)]
 
 
@@ -99,18 +186,26 @@ def why_none_kept(records: list[dict], image_size: tuple[int, int], settings: Fi
         return "the generator kept no mask"
     height, width = image_size
     limit = settings.max_area_fraction * height * width
-    best_iou = max(r["predicted_iou"] for r in records)
-    if best_iou < settings.min_predicted_iou:
-        return (
-            f"the stage filter kept none of {len(records)} masks: the highest predicted IoU was {best_iou:.3f}, "
-            f"below min_predicted_iou {settings.min_predicted_iou:.3f}"
+    if settings.quality is not None:
+        rating, bar, name = (
+            settings.quality.rate_records(records, image_size),
+            settings.min_quality,
+            "quality",
         )
-    confident = [r for r in records if r["predicted_iou"] >= settings.min_predicted_iou]
+    else:
+        rating = np.asarray([r["predicted_iou"] for r in records])
+        bar, name = settings.min_predicted_iou, "predicted IoU"
+    if rating.max() < bar:
+        return (
+            f"the stage filter kept none of {len(records)} masks: the highest {name} was {rating.max():.3f}, "
+            f"below its threshold {bar:.3f}"
+        )
+    confident = [r for r, q in zip(records, rating, strict=True) if q >= bar]
     best_stability = max(r["stability_score"] for r in confident)
     if best_stability < settings.min_stability_score:
         return (
-            f"the stage filter kept none of {len(records)} masks: {len(confident)} reached min_predicted_iou "
-            f"{settings.min_predicted_iou:.3f}, and their highest stability score was {best_stability:.3f}, below "
+            f"the stage filter kept none of {len(records)} masks: {len(confident)} reached the {name} threshold "
+            f"{bar:.3f}, and their highest stability score was {best_stability:.3f}, below "
             f"min_stability_score {settings.min_stability_score:.3f}"
         )
     return (

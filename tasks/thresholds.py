@@ -7,6 +7,11 @@ masks it would keep (after the area limits and box NMS) are right at least that 
 ground-truth object at ``match_iou`` that no higher-rated kept mask matched, and "at least" holds at the 95% lower
 bound (``operating_point``, ``wilson_lower``). Where no pair qualifies, both thresholds are ``NOTHING`` and nothing
 is kept (``thresholds_at``).
+
+With ``FilterSettings.calibrate_quality`` the first threshold is not on predicted IoU but on a quality (the
+probability of being right) that ``fit_quality`` fits on the same candidates from predicted IoU, stability and
+area (tasks.filter.QualityModel); masks are then ranked by it for NMS too. On the demo's faint cells a young
+model's IoU head rated its loose masks of cells as high as its good ones, and size told them apart.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from pydantic import BaseModel, Field
 
 from sam_core import defaults
 from sam_core.mask_utils import box_nms
-from tasks.filter import FilterSettings
+from tasks.filter import FilterSettings, QualityModel, quality_features
 
 GeneratorSettings = TypeVar(
     "GeneratorSettings", bound=BaseModel
@@ -46,15 +51,71 @@ def wilson_lower(matched, kept, z: float = CONFIDENCE_Z):
     return (centre - spread) / (1 + z * z / n)
 
 
-def _survivors(candidates: pd.DataFrame, nms_iou: float) -> pd.DataFrame:
-    """The candidates box NMS keeps, image by image (all of them when the table has no boxes or nms_iou >= 1)."""
+THRESHOLD_KEYS = {"predicted_iou": "pred_iou_thresh", "quality": "quality_thresh"}
+"""The key of an operating point's first threshold, by the score it is on."""
+MIN_QUALITY_EXAMPLES = 10
+"""``fit_quality`` fits nothing with fewer right or fewer wrong candidates than this."""
+
+
+def _survivors(candidates: pd.DataFrame, nms_iou: float, score: str = "predicted_iou") -> pd.DataFrame:
+    """The candidates box NMS by ``score`` keeps, image by image (all of them when the table has no boxes or
+    nms_iou >= 1)."""
     if nms_iou >= 1.0 or "x0" not in candidates or candidates.empty:
         return candidates
     kept = []
     for _, group in candidates.groupby("image_id", sort=False):
         boxes = group[["x0", "y0", "x1", "y1"]].to_numpy(np.float32)
-        kept.append(group.iloc[box_nms(boxes, group["predicted_iou"].to_numpy(np.float32), nms_iou)])
+        kept.append(group.iloc[box_nms(boxes, group[score].to_numpy(np.float32), nms_iou)])
     return pd.concat(kept)
+
+
+def _sized(candidates: pd.DataFrame, min_area: int, max_area_fraction: float) -> pd.DataFrame:
+    """The candidates within the area limits (all of them when the table has no image_area)."""
+    if "image_area" not in candidates or (min_area <= 0 and max_area_fraction >= 1.0):
+        return candidates
+    area = candidates["area"]
+    return candidates[(area >= min_area) & (area <= max_area_fraction * candidates["image_area"])]
+
+
+def fit_quality(
+    candidates: pd.DataFrame,
+    match_iou: float,
+    min_area: int = 0,
+    max_area_fraction: float = 1.0,
+    l2: float = 1.0,
+    iterations: int = 50,
+) -> QualityModel | None:
+    """A QualityModel of P(best_iou >= match_iou) over the candidates within the area limits (a calibration
+    table: predicted_iou, stability_score, area, image_area, best_iou), by L2-regularised logistic regression
+    (Newton's method on standardised features, ``l2`` on the weights, not the bias). Deterministic.
+
+    None when fewer than MIN_QUALITY_EXAMPLES candidates are right or wrong: too little to fit (the stage then
+    ranks by predicted IoU)."""
+    sized = _sized(candidates, min_area, max_area_fraction)
+    y = (sized["best_iou"].to_numpy(np.float64) >= match_iou).astype(np.float64)
+    right = int(y.sum())
+    if min(right, len(y) - right) < MIN_QUALITY_EXAMPLES:
+        return None
+    x = quality_features(sized["predicted_iou"], sized["stability_score"], sized["area"], sized["image_area"])
+    mean = x.mean(0)
+    scale = np.where(x.std(0) > 1e-6, x.std(0), 1.0)
+    z = np.c_[(x - mean) / scale, np.ones(len(x))]
+    w = np.zeros(z.shape[1])
+    penalty = np.diag([l2] * (z.shape[1] - 1) + [0.0])
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-(z @ w)))
+        gradient = z.T @ (p - y) + penalty @ w
+        hessian = (z * (p * (1 - p))[:, None]).T @ z + penalty + 1e-9 * np.eye(len(w))
+        step = np.linalg.solve(hessian, gradient)
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return QualityModel(
+        mean=tuple(mean.tolist()),
+        scale=tuple(scale.tolist()),
+        weights=tuple(w[:-1].tolist()),
+        bias=float(w[-1]),
+    )
 
 
 def operating_point(
@@ -65,6 +126,7 @@ def operating_point(
     nms_iou: float = 1.0,
     min_area: int = 0,
     max_area_fraction: float = 1.0,
+    score: str = "predicted_iou",
 ) -> dict:
     """The loosest thresholds at which ``target_precision`` of the kept masks match at ``match_iou``.
 
@@ -78,15 +140,20 @@ def operating_point(
     mask has matched that object already: duplicates are wrong, as in the evaluation's one-to-one precision
     (box NMS leaves many: variants of a large object whose boxes differ).
 
-    Returns {"pred_iou_thresh", "stability_score_thresh", "precision" (observed), "precision_lower" (its bound),
-    "kept", "matched", "candidates", "feasible"}; when no pair qualifies, both thresholds are NOTHING (inf) and "feasible" is False.
+    ``score``: the column the first threshold is on and NMS ranks by (THRESHOLD_KEYS: "predicted_iou", or
+    "quality" where filter_operating_point has rated the candidates).
+
+    Returns {"pred_iou_thresh" (or "quality_thresh"), "stability_score_thresh", "precision" (observed),
+    "precision_lower" (its bound), "kept", "matched", "candidates", "feasible"}; when no pair qualifies, both
+    thresholds are NOTHING (inf) and "feasible" is False.
     """
+    threshold_key = THRESHOLD_KEYS[score]
     if not 0.0 < target_precision <= 1.0:
         raise ValueError(f"target_precision must be in (0, 1], got {target_precision}")
     if not 0.0 < match_iou <= 1.0:
         raise ValueError(f"match_iou must be in (0, 1], got {match_iou}")
     best = {
-        "pred_iou_thresh": NOTHING,
+        threshold_key: NOTHING,
         "stability_score_thresh": NOTHING,
         "precision": None,
         "precision_lower": None,
@@ -95,14 +162,11 @@ def operating_point(
         "candidates": len(candidates),
         "feasible": False,
     }
-    sized = candidates
-    if "image_area" in candidates and (min_area > 0 or max_area_fraction < 1.0):
-        area = candidates["area"]
-        sized = candidates[(area >= min_area) & (area <= max_area_fraction * candidates["image_area"])]
+    sized = _sized(candidates, min_area, max_area_fraction)
     for s in STABILITY_GRID:
-        on = _survivors(sized[sized["stability_score"] >= s], nms_iou)
-        order = np.argsort(-on["predicted_iou"].to_numpy(np.float64), kind="stable")
-        p = on["predicted_iou"].to_numpy(np.float64)[order]
+        on = _survivors(sized[sized["stability_score"] >= s], nms_iou, score)
+        order = np.argsort(-on[score].to_numpy(np.float64), kind="stable")
+        p = on[score].to_numpy(np.float64)[order]
         g = on["best_iou"].to_numpy(np.float64)[order] >= match_iou
         # Only the first (highest-rated) kept mask of each ground-truth object counts as right: the rest are
         # duplicates, as in the evaluation's one-to-one precision.
@@ -124,7 +188,7 @@ def operating_point(
         precision = float(matched[i] / kept[i])
         if (matched[i], precision) > (best["matched"], best["precision"] or 0.0):
             best.update(
-                pred_iou_thresh=float(p[i]),
+                {threshold_key: float(p[i])},
                 stability_score_thresh=float(s),
                 precision=precision,
                 precision_lower=float(wilson_lower(matched[i], kept[i])),
@@ -138,27 +202,70 @@ def operating_point(
 def filter_operating_point(candidates: pd.DataFrame, autogen, filter: FilterSettings) -> dict:
     """``operating_point`` for ``filter.target_precision`` under the NMS and area limits a stage with these
     generator and filter settings applies (the generator's NMS and the filter's both run on what passes; the
-    stricter of the two decides)."""
-    return operating_point(
-        candidates,
-        filter.target_precision,
-        filter.match_iou,
-        filter.min_kept,
-        nms_iou=min(autogen.box_nms_thresh, filter.nms_iou),
-        min_area=filter.min_area,
-        max_area_fraction=filter.max_area_fraction,
+    stricter of the two decides).
+
+    With ``filter.calibrate_quality`` the candidates are first rated by a QualityModel fitted on them
+    (fit_quality) and the point is on that rating: {"quality_thresh", "quality_model" (its fields), ...}, and
+    "pred_iou_thresh" None. Where too few candidates are right or wrong to fit one, the point is on predicted
+    IoU, as without it ("quality_model" None)."""
+    limits = {
+        "nms_iou": min(autogen.box_nms_thresh, filter.nms_iou),
+        "min_area": filter.min_area,
+        "max_area_fraction": filter.max_area_fraction,
+    }
+    model = None
+    if filter.calibrate_quality:
+        model = fit_quality(candidates, filter.match_iou, filter.min_area, filter.max_area_fraction)
+    if model is None:
+        point = operating_point(
+            candidates, filter.target_precision, filter.match_iou, filter.min_kept, **limits
+        )
+        return {**point, "quality_thresh": None, "quality_model": None}
+    rated = candidates.assign(
+        quality=model.rate(
+            candidates["predicted_iou"],
+            candidates["stability_score"],
+            candidates["area"],
+            candidates["image_area"],
+        )
     )
+    point = operating_point(
+        rated, filter.target_precision, filter.match_iou, filter.min_kept, score="quality", **limits
+    )
+    return {**point, "pred_iou_thresh": None, "quality_model": model.model_dump()}
 
 
 def thresholds_at(
     point: dict, autogen: GeneratorSettings, filter: FilterSettings
 ) -> tuple[GeneratorSettings, FilterSettings]:
-    """The generator and filter settings with ``point``'s thresholds (an ``operating_point``) as their
+    """The generator and filter settings with ``point``'s thresholds (a ``filter_operating_point``) as their
     predicted-IoU and stability thresholds: the generator's too, so that its NMS runs only over masks that pass.
 
     The generator takes thresholds in [0, 1] (an IoU head may predict below 0): it gets them clipped, and an
     unreachable point keeps its strictest while the filter's inf (model_copy does not validate) drops the rest.
+
+    A point on quality ("quality_model") gives the filter the model and its quality threshold; the generator then
+    keeps every predicted IoU and leaves NMS, within and across crops, to the filter, which ranks by quality as
+    the calibration did (its candidates had no NMS either).
     """
+    if point.get("quality_model") is not None:
+        s = point["stability_score_thresh"]
+        autogen = autogen.model_copy(
+            update={
+                "pred_iou_thresh": 0.0,
+                "stability_score_thresh": min(max(s, 0.0), 1.0),
+                "box_nms_thresh": 1.0,
+                "crop_nms_thresh": 1.0,
+            }
+        )
+        filter = filter.model_copy(
+            update={
+                "quality": QualityModel.model_validate(point["quality_model"]),
+                "min_quality": point["quality_thresh"],
+                "min_stability_score": s,
+            }
+        )
+        return autogen, filter
     t, s = point["pred_iou_thresh"], point["stability_score_thresh"]
     autogen = autogen.model_copy(
         update={

@@ -19,7 +19,11 @@ OPEN = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
 OPEN_FILTER = FilterSettings(
     min_predicted_iou=0.0, min_stability_score=0.0, min_area=1, max_area_fraction=1.0
 )
-CALIBRATED = FilterSettings(target_precision=0.5, match_iou=0.5, min_area=1, max_area_fraction=1.0)
+# By predicted IoU: the hand-made calibration tables below set where its threshold falls (tests/tasks/
+# test_calibrate.py covers a quality model's).
+CALIBRATED = FilterSettings(
+    target_precision=0.5, match_iou=0.5, min_area=1, max_area_fraction=1.0, calibrate_quality=False
+)
 
 
 def _stage3(engine, **fields) -> FullyAutomaticParams:
@@ -169,3 +173,36 @@ def test_an_image_file_changed_after_ingest_is_skipped_with_the_reason_by_a_crop
     (skipped,) = figures["skipped_images"]
     assert skipped["uri"] == uri and "is 40 x 48 px, but the store says 96 x 96" in skipped["reason"]
     assert figures["images"] == 2 and figures["masks"] > 0
+
+
+def test_a_stage_with_a_quality_model_keeps_what_the_quality_threshold_keeps(engine, calibration_table):
+    """With calibrate_quality (the default) the stage fits a quality model on its calibration and keeps the masks
+    whose quality reaches the operating point's threshold, with NMS left to its filter: the stored masks are
+    those, and only those, that rate at or above it."""
+    from flows.fully_automatic import fully_automatic
+    from stores import Store
+    from tasks.calibrate import calibrated_settings
+
+    store = Store(engine["store"])
+    # The random model's masks straddle predicted IoU 0: the 16 highest-rated candidates are right (as in
+    # test_a_crop_stage_keeps_masks_by_its_crop_calibration_not_the_whole_images), their sizes vary.
+    n = 40
+    table = calibration_table(np.linspace(0.1, -0.05, n), 0.0, np.where(np.arange(n) < 16, 0.9, 0.1))
+    table["area"] = np.where(np.arange(n) % 2 == 0, 60, 200)
+    store.write_calibration(engine["model"], table, LAYOUT)
+    # No NMS: every mask the generator makes meets the quality bar (the random model's masks overlap).
+    quality_filter = CALIBRATED.model_copy(update={"calibrate_quality": True, "nms_iou": 1.0})
+    autogen, filter, point = calibrated_settings(store, engine["model"], CROPS, quality_filter)
+    assert point["feasible"] and point["quality_model"] is not None and point["pred_iou_thresh"] is None
+    assert autogen.box_nms_thresh == autogen.crop_nms_thresh == 1.0 and autogen.pred_iou_thresh == 0.0
+    fully_automatic(_stage3(engine, autogen=CROPS, filter=quality_filter))
+    masks = store.masks(round=3)
+    quality = filter.quality.rate(masks.predicted_iou, masks.stability_score, masks.area, 96 * 96)
+    assert len(masks) > 0 and (quality >= point["quality_thresh"] - 1e-9).all()
+    # ... and the bar was met by some of the generator's masks, not all (the test could not fail otherwise).
+    no_nms = {"box_nms_thresh": 1.0, "crop_nms_thresh": 1.0}
+    open_stage = _stage3(engine, autogen=CROPS.model_copy(update={**OPEN, **no_nms}), filter=OPEN_FILTER)
+    fully_automatic(
+        open_stage.model_copy(update={"round": 4, "filter": OPEN_FILTER.model_copy(update={"nms_iou": 1.0})})
+    )
+    assert len(store.masks(round=4)) > len(masks)

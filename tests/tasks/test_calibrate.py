@@ -8,7 +8,14 @@ import pytest
 
 from tasks.calibrate import best_matches
 from tasks.filter import FilterSettings, filter_records
-from tasks.thresholds import STABILITY_GRID, operating_point, wilson_lower
+from tasks.thresholds import (
+    STABILITY_GRID,
+    filter_operating_point,
+    fit_quality,
+    operating_point,
+    thresholds_at,
+    wilson_lower,
+)
 
 
 def _brute_force(table: pd.DataFrame, target: float, match_iou: float, min_kept: int):
@@ -154,8 +161,9 @@ def test_calibrated_settings_apply_the_point_and_an_unreachable_one_keeps_nothin
     fixed = FilterSettings()
     assert calibrated_settings(store, "v1", AutogenSettings(), fixed)[1] == fixed  # no target: unchanged
     autogen, filter, point = calibrated_settings(
-        store, "v1", AutogenSettings(), FilterSettings(target_precision=0.6)
+        store, "v1", AutogenSettings(), FilterSettings(target_precision=0.6, calibrate_quality=False)
     )
+    assert point["quality_model"] is None and filter.quality is None
     assert (
         point["feasible"] and autogen.pred_iou_thresh == filter.min_predicted_iou == point["pred_iou_thresh"]
     )
@@ -178,12 +186,13 @@ def test_the_stage_filter_says_why_it_kept_nothing():
     ]
     strict = FilterSettings(min_predicted_iou=0.95)
     assert filter_records(records, (64, 64), strict) == []
-    assert "highest predicted IoU was 0.900, below min_predicted_iou 0.950" in why_none_kept(
+    assert "highest predicted IoU was 0.900, below its threshold 0.950" in why_none_kept(
         records, (64, 64), strict
     )
     unstable = FilterSettings(min_predicted_iou=0.85, min_stability_score=0.9)
-    assert "1 reached min_predicted_iou 0.850, and their highest stability score was 0.800" in why_none_kept(
-        records, (64, 64), unstable
+    assert (
+        "1 reached the predicted IoU threshold 0.850, and their highest stability score was 0.800"
+        in why_none_kept(records, (64, 64), unstable)
     )
     tiny_area = FilterSettings(min_predicted_iou=0.5, min_stability_score=0.5, min_area=1000)
     assert filter_records(records, (64, 64), tiny_area) == []
@@ -247,3 +256,106 @@ def test_calibration_candidates_are_cleaned_as_the_stage_generator_cleans_them()
     stage = generator.generate(image)
     assert sorted(cleaned.area) == sorted(r["area"] for r in stage)
     assert len(cleaned) == len(raw) and sorted(cleaned.area) != sorted(raw.area)
+
+
+def _sized_table(rng, n=600):
+    """Candidates whose predicted IoU says little and whose size says much: masks of a middle size (a cell) are
+    mostly right, small and large ones (a speck, two cells merged) mostly wrong, at the same predicted IoU."""
+    area = np.exp(rng.uniform(np.log(20), np.log(4000), n)).round()
+    middle = (area > 200) & (area < 900)
+    predicted = rng.uniform(0.4, 0.8, n).round(3)
+    chance = np.where(middle, 0.95, 0.15) * (0.8 + 0.5 * (predicted - 0.4))
+    best_iou = np.where(rng.random(n) < chance, rng.uniform(0.55, 1.0, n), rng.uniform(0.0, 0.45, n))
+    x0 = rng.uniform(0, 200, n).astype(np.float32)
+    return pd.DataFrame(
+        {
+            "image_id": rng.integers(0, 8, n).astype(str),
+            "predicted_iou": predicted.astype(np.float32),
+            "stability_score": rng.uniform(0.8, 1.0, n).astype(np.float32),
+            "area": area.astype(np.int64),
+            "image_area": 256 * 256,
+            "x0": x0,
+            "y0": x0,
+            "x1": x0 + np.sqrt(area).astype(np.float32),
+            "y1": x0 + np.sqrt(area).astype(np.float32),
+            "best_iou": best_iou.astype(np.float32),
+            "best_gt": np.arange(n),
+        }
+    )
+
+
+def test_a_quality_model_learns_what_predicted_iou_misses_and_keeps_more_right_masks():
+    from tasks.autogen import AutogenSettings
+
+    table = _sized_table(np.random.default_rng(0))
+    model = fit_quality(table, match_iou=0.5)
+    assert model == fit_quality(table, match_iou=0.5)  # deterministic: a stage and its evaluation agree
+    rating = model.rate(table.predicted_iou, table.stability_score, table.area, table.image_area)
+    assert rating.shape == (len(table),) and ((rating > 0) & (rating < 1)).all()
+    middle = (table.area > 200) & (table.area < 900)
+    assert rating[middle].mean() > rating[~middle].mean() + 0.05
+    # Same predicted IoU and stability: a middle-sized mask rates above a large one.
+    cell, merged = model.rate([0.6, 0.6], [0.9, 0.9], [400, 3500], 256 * 256)
+    assert cell > merged
+
+    autogen = AutogenSettings(box_nms_thresh=1.0)
+    by_iou = filter_operating_point(
+        table, autogen, FilterSettings(target_precision=0.8, match_iou=0.5, calibrate_quality=False)
+    )
+    by_quality = filter_operating_point(table, autogen, FilterSettings(target_precision=0.8, match_iou=0.5))
+    assert by_quality["feasible"] and by_quality["quality_model"] == model.model_dump()
+    assert by_quality["pred_iou_thresh"] is None and by_quality["quality_thresh"] > 0
+    assert by_quality["precision_lower"] >= 0.8
+    assert by_quality["matched"] > 2 * max(by_iou["matched"], 1), (by_quality, by_iou)
+
+
+def test_too_few_right_or_wrong_candidates_fit_no_quality_model_and_rank_by_predicted_iou():
+    from tasks.autogen import AutogenSettings
+
+    table = _table(np.random.default_rng(1), n=40)
+    assert fit_quality(table.assign(best_iou=0.9), 0.5) is None  # nothing wrong
+    assert fit_quality(table.head(15), 0.75) is None  # under 10 right or wrong
+    point = filter_operating_point(table.head(15), AutogenSettings(), FilterSettings(target_precision=0.3))
+    assert point["quality_model"] is None and point["quality_thresh"] is None
+
+
+def test_a_filter_with_a_quality_model_keeps_and_ranks_by_quality():
+    from tasks.autogen import AutogenSettings
+    from tasks.filter import why_none_kept
+
+    table = _sized_table(np.random.default_rng(2))
+    point = filter_operating_point(
+        table, AutogenSettings(), FilterSettings(target_precision=0.8, match_iou=0.5)
+    )
+    autogen, filter = thresholds_at(
+        point, AutogenSettings(), FilterSettings(target_precision=0.8, match_iou=0.5)
+    )
+    # The generator keeps every predicted IoU and leaves NMS to the filter, which ranks as the calibration did.
+    assert autogen.pred_iou_thresh == 0.0 and autogen.box_nms_thresh == 1.0
+    assert autogen.stability_score_thresh == filter.min_stability_score == point["stability_score_thresh"]
+    assert filter.min_quality == point["quality_thresh"] and filter.quality is not None
+    records = [
+        {"predicted_iou": 0.95, "stability_score": 0.99, "area": 3600, "bbox": [0, 0, 60, 60]},  # merged
+        {"predicted_iou": 0.55, "stability_score": 0.99, "area": 400, "bbox": [100, 100, 20, 20]},  # a cell
+        {
+            "predicted_iou": 0.60,
+            "stability_score": 0.99,
+            "area": 420,
+            "bbox": [101, 101, 20, 21],
+        },  # its variant
+    ]
+    kept = filter_records(records, (256, 256), filter)
+    # The merged mask, rated highest by its IoU head, is not kept; of the cell's two masks NMS keeps the better
+    # quality, and the record says it.
+    assert [r["area"] for r in kept] == [420]
+    assert kept[0]["quality"] >= filter.min_quality
+    assert filter_records(records[:1], (256, 256), filter) == []
+    assert "highest quality was" in why_none_kept(records[:1], (256, 256), filter)
+    # Unreachable: nothing is kept.
+    point = filter_operating_point(
+        table, AutogenSettings(), FilterSettings(target_precision=1.0, match_iou=1.0)
+    )
+    _, nothing = thresholds_at(point, AutogenSettings(), FilterSettings(target_precision=1.0, match_iou=1.0))
+    from tasks.filter import keeps_nothing
+
+    assert not point["feasible"] and keeps_nothing(nothing)
