@@ -70,9 +70,11 @@ def main() -> None:
         help="score stage 3's generator with this many crop layers (default 0: the evaluations' whole image)",
     )
     parser.add_argument(
-        "--by-predicted-iou",
-        action="store_true",
-        help="keep and rank masks by predicted IoU (calibrate_quality off), as the engine did before",
+        "--rank-by",
+        choices=("quality", "predicted_iou"),
+        default=None,
+        help="keep and rank masks by calibrated quality (calibrate_quality) or by predicted IoU alone (default: as "
+        "the demo did; one from before calibrate_quality ranked by predicted IoU)",
     )
     args = parser.parse_args()
     figures_path = args.demo / "figures.json"
@@ -98,7 +100,7 @@ def main() -> None:
         config,
         points_per_side=config.eval_points_per_side,
         stage3_crop_n_layers=args.crop_layers,
-        calibrate_quality=config.calibrate_quality and not args.by_predicted_iou,
+        calibrate_quality=config.calibrate_quality if args.rank_by is None else args.rank_by == "quality",
     )
     autogen = config.stage_autogen("fully_automatic")
     with tempfile.TemporaryDirectory() as scratch:

@@ -540,6 +540,11 @@ def write_config(out_dir: Path, config: DemoConfig) -> None:
     atomic_write(fsspec.filesystem("file"), str(out_dir / CONFIG_FILE), text.encode())
 
 
+RAN_BEFORE_THEIR_FIELD = {"calibrate_quality": False}
+"""What a demo whose config.json lacks these fields ran with: before calibrate_quality, masks ranked by predicted
+IoU."""
+
+
 def read_config(out_dir: Path) -> DemoConfig | None:
     """The DemoConfig the demo in ``out_dir`` ran with, or None when it has no CONFIG_FILE (a demo from before
     the file). A field this version does not know is a ValueError that names it."""
@@ -550,6 +555,8 @@ def read_config(out_dir: Path) -> DemoConfig | None:
     unknown = sorted(set(saved) - {f.name for f in fields(DemoConfig)})
     if unknown:
         raise ValueError(f"{path} holds fields DemoConfig does not know: {unknown}")
+    # Fields added since, whose default is not what a demo from before them ran with.
+    saved = {**RAN_BEFORE_THEIR_FIELD, **saved}
     return DemoConfig(**{name: _tuples(value) for name, value in saved.items()})
 
 

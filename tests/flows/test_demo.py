@@ -1,6 +1,7 @@
 """The demo (`make demo`) end to end at its quick size: the start model, three stages with retrains, the figures it
 writes."""
 
+import dataclasses
 import json
 
 import pytest
@@ -188,6 +189,10 @@ def test_the_demo_records_the_config_it_ran_with(quick_demo, tmp_path):
     (tmp_path / CONFIG_FILE).write_text(json.dumps({**saved, "points_per_sid": 4}))
     with pytest.raises(ValueError, match=r"fields DemoConfig does not know: \['points_per_sid'\]"):
         read_config(tmp_path)
+    # A demo from before calibrate_quality ranked its masks by predicted IoU, whatever the default is now.
+    saved.pop("calibrate_quality")
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(saved))
+    assert read_config(tmp_path) == dataclasses.replace(DemoConfig.quick(), calibrate_quality=False)
 
 
 def test_a_rerun_first_clears_what_the_earlier_demo_left_for_the_tools(tmp_path):
