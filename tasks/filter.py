@@ -149,6 +149,15 @@ CONFIDENT = FilterSettings(min_predicted_iou=0.92, min_stability_score=0.97, min
 """The semi-automatic stage's bar for masks it pre-fills without a person looking."""
 
 
+def _confidence(records: list[dict], image_size: tuple[int, int], settings: FilterSettings):
+    """((N,) float64 rating, bar, name): what ``settings``' first bar rates N AMG records by, with its threshold and
+    its name for a message: calibrated quality where the filter has a quality model, else predicted IoU."""
+    if settings.quality is not None:
+        return settings.quality.rate_records(records, image_size), settings.min_quality, "quality"
+    rating = np.asarray([r["predicted_iou"] for r in records], np.float64)
+    return rating, settings.min_predicted_iou, "predicted IoU"
+
+
 def filter_records(records: list[dict], image_size: tuple[int, int], settings: FilterSettings) -> list[dict]:
     """The records (AMG output dicts) that pass ``settings``, best first: in decreasing predicted IoU, or, with a
     quality model, in decreasing quality (each kept record then holds its "quality").
@@ -157,26 +166,22 @@ def filter_records(records: list[dict], image_size: tuple[int, int], settings: F
     """
     height, width = image_size
     limit = settings.max_area_fraction * height * width
-    if settings.quality is not None:
-        quality = settings.quality.rate_records(records, image_size)
-        passed = [
-            {**r, "quality": float(q)}
-            for r, q in zip(records, quality, strict=True)
-            if q >= settings.min_quality
-        ]
-    else:
-        passed = [r for r in records if r["predicted_iou"] >= settings.min_predicted_iou]
-    kept = [
-        r
-        for r in passed
-        if r["stability_score"] >= settings.min_stability_score and settings.min_area <= r["area"] <= limit
+    rating, bar, _ = _confidence(records, image_size, settings)
+    passed = [
+        i
+        for i, r in enumerate(records)
+        if rating[i] >= bar
+        and r["stability_score"] >= settings.min_stability_score
+        and settings.min_area <= r["area"] <= limit
     ]
+    if settings.quality is not None:
+        kept = [{**records[i], "quality": float(rating[i])} for i in passed]
+    else:
+        kept = [records[i] for i in passed]
     if len(kept) < 2:
         return kept
     boxes = np.asarray([[x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in kept)], dtype=np.float32)
-    key = "predicted_iou" if settings.quality is None else "quality"
-    scores = np.asarray([r[key] for r in kept], dtype=np.float32)
-    return [kept[i] for i in box_nms(boxes, scores, settings.nms_iou)]
+    return [kept[i] for i in box_nms(boxes, rating[passed].astype(np.float32), settings.nms_iou)]
 
 
 def why_none_kept(records: list[dict], image_size: tuple[int, int], settings: FilterSettings) -> str:
@@ -186,15 +191,7 @@ def why_none_kept(records: list[dict], image_size: tuple[int, int], settings: Fi
         return "the generator kept no mask"
     height, width = image_size
     limit = settings.max_area_fraction * height * width
-    if settings.quality is not None:
-        rating, bar, name = (
-            settings.quality.rate_records(records, image_size),
-            settings.min_quality,
-            "quality",
-        )
-    else:
-        rating = np.asarray([r["predicted_iou"] for r in records])
-        bar, name = settings.min_predicted_iou, "predicted IoU"
+    rating, bar, name = _confidence(records, image_size, settings)
     if rating.max() < bar:
         return (
             f"the stage filter kept none of {len(records)} masks: the highest {name} was {rating.max():.3f}, "

@@ -53,6 +53,8 @@ def wilson_lower(matched, kept, z: float = CONFIDENCE_Z):
 
 THRESHOLD_KEYS = {"predicted_iou": "pred_iou_thresh", "quality": "quality_thresh"}
 """The key of an operating point's first threshold, by the score it is on."""
+RATED_COLUMNS = ("predicted_iou", "stability_score", "area", "image_area")
+"""The calibration table's columns a QualityModel rates a candidate by (tasks.filter.quality_features)."""
 MIN_QUALITY_EXAMPLES = 10
 """``fit_quality`` fits nothing with fewer right or fewer wrong candidates than this."""
 
@@ -96,7 +98,7 @@ def fit_quality(
     right = int(y.sum())
     if min(right, len(y) - right) < MIN_QUALITY_EXAMPLES:
         return None
-    x = quality_features(sized["predicted_iou"], sized["stability_score"], sized["area"], sized["image_area"])
+    x = quality_features(*(sized[column] for column in RATED_COLUMNS))
     mean = x.mean(0)
     scale = np.where(x.std(0) > 1e-6, x.std(0), 1.0)
     z = np.c_[(x - mean) / scale, np.ones(len(x))]
@@ -221,14 +223,7 @@ def filter_operating_point(candidates: pd.DataFrame, autogen, filter: FilterSett
             candidates, filter.target_precision, filter.match_iou, filter.min_kept, **limits
         )
         return {**point, "quality_thresh": None, "quality_model": None}
-    rated = candidates.assign(
-        quality=model.rate(
-            candidates["predicted_iou"],
-            candidates["stability_score"],
-            candidates["area"],
-            candidates["image_area"],
-        )
-    )
+    rated = candidates.assign(quality=model.rate(*(candidates[column] for column in RATED_COLUMNS)))
     point = operating_point(
         rated, filter.target_precision, filter.match_iou, filter.min_kept, score="quality", **limits
     )
@@ -248,33 +243,19 @@ def thresholds_at(
     keeps every predicted IoU and leaves NMS, within and across crops, to the filter, which ranks by quality as
     the calibration did (its candidates had no NMS either).
     """
+    s = point["stability_score_thresh"]
+    generator = {"stability_score_thresh": min(max(s, 0.0), 1.0)}
+    kept = {"min_stability_score": s}
     if point.get("quality_model") is not None:
-        s = point["stability_score_thresh"]
-        autogen = autogen.model_copy(
-            update={
-                "pred_iou_thresh": 0.0,
-                "stability_score_thresh": min(max(s, 0.0), 1.0),
-                "box_nms_thresh": 1.0,
-                "crop_nms_thresh": 1.0,
-            }
+        generator.update(pred_iou_thresh=0.0, box_nms_thresh=1.0, crop_nms_thresh=1.0)
+        kept.update(
+            quality=QualityModel.model_validate(point["quality_model"]), min_quality=point["quality_thresh"]
         )
-        filter = filter.model_copy(
-            update={
-                "quality": QualityModel.model_validate(point["quality_model"]),
-                "min_quality": point["quality_thresh"],
-                "min_stability_score": s,
-            }
-        )
-        return autogen, filter
-    t, s = point["pred_iou_thresh"], point["stability_score_thresh"]
-    autogen = autogen.model_copy(
-        update={
-            "pred_iou_thresh": min(max(t, 0.0), 1.0),
-            "stability_score_thresh": min(max(s, 0.0), 1.0),
-        }
-    )
-    filter = filter.model_copy(update={"min_predicted_iou": t, "min_stability_score": s})
-    return autogen, filter
+    else:
+        t = point["pred_iou_thresh"]
+        generator["pred_iou_thresh"] = min(max(t, 0.0), 1.0)
+        kept["min_predicted_iou"] = t
+    return autogen.model_copy(update=generator), filter.model_copy(update=kept)
 
 
 # The settings that decide which crops a generator sees (its crop layout), one definition for the generator's
