@@ -206,3 +206,18 @@ def test_a_stage_with_a_quality_model_keeps_what_the_quality_threshold_keeps(eng
         open_stage.model_copy(update={"round": 4, "filter": OPEN_FILTER.model_copy(update={"nms_iou": 1.0})})
     )
     assert len(store.masks(round=4)) > len(masks)
+    # The evaluation's automatic masks are kept by the same point, and it reports that point's quality bar.
+    from tasks.evaluate import evaluate
+    from tasks.ingest import ingest
+
+    ingest.fn(engine["store"], [engine["test_images"]], split="test")
+    metrics = evaluate.fn(
+        engine["store"],
+        engine["model"],
+        ground_truth=engine["ground_truth"],
+        max_images=1,
+        max_clicks=1,
+        autogen=CROPS,
+        filter=quality_filter,
+    )
+    assert metrics["amg_quality_thresh"] == point["quality_thresh"] and metrics["amg_pred_iou_thresh"] is None
