@@ -110,6 +110,14 @@ class FilterSettings(BaseModel):
     min_kept: int = Field(
         10, ge=1, description="with target_precision: calibration candidates an operating point must keep"
     )
+    precision_confidence: float = Field(
+        0.95,
+        ge=0.5,
+        lt=1.0,
+        description="with target_precision: the one-sided confidence at which the calibration's precision must "
+        "reach it (its Wilson lower bound); lower keeps more masks on few calibration images, at a precision "
+        "nearer the target. 0.5: the observed precision",
+    )
     calibrate_quality: bool = Field(
         True,
         description="with target_precision: keep and rank masks by a probability of being right fitted on the "

@@ -4,8 +4,9 @@ Prefect, no store.
 
 A stage that asks for a ``target_precision`` (``FilterSettings``) gets the loosest pair of thresholds at which the
 masks it would keep (after the area limits and box NMS) are right at least that often, where a right mask matches a
-ground-truth object at ``match_iou`` that no higher-rated kept mask matched, and "at least" holds at the 95% lower
-bound (``operating_point``, ``wilson_lower``). Where no pair qualifies, both thresholds are ``NOTHING`` and nothing
+ground-truth object at ``match_iou`` that no higher-rated kept mask matched, and "at least" holds at a lower
+confidence bound (``FilterSettings.precision_confidence``, one-sided 95% unless told; ``operating_point``,
+``wilson_lower``). Where no pair qualifies, both thresholds are ``NOTHING`` and nothing
 is kept (``thresholds_at``).
 
 With ``FilterSettings.calibrate_quality`` the first threshold is not on predicted IoU but on a quality (the
@@ -17,6 +18,7 @@ model's IoU head rated its loose masks of cells as high as its good ones, and si
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import Annotated, TypeVar
 
 import numpy as np
@@ -35,15 +37,25 @@ STABILITY_GRID = (0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97)
 """Stability thresholds tried by ``operating_point`` (the predicted-IoU threshold is searched exactly)."""
 NOTHING = math.inf
 """The threshold of an operating point that cannot be met: nothing passes it."""
-CONFIDENCE_Z = 1.645
-"""One-sided 95%: an operating point's precision must reach the target at its Wilson lower bound, not just on
-average. Picking the best of many thresholds on a few images flatters the winner (the demo's first calibration
-on 4 images promised 0.5 and gave 0.14 on the test images); the bound asks for more evidence where there is
-little."""
+CONFIDENCE = 0.95
+"""One-sided 95% unless a filter says otherwise (FilterSettings.precision_confidence): an operating point's
+precision must reach the target at its Wilson lower bound, not just on average. Picking the best of many
+thresholds on a few images flatters the winner (the demo's first calibration on 4 images promised 0.5 and gave
+0.14 on the test images); the bound asks for more evidence where there is little."""
+CONFIDENCE_Z = NormalDist().inv_cdf(CONFIDENCE)
+
+
+def confidence_z(confidence: float) -> float:
+    """The standard normal quantile of a one-sided ``confidence`` level in [0.5, 1) (0.95 -> 1.645; 0.5 -> 0: the
+    bound is the observed proportion)."""
+    if not 0.5 <= confidence < 1.0:
+        raise ValueError(f"confidence must be in [0.5, 1), got {confidence!r}")
+    return NormalDist().inv_cdf(confidence)
 
 
 def wilson_lower(matched, kept, z: float = CONFIDENCE_Z):
-    """Wilson score lower bound of the proportion matched / kept (numbers or arrays; kept >= 1)."""
+    """Wilson score lower bound of the proportion matched / kept (numbers or arrays; kept >= 1) at the normal
+    quantile ``z`` (``confidence_z``)."""
     n = np.asarray(kept, np.float64)
     p = np.asarray(matched, np.float64) / n
     centre = p + z * z / (2 * n)
@@ -129,6 +141,7 @@ def operating_point(
     min_area: int = 0,
     max_area_fraction: float = 1.0,
     score: str = "predicted_iou",
+    confidence: float = CONFIDENCE,
 ) -> dict:
     """The loosest thresholds at which ``target_precision`` of the kept masks match at ``match_iou``.
 
@@ -137,7 +150,7 @@ def operating_point(
     higher-rated ones alone, so for one stability threshold a single NMS pass serves every predicted-IoU
     threshold. Over the stability thresholds of STABILITY_GRID and every predicted-IoU threshold, the pair that
     keeps the most right masks while keeping at least ``min_kept``, with the Wilson lower bound of its precision
-    (CONFIDENCE_Z) at least ``target_precision``.
+    at one-sided ``confidence`` (CONFIDENCE: 95%) at least ``target_precision``.
     A kept mask is right when its best ground-truth mask matches it at ``match_iou`` and no higher-rated kept
     mask has matched that object already: duplicates are wrong, as in the evaluation's one-to-one precision
     (box NMS leaves many: variants of a large object whose boxes differ).
@@ -150,6 +163,7 @@ def operating_point(
     thresholds are NOTHING (inf) and "feasible" is False.
     """
     threshold_key = THRESHOLD_KEYS[score]
+    z = confidence_z(confidence)
     if not 0.0 < target_precision <= 1.0:
         raise ValueError(f"target_precision must be in (0, 1], got {target_precision}")
     if not 0.0 < match_iou <= 1.0:
@@ -183,7 +197,7 @@ def operating_point(
         # A threshold keeps every candidate at or above it: only the last index of each run of equal values is
         # a cut a threshold can make.
         cut = np.append(p[1:] != p[:-1], True) if len(p) else np.zeros(0, bool)
-        ok = cut & (kept >= min_kept) & (wilson_lower(matched, kept) >= target_precision)
+        ok = cut & (kept >= min_kept) & (wilson_lower(matched, kept, z) >= target_precision)
         if not ok.any():
             continue
         i = int(np.flatnonzero(ok)[np.argmax(matched[ok])])
@@ -193,7 +207,7 @@ def operating_point(
                 {threshold_key: float(p[i])},
                 stability_score_thresh=float(s),
                 precision=precision,
-                precision_lower=float(wilson_lower(matched[i], kept[i])),
+                precision_lower=float(wilson_lower(matched[i], kept[i], z)),
                 kept=int(kept[i]),
                 matched=int(matched[i]),
                 feasible=True,
@@ -214,6 +228,7 @@ def filter_operating_point(candidates: pd.DataFrame, autogen, filter: FilterSett
         "nms_iou": min(autogen.box_nms_thresh, filter.nms_iou),
         "min_area": filter.min_area,
         "max_area_fraction": filter.max_area_fraction,
+        "confidence": filter.precision_confidence,
     }
     model = None
     if filter.calibrate_quality:

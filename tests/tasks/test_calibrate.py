@@ -105,6 +105,43 @@ def test_a_hand_made_case_and_an_unreachable_target():
         operating_point(table, 0.0, 0.75)
 
 
+def test_a_lower_precision_confidence_asks_less_evidence_and_a_filter_passes_its_own():
+    from tasks.autogen import AutogenSettings
+
+    table = pd.DataFrame(
+        {
+            "image_id": "x",
+            "predicted_iou": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3],
+            "stability_score": [0.99] * 7,
+            "area": 100,
+            "image_area": 10_000,
+            "x0": [20.0 * i for i in range(7)],
+            "y0": 0.0,
+            "x1": [20.0 * i + 10 for i in range(7)],
+            "y1": 10.0,
+            "best_iou": [0.9, 0.9, 0.2, 0.9, 0.1, 0.1, 0.9],
+            "best_gt": [0, 1, 2, 3, 4, 5, 0],
+        }
+    )
+    # 3 of the first 4 right: 0.75 observed, 0.36 at the 95% bound, 0.50 at 84% (z = 1).
+    assert not operating_point(table, 0.75, 0.75, min_kept=1)["feasible"]
+    observed = operating_point(table, 0.75, 0.75, min_kept=1, confidence=0.5)
+    assert observed["pred_iou_thresh"] == pytest.approx(0.6) and observed["matched"] == 3
+    assert observed["precision_lower"] == pytest.approx(0.75)
+    assert operating_point(table, 0.45, 0.75, min_kept=1, confidence=0.8413)["matched"] == 3
+    assert not operating_point(table, 0.45, 0.75, min_kept=1)["feasible"]  # 2 of 2 bound at 0.43 at 95%
+    for wrong in (1.0, 0.4):
+        with pytest.raises(ValueError, match="confidence must be in"):
+            operating_point(table, 0.75, 0.75, confidence=wrong)
+    settings = FilterSettings(target_precision=0.75, match_iou=0.75, min_kept=1, calibrate_quality=False)
+    autogen = AutogenSettings(box_nms_thresh=1.0)
+    assert not filter_operating_point(table, autogen, settings)["feasible"]
+    lenient = settings.model_copy(update={"precision_confidence": 0.5})
+    assert filter_operating_point(table, autogen, lenient)["matched"] == 3
+    with pytest.raises(ValueError, match="precision_confidence"):
+        FilterSettings(precision_confidence=1.0)
+
+
 def test_nms_counts_a_duplicated_mask_once_and_area_limits_apply():
     # One right mask found from 5 grid points (near-identical boxes), and 5 wrong masks elsewhere.
     rows = [(0.9 - 0.01 * i, 10, 10, 0.9) for i in range(5)] + [(0.5, 40 + 5 * i, 40, 0.1) for i in range(5)]
