@@ -38,6 +38,7 @@ from flows.cli_common import (
     ONLY_ROUND,
     ONLY_STAGE,
     POINTS_PER_SIDE,
+    PRECISION_CONFIDENCE,
     PRED_IOU_THRESH,
     STABILITY_THRESH,
     STAGE_HELP,
@@ -269,6 +270,7 @@ def round_(
         "with --target-precision / --confident-precision: the IoU at which a mask counts as right",
         min=0.01,
     ),
+    precision_confidence: float = PRECISION_CONFIDENCE,
 ) -> None:
     """One data-engine round: the stage, then a retrain on all accepted masks, then a held-out evaluation."""
     calibrated = {} if target_precision is None else {"target_precision": target_precision}
@@ -277,6 +279,7 @@ def round_(
             min_predicted_iou=pred_iou_thresh,
             min_stability_score=stability_thresh,
             match_iou=match_iou,
+            precision_confidence=precision_confidence,
             **calibrated,
         )
         autogen = AutogenSettings(
@@ -295,7 +298,9 @@ def round_(
             annotator={"ground_truth": ground_truth},
             autogen=autogen,
             filter=stage3,
-            confident=confident_filter(confident_precision, match_iou=match_iou),
+            confident=confident_filter(
+                confident_precision, match_iou=match_iou, precision_confidence=precision_confidence
+            ),
             retrain=TrainSettings(steps=retrain_steps) if retrain_steps else None,
             new_model_version=new_model_version,
             calibration=CalibrationSettings(
@@ -435,6 +440,7 @@ def calibrate(
         "IOU",
         "IoU with ground truth at which a mask counts as right",
     ),
+    precision_confidence: float = PRECISION_CONFIDENCE,
     store: str = STORE,
 ) -> None:
     """Score a version's automatic masks against ground truth and store them, so that filters can ask for a
@@ -451,9 +457,14 @@ def calibrate(
         summary = calibrate_task.fn(opened.url, version, settings, on_progress=report)
         table = read_calibration(opened, version, crop_layout(settings))
         # As a stage with the default generator and filter (their NMS and area limits) would apply them.
+        summary["precision_confidence"] = precision_confidence
         summary["operating_points"] = {
             str(p): filter_operating_point(
-                table, AutogenSettings(), FilterSettings(target_precision=p, match_iou=match_iou)
+                table,
+                AutogenSettings(),
+                FilterSettings(
+                    target_precision=p, match_iou=match_iou, precision_confidence=precision_confidence
+                ),
             )
             for p in target_precision
         }

@@ -44,6 +44,15 @@ def confident_filter(precision: float | None, **settings) -> FilterSettings:
     return FilterSettings.model_validate({**CONFIDENT.model_dump(), **settings})
 
 
+PRECISION_CONFIDENCE = typer.Option(
+    form_default(FilterSettings, "precision_confidence"),
+    min=0.5,
+    max=0.999,
+    metavar="C",
+    help="with --target-precision / --confident-precision: the one-sided confidence at which the calibration's "
+    "precision must reach it (its Wilson lower bound); lower keeps more masks when few images were calibrated on, "
+    "0.5 the observed precision",
+)
 STORE = typer.Option(
     None, "--store", metavar="URI", help="store URL or path (default: SAM_ENGINE_STORE or ./.engine/store)"
 )

@@ -85,6 +85,11 @@ def test_calibrate_scores_a_version_and_prints_its_operating_points(engine):
     summary = json.loads(result.output)
     assert summary["images"] == 2 and summary["candidates"] > 0
     assert set(summary["operating_points"]) == {"0.1"}
+    assert summary["precision_confidence"] == 0.95  # the bound the points hold at, unless told
+    result = runner.invoke(app, [*args, "--split", "test", "--precision-confidence", "0.84"])
+    assert result.exit_code == 0 and json.loads(result.output)["precision_confidence"] == 0.84
+    result = runner.invoke(app, [*args, "--precision-confidence", "1.0"])
+    assert result.exit_code == 2 and "precision-confidence" in result.output
     result = runner.invoke(app, [*args, "--split", "val"])  # no such images: a clear error, nothing written
     assert result.exit_code != 0 and "no 'val' images with ground truth" in result.output
 
