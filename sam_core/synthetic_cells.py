@@ -5,13 +5,14 @@ inside (the parts) with nucleoli inside those (the subparts), uneven illuminatio
 model never trains on these scenes, so the demo can show the data engine adapting it to a new domain.
 
 Each scene is one of two imaging styles, fluorescence (dark background, cytoplasm in one channel, nuclei in
-another) or brightfield (light background, darker cells, dark nuclei). Cells are ellipses clipped to the Voronoi
+another) or brightfield (light background, darker cells, dark nuclei), in turn by seed (even seeds fluorescence). Cells are ellipses clipped to the Voronoi
 region of their centre, so neighbours share a boundary instead of overlapping; every level is a ground-truth
 instance (a cell's mask includes its nucleus, a nucleus's its nucleoli), as in ``sam_core.synthetic``.
 
 ``FAINT`` images the same scenes at half the contrast and two and a half times the camera noise: the domain the
-embedded model is weak on since it learnt on a GPU (the demo's held-out mIoU@1 / @5 0.35 / 0.46 there, against
-0.57 / 0.70 on the standard imaging and 0.61 / 0.81 on its own scenes), so the demo has something to adapt it to.
+embedded model is weak on since it learnt on a GPU (the demo's held-out mIoU@1 / @5 0.25 / 0.29 there, both styles
+in its test images; 0.35 / 0.46 on fluorescence alone, against 0.57 / 0.70 on the standard imaging, and 0.61 / 0.81
+on its own scenes), so the demo has something to adapt it to.
 
 Seeds use the same splits as ``sam_core.synthetic`` (``SPLITS``), so a train seed never gives a test scene.
 """
@@ -54,7 +55,11 @@ def make_cell_scene(seed: int, size: int = 256, imaging: CellImaging = STANDARD)
     if size < 32:
         raise ValueError(f"size must be >= 32 pixels, got {size}")
     rng = np.random.default_rng(seed)
-    style = STYLES[int(rng.integers(0, len(STYLES)))]
+    # The style alternates with the seed, so that any run of consecutive seeds (a demo's test and validation
+    # scenes, each round's images) holds both styles evenly: drawn at random, the demo's 8 test scenes were all
+    # fluorescence and 17 of its 24 training scenes brightfield. The draw stays, so every layout is as before.
+    rng.integers(0, len(STYLES))
+    style = STYLES[seed % len(STYLES)]
     radius = rng.uniform(0.035, 0.08) * size  # typical cell radius in pixels for this scene
     centres = _cell_centres(rng, size, radius)
     region = _voronoi_labels(size, centres)

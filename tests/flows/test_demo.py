@@ -81,6 +81,12 @@ def test_quick_demo_runs_every_stage_and_writes_its_figures(quick_demo):
     assert "embeddings_of" not in trained
     images = store.images()
     assert set(images["split"]) == {"train", "test", "val", "replay"}
+    # Each round labels its own block of train scenes in seed order (both imaging styles in each).
+    names = images.set_index("image_id")["uri"].map(lambda uri: uri.rsplit("/", 1)[-1])
+    masks = store.masks()
+    for round, seeds in ((1, (0, 1)), (2, (2, 3))):
+        labelled = set(names[masks.loc[masks["round"] == round, "image_id"]])
+        assert labelled == {f"train-{seed:07d}.png" for seed in seeds}, (round, labelled)
     drawn = _plain((out.parent / "console.txt").read_text())
     for step in (
         "round 0 of 3 · evaluating embedded on the held-out images: images",
@@ -116,6 +122,7 @@ def _pretend_rounds(monkeypatch):
         return {"round": round, "stage": stage, "new_model_version": f"r{round}"}
 
     monkeypatch.setattr(flows.demo, "make_data", lambda engine, config: {})
+    monkeypatch.setattr(flows.demo, "round_images", lambda store_url, config: [])
     monkeypatch.setattr(flows.demo, "start_round", start_round)
     monkeypatch.setattr(flows.demo, "run_round", run_round)
     monkeypatch.setattr(flows.demo, "write_outputs", lambda out_dir, store_url, figures: None)
@@ -193,6 +200,12 @@ def test_the_demo_records_the_config_it_ran_with(quick_demo, tmp_path):
     saved.pop("calibrate_quality")
     (tmp_path / CONFIG_FILE).write_text(json.dumps(saved))
     assert read_config(tmp_path) == dataclasses.replace(DemoConfig.quick(), calibrate_quality=False)
+    # ... and one from before precision_confidence held its precision at the 95% bound.
+    saved.pop("precision_confidence")
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(saved))
+    assert read_config(tmp_path) == dataclasses.replace(
+        DemoConfig.quick(), calibrate_quality=False, precision_confidence=0.95
+    )
 
 
 def test_a_rerun_first_clears_what_the_earlier_demo_left_for_the_tools(tmp_path):
@@ -313,6 +326,32 @@ def test_a_demo_config_with_no_retrain_steps_or_an_unknown_stage_is_refused_by_n
         DemoConfig(stage_annotator_order=(("semi_automatic", "smallest"),))
 
 
+def test_each_demo_round_takes_its_listed_images_or_else_the_next_block_by_id():
+    from flows.demo import DemoConfig, round_params
+
+    config = DemoConfig(images_per_round=2)
+    listed = {"ground_truth": "gt.json", "round_images": [["a", "b"], ["c", "d"], ["e", "f"]]}
+    selection = round_params("memory://demo", listed, config, 2, "semi_automatic", "r1").images
+    assert selection.image_ids == ["c", "d"] and selection.offset == 0
+    selection = round_params("memory://demo", {"ground_truth": "gt.json"}, config, 3, "fully_automatic", "r2")
+    assert selection.images.image_ids is None
+    assert (selection.images.max_images, selection.images.offset) == (2, 4)
+
+
+def test_the_demo_holds_every_calibrated_bar_at_its_precision_confidence():
+    from flows.demo import ROUNDS, DemoConfig, round_params
+
+    config = DemoConfig(precision_confidence=0.9)
+    data = {"ground_truth": "gt.json"}
+    for r, stage in ROUNDS:
+        params = round_params("memory://demo", data, config, r, stage, "r0")
+        bars = (params.confident, params.filter, params.evaluation.filter)
+        assert [bar.precision_confidence for bar in bars] == [0.9] * 3
+    for wrong in (1.0, 0.3):
+        with pytest.raises(ValueError, match=f"precision_confidence must be in \\[0.5, 1\\).*{wrong}"):
+            DemoConfig(precision_confidence=wrong)
+
+
 def test_the_demo_annotator_labels_largest_first_unless_a_stage_is_given_an_order():
     from flows.demo import ROUNDS, DemoConfig, round_params
 
@@ -322,6 +361,6 @@ def test_the_demo_annotator_labels_largest_first_unless_a_stage_is_given_an_orde
             round_params("memory://demo", data, config, r, stage, "r0").annotator.order for r, stage in ROUNDS
         ]
 
-    assert orders(DemoConfig()) == ["largest"] * 3
-    levels = DemoConfig(stage_annotator_order=(("semi_automatic", "levels"),))
-    assert orders(levels) == ["largest", "levels", "largest"]
+    # Stage 1 the most prominent first, stage 2 what is missing at every level.
+    assert orders(DemoConfig()) == ["largest", "levels", "largest"]
+    assert orders(DemoConfig(stage_annotator_order=())) == ["largest"] * 3

@@ -83,3 +83,11 @@ def test_faint_imaging_keeps_the_cells_and_buries_them_in_noise():
         assert noise[1] > 1.5 * noise[0], (seed, noise)
     with pytest.raises(ValueError, match="contrast must be > 0"):
         CellImaging(contrast=0.0)
+
+
+def test_consecutive_seeds_alternate_the_imaging_style():
+    """A demo's 8 test scenes, 8 validation scenes and each round's 8 images hold both styles evenly:
+    fluorescence has a dark background, brightfield a light one."""
+    for first in (0, 1_000_000, 2_000_000):
+        dark = [make_cell_scene(seed, 64).image.mean() < 100 for seed in range(first, first + 8)]
+        assert dark == [True, False] * 4, (first, dark)
