@@ -101,7 +101,7 @@ TABLE_COLUMNS = (
 
 @dataclass
 class DemoConfig:
-    """Sizes of the demo. The defaults (on the faint cells) took 414 s by the demo's clock on a 2-core AMD EPYC
+    """Sizes of the demo. The defaults (on the faint cells) took 393 s by the demo's clock on a 2-core AMD EPYC
     running nothing else of ours (the target is 10 minutes), from the embedded model trained on the GPU; earlier
     defaults 442 s (7:30 wall) and 408 s. On the clearly imaged cells they took 422 s (7:11 wall) and 526 s an hour later; with round
     1's retrain at 225 steps 557 s, and 515 s from the CPU-trained model before it. Without stage 3's crops it

@@ -256,7 +256,9 @@ def thresholds_at(
 
     A point on quality ("quality_model") gives the filter the model and its quality threshold; the generator then
     keeps every predicted IoU and leaves NMS, within and across crops, to the filter, which ranks by quality as
-    the calibration did (its candidates had no NMS either).
+    the calibration did (its candidates had no NMS either), at the stricter of the two NMS thresholds, the one
+    the point was measured at (filter_operating_point): at the filter's own alone, stage 2's pre-fill (CONFIDENT,
+    NMS 0.7, under a generator at 0.3) kept a cell's variants as duplicates, at precision 0.70 for a target of 0.9.
     """
     s = point["stability_score_thresh"]
     generator = {"stability_score_thresh": min(max(s, 0.0), 1.0)}
@@ -264,7 +266,9 @@ def thresholds_at(
     if point.get("quality_model") is not None:
         generator.update(pred_iou_thresh=0.0, box_nms_thresh=1.0, crop_nms_thresh=1.0)
         kept.update(
-            quality=QualityModel.model_validate(point["quality_model"]), min_quality=point["quality_thresh"]
+            quality=QualityModel.model_validate(point["quality_model"]),
+            min_quality=point["quality_thresh"],
+            nms_iou=min(autogen.box_nms_thresh, filter.nms_iou),
         )
     else:
         t = point["pred_iou_thresh"]

@@ -369,6 +369,13 @@ def test_a_filter_with_a_quality_model_keeps_and_ranks_by_quality():
     )
     # The generator keeps every predicted IoU and leaves NMS to the filter, which ranks as the calibration did.
     assert autogen.pred_iou_thresh == 0.0 and autogen.box_nms_thresh == 1.0
+    # ... at the stricter NMS of the two, as the point was measured: a filter at 0.7 under a generator at 0.3
+    # (stage 2's pre-fill) takes 0.3, or it keeps a cell's variants the calibration counted out.
+    strict = AutogenSettings(box_nms_thresh=0.3)
+    lenient = FilterSettings(target_precision=0.8, match_iou=0.5, nms_iou=0.7)
+    point_at = filter_operating_point(table, strict, lenient)
+    assert thresholds_at(point_at, strict, lenient)[1].nms_iou == 0.3
+    assert thresholds_at(point_at, AutogenSettings(box_nms_thresh=0.9), lenient)[1].nms_iou == 0.7
     assert autogen.stability_score_thresh == filter.min_stability_score == point["stability_score_thresh"]
     assert filter.min_quality == point["quality_thresh"] and filter.quality is not None
     records = [
