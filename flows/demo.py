@@ -103,8 +103,8 @@ TABLE_COLUMNS = (
 class DemoConfig:
     """Sizes of the demo. The defaults (on the faint cells) took 393 s by the demo's clock on a 2-core AMD EPYC
     running nothing else of ours (the target is 10 minutes), from the embedded model trained on the GPU; earlier
-    defaults 442 s (7:30 wall) and 408 s. On the clearly imaged cells they took 422 s (7:11 wall) and 526 s an hour later; with round
-    1's retrain at 225 steps 557 s, and 515 s from the CPU-trained model before it. Without stage 3's crops it
+    defaults 442 s (7:30 wall) and 408 s. On the clearly imaged cells they took 422 s (7:11 wall) and 526 s an
+    hour later; with round 1's retrain at 225 steps 557 s, and 515 s from the CPU-trained model before it. Without stage 3's crops it
     took 399 s here and 555 s on an earlier session's machine, whose training steps were 1.3x slower: compare times
     on one machine. From the earlier embedded model at SAM's 256 it took 785 s (retrains 493 s)."""
 
@@ -221,7 +221,7 @@ class DemoConfig:
     # the thresholds swung with the scenes (on 24 test scenes a demo's r2 kept 9.1 masks a scene at precision 0.909
     # where 16.2 reached 0.808). At 0.84 (z = 1) five versions of two demos kept 10.5, 10.0, 11.7, 14.5, 13.5
     # masks a scene at precision 0.813, 0.837, 0.918, 0.839, 0.837 on those 24 scenes, against 8.9, 1.2, 11.7, 9.1,
-    # 12.2 at 0.840-0.964 (/work/runs/m2m/estim.py). A demo at 0.84 (stage 2 by levels) pre-filled more and its
+    # 12.2 at 0.840-0.964 (each calibrated on the demo's val scenes, from their candidate tables). A demo at 0.84 (stage 2 by levels) pre-filled more and its
     # automatic recall rose every round (0.309, 0.338, 0.362, 0.364 against 0.309, 0.316, 0.211, 0.259), stage 3
     # keeping 18.1 masks an image against 11.1; a version's precision on the 8 test images fell to 0.794 once. (Both
     # demos from before the cell styles alternated.) With both styles, every version of the demo held a precision

@@ -5,9 +5,10 @@ inside (the parts) with nucleoli inside those (the subparts), uneven illuminatio
 model never trains on these scenes, so the demo can show the data engine adapting it to a new domain.
 
 Each scene is one of two imaging styles, fluorescence (dark background, cytoplasm in one channel, nuclei in
-another) or brightfield (light background, darker cells, dark nuclei), in turn by seed (even seeds fluorescence). Cells are ellipses clipped to the Voronoi
-region of their centre, so neighbours share a boundary instead of overlapping; every level is a ground-truth
-instance (a cell's mask includes its nucleus, a nucleus's its nucleoli), as in ``sam_core.synthetic``.
+another) or brightfield (light background, darker cells, dark nuclei), in turn by seed (even seeds fluorescence).
+Cells are ellipses clipped to the Voronoi region of their centre, so neighbours share a boundary instead of
+overlapping; every level is a ground-truth instance (a cell's mask includes its nucleus, a nucleus's its
+nucleoli), as in ``sam_core.synthetic``.
 
 ``FAINT`` images the same scenes at half the contrast and two and a half times the camera noise: the domain the
 embedded model is weak on since it learnt on a GPU (the demo's held-out mIoU@1 / @5 0.25 / 0.29 there, both styles

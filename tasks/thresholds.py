@@ -42,7 +42,6 @@ CONFIDENCE = 0.95
 precision must reach the target at its Wilson lower bound, not just on average. Picking the best of many
 thresholds on a few images flatters the winner (the demo's first calibration on 4 images promised 0.5 and gave
 0.14 on the test images); the bound asks for more evidence where there is little."""
-CONFIDENCE_Z = NormalDist().inv_cdf(CONFIDENCE)
 
 
 def confidence_z(confidence: float) -> float:
@@ -51,6 +50,9 @@ def confidence_z(confidence: float) -> float:
     if not 0.5 <= confidence < 1.0:
         raise ValueError(f"confidence must be in [0.5, 1), got {confidence!r}")
     return NormalDist().inv_cdf(confidence)
+
+
+CONFIDENCE_Z = confidence_z(CONFIDENCE)
 
 
 def wilson_lower(matched, kept, z: float = CONFIDENCE_Z):
