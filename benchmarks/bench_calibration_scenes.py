@@ -70,6 +70,12 @@ def main() -> None:
         help="score stage 3's generator with this many crop layers (default 0: the evaluations' whole image)",
     )
     parser.add_argument(
+        "--crop-points-downscale",
+        type=int,
+        default=None,
+        help="crop layer i's grid is the demo's points per side / this**i (default: the demo's DemoConfig)",
+    )
+    parser.add_argument(
         "--rank-by",
         choices=("quality", "predicted_iou"),
         default=None,
@@ -100,6 +106,7 @@ def main() -> None:
         config,
         points_per_side=config.eval_points_per_side,
         stage3_crop_n_layers=args.crop_layers,
+        stage3_crop_points_downscale=args.crop_points_downscale or config.stage3_crop_points_downscale,
         calibrate_quality=config.calibrate_quality if args.rank_by is None else args.rank_by == "quality",
     )
     autogen = config.stage_autogen("fully_automatic")

@@ -101,12 +101,13 @@ TABLE_COLUMNS = (
 
 @dataclass
 class DemoConfig:
-    """Sizes of the demo. The defaults (on the faint cells) took 393 s by the demo's clock on a 2-core AMD EPYC
-    running nothing else of ours (the target is 10 minutes), from the embedded model trained on the GPU; earlier
-    defaults 442 s (7:30 wall) and 408 s. On the clearly imaged cells they took 422 s (7:11 wall) and 526 s an
-    hour later; with round 1's retrain at 225 steps 557 s, and 515 s from the CPU-trained model before it. Without stage 3's crops it
-    took 399 s here and 555 s on an earlier session's machine, whose training steps were 1.3x slower: compare times
-    on one machine. From the earlier embedded model at SAM's 256 it took 785 s (retrains 493 s)."""
+    """Sizes of the demo. The defaults (on the faint cells) took 520 s by the demo's clock on a 2-core AMD EPYC
+    running nothing else of ours (the target is 10 minutes), from the embedded model trained on the GPU; with 75
+    steps a retrain 393 s, earlier defaults 442 s (7:30 wall) and 408 s. On the clearly imaged cells they took
+    422 s (7:11 wall) and 526 s an hour later; with round 1's retrain at 225 steps 557 s, and 515 s from the
+    CPU-trained model before it. Without stage 3's crops it took 399 s here and 555 s on an earlier session's
+    machine, whose training steps were 1.3x slower: compare times on one machine. From the earlier embedded model
+    at SAM's 256 it took 785 s (retrains 493 s)."""
 
     # Figures in these comments are of the CPU-trained embedded model (4,800 steps, before the GPU's) unless they say
     # otherwise: measurements behind each choice, made when it was taken.
@@ -152,7 +153,13 @@ class DemoConfig:
     # (0.455 / 0.532 without), where 75 steps kept it (0.563 / 0.756) and the demo ended higher (r3 0.617 / 0.771
     # against 0.595 / 0.754) in 422 s instead of 557. (Earlier figures, of the CPU-trained model: round 3's
     # retrain from a demo's r2 scored 0.439 / 0.544 at 150 steps, 0.476 / 0.582 at 75.)
-    retrain_steps: tuple[int, ...] = (75,)
+    # Later retrains learn from more masks (r1 from stage 1's 88, r2 from 313, r3 from about 560, each with the
+    # replayed scenes), so they take more steps: on the faint cells, from the same r1, r2 at 75 / 150 / 225 steps
+    # left stage 3 24.9 / 28.1 / 30.2 masks an image (stage 3 keeps more of the cells: 3.2 / 5.9 / 6.5 an image),
+    # against stage 2's 28.1; r3 at 150 steps instead of 75 took the automatic recall from 0.368 to 0.401 (24
+    # test scenes: 0.385 to 0.416) where r2 scored 0.375 (0.393), for 27 s more (demo 520 s against 393 s at 75
+    # each).
+    retrain_steps: tuple[int, ...] = (75, 225, 150)
     # The image encoder's lr, as a fraction of retrain_lr, in the retrain after a stage ((stage, scale) pairs; 1.0
     # for stages not named; 0 keeps the encoder, FROZEN_ENCODER). Stage 3's masks are the model's own, a fifth of
     # them wrong and the rest matching at IoU >= 0.5, and tuning the encoder on them at the full lr cost the clicks:
@@ -185,6 +192,12 @@ class DemoConfig:
     # against 2.1. The evaluations' automatic masks stay on the whole image, so every round's recall is measured
     # alike.
     stage3_crop_n_layers: int = 1
+    # Crop layer i of stage 3 puts points_per_side / factor**i points on each side of its crops (the reference's
+    # crop_n_points_downscale_factor). A second layer (16 crops at 4x) did not pay: from a demo's r2
+    # (bench_calibration_scenes.py --val 8 --test 12 --crop-layers 2 --crop-points-downscale 2, then 1) it kept
+    # 21.3 masks a scene at precision 0.809, recall 0.323 at factor 2, 25.5 at 0.784, 0.374 at factor 1 (in 3.5x
+    # the time), against one layer's 23.1 at 0.830, 0.359.
+    stage3_crop_points_downscale: int = 1
     # Grid points decoded together by every automatic-mask pass (stages, calibrations, evaluations). The
     # reference's 64 suits a GPU; on a CPU 8 generated the same masks in 0.63 of the time
     # (benchmarks/bench_points_per_batch.py: 2.10 against 3.35 s an image on 2 cores).
@@ -260,6 +273,14 @@ class DemoConfig:
             raise ValueError(f"stage_annotator_order: {orders} are not orders ({ORDERS})")
         if not (isinstance(self.stage3_crop_n_layers, int) and 0 <= self.stage3_crop_n_layers <= 3):
             raise ValueError(f"stage3_crop_n_layers must be 0-3, got {self.stage3_crop_n_layers!r}")
+        # stage_autogen's model_copy does not validate: check the factor here, as CropPointsDownscale does.
+        if not (
+            isinstance(self.stage3_crop_points_downscale, int)
+            and 1 <= self.stage3_crop_points_downscale <= 16
+        ):
+            raise ValueError(
+                f"stage3_crop_points_downscale must be 1-16, got {self.stage3_crop_points_downscale!r}"
+            )
         # Stage 2's bar is a model_copy of CONFIDENT, which pydantic does not validate: check it here.
         if not 0.5 <= self.precision_confidence < 1.0:
             raise ValueError(
@@ -305,7 +326,13 @@ class DemoConfig:
         autogen = self.autogen(self.points_per_side)
         if stage != "fully_automatic" or self.stage3_crop_n_layers == 0:
             return autogen
-        return autogen.model_copy(update={"crop_n_layers": self.stage3_crop_n_layers, "crop_nms_thresh": 1.0})
+        return autogen.model_copy(
+            update={
+                "crop_n_layers": self.stage3_crop_n_layers,
+                "crop_n_points_downscale_factor": self.stage3_crop_points_downscale,
+                "crop_nms_thresh": 1.0,
+            }
+        )
 
     def stage3_filter(self):
         """The filter of stage 3 and of the evaluations' automatic masks; its box NMS the generator's."""

@@ -277,6 +277,14 @@ def test_every_automatic_step_of_the_demo_uses_its_nms_grid_and_batch():
             assert params.autogen.crop_nms_thresh == 1.0 and params.filter.nms_iou == config.box_nms_thresh
     with pytest.raises(ValueError, match="stage3_crop_n_layers must be 0-3"):
         DemoConfig(stage3_crop_n_layers=4)
+    # crop layer i's grid is points_per_side / factor**i, the reference's crop_n_points_downscale_factor
+    sparse = DemoConfig(stage3_crop_n_layers=2, stage3_crop_points_downscale=2).stage_autogen(
+        "fully_automatic"
+    )
+    assert (sparse.crop_n_layers, sparse.crop_n_points_downscale_factor) == (2, 2)
+    assert config.stage_autogen("fully_automatic").crop_n_points_downscale_factor == 1
+    with pytest.raises(ValueError, match="stage3_crop_points_downscale must be 1-16"):
+        DemoConfig(stage3_crop_points_downscale=0)
     params = round_params(
         "memory://demo", data, DemoConfig(stage3_crop_n_layers=0), 3, "fully_automatic", "r2"
     )
