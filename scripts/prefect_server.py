@@ -9,7 +9,7 @@
 Analytics are off: the machine may have no internet access.
 
 Tests import :func:`start_server` / :func:`stop_server` (they return and take a :class:`LocalPrefectServer`), and
-drive a server with :func:`prefect_cli`, :func:`run_deployment` and :func:`deployment_runs`.
+drive a server with :func:`api_client`, :func:`prefect_cli`, :func:`run_deployment` and :func:`deployment_runs`.
 """
 
 from __future__ import annotations
@@ -22,14 +22,22 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import httpx
 
 from stores.fsio import free_port
 
 STATE_FILE = "prefect-server.json"
 ROOT = Path(__file__).resolve().parents[1]  # where prefect.yaml is: the CLI deploys from here
 FINAL_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+# The server answers 503 "Service Unavailable" for errors it deems worth retrying (prefect.server.api.server's
+# custom_internal_exception_handler), such as its SQLite database busy while a worker writes; Prefect's own client
+# retries them. Attempts in all, and the first wait in seconds (doubling: 31 s of waits in all).
+RETRIES = 6
+RETRY_WAIT = 1.0
 
 
 @dataclass
@@ -135,16 +143,52 @@ def prefect_cli(env: dict[str, str], *args: str, timeout: float = 240) -> str:
     return done.stdout
 
 
+class RetryUnavailable(httpx.BaseTransport):
+    """A transport that sends a request again, after a doubling wait, while the server answers 503: the
+    server's word that the request did nothing and may be retried. ``inner`` sends the requests."""
+
+    def __init__(
+        self, inner: httpx.BaseTransport | None = None, attempts: int = RETRIES, wait: float = RETRY_WAIT
+    ) -> None:
+        if attempts < 1:
+            raise ValueError(f"attempts must be >= 1, got {attempts}")
+        self.inner = inner or httpx.HTTPTransport()
+        self.attempts = attempts
+        self.wait = wait
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.read()  # the body, kept in memory, so that it can be sent again
+        for attempt in range(self.attempts - 1):
+            response = self.inner.handle_request(request)
+            if response.status_code != 503:
+                return response
+            response.close()
+            time.sleep(self.wait * 2**attempt)
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def api_client(api_url: str, timeout: float = 30.0) -> httpx.Client:
+    """An httpx.Client on a Prefect server's API (``api_url``, as LocalPrefectServer.api_url) that retries the
+    server's 503 answers (RetryUnavailable)."""
+    return httpx.Client(base_url=api_url, timeout=timeout, transport=RetryUnavailable())
+
+
 def run_deployment(
     api, env: dict[str, str], name: str, parameters: dict, log: Path, timeout: float = 300
 ) -> dict:
     """Create a run of the deployment ``name`` (of the flow of that name) as the UI does, let a process worker of
     the pool "sam-engine" execute it once (its output appended to ``log``), and return the finished run.
-    ``api`` is an httpx.Client on the server's API URL. Raises RuntimeError, with the end of the worker's log,
-    when the run does not complete within ``timeout`` seconds."""
+    ``api`` is an httpx.Client on the server's API URL (api_client). Raises RuntimeError, with the end of the
+    worker's log, when the run does not complete within ``timeout`` seconds."""
     deployment = api.get(f"/deployments/name/{name}/{name}").json()
-    created = api.post(f"/deployments/{deployment['id']}/create_flow_run", json={"parameters": parameters})
-    if created.status_code != 201:
+    # A create sent again (api_client retries a 503) returns the run its key made first, never a second run that a
+    # later worker would pick up.
+    body = {"parameters": parameters, "idempotency_key": f"{name}-{uuid.uuid4().hex}"}
+    created = api.post(f"/deployments/{deployment['id']}/create_flow_run", json=body)
+    if created.status_code not in (200, 201):  # 200: the run its key had made
         raise RuntimeError(f"{name}: the run was not created: {created.text}")
     run_id = created.json()["id"]
     with open(log, "ab") as out:

@@ -6,7 +6,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -28,7 +27,7 @@ def test_deploy_trigger_with_parameters_and_worker_runs_it(engine, tmp_path, loa
         out = server_mod.prefect_cli(env, "--no-prompt", "deploy", "--all")
         assert "fully-automatic" in out
 
-        api = httpx.Client(base_url=server.api_url, timeout=30)
+        api = server_mod.api_client(server.api_url)
         deployment = api.get("/deployments/name/fully-automatic/fully-automatic").json()
         parameters = {
             "params": {

@@ -8,7 +8,6 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -46,7 +45,7 @@ def test_push_label_sync_and_the_retrain_the_trigger_starts(
         )
         server_mod.prefect_cli(env, "work-pool", "create", "sam-engine", "--type", "process")
         server_mod.prefect_cli(env, "--no-prompt", "deploy", "--all")
-        api = httpx.Client(base_url=server.api_url, timeout=30)
+        api = server_mod.api_client(server.api_url)
         sync_schedule = api.get("/deployments/name/labelstudio-sync/labelstudio-sync").json()["schedules"]
         assert sync_schedule and not sync_schedule[0]["active"]  # created paused
 

@@ -1,0 +1,42 @@
+"""The test helpers' Prefect API client sends a request again while the server answers 503 (its word for "retry"),
+and no longer than that."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+
+def _client(server_mod, replies: list[int], seen: list[bytes], attempts: int = 5) -> httpx.Client:
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.content)
+        status = replies.pop(0) if replies else 201
+        return httpx.Response(
+            status, json={"exception_message": "Service Unavailable"} if status == 503 else {}
+        )
+
+    transport = server_mod.RetryUnavailable(httpx.MockTransport(answer), attempts=attempts, wait=0.0)
+    return httpx.Client(base_url="http://127.0.0.1:1/api", transport=transport)
+
+
+def test_a_503_is_sent_again_with_the_same_body_until_the_server_answers(load_script):
+    server_mod = load_script("prefect_server")
+    seen: list[bytes] = []
+    with _client(server_mod, [503, 503], seen) as api:
+        response = api.post("/deployments/x/create_flow_run", json={"idempotency_key": "k"})
+    assert response.status_code == 201
+    assert len(seen) == 3 and len(set(seen)) == 1 and b'"idempotency_key"' in seen[0]
+
+
+def test_other_errors_are_answered_at_once_and_503s_only_so_many_times(load_script):
+    server_mod = load_script("prefect_server")
+    seen: list[bytes] = []
+    with _client(server_mod, [500], seen) as api:
+        assert api.get("/flow_runs/x").status_code == 500
+    assert len(seen) == 1
+    seen.clear()
+    with _client(server_mod, [503] * 10, seen, attempts=3) as api:
+        assert api.get("/flow_runs/x").status_code == 503
+    assert len(seen) == 3
+    with pytest.raises(ValueError, match="attempts must be >= 1"):
+        server_mod.RetryUnavailable(attempts=0)
