@@ -106,7 +106,9 @@ def main() -> None:
         config,
         points_per_side=config.eval_points_per_side,
         stage3_crop_n_layers=args.crop_layers,
-        stage3_crop_points_downscale=args.crop_points_downscale or config.stage3_crop_points_downscale,
+        stage3_crop_points_downscale=config.stage3_crop_points_downscale
+        if args.crop_points_downscale is None
+        else args.crop_points_downscale,
         calibrate_quality=config.calibrate_quality if args.rank_by is None else args.rank_by == "quality",
     )
     autogen = config.stage_autogen("fully_automatic")

@@ -232,13 +232,14 @@ class DemoConfig:
     # The one-sided confidence at which a calibration's precision must reach its target (the Wilson lower bound:
     # FilterSettings.precision_confidence). On 8 val scenes 0.95 asked an observed precision near 0.88 for 0.8 and
     # the thresholds swung with the scenes (on 24 test scenes a demo's r2 kept 9.1 masks a scene at precision 0.909
-    # where 16.2 reached 0.808). At 0.84 (z = 1) five versions of two demos kept 10.5, 10.0, 11.7, 14.5, 13.5
-    # masks a scene at precision 0.813, 0.837, 0.918, 0.839, 0.837 on those 24 scenes, against 8.9, 1.2, 11.7, 9.1,
-    # 12.2 at 0.840-0.964 (each calibrated on the demo's val scenes, from their candidate tables). A demo at 0.84 (stage 2 by levels) pre-filled more and its
-    # automatic recall rose every round (0.309, 0.338, 0.362, 0.364 against 0.309, 0.316, 0.211, 0.259), stage 3
-    # keeping 18.1 masks an image against 11.1; a version's precision on the 8 test images fell to 0.794 once. (Both
-    # demos from before the cell styles alternated.) With both styles, every version of the demo held a precision
-    # of 0.81 or more on 24 test scenes (0.857, 0.811, 0.849, 0.836; bench_calibration_scenes.py --val 0).
+    # where 16.2 reached 0.808). At 0.84 (z = 1) five versions of two demos kept 10.5, 10.0, 11.7, 14.5, 13.5 masks a
+    # scene at precision 0.813, 0.837, 0.918, 0.839, 0.837 on those 24 scenes, against 8.9, 1.2, 11.7, 9.1, 12.2 at
+    # 0.840-0.964 (each calibrated on the demo's val scenes, from their candidate tables). A demo at 0.84 (stage 2 by
+    # levels) pre-filled more and its automatic recall rose every round (0.309, 0.338, 0.362, 0.364 against 0.309,
+    # 0.316, 0.211, 0.259), stage 3 keeping 18.1 masks an image against 11.1; a version's precision on the 8 test
+    # images fell to 0.794 once. (Both demos from before the cell styles alternated.) With both styles, every version
+    # of the demo held a precision of 0.81 or more on 24 test scenes (0.857, 0.811, 0.849, 0.836;
+    # bench_calibration_scenes.py --val 0).
     precision_confidence: float = 0.84
     match_iou: float = 0.5
     # Masks are kept and ranked by a quality fitted on each calibration's candidates from predicted IoU, stability

@@ -217,6 +217,13 @@ def operating_point(
     return best
 
 
+def measured_nms(autogen, filter: FilterSettings) -> float:
+    """The box NMS IoU a stage with these generator and filter settings applies, the one its operating point is
+    measured at (filter_operating_point) and its filter then keeps (thresholds_at): both NMS passes run on what
+    passes, so the stricter decides."""
+    return min(autogen.box_nms_thresh, filter.nms_iou)
+
+
 def filter_operating_point(candidates: pd.DataFrame, autogen, filter: FilterSettings) -> dict:
     """``operating_point`` for ``filter.target_precision`` under the NMS and area limits a stage with these
     generator and filter settings applies (the generator's NMS and the filter's both run on what passes; the
@@ -227,7 +234,7 @@ def filter_operating_point(candidates: pd.DataFrame, autogen, filter: FilterSett
     "pred_iou_thresh" None. Where too few candidates are right or wrong to fit one, the point is on predicted
     IoU, as without it ("quality_model" None)."""
     limits = {
-        "nms_iou": min(autogen.box_nms_thresh, filter.nms_iou),
+        "nms_iou": measured_nms(autogen, filter),
         "min_area": filter.min_area,
         "max_area_fraction": filter.max_area_fraction,
         "confidence": filter.precision_confidence,
@@ -270,7 +277,7 @@ def thresholds_at(
         kept.update(
             quality=QualityModel.model_validate(point["quality_model"]),
             min_quality=point["quality_thresh"],
-            nms_iou=min(autogen.box_nms_thresh, filter.nms_iou),
+            nms_iou=measured_nms(autogen, filter),
         )
     else:
         t = point["pred_iou_thresh"]
