@@ -9,7 +9,8 @@
 Analytics are off: the machine may have no internet access.
 
 Tests import :func:`start_server` / :func:`stop_server` (they return and take a :class:`LocalPrefectServer`), and
-drive a server with :func:`api_client`, :func:`prefect_cli`, :func:`run_deployment` and :func:`deployment_runs`.
+drive a server with :func:`api_client`, :func:`prefect_cli`, :func:`create_run`, :func:`run_deployment` and
+:func:`deployment_runs`.
 """
 
 from __future__ import annotations
@@ -176,6 +177,18 @@ def api_client(api_url: str, timeout: float = 30.0) -> httpx.Client:
     return httpx.Client(base_url=api_url, timeout=timeout, transport=RetryUnavailable())
 
 
+def create_run(api, name: str, parameters: dict) -> str:
+    """Create a run of the deployment ``name`` (of the flow of that name) as the UI does; its id. The create
+    carries an idempotency key, so that one sent again (api_client retries a 503) returns the run the key made
+    first (HTTP 200), never a second run that a later worker would pick up. RuntimeError when it fails."""
+    deployment = api.get(f"/deployments/name/{name}/{name}").json()
+    body = {"parameters": parameters, "idempotency_key": f"{name}-{uuid.uuid4().hex}"}
+    created = api.post(f"/deployments/{deployment['id']}/create_flow_run", json=body)
+    if created.status_code not in (200, 201):
+        raise RuntimeError(f"{name}: the run was not created: {created.text}")
+    return created.json()["id"]
+
+
 def run_deployment(
     api, env: dict[str, str], name: str, parameters: dict, log: Path, timeout: float = 300
 ) -> dict:
@@ -183,14 +196,7 @@ def run_deployment(
     the pool "sam-engine" execute it once (its output appended to ``log``), and return the finished run.
     ``api`` is an httpx.Client on the server's API URL (api_client). Raises RuntimeError, with the end of the
     worker's log, when the run does not complete within ``timeout`` seconds."""
-    deployment = api.get(f"/deployments/name/{name}/{name}").json()
-    # A create sent again (api_client retries a 503) returns the run its key made first, never a second run that a
-    # later worker would pick up.
-    body = {"parameters": parameters, "idempotency_key": f"{name}-{uuid.uuid4().hex}"}
-    created = api.post(f"/deployments/{deployment['id']}/create_flow_run", json=body)
-    if created.status_code not in (200, 201):  # 200: the run its key had made
-        raise RuntimeError(f"{name}: the run was not created: {created.text}")
-    run_id = created.json()["id"]
+    run_id = create_run(api, name, parameters)
     with open(log, "ab") as out:
         worker = subprocess.Popen(
             [_prefect(), "worker", "start", "--pool", "sam-engine", "--run-once"],

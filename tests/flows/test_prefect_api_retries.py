@@ -3,6 +3,8 @@ and no longer than that."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -40,3 +42,27 @@ def test_other_errors_are_answered_at_once_and_503s_only_so_many_times(load_scri
     assert len(seen) == 3
     with pytest.raises(ValueError, match="attempts must be >= 1"):
         server_mod.RetryUnavailable(attempts=0)
+
+
+def test_a_create_sent_again_carries_one_idempotency_key_and_takes_the_run_it_made(load_script):
+    server_mod = load_script("prefect_server")
+    creates: list[dict] = []
+    replies = [503, 200]  # the second send: the server had made the run under that key
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json={"id": "deployment-1"})
+        creates.append(json.loads(request.content))
+        return httpx.Response(
+            replies.pop(0), json={"id": "run-1", "exception_message": "Service Unavailable"}
+        )
+
+    transport = server_mod.RetryUnavailable(httpx.MockTransport(answer), wait=0.0)
+    with httpx.Client(base_url="http://127.0.0.1:1/api", transport=transport) as api:
+        assert server_mod.create_run(api, "labelstudio-sync", {"params": {}}) == "run-1"
+    assert len(creates) == 2 and creates[0] == creates[1]
+    assert creates[0]["idempotency_key"].startswith("labelstudio-sync-")
+    with httpx.Client(base_url="http://127.0.0.1:1/api", transport=httpx.MockTransport(answer)) as api:
+        replies.append(422)
+        with pytest.raises(RuntimeError, match="labelstudio-sync: the run was not created"):
+            server_mod.create_run(api, "labelstudio-sync", {"params": {}})
